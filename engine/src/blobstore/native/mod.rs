@@ -1,0 +1,1 @@
+//! Native blobstore (being written).
