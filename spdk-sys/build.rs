@@ -61,10 +61,7 @@ mod bind {
     pub fn run() {
         if let Ok(dir) = env::var("SPDK_DIR") {
             let dir = PathBuf::from(dir);
-            let mut paths = vec![
-                dir.join("lib/pkgconfig"),
-                dir.join("build/lib/pkgconfig"),
-            ];
+            let mut paths = vec![dir.join("lib/pkgconfig"), dir.join("build/lib/pkgconfig")];
             if let Some(old) = env::var_os("PKG_CONFIG_PATH") {
                 paths.extend(env::split_paths(&old));
             }
@@ -86,11 +83,22 @@ mod bind {
             match probe(name) {
                 Ok(lib) => libs.push(lib),
                 Err(e) => {
-                    let why = e.to_string();
-                    let first = why.lines().next().unwrap_or("not found").trim().to_owned();
+                    let why = match e {
+                        pkg_config::Error::Failure { .. }
+                        | pkg_config::Error::ProbeFailure { .. } => {
+                            format!("{name}.pc is not on the pkg-config path")
+                        }
+                        other => other
+                            .to_string()
+                            .lines()
+                            .find(|l| !l.trim().is_empty())
+                            .unwrap_or("pkg-config failed")
+                            .trim()
+                            .to_owned(),
+                    };
                     println!(
-                        "cargo:warning=spdk-sys: SPDK not found ({name}: {first}); building \
-                         without SPDK (set PKG_CONFIG_PATH or SPDK_DIR)"
+                        "cargo:warning=spdk-sys: SPDK not found ({why}); building without \
+                         SPDK (set PKG_CONFIG_PATH or SPDK_DIR to an SPDK install)"
                     );
                     return;
                 }
@@ -104,7 +112,9 @@ mod bind {
         let sys = match probe("spdk_syslibs") {
             Ok(l) => l,
             Err(e) => {
-                println!("cargo:warning=spdk-sys: spdk_syslibs.pc missing ({e}); building without SPDK");
+                println!(
+                    "cargo:warning=spdk-sys: spdk_syslibs.pc missing ({e}); building without SPDK"
+                );
                 return;
             }
         };
@@ -156,7 +166,11 @@ mod bind {
     /// SPDK archives are linked whole (constructors register bdev modules and subsystems);
     /// DPDK and system libraries are linked as shared libraries. Debian's DPDK loads its
     /// drivers (mempool ring etc.) from its plugin directory at EAL start-up.
-    fn emit_links(libs: &[pkg_config::Library], dpdk: Option<&pkg_config::Library>, search: &[PathBuf]) {
+    fn emit_links(
+        libs: &[pkg_config::Library],
+        dpdk: Option<&pkg_config::Library>,
+        search: &[PathBuf],
+    ) {
         for p in search {
             println!("cargo:rustc-link-search=native={}", p.display());
         }
@@ -193,6 +207,7 @@ mod bind {
             .header("wrapper.h")
             .parse_callbacks(Box::new(bindgen::CargoCallbacks::new()))
             .allowlist_function("spdk_(blob|bs|bdev|env|thread|log|subsystem|rpc|json|io_channel|poller|ring|dma|zmalloc|malloc|free|realloc|get_thread|set_thread|get_ticks|get_ticks_hz|delay_us|unaffinitize_thread|xattr|mempool)_?.*")
+            .allowlist_function("spdk_(put|get)_io_channel|spdk_io_channel_get_thread")
             .allowlist_type("spdk_(blob|bs|bdev|env|thread|log).*")
             .allowlist_var("SPDK_(BLOB|BS|BDEV|ENV|THREAD|LOG|VERSION|MALLOC|DEFAULT)_.*")
             // Packed NVMe/SCSI structs holding aligned unions cannot be represented in Rust;

@@ -2,7 +2,21 @@
 //! blobstore.
 
 pub mod blobstore;
+pub mod db;
 pub mod device;
 mod error;
+pub mod hint;
+pub mod keydir;
+mod merge;
+mod options;
+pub mod record;
+mod recovery;
+mod reply;
+mod shard;
+mod stats;
 
+pub use db::{
+    BlobRole, BlobStats, Db, DeviceSpec, MergeOptions, Options, ShardStats, Stats, SyncPolicy,
+    WriteBatch,
+};
 pub use error::{Error, Result};

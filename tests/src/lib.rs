@@ -1,1 +1,8 @@
-//! Shared helpers of the integration suites.
+//! Shared helpers of the integration suites: seeds and replay ([`seed`]), the expected-state
+//! [`oracle`], blobstore consistency checks ([`fsck`]) and small stores with seeded workloads
+//! ([`harness`]). See `tests/README.md` for the fault model and the suites.
+
+pub mod fsck;
+pub mod harness;
+pub mod oracle;
+pub mod seed;

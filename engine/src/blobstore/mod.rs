@@ -14,6 +14,9 @@ use std::future::Future;
 use crate::error::Result;
 
 pub mod native;
+pub mod replay;
+#[cfg(feature = "spdk")]
+pub mod spdk;
 
 /// A blob id: `0x1_0000_0000 | root md index`, as in SPDK.
 pub type BlobId = u64;
@@ -175,8 +178,7 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Record `id` (or [`INVALID_BLOB_ID`]) as the super blob, durably.
     fn set_super(&self, id: BlobId) -> impl Future<Output = Result<()>> + Send;
     /// Change the size in clusters (in memory until `sync_md`). Thick blobs claim clusters now.
-    fn resize(&self, blob: &Self::Blob, clusters: u64)
-        -> impl Future<Output = Result<()>> + Send;
+    fn resize(&self, blob: &Self::Blob, clusters: u64) -> impl Future<Output = Result<()>> + Send;
     /// Persist the blob's metadata with SPDK's crash-safe ordering.
     fn sync_md(&self, blob: &Self::Blob) -> impl Future<Output = Result<()>> + Send;
     /// Mark the blob read-only from the next `sync_md` on.
@@ -189,8 +191,11 @@ pub trait BlobStore: Send + Sync + 'static {
         value: &[u8],
     ) -> impl Future<Output = Result<()>> + Send;
     /// Remove a user xattr (`NotFound` if absent).
-    fn remove_xattr(&self, blob: &Self::Blob, name: &str)
-        -> impl Future<Output = Result<()>> + Send;
+    fn remove_xattr(
+        &self,
+        blob: &Self::Blob,
+        name: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
     /// A user xattr's value, `None` if absent.
     fn get_xattr(
         &self,

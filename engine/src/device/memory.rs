@@ -11,6 +11,15 @@ pub struct MemoryDevice {
     data: RwLock<Vec<u8>>,
 }
 
+impl std::fmt::Debug for MemoryDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryDevice")
+            .field("block_size", &self.block_size)
+            .field("size", &self.data.read().len())
+            .finish()
+    }
+}
+
 impl MemoryDevice {
     /// A zero-filled device of `size` bytes (rounded down to `block_size`).
     pub fn new(size: u64, block_size: u32) -> Result<Self> {

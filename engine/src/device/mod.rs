@@ -8,19 +8,32 @@
 //! - `sim`: memory plus a seeded fault plan (torn writes, lost unflushed writes, bit flips, EIO,
 //!   full device) for crash and fault tests.
 //!
+//! [`AnyDevice`] picks one of them at run time (CLI flag, path) with static dispatch
+//! underneath, and `Arc<D>` is a device whenever `D` is, so a test can keep a handle to the
+//! [`SimDevice`] it gave to a store.
+//!
 //! The futures returned by the native backends perform their I/O when first polled and
 //! complete it before that poll returns, so borrowed buffers are never left with the kernel
 //! after a future is dropped. Any implementation must keep that property: once a future is
 //! dropped or has returned, no I/O may still reference the caller's buffer.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use crate::error::Result;
 
+mod any;
 mod buf;
+mod file;
 mod memory;
+mod overlay;
+pub mod sim;
+pub use any::AnyDevice;
 pub use buf::AlignedBuf;
+pub use file::{FileDevice, FileOptions, DEFAULT_FILE_BLOCK_SIZE, NO_URING_ENV, RING_ENTRIES};
 pub use memory::MemoryDevice;
+pub use overlay::Overlay;
+pub use sim::{CrashMode, ErrorAt, FaultPlan, IoCounts, SimDevice};
 
 /// Alignment of buffers that avoid a bounce copy on `O_DIRECT` devices.
 pub const BUF_ALIGN: usize = 4096;
@@ -78,10 +91,46 @@ pub trait Device: Send + Sync + 'static {
     fn unmap(&self, offset: u64, len: u64) -> impl Future<Output = Result<()>> + Send;
 }
 
+/// A shared device is a device: a test can keep an `Arc` handle (e.g. to a [`SimDevice`])
+/// after handing a clone to a store.
+impl<T: Device> Device for Arc<T> {
+    fn block_size(&self) -> u32 {
+        (**self).block_size()
+    }
+
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+
+    fn io_path(&self) -> IoPath {
+        (**self).io_path()
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8]) -> impl Future<Output = Result<()>> + Send {
+        (**self).read(offset, buf)
+    }
+
+    fn write(&self, offset: u64, buf: &[u8]) -> impl Future<Output = Result<()>> + Send {
+        (**self).write(offset, buf)
+    }
+
+    fn submit(&self, reqs: &mut [IoRequest<'_>]) -> impl Future<Output = Result<()>> + Send {
+        (**self).submit(reqs)
+    }
+
+    fn flush(&self) -> impl Future<Output = Result<()>> + Send {
+        (**self).flush()
+    }
+
+    fn unmap(&self, offset: u64, len: u64) -> impl Future<Output = Result<()>> + Send {
+        (**self).unmap(offset, len)
+    }
+}
+
 /// Check that an I/O range is block-aligned and inside the device.
 pub fn check_range(block_size: u32, size: u64, offset: u64, len: u64) -> Result<()> {
     let bs = u64::from(block_size);
-    if offset % bs != 0 || len % bs != 0 {
+    if !offset.is_multiple_of(bs) || !len.is_multiple_of(bs) {
         return Err(crate::Error::invalid(format!(
             "I/O at {offset}+{len} is not aligned to the {bs}-byte block size"
         )));

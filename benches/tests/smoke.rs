@@ -1,0 +1,60 @@
+//! Smoke test: every workload of the tool on small inputs, on RAM-only stores, so CI
+//! exercises the code paths (no timing assertions).
+
+use blobcask_bench::{run, Config};
+use clap::Parser;
+
+const ALL: &str = "fillseq,fillrandom,overwrite,readrandom,readmissing,readseq,\
+readrandomwriterandom,readwhilewriting,deleterandom,stats,compact,reopen";
+
+fn cfg(args: &[&str]) -> Config {
+    let mut v = vec!["db_bench", "--quiet", "--seed=42"];
+    v.extend_from_slice(args);
+    Config::parse_from(v)
+}
+
+#[test]
+fn every_workload_on_the_hashmap_baseline() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.json");
+    let c = cfg(&[
+        "--engine=hashmap",
+        "--num=2000",
+        "--threads=2",
+        "--histogram",
+        &format!("--benchmarks={ALL}"),
+        &format!("--json={}", json.display()),
+    ]);
+    let r = run(&c).unwrap();
+    assert_eq!(r.results.len(), 9);
+    let fill = &r.results[0];
+    assert_eq!((fill.name.as_str(), fill.ops), ("fillseq", 2000));
+    assert!(fill.latency.is_some());
+    let rr = r.results.iter().find(|o| o.name == "readrandom").unwrap();
+    assert_eq!(rr.message, "(2000 of 2000 found)");
+    let rm = r.results.iter().find(|o| o.name == "readmissing").unwrap();
+    assert!(rm.message.starts_with("(0 of"));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["results"].as_array().unwrap().len(), 9);
+}
+
+#[test]
+fn rawdevice_and_blobraw_on_memory() {
+    let c = cfg(&[
+        "--backend=memory",
+        "--benchmarks=rawdevice,blobraw",
+        "--raw_bytes=16M",
+        "--raw_ops=64",
+    ]);
+    let r = run(&c).unwrap();
+    assert!(r.raw.iter().any(|f| f.bench == "rawdevice"));
+    let blob: Vec<_> = r.raw.iter().filter(|f| f.bench == "blobraw").collect();
+    assert_eq!(blob.len(), 5);
+    assert!(blob.iter().all(|f| f.ratio.is_some()));
+}
+
+#[test]
+fn unknown_benchmark_is_an_error() {
+    let c = cfg(&["--engine=hashmap", "--benchmarks=fillseq,nosuch"]);
+    assert!(run(&c).is_err());
+}

@@ -1,0 +1,350 @@
+//! Read-only inspection of any SPDK blobstore image (`blobs`, `blob`), store statistics,
+//! `check`, `repair` and `replay`.
+//!
+//! Inspection never writes to the device: it loads the blobstore over a copy-on-write
+//! overlay, so a dirty image is recovered in memory only and the image stays byte for byte
+//! as it was.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use blobcask::blobstore::native::descriptor::Descriptor;
+use blobcask::blobstore::native::mdpage::{self, MdPage};
+use blobcask::blobstore::native::superblock::SuperBlock;
+use blobcask::blobstore::native::NativeBlobStore;
+use blobcask::blobstore::{Blob, BlobStore, LoadOpts};
+use blobcask::device::{FileDevice, FileOptions, Overlay};
+use blobcask::Stats;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::CliResult;
+
+type ReadOnlyStore = NativeBlobStore<Overlay<FileDevice>>;
+
+/// Load any SPDK blobstore on `path` without writing to it.
+fn load_read_only(path: &Path) -> Result<ReadOnlyStore, blobcask::Error> {
+    let opts = FileOptions {
+        read_only: true,
+        ..FileOptions::default()
+    };
+    let dev = Overlay::new(FileDevice::open_with(path, &opts)?);
+    pollster::block_on(NativeBlobStore::load(dev, LoadOpts::default()))
+}
+
+fn blob_json(bs: &ReadOnlyStore, id: u64) -> Result<Value, blobcask::Error> {
+    bs.block_on(async {
+        let blob = bs.open(id).await?;
+        let mut xattrs = Vec::new();
+        let mut role = None;
+        for name in bs.xattr_names(&blob).await? {
+            let v = bs.get_xattr(&blob, &name).await?.unwrap_or_default();
+            if name == "bc.role" {
+                role = Some(String::from_utf8_lossy(&v).into_owned());
+            }
+            xattrs.push(json!({ "name": name, "value_hex": hex::encode(v) }));
+        }
+        let flags = root_flags(bs, blob.id()).await?;
+        let v = json!({
+            "id": blob.id(),
+            "id_hex": format!("{:#x}", blob.id()),
+            "num_clusters": blob.num_clusters(),
+            "num_allocated_clusters": blob.num_allocated_clusters(),
+            "num_io_units": blob.num_io_units(),
+            "size_bytes": blob.num_clusters() * u64::from(bs.cluster_size()),
+            "thin_provisioned": blob.is_thin(),
+            "read_only": blob.is_read_only(),
+            "flags": {
+                "invalid": flags.0,
+                "data_ro": flags.1,
+                "md_ro": flags.2,
+            },
+            "role": role,
+            "xattrs": xattrs,
+        });
+        bs.close(blob).await?;
+        Ok(v)
+    })
+}
+
+/// The FLAGS descriptor of a blob's root md page: (invalid, data_ro, md_ro).
+async fn root_flags(bs: &ReadOnlyStore, id: u64) -> Result<(u64, u64, u64), blobcask::Error> {
+    use blobcask::device::Device;
+    let l = bs.layout();
+    let off = l.md_offset((id & 0xFFFF_FFFF) as u32);
+    let mut b = blobcask::device::AlignedBuf::zeroed(l.md_page_size as usize);
+    bs.device().read(off, &mut b).await?;
+    let page = MdPage::decode(&b[..4096], off)?;
+    for d in mdpage::walk(&page.descriptors)? {
+        if let Descriptor::Flags {
+            invalid,
+            data_ro,
+            md_ro,
+        } = Descriptor::decode(d.ty, d.payload, off)?
+        {
+            return Ok((invalid, data_ro, md_ro));
+        }
+    }
+    Ok((0, 0, 0))
+}
+
+fn read_super(bs: &ReadOnlyStore) -> Result<SuperBlock, blobcask::Error> {
+    use blobcask::device::Device;
+    let mut b = blobcask::device::AlignedBuf::zeroed(4096);
+    pollster::block_on(bs.device().read(0, &mut b))?;
+    SuperBlock::decode(&b)
+}
+
+fn super_json(bs: &ReadOnlyStore) -> Result<Value, blobcask::Error> {
+    let sb = read_super(bs)?;
+    Ok(json!({
+        "version": sb.version,
+        "clean": sb.clean,
+        "super_blob": sb.super_blob,
+        "cluster_size": sb.cluster_size,
+        "io_unit_size": bs.io_unit_size(),
+        "md_page_size": bs.md_page_size(),
+        "size": sb.size,
+        "md_start": sb.md_start,
+        "md_len": sb.md_len,
+        "used_page_mask_start": sb.used_page_mask_start,
+        "used_page_mask_len": sb.used_page_mask_len,
+        "used_cluster_mask_start": sb.used_cluster_mask_start,
+        "used_cluster_mask_len": sb.used_cluster_mask_len,
+        "used_blobid_mask_start": sb.used_blobid_mask_start,
+        "used_blobid_mask_len": sb.used_blobid_mask_len,
+        "bstype_hex": hex::encode(sb.bstype.0),
+        "bstype": sb.bstype.as_text(),
+        "free_clusters": bs.free_clusters(),
+        "total_data_clusters": bs.total_data_clusters(),
+    }))
+}
+
+/// `blobcask blobs`.
+pub fn blobs(path: &Path, as_json: bool) -> CliResult {
+    let bs = load_read_only(path)?;
+    let ids = bs.block_on(bs.blob_ids())?;
+    let mut list = Vec::with_capacity(ids.len());
+    for id in ids {
+        list.push(blob_json(&bs, id)?);
+    }
+    let mut out = std::io::stdout().lock();
+    if as_json {
+        let doc = json!({ "super_block": super_json(&bs)?, "blobs": list });
+        writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let sb = super_json(&bs)?;
+    writeln!(
+        out,
+        "blobstore v{} bstype {:?} {} clusters of {} bytes ({} free), io unit {}, {}",
+        sb["version"],
+        sb["bstype"].as_str().unwrap_or(""),
+        sb["total_data_clusters"],
+        sb["cluster_size"],
+        sb["free_clusters"],
+        sb["io_unit_size"],
+        if sb["clean"] == 1 { "clean" } else { "dirty (recovered in memory)" },
+    )?;
+    writeln!(
+        out,
+        "{:<20} {:>10} {:>10} {:>5} {:>8} xattrs",
+        "id", "clusters", "allocated", "thin", "role"
+    )?;
+    for b in &list {
+        let names: Vec<&str> = b["xattrs"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x["name"].as_str()).collect())
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "{:<20} {:>10} {:>10} {:>5} {:>8} {}",
+            b["id_hex"].as_str().unwrap_or(""),
+            b["num_clusters"].as_u64().unwrap_or(0),
+            b["num_allocated_clusters"].as_u64().unwrap_or(0),
+            if b["thin_provisioned"] == true { "yes" } else { "no" },
+            b["role"].as_str().unwrap_or("-"),
+            names.join(","),
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A value for people: quoted text when printable, else hex, cut after 48 bytes.
+fn show_value(raw: &[u8]) -> String {
+    let cut = &raw[..raw.len().min(48)];
+    let more = if raw.len() > cut.len() {
+        format!("... ({} bytes)", raw.len())
+    } else {
+        String::new()
+    };
+    match std::str::from_utf8(raw) {
+        Ok(s) if s.chars().all(|c| !c.is_control()) => {
+            let t: String = s.chars().take(48).collect();
+            format!("{t:?}{more}")
+        }
+        _ => format!("0x{}{more}", hex::encode(cut)),
+    }
+}
+
+fn parse_id(s: &str) -> Result<u64, blobcask::Error> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => s.parse(),
+    };
+    r.map_err(|_| blobcask::Error::invalid(format!("not a blob id: {s:?}")))
+}
+
+fn parse_range(s: &str) -> Result<(u64, u64), blobcask::Error> {
+    let bad = || blobcask::Error::invalid(format!("expected OFFSET:LEN in io units, got {s:?}"));
+    let (o, l) = s.split_once(':').ok_or_else(bad)?;
+    Ok((o.parse().map_err(|_| bad())?, l.parse().map_err(|_| bad())?))
+}
+
+/// `blobcask blob <id>`.
+pub fn blob(path: &Path, id: &str, as_json: bool, read: Option<&str>) -> CliResult {
+    let id = parse_id(id)?;
+    let bs = load_read_only(path)?;
+    if let Some(r) = read {
+        let (offset, len) = parse_range(r)?;
+        let digest = bs.block_on(async {
+            let blob = bs.open(id).await?;
+            let res = hash_range(&bs, &blob, offset, len).await;
+            bs.close(blob).await?;
+            res
+        })?;
+        println!("{digest}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let b = blob_json(&bs, id)?;
+    let mut out = std::io::stdout().lock();
+    if as_json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&b)?)?;
+    } else {
+        writeln!(out, "blob {}", b["id_hex"].as_str().unwrap_or(""))?;
+        for k in [
+            "num_clusters",
+            "num_allocated_clusters",
+            "num_io_units",
+            "size_bytes",
+            "thin_provisioned",
+            "read_only",
+            "role",
+            "flags",
+        ] {
+            writeln!(out, "  {k}: {}", b[k])?;
+        }
+        for x in b["xattrs"].as_array().into_iter().flatten() {
+            let name = x["name"].as_str().unwrap_or("");
+            let raw = hex::decode(x["value_hex"].as_str().unwrap_or("")).unwrap_or_default();
+            writeln!(out, "  xattr {name} = {}", show_value(&raw))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn hash_range(
+    bs: &ReadOnlyStore,
+    blob: &<ReadOnlyStore as BlobStore>::Blob,
+    offset: u64,
+    len: u64,
+) -> Result<String, blobcask::Error> {
+    use blobcask::blobstore::IoChannel;
+    let end = offset
+        .checked_add(len)
+        .filter(|&e| e <= blob.num_io_units())
+        .ok_or_else(|| {
+            blobcask::Error::invalid(format!(
+                "range {offset}:{len} runs past the blob's {} io units",
+                blob.num_io_units()
+            ))
+        })?;
+    let ch = bs.channel()?;
+    let unit = u64::from(bs.io_unit_size());
+    let step = (1u64 << 20) / unit;
+    let mut h = Sha256::new();
+    let mut buf = blobcask::device::AlignedBuf::zeroed((step * unit) as usize);
+    let mut at = offset;
+    while at < end {
+        let n = step.min(end - at);
+        let b = &mut buf[..(n * unit) as usize];
+        ch.read(blob, at, b).await?;
+        h.update(&*b);
+        at += n;
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Print `Db::stats` for people or as JSON.
+pub fn print_stats(s: &Stats, as_json: bool) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if as_json {
+        let blobs: Vec<Value> = s
+            .blobs
+            .iter()
+            .map(|b| {
+                json!({"id": b.id, "shard": b.shard, "seq": b.seq, "role": format!("{:?}", b.role),
+                       "size": b.size, "live_bytes": b.live_bytes, "dead_bytes": b.dead_bytes})
+            })
+            .collect();
+        let doc = json!({
+            "keys": s.keys, "live_bytes": s.live_bytes, "dead_bytes": s.dead_bytes,
+            "keydir_bytes": s.keydir_bytes, "keydir_bytes_per_key": s.keydir_bytes_per_key,
+            "merges": s.merges, "write_amplification": s.write_amplification,
+            "mean_group_size": s.mean_group_size, "free_clusters": s.free_clusters,
+            "total_clusters": s.total_clusters, "io_path": s.io_path,
+            "recovery_ms": s.recovery_time.as_secs_f64() * 1e3,
+            "recovery_used_hints": s.recovery_used_hints, "blobs": blobs,
+        });
+        return writeln!(out, "{}", serde_json::to_string_pretty(&doc).map_err(std::io::Error::other)?);
+    }
+    let total = s.live_bytes + s.dead_bytes;
+    let frag = if total == 0 { 0.0 } else { 100.0 * s.dead_bytes as f64 / total as f64 };
+    writeln!(out, "keys                 {}", s.keys)?;
+    writeln!(out, "shards               {}", s.shards.len())?;
+    writeln!(out, "live bytes           {}", s.live_bytes)?;
+    writeln!(out, "dead bytes           {} ({frag:.1}% fragmentation)", s.dead_bytes)?;
+    writeln!(out, "keydir bytes per key {:.1}", s.keydir_bytes_per_key)?;
+    writeln!(out, "free clusters        {} of {}", s.free_clusters, s.total_clusters)?;
+    writeln!(out, "io path              {}", s.io_path)?;
+    writeln!(
+        out,
+        "last open            {:.1} ms ({})",
+        s.recovery_time.as_secs_f64() * 1e3,
+        if s.recovery_used_hints { "from hints" } else { "scanned data blobs" }
+    )?;
+    writeln!(out, "{:<20} {:>5} {:>6} {:>12} {:>12} {:>12}", "blob", "shard", "role", "size", "live", "dead")?;
+    for b in &s.blobs {
+        writeln!(
+            out,
+            "{:<20} {:>5} {:>6} {:>12} {:>12} {:>12}",
+            format!("{:#x}", b.id),
+            b.shard,
+            format!("{:?}", b.role).to_lowercase(),
+            b.size,
+            b.live_bytes,
+            b.dead_bytes
+        )?;
+    }
+    Ok(())
+}
+
+/// `blobcask replay`.
+pub fn replay(manifest: &Path, out: &Path) -> CliResult {
+    let text = std::fs::read_to_string(manifest)?;
+    let m: Value = serde_json::from_str(&text)?;
+    let digest = blobcask::blobstore::replay::replay(&m, out)?;
+    println!("{digest}  {}", out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `blobcask check`.
+pub fn check(_path: &Path) -> CliResult {
+    Err("check: pending".into())
+}
+
+/// `blobcask repair`.
+pub fn repair(_path: &Path) -> CliResult {
+    Err("repair: pending".into())
+}

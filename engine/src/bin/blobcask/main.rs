@@ -1,0 +1,396 @@
+//! `blobcask`: use, inspect, check and repair a store on an image file or a block device.
+
+use std::io::{self, BufRead, BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use blobcask::{Db, DeviceSpec, Options, SyncPolicy};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+mod inspect;
+mod shell;
+mod tsv;
+
+/// A Bitcask-style key-value store on an SPDK-format blobstore.
+#[derive(Parser)]
+#[command(name = "blobcask", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SyncArg {
+    /// Acknowledge only after the device flush.
+    Always,
+    /// Share one flush among concurrent writers (2 ms window).
+    Group,
+    /// Never flush on the write path (data reaches the device, durability at close).
+    Never,
+}
+
+impl From<SyncArg> for SyncPolicy {
+    fn from(s: SyncArg) -> Self {
+        match s {
+            SyncArg::Always => SyncPolicy::Always,
+            SyncArg::Group => SyncPolicy::GroupCommit {
+                max_delay: Duration::from_millis(2),
+            },
+            SyncArg::Never => SyncPolicy::Never,
+        }
+    }
+}
+
+/// Options shared by every command that opens a store.
+#[derive(clap::Args, Clone)]
+struct StoreArgs {
+    /// Image file or block device holding the store.
+    device: PathBuf,
+    /// Durability of writes.
+    #[arg(long, value_enum, default_value = "always")]
+    sync: SyncArg,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a store: format an image file (created with --size) or a block device.
+    Format {
+        device: PathBuf,
+        /// Size of a new image file, e.g. 1G, 512M.
+        #[arg(long, default_value = "1G", value_parser = parse_size)]
+        size: u64,
+        /// Blobstore cluster size, e.g. 1M, 64K.
+        #[arg(long, default_value = "1M", value_parser = parse_size)]
+        cluster_size: u64,
+        /// Number of shards (default: number of cores).
+        #[arg(long)]
+        shards: Option<usize>,
+    },
+    /// Store a value.
+    Put {
+        #[command(flatten)]
+        store: StoreArgs,
+        key: String,
+        value: String,
+    },
+    /// Print a value (exit code 1 when the key is absent).
+    Get {
+        #[command(flatten)]
+        store: StoreArgs,
+        key: String,
+    },
+    /// Delete a key.
+    Delete {
+        #[command(flatten)]
+        store: StoreArgs,
+        key: String,
+    },
+    /// List keys (TSV-escaped), optionally only those with a prefix.
+    Keys {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+    /// Bulk import `key<TAB>value` lines from a file or `-` (stdin).
+    Load {
+        #[command(flatten)]
+        store: StoreArgs,
+        input: String,
+    },
+    /// Export every live record as `key<TAB>value` lines.
+    Dump {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Keys, live and dead bytes per blob, fragmentation, keydir bytes per key.
+    Stats {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Merge: rewrite live records, write hints, free dead blobs.
+    Merge {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Verify a store (read-only): record CRCs, hints against data, masks against metadata.
+    /// Exit code 0 = clean, 1 = problems found, 2 = could not check.
+    Check { device: PathBuf },
+    /// Salvage every readable record into a consistent store; reports what was lost.
+    Repair { device: PathBuf },
+    /// List the blobs of any SPDK blobstore image (read-only).
+    Blobs {
+        device: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one blob of any SPDK blobstore image (read-only).
+    Blob {
+        device: PathBuf,
+        /// Blob id, decimal or 0x-hex.
+        id: String,
+        #[arg(long)]
+        json: bool,
+        /// Print the sha256 of io units OFFSET..OFFSET+LEN.
+        #[arg(long, value_name = "OFFSET:LEN")]
+        read: Option<String>,
+    },
+    /// Interactive prompt (`put k v`, `get k`, `delete k`, `keys`, `help`); from a pipe it
+    /// prints exactly one result line per command.
+    Shell {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Run an SPDK fixture manifest's operations on the native blobstore into a new image and
+    /// print the image's sha256.
+    Replay { manifest: PathBuf, out: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.cmd) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
+
+fn open(store: &StoreArgs) -> Result<Db, blobcask::Error> {
+    let mut opts = Options::new(DeviceSpec::Path(store.device.clone()));
+    opts.sync = store.sync.into();
+    Db::open(opts)
+}
+
+fn run(cmd: Cmd) -> CliResult {
+    match cmd {
+        Cmd::Format {
+            device,
+            size,
+            cluster_size,
+            shards,
+        } => format(&device, size, cluster_size, shards),
+        Cmd::Put { store, key, value } => {
+            let db = open(&store)?;
+            db.put(key.as_bytes(), value.as_bytes())?;
+            db.close()?;
+            println!("OK");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Get { store, key } => {
+            let db = open(&store)?;
+            let v = db.get(key.as_bytes())?;
+            db.close()?;
+            match v {
+                Some(v) => {
+                    let mut out = io::stdout().lock();
+                    out.write_all(&v)?;
+                    out.write_all(b"\n")?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!("NOT_FOUND");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Cmd::Delete { store, key } => {
+            let db = open(&store)?;
+            let existed = db.contains(key.as_bytes())?;
+            db.delete(key.as_bytes())?;
+            db.close()?;
+            println!("{}", if existed { "OK" } else { "NOT_FOUND" });
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Keys { store, prefix } => {
+            let db = open(&store)?;
+            let mut keys = db.keys()?;
+            db.close()?;
+            keys.sort();
+            let mut out = BufWriter::new(io::stdout().lock());
+            for k in keys {
+                if prefix.as_ref().is_none_or(|p| k.starts_with(p.as_bytes())) {
+                    writeln!(out, "{}", tsv::escape(&k))?;
+                }
+            }
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Load { store, input } => load(&store, &input),
+        Cmd::Dump { store } => {
+            let db = open(&store)?;
+            let mut out = BufWriter::new(io::stdout().lock());
+            let res = db.fold(Ok(()), |acc: io::Result<()>, k, v| {
+                acc.and_then(|()| writeln!(out, "{}\t{}", tsv::escape(k), tsv::escape(v)))
+            })?;
+            db.close()?;
+            res?;
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Stats { store, json } => {
+            let db = open(&store)?;
+            let stats = db.stats()?;
+            db.close()?;
+            inspect::print_stats(&stats, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Merge { store } => {
+            let db = open(&store)?;
+            let before = db.stats()?;
+            let spinner = spinner("merging");
+            let t = Instant::now();
+            db.merge()?;
+            spinner.finish_and_clear();
+            let after = db.stats()?;
+            db.close()?;
+            println!(
+                "merged in {:.2?}: {} blobs -> {} blobs, dead bytes {} -> {}",
+                t.elapsed(),
+                before.blobs.len(),
+                after.blobs.len(),
+                before.blobs.iter().map(|b| b.dead_bytes).sum::<u64>(),
+                after.blobs.iter().map(|b| b.dead_bytes).sum::<u64>(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Check { device } => inspect::check(&device),
+        Cmd::Repair { device } => inspect::repair(&device),
+        Cmd::Blobs { device, json } => inspect::blobs(&device, json),
+        Cmd::Blob {
+            device,
+            id,
+            json,
+            read,
+        } => inspect::blob(&device, &id, json, read.as_deref()),
+        Cmd::Shell { store } => {
+            let db = open(&store)?;
+            let interactive = io::stdin().is_terminal();
+            let res = shell::run(&db, interactive);
+            db.close()?;
+            res?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Replay { manifest, out } => inspect::replay(&manifest, &out),
+    }
+}
+
+fn format(device: &Path, size: u64, cluster_size: u64, shards: Option<usize>) -> CliResult {
+    let cluster_size = u32::try_from(cluster_size)
+        .map_err(|_| blobcask::Error::invalid("cluster size does not fit 32 bits"))?;
+    let mut opts = Options::new(DeviceSpec::Path(device.to_path_buf()));
+    opts.create = true;
+    opts.device_size = size;
+    opts.cluster_size = cluster_size;
+    if let Some(s) = shards {
+        opts.shards = s;
+    }
+    let db = Db::open(opts)?;
+    let stats = db.stats()?;
+    db.close()?;
+    println!(
+        "formatted {}: {} shards, io path {}",
+        device.display(),
+        stats.shards.len(),
+        stats.io_path
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load(store: &StoreArgs, input: &str) -> CliResult {
+    let reader: Box<dyn BufRead> = if input == "-" {
+        Box::new(io::stdin().lock())
+    } else {
+        Box::new(io::BufReader::new(std::fs::File::open(input)?))
+    };
+    let total = if input == "-" {
+        None
+    } else {
+        std::fs::metadata(input).ok().map(|m| m.len())
+    };
+    let bar = match total {
+        Some(n) => {
+            let b = ProgressBar::new(n);
+            b.set_style(
+                ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {per_sec} {eta}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            b
+        }
+        None => spinner("loading"),
+    };
+    let db = open(store)?;
+    let mut batch = blobcask::WriteBatch::new();
+    let mut count = 0u64;
+    for (n, line) in reader.lines().enumerate() {
+        let line = line?;
+        bar.inc(line.len() as u64 + 1);
+        if line.is_empty() {
+            continue;
+        }
+        let (k, v) = tsv::split_line(&line)
+            .map_err(|e| blobcask::Error::invalid(format!("{input}:{}: {e}", n + 1)))?;
+        batch.put(&k, &v);
+        count += 1;
+        if batch.len() >= 256 {
+            db.write_batch(std::mem::take(&mut batch))?;
+        }
+    }
+    if !batch.is_empty() {
+        db.write_batch(batch)?;
+    }
+    db.sync()?;
+    db.close()?;
+    bar.finish_and_clear();
+    println!("loaded {count} records");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn spinner(msg: &'static str) -> ProgressBar {
+    let s = ProgressBar::new_spinner();
+    s.set_message(msg);
+    s.enable_steady_tick(Duration::from_millis(120));
+    s
+}
+
+/// Parse `4096`, `64K`, `1M`, `2G` (binary units).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("unknown size suffix in {s:?}")),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("not a size: {s:?}"))?;
+    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} overflows"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("1m"), Ok(1 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert!(parse_size("1X").is_err());
+        assert!(parse_size("abc").is_err());
+    }
+}

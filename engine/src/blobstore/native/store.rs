@@ -1,0 +1,1293 @@
+//! `NativeBlobStore`: SPDK's blobstore semantics and on-disk format over a [`Device`].
+//!
+//! Concurrency: every metadata operation holds the [`Gate`] for its whole duration (SPDK's md
+//! thread); the in-memory metadata lives in a `parking_lot` mutex that is only held between
+//! awaits. Data I/O reads each blob's [`DataMap`] snapshot lock-free and takes the gate only
+//! to allocate (or release) a thin cluster.
+//!
+//! Durability: SPDK never flushes; we flush the device at every ordering point:
+//! after marking the super block dirty (before any other md write), after writing new chain
+//! pages and extent pages (before the root), after the root (before retiring old pages or
+//! releasing anything), after zeroing a deleted blob's root (before releasing its resources),
+//! after the masks (before the clean super block) and after the clean super block.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::blobmd::{
+    blob_id, parse_chain, parse_extent_page, recovery_type_ok, root_index, slots_for, BlobMd,
+    FLAG_EXTENT_TABLE, FLAG_READ_ONLY, FLAG_THIN_PROV, MAX_BLOB_CLUSTERS, MD_RO_CLEAR_MASK,
+};
+use super::datamap::{BlobShared, DataMap};
+use super::descriptor::CLUSTERS_PER_EXTENT_PAGE;
+use super::gate::Gate;
+use super::layout::Layout;
+use super::mask::{Mask, MaskKind};
+use super::mdpage::{walk, MdPage, NO_NEXT, PAGE_STRUCT_SIZE};
+use super::superblock::{SuperBlock, SUPER_BLOCK_SIZE};
+use crate::blobstore::{BlobId, Bstype, ClearMethod, CreateOpts, InitOpts, LoadOpts};
+use crate::device::Device;
+use crate::error::{Error, Result};
+
+/// Bytes written per request when zeroing large ranges.
+const ZERO_CHUNK: u64 = 1 << 20;
+
+pub(crate) struct Inner<D> {
+    pub dev: D,
+    pub layout: Layout,
+    pub gate: Gate,
+    pub st: Mutex<MdState>,
+}
+
+pub(crate) struct MdState {
+    /// The super block as on disk (plus pending `super_blob`).
+    pub sb: SuperBlock,
+    /// The super block on disk says `clean = 1`: mark it dirty before any md write.
+    pub disk_clean: bool,
+    pub md_pages: Mask,
+    pub clusters: Mask,
+    pub blobids: Mask,
+    pub open: HashMap<BlobId, OpenBlob>,
+    pub closed: bool,
+}
+
+pub(crate) struct OpenBlob {
+    pub shared: Arc<BlobShared>,
+    pub md: BlobMd,
+    /// What the device holds for this blob.
+    pub clean: CleanState,
+    pub dirty: bool,
+    pub refs: u32,
+    /// Metadata read-only as persisted (sync is then a no-op, changes are refused).
+    pub md_ro: bool,
+    /// Clusters dropped from the map, freed once a persist no longer references them.
+    pub released_clusters: Vec<u32>,
+    /// Extent pages dropped by a shrink, zeroed and freed after the next root commit.
+    pub released_eps: Vec<u32>,
+}
+
+#[derive(Default, Clone)]
+pub(crate) struct CleanState {
+    /// Md indexes of the chain on disk, root first; empty before the first persist.
+    pub chain: Vec<u32>,
+    pub clusters: Vec<u32>,
+    pub extent_pages: Vec<u32>,
+}
+
+fn clear_bits(m: ClearMethod) -> u64 {
+    match m {
+        ClearMethod::Default => 0,
+        ClearMethod::None => 1,
+        ClearMethod::Unmap => 2,
+        ClearMethod::WriteZeroes => 3,
+    }
+}
+
+/// A pure-Rust blobstore writing SPDK's on-disk format.
+pub struct NativeBlobStore<D: Device> {
+    pub(crate) inner: Arc<Inner<D>>,
+}
+
+impl<D: Device> Clone for NativeBlobStore<D> {
+    fn clone(&self) -> Self {
+        NativeBlobStore {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+/// What one persist writes, computed under the state lock.
+struct PersistPlan {
+    need_dirty: bool,
+    grow: bool,
+    root: (u64, Vec<u8>),
+    chain_pages: Vec<(u64, Vec<u8>)>,
+    extent_pages: Vec<(u64, Vec<u8>)>,
+    new_chain: Vec<u32>,
+    old_pages: Vec<u32>,
+    released_eps: Vec<u32>,
+    released_clusters: Vec<u32>,
+    clear: u64,
+}
+
+impl<D: Device> NativeBlobStore<D> {
+    /// Format `dev` (SPDK `spdk_bs_init`, format notes §14): zero bytes
+    /// `0 .. num_md_pages * md_page_size`, clear the rest per `opts.clear_method` (unmap by
+    /// default, which on a file image without hole punching leaves the old bytes, as SPDK's
+    /// aio bdev does), then write the super block with `clean = 0`. The masks are not written:
+    /// like SPDK, the first load of a never-unloaded store recovers them.
+    pub async fn init(dev: D, opts: InitOpts) -> Result<Self> {
+        let layout = Layout::for_init(dev.size(), dev.block_size(), &opts)?;
+        let md_end = u64::from(layout.num_md_pages()) * u64::from(layout.md_page_size);
+        write_zeroes(&dev, 0, md_end).await?;
+        let bs = u64::from(dev.block_size());
+        let data_end = dev.size() / bs * bs;
+        if data_end > md_end {
+            match opts.clear_method {
+                ClearMethod::Default | ClearMethod::Unmap => {
+                    dev.unmap(md_end, data_end - md_end).await?
+                }
+                ClearMethod::WriteZeroes => write_zeroes(&dev, md_end, data_end - md_end).await?,
+                ClearMethod::None => {}
+            }
+        }
+        let sb = layout.init_super(opts.bstype);
+        dev.write(0, &sb.encode()).await?;
+        dev.flush().await?;
+        let mut clusters = Mask::new(layout.total_clusters);
+        for c in 0..layout.num_md_clusters {
+            clusters.set(c);
+        }
+        let st = MdState {
+            sb,
+            disk_clean: false,
+            md_pages: Mask::new(layout.md_len),
+            clusters,
+            blobids: Mask::new(layout.md_len),
+            open: HashMap::new(),
+            closed: false,
+        };
+        Ok(Self::from_parts(dev, layout, st))
+    }
+
+    fn from_parts(dev: D, layout: Layout, st: MdState) -> Self {
+        NativeBlobStore {
+            inner: Arc::new(Inner {
+                dev,
+                layout,
+                gate: Gate::default(),
+                st: Mutex::new(st),
+            }),
+        }
+    }
+
+    /// Load a store (SPDK `spdk_bs_load`, §12): validate the super block, then read the masks
+    /// (clean store) or rebuild them from the md region and write them back (dirty store,
+    /// legacy store without blob-id mask, or `force_recover`). Loading writes nothing else;
+    /// the store stays `clean = 1` on disk until the first metadata change.
+    pub async fn load(dev: D, opts: LoadOpts) -> Result<Self> {
+        if dev.size() < SUPER_BLOCK_SIZE as u64 {
+            return Err(Error::NotABlobstore(
+                "device smaller than a super block".into(),
+            ));
+        }
+        let mut b = vec![0u8; SUPER_BLOCK_SIZE];
+        dev.read(0, &mut b).await?;
+        let sb = SuperBlock::decode(&b)?;
+        if !opts.bstype.is_zero() && opts.bstype != sb.bstype {
+            return Err(Error::BstypeMismatch {
+                expected: opts.bstype.as_text(),
+                found: sb.bstype.as_text(),
+            });
+        }
+        let layout = Layout::from_super(&sb, dev.size(), dev.block_size())?;
+        let (md_pages, mut clusters, blobids) =
+            if sb.is_clean() && layout.blobid_mask_len != 0 && !opts.force_recover {
+                read_masks(&dev, &layout).await?
+            } else {
+                let m = recover(&dev, &layout).await?;
+                write_masks(&dev, &layout, &m.0, &m.1, &m.2).await?;
+                dev.flush().await?;
+                m
+            };
+        for c in 0..layout.num_md_clusters {
+            clusters.set(c);
+        }
+        let st = MdState {
+            disk_clean: sb.is_clean(),
+            sb,
+            md_pages,
+            clusters,
+            blobids,
+            open: HashMap::new(),
+            closed: false,
+        };
+        Ok(Self::from_parts(dev, layout, st))
+    }
+
+    /// The device under the store.
+    pub fn device(&self) -> &D {
+        &self.inner.dev
+    }
+
+    /// The store's geometry.
+    pub fn layout(&self) -> &Layout {
+        &self.inner.layout
+    }
+
+    /// Give the device back (after `unload`, or to simulate a crash: dropping a store without
+    /// unloading is exactly a crash). Fails `Busy` while channels or other clones exist.
+    pub fn into_device(self) -> Result<D> {
+        match Arc::try_unwrap(self.inner) {
+            Ok(inner) => Ok(inner.dev),
+            Err(_) => Err(Error::Busy("store still has channels or clones".into())),
+        }
+    }
+
+    /// Cluster mask bits set (md clusters included), for checks.
+    pub fn used_clusters(&self) -> Vec<u32> {
+        self.inner.st.lock().clusters.ones().collect()
+    }
+
+    /// Md page mask bits set, for checks.
+    pub fn used_md_pages(&self) -> Vec<u32> {
+        self.inner.st.lock().md_pages.ones().collect()
+    }
+
+    /// The device cluster behind every blob cluster (0 = unallocated), for checks and tools.
+    pub fn cluster_map(&self, blob: &super::NativeBlob) -> Vec<u32> {
+        let m = blob.shared.map.load();
+        (0..m.len()).map(|i| m.get(i)).collect()
+    }
+}
+
+impl<D: Device> Inner<D> {
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.st.lock().closed {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn read_page(&self, i: u32) -> Result<Vec<u8>> {
+        read_md_page(&self.dev, &self.layout, i).await
+    }
+
+    /// Write the super block with `clean = 0` and flush (SPDK's mark-dirty, §10.2 step 0).
+    async fn mark_dirty(&self) -> Result<()> {
+        let bytes = {
+            let mut st = self.st.lock();
+            st.sb.clean = 0;
+            if st.sb.size == 0 {
+                st.sb.size = self.layout.size;
+            }
+            st.sb.encode()
+        };
+        self.dev.write(0, &bytes).await?;
+        self.dev.flush().await?;
+        self.st.lock().disk_clean = false;
+        Ok(())
+    }
+
+    async fn mark_dirty_if_needed(&self) -> Result<()> {
+        let need = self.st.lock().disk_clean;
+        if need {
+            self.mark_dirty().await?;
+        }
+        Ok(())
+    }
+
+    /// Read and validate a blob's metadata: chain, descriptors, extent pages. Returns the
+    /// metadata and the chain's md indexes.
+    pub(crate) async fn read_blob(&self, id: BlobId) -> Result<(BlobMd, Vec<u32>)> {
+        let l = &self.layout;
+        let root = root_index(id)
+            .filter(|&i| i < l.md_len)
+            .ok_or_else(|| Error::NotFound(format!("blob {id:#x}")))?;
+        if !self.st.lock().blobids.get(root) {
+            return Err(Error::NotFound(format!("blob {id:#x}")));
+        }
+        let corrupt = |d: String| Error::Corruption {
+            blob: id,
+            offset: 0,
+            detail: d,
+        };
+        let mut chain = vec![root];
+        let mut pages = Vec::new();
+        let mut idx = root;
+        loop {
+            let b = self.read_page(idx).await?;
+            let p = MdPage::decode(&b, l.md_offset(idx)).map_err(|e| corrupt(format!("{e}")))?;
+            let seq = pages.len() as u32;
+            if p.id != id || p.sequence_num != seq {
+                if seq == 0 {
+                    return Err(Error::NotFound(format!(
+                        "blob {id:#x}: root owned by {:#x}",
+                        p.id
+                    )));
+                }
+                return Err(corrupt(format!(
+                    "chain page {idx} belongs to {:#x}/{}",
+                    p.id, p.sequence_num
+                )));
+            }
+            let next = p.next;
+            pages.push(p);
+            if next == NO_NEXT {
+                break;
+            }
+            if next >= l.md_len || chain.contains(&next) {
+                return Err(corrupt(format!("chain next {next} is invalid")));
+            }
+            chain.push(next);
+            idx = next;
+        }
+        let parsed = parse_chain(id, &pages, l.total_clusters, l.md_len, false)?;
+        let mut md = parsed.md;
+        if md.extent_table {
+            let n = parsed.table_clusters;
+            let per = u64::from(CLUSTERS_PER_EXTENT_PAGE);
+            let mut clusters = Vec::with_capacity(n as usize);
+            for (slot, &ep) in md.extent_pages.iter().enumerate() {
+                let want = (n - slot as u64 * per).min(per) as usize;
+                if ep == 0 {
+                    clusters.resize(clusters.len() + want, 0);
+                    continue;
+                }
+                let b = self.read_page(ep).await?;
+                let p = MdPage::decode(&b, l.md_offset(ep)).map_err(|e| corrupt(format!("{e}")))?;
+                clusters.extend(parse_extent_page(id, &p, slot, want, l.total_clusters)?);
+            }
+            md.clusters = clusters;
+            if !md.is_thin() && md.clusters.contains(&0) {
+                return Err(corrupt("unallocated cluster in a thick blob".into()));
+            }
+        }
+        let st = self.st.lock();
+        for &c in md.clusters.iter().filter(|&&c| c != 0) {
+            if c < l.num_md_clusters || !st.clusters.get(c) {
+                return Err(corrupt(format!(
+                    "cluster {c} is metadata or not marked used"
+                )));
+            }
+        }
+        Ok((md, chain))
+    }
+
+    /// Persist a blob's metadata (§10.2, with our flushes). Caller holds the gate.
+    pub(crate) async fn persist_locked(&self, id: BlobId) -> Result<()> {
+        let Some(plan) = self.plan_persist(id)? else {
+            return Ok(());
+        };
+        match self.persist_io(&plan).await {
+            Ok(()) => {
+                self.finish_persist(id, plan);
+                Ok(())
+            }
+            Err(e) => {
+                let mut st = self.st.lock();
+                for &i in &plan.new_chain[1..] {
+                    st.md_pages.clear(i);
+                }
+                if let Some(ob) = st.open.get_mut(&id) {
+                    ob.released_clusters.extend(plan.released_clusters);
+                    ob.released_eps.extend(plan.released_eps);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn plan_persist(&self, id: BlobId) -> Result<Option<PersistPlan>> {
+        let l = &self.layout;
+        let mut guard = self.st.lock();
+        let st = &mut *guard;
+        let ob = st.open.get_mut(&id).ok_or(Error::BadHandle)?;
+        if !ob.dirty {
+            return Ok(None);
+        }
+        if ob.md_ro {
+            ob.dirty = false;
+            return Ok(None);
+        }
+        let areas = ob.md.serialize()?;
+        let root = root_index(id).ok_or(Error::BadHandle)?;
+        let mut chain = vec![root];
+        for _ in 1..areas.len() {
+            // Chain pages: lowest free md index, as SPDK. The old chain is still marked used,
+            // so the new pages never overwrite it.
+            match st.md_pages.first_clear_from(0) {
+                Some(i) => {
+                    st.md_pages.set(i);
+                    chain.push(i);
+                }
+                None => {
+                    for &i in &chain[1..] {
+                        st.md_pages.clear(i);
+                    }
+                    return Err(Error::NoMetadataSpace(format!(
+                        "no free md page for blob {id:#x}'s chain"
+                    )));
+                }
+            }
+        }
+        let ps = l.md_page_size as usize;
+        let mut pages: Vec<(u64, Vec<u8>)> = areas
+            .into_iter()
+            .enumerate()
+            .map(|(k, a)| {
+                let p = MdPage {
+                    id,
+                    sequence_num: k as u32,
+                    next: chain.get(k + 1).copied().unwrap_or(NO_NEXT),
+                    descriptors: a,
+                };
+                (l.md_offset(chain[k]), p.encode(ps))
+            })
+            .collect();
+        let root_page = pages.remove(0);
+        let mut eps = Vec::new();
+        if ob.md.extent_table {
+            for (slot, &ep) in ob.md.extent_pages.iter().enumerate() {
+                if ep == 0 {
+                    continue;
+                }
+                let changed = ob.clean.extent_pages.get(slot) != Some(&ep)
+                    || BlobMd::slot_entries(&ob.md.clusters, slot)
+                        != BlobMd::slot_entries(&ob.clean.clusters, slot);
+                if changed {
+                    eps.push((l.md_offset(ep), ob.md.extent_page(slot).encode(ps)));
+                }
+            }
+        }
+        let old_pages = ob
+            .clean
+            .chain
+            .get(1..)
+            .map(|s| s.to_vec())
+            .unwrap_or_default();
+        Ok(Some(PersistPlan {
+            need_dirty: st.disk_clean,
+            grow: ob.md.clusters.len() >= ob.clean.clusters.len(),
+            root: root_page,
+            chain_pages: pages,
+            extent_pages: eps,
+            new_chain: chain,
+            old_pages,
+            released_eps: std::mem::take(&mut ob.released_eps),
+            released_clusters: std::mem::take(&mut ob.released_clusters),
+            clear: ob.md.md_ro_flags & MD_RO_CLEAR_MASK,
+        }))
+    }
+
+    async fn persist_io(&self, plan: &PersistPlan) -> Result<()> {
+        let l = &self.layout;
+        if plan.need_dirty {
+            self.mark_dirty().await?;
+        }
+        // Extent pages live in place. A grown map is written before the root (the old root
+        // reads only its own, shorter prefix of them); a shrunk one after it (the new root
+        // reads a prefix of the old, longer page). SPDK instead rewrites truncated extent
+        // pages with zero entries before the commit (§10.2 step 1); we do not.
+        let mut pre: Vec<&(u64, Vec<u8>)> = plan.chain_pages.iter().collect();
+        if plan.grow {
+            pre.extend(plan.extent_pages.iter());
+        }
+        if !pre.is_empty() {
+            write_all(&self.dev, &pre).await?;
+            self.dev.flush().await?;
+        }
+        self.dev.write(plan.root.0, &plan.root.1).await?;
+        self.dev.flush().await?;
+        let mut post: Vec<&(u64, Vec<u8>)> = Vec::new();
+        if !plan.grow {
+            post.extend(plan.extent_pages.iter());
+        }
+        let zero = vec![0u8; l.md_page_size as usize];
+        let zeros: Vec<(u64, Vec<u8>)> = plan
+            .old_pages
+            .iter()
+            .chain(plan.released_eps.iter())
+            .map(|&i| (l.md_offset(i), zero.clone()))
+            .collect();
+        post.extend(zeros.iter());
+        if !post.is_empty() {
+            write_all(&self.dev, &post).await?;
+        }
+        self.clear_clusters(&plan.released_clusters, plan.clear)
+            .await
+    }
+
+    /// Clear freed clusters by the blob's clear method (default and unmap: device unmap,
+    /// which a file image without hole punching ignores, like SPDK's aio bdev).
+    async fn clear_clusters(&self, clusters: &[u32], clear: u64) -> Result<()> {
+        let cs = u64::from(self.layout.cluster_size);
+        for &c in clusters {
+            let off = self.layout.cluster_offset(c);
+            match clear {
+                1 => {}
+                3 => write_zeroes(&self.dev, off, cs).await?,
+                _ => self.dev.unmap(off, cs).await?,
+            }
+        }
+        Ok(())
+    }
+
+    fn finish_persist(&self, id: BlobId, plan: PersistPlan) {
+        let mut st = self.st.lock();
+        for &i in plan.old_pages.iter().chain(plan.released_eps.iter()) {
+            st.md_pages.clear(i);
+        }
+        for &c in &plan.released_clusters {
+            st.clusters.clear(c);
+        }
+        if let Some(ob) = st.open.get_mut(&id) {
+            ob.clean = CleanState {
+                chain: plan.new_chain,
+                clusters: ob.md.clusters.clone(),
+                extent_pages: ob.md.extent_pages.clone(),
+            };
+            ob.dirty = false;
+            let ro = ob.md.md_ro();
+            if ro != ob.md_ro {
+                ob.md_ro = ro;
+                let m = ob.shared.map.load();
+                let mut n = DataMap::clone(&m);
+                n.read_only = ob.md.data_ro();
+                ob.shared.map.store(Arc::new(n));
+            }
+        }
+    }
+
+    /// Thin allocation for the data path (§13): the lowest free cluster for every listed
+    /// unallocated blob cluster (and, in extent-table mode, the lowest free md index ≥ 1 for
+    /// a missing extent page), then a persist, then the new map is published. Metadata is
+    /// durable before the caller writes data. Where SPDK rewrites only the extent page in
+    /// place, we run a full persist; the root it rewrites is byte-identical unless the blob
+    /// had other unsynced changes, which it then makes durable early.
+    pub(crate) async fn allocate(&self, shared: &Arc<BlobShared>, cis: &[u64]) -> Result<()> {
+        let _g = self.gate.lock().await;
+        self.check_open()?;
+        let id = shared.id;
+        let ups = {
+            let mut guard = self.st.lock();
+            let st = &mut *guard;
+            let ob = st
+                .open
+                .get_mut(&id)
+                .filter(|o| Arc::ptr_eq(&o.shared, shared))
+                .ok_or(Error::BadHandle)?;
+            if ob.md_ro {
+                return Err(Error::ReadOnly(format!("blob {id:#x}")));
+            }
+            // All or nothing: check the space first.
+            let mut todo: Vec<u64> = Vec::new();
+            let mut slots: Vec<usize> = Vec::new();
+            // Clusters claimed by an earlier allocation whose persist failed: publish them
+            // once a persist succeeds.
+            let mut ups = Vec::new();
+            let published = shared.map.load();
+            for &ci in cis {
+                let Some(&cur) = ob.md.clusters.get(ci as usize) else {
+                    return Err(Error::invalid(format!("cluster {ci} past the blob end")));
+                };
+                if cur != 0 && published.get(ci) == 0 && !ups.contains(&(ci, cur)) {
+                    ups.push((ci, cur));
+                }
+                if cur == 0 && !todo.contains(&ci) {
+                    todo.push(ci);
+                    let slot = (ci / u64::from(CLUSTERS_PER_EXTENT_PAGE)) as usize;
+                    if ob.md.extent_table
+                        && ob.md.extent_pages.get(slot) == Some(&0)
+                        && !slots.contains(&slot)
+                    {
+                        slots.push(slot);
+                    }
+                }
+            }
+            let free_c = st.clusters.len() - st.clusters.count_ones();
+            let free_md =
+                st.md_pages.len() - st.md_pages.count_ones() - u32::from(!st.md_pages.get(0));
+            if todo.len() as u64 > u64::from(free_c) || slots.len() as u64 > u64::from(free_md) {
+                return Err(Error::Full);
+            }
+            for ci in todo {
+                let slot = (ci / u64::from(CLUSTERS_PER_EXTENT_PAGE)) as usize;
+                let need_ep = ob.md.extent_table && ob.md.extent_pages.get(slot) == Some(&0);
+                let c = st.clusters.first_clear_from(0).ok_or(Error::Full)?;
+                if need_ep {
+                    let m = st.md_pages.first_clear_from(1).ok_or(Error::Full)?;
+                    st.md_pages.set(m);
+                    ob.md.extent_pages[slot] = m;
+                }
+                st.clusters.set(c);
+                ob.md.clusters[ci as usize] = c;
+                ups.push((ci, c));
+            }
+            if !ups.is_empty() {
+                ob.dirty = true;
+            }
+            ups
+        };
+        if ups.is_empty() {
+            return Ok(());
+        }
+        self.persist_locked(id).await?;
+        let m = shared.map.load();
+        shared.map.store(Arc::new(m.with_updates(&ups)));
+        Ok(())
+    }
+
+    /// Release whole allocated clusters of a thin blob (unmap): the map entries become 0 at
+    /// once, the clusters are freed (and unmapped) after the persist that drops them.
+    pub(crate) async fn release(&self, shared: &Arc<BlobShared>, cis: &[u64]) -> Result<()> {
+        let _g = self.gate.lock().await;
+        self.check_open()?;
+        let id = shared.id;
+        {
+            let mut guard = self.st.lock();
+            let ob = guard
+                .open
+                .get_mut(&id)
+                .filter(|o| Arc::ptr_eq(&o.shared, shared))
+                .ok_or(Error::BadHandle)?;
+            let mut ups = Vec::new();
+            for &ci in cis {
+                if let Some(c) = ob.md.clusters.get_mut(ci as usize) {
+                    if *c != 0 {
+                        ob.released_clusters.push(*c);
+                        *c = 0;
+                        ups.push((ci, 0));
+                    }
+                }
+            }
+            if ups.is_empty() {
+                return Ok(());
+            }
+            ob.dirty = true;
+            let m = ob.shared.map.load();
+            ob.shared.map.store(Arc::new(m.with_updates(&ups)));
+        }
+        self.persist_locked(id).await
+    }
+
+    /// Change a blob's size in memory. Thick blobs claim the lowest free clusters now (and
+    /// extent pages at the lowest free md index ≥ 1, slot by slot, as SPDK does); a shrink
+    /// frees clusters and extent pages only at the next persist.
+    fn resize_md(st: &mut MdState, ob: &mut OpenBlob, n: u64) -> Result<()> {
+        if n > MAX_BLOB_CLUSTERS {
+            return Err(Error::invalid(format!(
+                "{n} clusters is more than the supported {MAX_BLOB_CLUSTERS}"
+            )));
+        }
+        let cur = ob.md.clusters.len() as u64;
+        let per = u64::from(CLUSTERS_PER_EXTENT_PAGE);
+        let ext = ob.md.extent_table;
+        if n > cur {
+            let slots = slots_for(n);
+            if !ob.md.is_thin() {
+                let need = n - cur;
+                let free = u64::from(st.clusters.len() - st.clusters.count_ones());
+                if need > free {
+                    return Err(Error::Full);
+                }
+                let need_eps = if ext {
+                    (ob.md.extent_pages.iter().filter(|&&e| e == 0).count() + slots
+                        - ob.md.extent_pages.len().min(slots)) as u32
+                } else {
+                    0
+                };
+                let free_md =
+                    st.md_pages.len() - st.md_pages.count_ones() - u32::from(!st.md_pages.get(0));
+                if need_eps > free_md {
+                    return Err(Error::Full);
+                }
+                if ext {
+                    ob.md.extent_pages.resize(slots, 0);
+                }
+                let mut from = 0;
+                for i in cur..n {
+                    let Some(c) = st.clusters.first_clear_from(from) else {
+                        return Err(Error::Full);
+                    };
+                    st.clusters.set(c);
+                    from = c;
+                    ob.md.clusters.push(c);
+                    let slot = (i / per) as usize;
+                    if ext && ob.md.extent_pages[slot] == 0 {
+                        let m = st.md_pages.first_clear_from(1).ok_or(Error::Full)?;
+                        st.md_pages.set(m);
+                        ob.md.extent_pages[slot] = m;
+                    }
+                }
+            } else {
+                ob.md.clusters.resize(n as usize, 0);
+                if ext {
+                    ob.md.extent_pages.resize(slots, 0);
+                }
+            }
+        } else if n < cur {
+            let gone: Vec<u32> = ob
+                .md
+                .clusters
+                .drain(n as usize..)
+                .filter(|&c| c != 0)
+                .collect();
+            ob.released_clusters.extend(gone);
+            if ext {
+                let gone: Vec<u32> = ob
+                    .md
+                    .extent_pages
+                    .drain(slots_for(n)..)
+                    .filter(|&e| e != 0)
+                    .collect();
+                ob.released_eps.extend(gone);
+            }
+        } else {
+            return Ok(());
+        }
+        ob.dirty = true;
+        let ro = ob.shared.map.load().read_only;
+        ob.shared.map.store(Arc::new(DataMap::build(&ob.md, ro)));
+        Ok(())
+    }
+
+    pub(crate) async fn create(&self, opts: CreateOpts) -> Result<BlobId> {
+        let _g = self.gate.lock().await;
+        self.check_open()?;
+        for (name, value) in &opts.xattrs {
+            if value.is_empty() {
+                return Err(Error::invalid(format!("xattr {name:?} has an empty value")));
+            }
+            check_xattr_size(name, value)?;
+        }
+        let id = {
+            let mut guard = self.st.lock();
+            let st = &mut *guard;
+            let idx = st
+                .md_pages
+                .first_clear_from(0)
+                .ok_or_else(|| Error::NoMetadataSpace("no free md page for a new blob".into()))?;
+            let id = blob_id(idx);
+            let md = BlobMd {
+                id,
+                invalid_flags: if opts.thin_provision {
+                    FLAG_THIN_PROV
+                } else {
+                    0
+                } | if opts.use_extent_table {
+                    FLAG_EXTENT_TABLE
+                } else {
+                    0
+                },
+                data_ro_flags: 0,
+                md_ro_flags: clear_bits(opts.clear_method),
+                xattrs: opts
+                    .xattrs
+                    .iter()
+                    .map(|(n, v)| (n.as_bytes().to_vec(), v.clone()))
+                    .collect(),
+                internal_xattrs: Vec::new(),
+                extent_table: opts.use_extent_table,
+                clusters: Vec::new(),
+                extent_pages: Vec::new(),
+            };
+            let shared = BlobShared::new(
+                id,
+                DataMap::build(&md, false),
+                self.layout.units_per_cluster(),
+            );
+            let mut ob = OpenBlob {
+                shared,
+                md,
+                clean: CleanState::default(),
+                dirty: true,
+                refs: 0,
+                md_ro: false,
+                released_clusters: Vec::new(),
+                released_eps: Vec::new(),
+            };
+            st.md_pages.set(idx);
+            st.blobids.set(idx);
+            if let Err(e) = Self::resize_md(st, &mut ob, opts.num_clusters) {
+                Self::forget(st, &mut ob);
+                return Err(e);
+            }
+            ob.dirty = true;
+            st.open.insert(id, ob);
+            id
+        };
+        let r = self.persist_locked(id).await;
+        let mut guard = self.st.lock();
+        let st = &mut *guard;
+        if let Some(mut ob) = st.open.remove(&id) {
+            ob.shared.open.store(false, Ordering::Release);
+            if r.is_err() {
+                Self::forget(st, &mut ob);
+            }
+        }
+        r.map(|_| id)
+    }
+
+    /// Drop every in-memory claim of a blob that never reached the disk.
+    fn forget(st: &mut MdState, ob: &mut OpenBlob) {
+        let root = ob.md.id as u32;
+        st.md_pages.clear(root);
+        st.blobids.clear(root);
+        for &c in ob.md.clusters.iter().chain(ob.released_clusters.iter()) {
+            if c != 0 {
+                st.clusters.clear(c);
+            }
+        }
+        for &e in ob.md.extent_pages.iter().chain(ob.released_eps.iter()) {
+            if e != 0 {
+                st.md_pages.clear(e);
+            }
+        }
+    }
+
+    pub(crate) async fn open(&self, id: BlobId) -> Result<Arc<BlobShared>> {
+        let _g = self.gate.lock().await;
+        self.check_open()?;
+        if let Some(ob) = self.st.lock().open.get_mut(&id) {
+            ob.refs += 1;
+            return Ok(ob.shared.clone());
+        }
+        let (md, chain) = self.read_blob(id).await?;
+        let ro = md.md_ro();
+        let shared = BlobShared::new(
+            id,
+            DataMap::build(&md, md.data_ro()),
+            self.layout.units_per_cluster(),
+        );
+        let ob = OpenBlob {
+            shared: shared.clone(),
+            clean: CleanState {
+                chain,
+                clusters: md.clusters.clone(),
+                extent_pages: md.extent_pages.clone(),
+            },
+            md,
+            dirty: false,
+            refs: 1,
+            md_ro: ro,
+            released_clusters: Vec::new(),
+            released_eps: Vec::new(),
+        };
+        self.st.lock().open.insert(id, ob);
+        Ok(shared)
+    }
+
+    /// Run `f` on an open blob's state (caller holds the gate).
+    pub(crate) fn with_blob<T>(
+        &self,
+        shared: &Arc<BlobShared>,
+        f: impl FnOnce(&mut MdState, &mut OpenBlob) -> Result<T>,
+    ) -> Result<T> {
+        let mut guard = self.st.lock();
+        let st = &mut *guard;
+        if st.closed {
+            return Err(Error::Closed);
+        }
+        let mut ob = match st.open.remove(&shared.id) {
+            Some(ob) if Arc::ptr_eq(&ob.shared, shared) => ob,
+            Some(ob) => {
+                st.open.insert(shared.id, ob);
+                return Err(Error::BadHandle);
+            }
+            None => return Err(Error::BadHandle),
+        };
+        let r = f(st, &mut ob);
+        st.open.insert(shared.id, ob);
+        r
+    }
+
+    pub(crate) async fn close(&self, shared: &Arc<BlobShared>) -> Result<()> {
+        let _g = self.gate.lock().await;
+        self.with_blob(shared, |_, _| Ok(()))?;
+        self.persist_locked(shared.id).await?;
+        let mut st = self.st.lock();
+        if let Some(ob) = st.open.get_mut(&shared.id) {
+            ob.refs = ob.refs.saturating_sub(1);
+            if ob.refs == 0 {
+                st.open.remove(&shared.id);
+                shared.open.store(false, Ordering::Release);
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn sync_md(&self, shared: &Arc<BlobShared>) -> Result<()> {
+        let _g = self.gate.lock().await;
+        self.with_blob(shared, |_, _| Ok(()))?;
+        self.persist_locked(shared.id).await
+    }
+
+    pub(crate) async fn resize(&self, shared: &Arc<BlobShared>, n: u64) -> Result<()> {
+        let _g = self.gate.lock().await;
+        self.with_blob(shared, |st, ob| {
+            if ob.md_ro {
+                return Err(Error::ReadOnly(format!("blob {:#x}", ob.md.id)));
+            }
+            Self::resize_md(st, ob, n)
+        })
+    }
+
+    pub(crate) async fn set_read_only(&self, shared: &Arc<BlobShared>) -> Result<()> {
+        let _g = self.gate.lock().await;
+        self.with_blob(shared, |_, ob| {
+            if ob.md.data_ro_flags & FLAG_READ_ONLY == 0 {
+                ob.md.data_ro_flags |= FLAG_READ_ONLY;
+                ob.dirty = true;
+            }
+            Ok(())
+        })
+    }
+
+    pub(crate) async fn set_xattr(
+        &self,
+        shared: &Arc<BlobShared>,
+        name: &str,
+        value: &[u8],
+    ) -> Result<()> {
+        check_xattr_size(name, value)?;
+        let _g = self.gate.lock().await;
+        self.with_blob(shared, |_, ob| {
+            if ob.md_ro {
+                return Err(Error::ReadOnly(format!("blob {:#x}", ob.md.id)));
+            }
+            let n = name.as_bytes();
+            match ob.md.xattrs.iter_mut().find(|(k, _)| k == n) {
+                Some((_, v)) => *v = value.to_vec(),
+                None => ob.md.xattrs.push((n.to_vec(), value.to_vec())),
+            }
+            ob.dirty = true;
+            Ok(())
+        })
+    }
+
+    pub(crate) async fn remove_xattr(&self, shared: &Arc<BlobShared>, name: &str) -> Result<()> {
+        let _g = self.gate.lock().await;
+        self.with_blob(shared, |_, ob| {
+            if ob.md_ro {
+                return Err(Error::ReadOnly(format!("blob {:#x}", ob.md.id)));
+            }
+            let n = name.as_bytes();
+            let before = ob.md.xattrs.len();
+            ob.md.xattrs.retain(|(k, _)| k != n);
+            if ob.md.xattrs.len() == before {
+                return Err(Error::NotFound(format!("xattr {name:?}")));
+            }
+            ob.dirty = true;
+            Ok(())
+        })
+    }
+
+    pub(crate) fn get_xattr(
+        &self,
+        shared: &Arc<BlobShared>,
+        name: &str,
+    ) -> Result<Option<Vec<u8>>> {
+        self.with_blob(shared, |_, ob| {
+            Ok(ob
+                .md
+                .xattrs
+                .iter()
+                .find(|(k, _)| k == name.as_bytes())
+                .map(|(_, v)| v.clone()))
+        })
+    }
+
+    pub(crate) fn xattr_names(&self, shared: &Arc<BlobShared>) -> Result<Vec<String>> {
+        self.with_blob(shared, |_, ob| {
+            Ok(ob
+                .md
+                .xattrs
+                .iter()
+                .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+                .collect())
+        })
+    }
+
+    /// Delete a closed blob: mark dirty, zero its root (the commit point) and flush, then zero
+    /// its other chain pages and extent pages, clear its clusters by its clear method, and
+    /// release everything in memory.
+    pub(crate) async fn delete(&self, id: BlobId) -> Result<()> {
+        let _g = self.gate.lock().await;
+        self.check_open()?;
+        if self.st.lock().open.contains_key(&id) {
+            return Err(Error::Busy(format!("blob {id:#x} is open")));
+        }
+        let (md, chain) = self.read_blob(id).await?;
+        if md.md_ro() {
+            // SPDK deletes read-only blobs too (snapshots); so do we.
+        }
+        self.mark_dirty_if_needed().await?;
+        let l = &self.layout;
+        let zero = vec![0u8; l.md_page_size as usize];
+        self.dev.write(l.md_offset(chain[0]), &zero).await?;
+        self.dev.flush().await?;
+        let eps: Vec<u32> = md
+            .extent_pages
+            .iter()
+            .copied()
+            .filter(|&e| e != 0)
+            .collect();
+        let rest: Vec<(u64, Vec<u8>)> = chain[1..]
+            .iter()
+            .chain(eps.iter())
+            .map(|&i| (l.md_offset(i), zero.clone()))
+            .collect();
+        write_all(&self.dev, &rest.iter().collect::<Vec<_>>()).await?;
+        let clusters: Vec<u32> = md.clusters.iter().copied().filter(|&c| c != 0).collect();
+        self.clear_clusters(&clusters, md.md_ro_flags & MD_RO_CLEAR_MASK)
+            .await?;
+        let mut st = self.st.lock();
+        for &i in chain.iter().chain(eps.iter()) {
+            st.md_pages.clear(i);
+        }
+        st.blobids.clear(chain[0]);
+        for &c in &clusters {
+            st.clusters.clear(c);
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn set_super(&self, id: BlobId) -> Result<()> {
+        let _g = self.gate.lock().await;
+        self.check_open()?;
+        // SPDK rewrites the super block with the new id and the clean flag as it is on disk.
+        let bytes = {
+            let mut st = self.st.lock();
+            st.sb.super_blob = id;
+            st.sb.encode()
+        };
+        self.dev.write(0, &bytes).await?;
+        self.dev.flush().await
+    }
+
+    /// Clean unload (§11): md-page mask, blob-id mask, cluster mask, flush, then the super
+    /// block with `clean = 1`, flush.
+    pub(crate) async fn unload(&self) -> Result<()> {
+        let _g = self.gate.lock().await;
+        self.check_open()?;
+        let (m, c, b) = {
+            let st = self.st.lock();
+            if !st.open.is_empty() {
+                return Err(Error::Busy(format!("{} blobs are open", st.open.len())));
+            }
+            (st.md_pages.clone(), st.clusters.clone(), st.blobids.clone())
+        };
+        write_masks(&self.dev, &self.layout, &m, &c, &b).await?;
+        self.dev.flush().await?;
+        let bytes = {
+            let mut st = self.st.lock();
+            st.sb.clean = 1;
+            if st.sb.size == 0 {
+                st.sb.size = self.layout.size;
+            }
+            st.sb.encode()
+        };
+        self.dev.write(0, &bytes).await?;
+        self.dev.flush().await?;
+        let mut st = self.st.lock();
+        st.disk_clean = true;
+        st.closed = true;
+        Ok(())
+    }
+}
+
+fn check_xattr_size(name: &str, value: &[u8]) -> Result<()> {
+    let len = 9 + name.len() + value.len();
+    if len > super::mdpage::DESC_AREA || value.len() > 0xFFFF || name.len() > 0xFFFF {
+        return Err(Error::NoMetadataSpace(format!(
+            "xattr {name:?} needs {len} bytes, more than one md page holds"
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) async fn read_md_page<D: Device>(dev: &D, l: &Layout, i: u32) -> Result<Vec<u8>> {
+    let mut b = vec![0u8; l.md_page_size as usize];
+    dev.read(l.md_offset(i), &mut b).await?;
+    b.truncate(PAGE_STRUCT_SIZE);
+    Ok(b)
+}
+
+async fn write_all<D: Device>(dev: &D, writes: &[&(u64, Vec<u8>)]) -> Result<()> {
+    let mut reqs: Vec<crate::device::IoRequest<'_>> = writes
+        .iter()
+        .map(|w| crate::device::IoRequest::Write {
+            offset: w.0,
+            buf: &w.1,
+        })
+        .collect();
+    if reqs.is_empty() {
+        return Ok(());
+    }
+    dev.submit(&mut reqs).await
+}
+
+/// Write zero buffers over `len` bytes at `off` (block-aligned).
+pub(crate) async fn write_zeroes<D: Device>(dev: &D, off: u64, len: u64) -> Result<()> {
+    let zero = vec![0u8; ZERO_CHUNK.min(len) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(ZERO_CHUNK);
+        dev.write(off + done, &zero[..n as usize]).await?;
+        done += n;
+    }
+    Ok(())
+}
+
+async fn read_masks<D: Device>(dev: &D, l: &Layout) -> Result<(Mask, Mask, Mask)> {
+    let region =
+        |start: u32, len: u32| (l.page_offset(start), len as usize * l.md_page_size as usize);
+    let mut out = Vec::new();
+    for (kind, start, len, bits) in [
+        (
+            MaskKind::MdPages,
+            l.page_mask_start,
+            l.page_mask_len,
+            l.md_len,
+        ),
+        (
+            MaskKind::Clusters,
+            l.cluster_mask_start,
+            l.cluster_mask_len,
+            l.total_clusters,
+        ),
+        (
+            MaskKind::BlobIds,
+            l.blobid_mask_start,
+            l.blobid_mask_len,
+            l.md_len,
+        ),
+    ] {
+        let (off, n) = region(start, len);
+        let mut b = vec![0u8; n];
+        dev.read(off, &mut b).await?;
+        out.push(Mask::decode(kind, &b, bits, false, off)?);
+    }
+    let b = out.pop().unwrap_or_else(|| Mask::new(l.md_len));
+    let c = out.pop().unwrap_or_else(|| Mask::new(l.total_clusters));
+    let m = out.pop().unwrap_or_else(|| Mask::new(l.md_len));
+    Ok((m, c, b))
+}
+
+/// Write the md-page mask, the blob-id mask (unless the store predates it) and the cluster
+/// mask, in SPDK's order.
+async fn write_masks<D: Device>(dev: &D, l: &Layout, m: &Mask, c: &Mask, b: &Mask) -> Result<()> {
+    let ps = l.md_page_size as usize;
+    dev.write(
+        l.page_offset(l.page_mask_start),
+        &m.encode(MaskKind::MdPages, l.page_mask_len as usize * ps),
+    )
+    .await?;
+    if l.blobid_mask_len != 0 {
+        dev.write(
+            l.page_offset(l.blobid_mask_start),
+            &b.encode(MaskKind::BlobIds, l.blobid_mask_len as usize * ps),
+        )
+        .await?;
+    }
+    dev.write(
+        l.page_offset(l.cluster_mask_start),
+        &c.encode(MaskKind::Clusters, l.cluster_mask_len as usize * ps),
+    )
+    .await
+}
+
+/// Rebuild the three masks from the md region (§12.2). Roots are pages with a valid CRC,
+/// sequence 0 and `id == 0x1_0000_0000 | index`; their chains (stopping at a bad CRC) and
+/// extent pages are marked, and so are the clusters they reference. Differences from SPDK:
+/// only clusters inside the blob's size are marked (an extent page may hold more entries after
+/// a crash in the middle of a resize), and descriptor lengths are bounds-checked.
+pub(crate) async fn recover<D: Device>(dev: &D, l: &Layout) -> Result<(Mask, Mask, Mask)> {
+    let mut md_pages = Mask::new(l.md_len);
+    let mut blobids = Mask::new(l.md_len);
+    let mut clusters = Mask::new(l.total_clusters);
+    const BATCH: u32 = 64;
+    let ps = l.md_page_size as usize;
+    let mut base = 0u32;
+    while base < l.md_len {
+        let n = BATCH.min(l.md_len - base);
+        let mut buf = vec![0u8; n as usize * ps];
+        dev.read(l.md_offset(base), &mut buf).await?;
+        for k in 0..n {
+            let i = base + k;
+            if md_pages.get(i) {
+                continue;
+            }
+            let b = &buf[k as usize * ps..k as usize * ps + PAGE_STRUCT_SIZE];
+            if !MdPage::crc_ok(b) {
+                continue;
+            }
+            let root = MdPage::decode(b, l.md_offset(i))?;
+            if root.sequence_num != 0 || root.id != blob_id(i) {
+                continue;
+            }
+            recover_blob(dev, l, i, root, &mut md_pages, &mut blobids, &mut clusters).await?;
+        }
+        base += n;
+    }
+    for c in 0..l.num_md_clusters {
+        clusters.set(c);
+    }
+    Ok((md_pages, clusters, blobids))
+}
+
+async fn recover_blob<D: Device>(
+    dev: &D,
+    l: &Layout,
+    i: u32,
+    root: MdPage,
+    md_pages: &mut Mask,
+    blobids: &mut Mask,
+    clusters: &mut Mask,
+) -> Result<()> {
+    let id = root.id;
+    md_pages.set(i);
+    blobids.set(i);
+    let mut next = root.next;
+    let mut chain = vec![root];
+    let mut steps = 0;
+    while next != NO_NEXT && next < l.md_len && steps < l.md_len {
+        steps += 1;
+        let b = read_md_page(dev, l, next).await?;
+        if !MdPage::crc_ok(&b) {
+            break;
+        }
+        let p = MdPage::decode(&b, l.md_offset(next))?;
+        if p.sequence_num == 0 && p.id != blob_id(next) {
+            break;
+        }
+        md_pages.set(next);
+        next = p.next;
+        chain.push(p);
+    }
+    for p in &chain {
+        for d in walk(&p.descriptors)? {
+            if !recovery_type_ok(d.ty) {
+                return Err(Error::Corruption {
+                    blob: id,
+                    offset: 0,
+                    detail: format!("recovery found descriptor type {}", d.ty),
+                });
+            }
+        }
+    }
+    let parsed = parse_chain(id, &chain, l.total_clusters, l.md_len, true)?;
+    let md = parsed.md;
+    if md.extent_table {
+        let per = u64::from(CLUSTERS_PER_EXTENT_PAGE);
+        for (slot, &ep) in md.extent_pages.iter().enumerate() {
+            if ep == 0 {
+                continue;
+            }
+            let want = (parsed.table_clusters - slot as u64 * per).min(per) as usize;
+            let b = read_md_page(dev, l, ep).await?;
+            let p = MdPage::decode(&b, l.md_offset(ep))?;
+            for c in parse_extent_page(id, &p, slot, want, l.total_clusters)? {
+                if c != 0 {
+                    clusters.set(c);
+                }
+            }
+            md_pages.set(ep);
+        }
+    } else {
+        for &c in md.clusters.iter().filter(|&&c| c != 0) {
+            clusters.set(c);
+        }
+    }
+    Ok(())
+}
+
+/// Bstype of a store, for callers that only have the raw super block.
+pub fn bstype_of(sb: &SuperBlock) -> Bstype {
+    sb.bstype
+}

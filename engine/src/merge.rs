@@ -1,0 +1,438 @@
+//! Merge: rewrite a shard's live records into one new blob and drop the old blobs.
+//!
+//! One worker thread per store; it merges on demand ([`crate::Db::merge`]) and when a trigger
+//! fires (Basho-style: a sealed blob's dead fraction or dead bytes, or too many small sealed
+//! blobs; optionally only inside a UTC hour window). Reads and writes go on meanwhile: the
+//! worker reads and writes blobs through its own I/O channel, the shard keeps appending to
+//! its active blob, and moved keys are switched over only if the keydir still points at the
+//! copied record (`KeyDir::replace_if`).
+//!
+//! A merge takes **every sealed blob** of the shard (the inputs are chosen under the batch gate,
+//! so no write_batch is half-published). Every record outside the inputs is newer than every
+//! record inside them, so the output may drop tombstones and commit records: no older value a
+//! tombstone hides survives outside the inputs (the Bitcask #82 class of resurrection).
+//!
+//! Crash safety: the output carries `bc.merge = pending` and the list of input seqs. It is
+//! written, flushed, its hint written and flushed, and only then marked `done` (one `sync_md`,
+//! then a flush): the commit point. Open deletes a `pending` output (pre-merge state) and the
+//! surviving inputs of a `done` one (post-merge state); both hold the same records with the
+//! same seqs, so the keydir comes out the same either way.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::blobstore::{BlobStore, CreateOpts, IoChannel as _};
+use crate::db::{record_len, BlobEntry, BlobHandle, Core, LOC_BATCH_BIT};
+use crate::device::AlignedBuf;
+use crate::error::{Error, Result};
+use crate::hint;
+use crate::keydir::{hash_key, Loc};
+use crate::record::{self, Kind};
+use crate::recovery::{self, data_xattrs, X_INPUTS, X_MERGE};
+use crate::reply;
+use crate::stats::BlobRole;
+
+enum Msg {
+    MergeAll(reply::Sender<()>),
+    Stop,
+}
+
+/// The merge worker of one store.
+pub(crate) struct Worker {
+    tx: Sender<Msg>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    pub fn start<S: BlobStore>(core: Arc<Core<S>>) -> Result<Self> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let thread = std::thread::Builder::new()
+            .name("blobcask-merge".into())
+            .spawn(move || run(core, rx))
+            .map_err(Error::Io)?;
+        Ok(Worker {
+            tx,
+            thread: Some(thread),
+        })
+    }
+
+    /// Merge every shard that has sealed blobs; blocks until done.
+    pub fn merge_all(&self) -> Result<()> {
+        let (tx, rx) = reply::channel();
+        self.tx.send(Msg::MergeAll(tx)).map_err(|_| Error::Closed)?;
+        rx.wait()
+    }
+
+    /// Finish the merge in progress, if any, and stop.
+    pub fn stop(mut self) {
+        let _ = self.tx.send(Msg::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run<S: BlobStore>(core: Arc<Core<S>>, rx: Receiver<Msg>) {
+    let ch = match core.store.channel() {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("blobcask: merge worker has no I/O channel: {e}");
+            for m in rx {
+                if let Msg::MergeAll(r) = m {
+                    r.send(Err(Error::Unsupported(
+                        "merge worker has no channel".into(),
+                    )));
+                }
+            }
+            return;
+        }
+    };
+    let interval = core.cfg.merge.check_interval.max(Duration::from_millis(10));
+    loop {
+        match rx.recv_timeout(interval) {
+            Ok(Msg::MergeAll(r)) => {
+                let mut res = Ok(());
+                for s in 0..core.shards.len() {
+                    if let Err(e) = merge_shard(&core, &ch, s) {
+                        res = Err(e);
+                        break;
+                    }
+                }
+                r.send(res);
+            }
+            Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Timeout) => {
+                if !core.cfg.merge.auto || !in_window(core.cfg.merge.window) {
+                    continue;
+                }
+                for s in 0..core.shards.len() {
+                    if core.poisoned.load(Ordering::Acquire) || core.closed.load(Ordering::Acquire)
+                    {
+                        break;
+                    }
+                    if triggered(&core, s) {
+                        if let Err(e) = merge_shard(&core, &ch, s) {
+                            log::error!("blobcask: merge of shard {s} failed: {e}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn in_window(window: Option<(u8, u8)>) -> bool {
+    let Some((a, b)) = window else { return true };
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let h = ((secs / 3600) % 24) as u8;
+    if a <= b {
+        (a..b).contains(&h)
+    } else {
+        h >= a || h < b
+    }
+}
+
+/// Whether shard `s` meets a merge trigger.
+pub(crate) fn triggered<S: BlobStore>(core: &Core<S>, s: usize) -> bool {
+    let m = &core.cfg.merge;
+    let ix = core.shards[s].index.read();
+    let mut small = 0usize;
+    for e in ix.blobs.iter().flatten() {
+        if e.role != BlobRole::Sealed {
+            continue;
+        }
+        let dead = e.written.saturating_sub(e.live);
+        if e.written > 0 && dead * 100 >= e.written * u64::from(m.frag_trigger_pct) && dead > 0 {
+            return true;
+        }
+        if dead >= m.dead_bytes_trigger {
+            return true;
+        }
+        if e.written < m.small_blob_threshold {
+            small += 1;
+        }
+    }
+    m.small_blobs_trigger > 0 && small >= m.small_blobs_trigger
+}
+
+/// Appends merge output; only whole pages go out before the end.
+struct Out<'a, S: BlobStore> {
+    core: &'a Core<S>,
+    ch: &'a S::Channel,
+    handle: Arc<BlobHandle<S>>,
+    slot: u16,
+    /// Bytes of records encoded so far (written or in `enc`).
+    end: u64,
+    /// Blob offset of `enc[0]`.
+    enc_base: u64,
+    enc: Vec<u8>,
+    clusters: u64,
+    written: u64,
+}
+
+impl<S: BlobStore> Out<'_, S> {
+    fn push(&mut self, seq: u64, key: &[u8], value: &[u8]) -> Result<u32> {
+        let at = self.end;
+        let len = record::encoded_len(0, key.len(), value.len()) as u64;
+        if at + len > crate::options::MAX_BLOB_LIMIT {
+            return Err(Error::Unsupported(
+                "live data of one shard exceeds a 4 GiB merge output".into(),
+            ));
+        }
+        record::encode(&mut self.enc, self.handle.salt, seq, 0, 0, key, value);
+        self.end += len;
+        if self.enc.len() >= 4 << 20 {
+            self.write(false)?;
+        }
+        Ok(at as u32)
+    }
+
+    /// Write the whole pages of `enc` (all of it, padded, when `last`).
+    fn write(&mut self, last: bool) -> Result<()> {
+        let page = self.core.cfg.page as usize;
+        let n = if last {
+            self.enc.len().div_ceil(page) * page
+        } else {
+            self.enc.len() / page * page
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        let store = &self.core.store;
+        let cluster = self.core.cfg.cluster;
+        let need = (self.enc_base + n as u64).div_ceil(cluster);
+        if need > self.clusters {
+            let target = need + self.core.cfg.lease_clusters;
+            store.block_on(store.resize(&self.handle.blob, target))?;
+            self.clusters = target;
+        }
+        let mut buf = AlignedBuf::zeroed(n);
+        let m = n.min(self.enc.len());
+        buf[..m].copy_from_slice(&self.enc[..m]);
+        let iou = self.core.cfg.io_unit;
+        store.block_on(self.ch.write(&self.handle.blob, self.enc_base / iou, &buf))?;
+        self.written += n as u64;
+        self.enc.drain(..m);
+        self.enc_base += n as u64;
+        Ok(())
+    }
+}
+
+/// Merge every sealed blob of shard `s` into one.
+pub(crate) fn merge_shard<S: BlobStore>(core: &Core<S>, ch: &S::Channel, s: usize) -> Result<()> {
+    let sh = &core.shards[s];
+    let _m = sh.merge_lock.lock();
+    if core.poisoned.load(Ordering::Acquire) {
+        return Err(Error::Poisoned);
+    }
+    if core.closed.load(Ordering::Acquire) {
+        return Err(Error::Closed);
+    }
+    let inputs: Vec<(u16, Arc<BlobHandle<S>>, u64, u64)> = {
+        let _gate = core.batch_gate.write();
+        let ix = sh.index.read();
+        ix.blobs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.as_ref().map(|e| (i, e)))
+            .filter(|(_, e)| e.role == BlobRole::Sealed)
+            .map(|(i, e)| (i as u16, e.handle.clone(), e.written, e.live))
+            .collect()
+    };
+    if inputs.is_empty() || (inputs.len() == 1 && inputs[0].2 == inputs[0].3) {
+        return Ok(());
+    }
+    let res = merge_inputs(core, ch, s, inputs);
+    if let Err(e) = &res {
+        if !matches!(e, Error::Unsupported(_)) {
+            core.poison();
+        }
+    }
+    res
+}
+
+fn merge_inputs<S: BlobStore>(
+    core: &Core<S>,
+    ch: &S::Channel,
+    s: usize,
+    inputs: Vec<(u16, Arc<BlobHandle<S>>, u64, u64)>,
+) -> Result<()> {
+    let sh = &core.shards[s];
+    let store = &core.store;
+    let out_seq = sh.next_blob_seq.fetch_add(1, Ordering::SeqCst);
+    let salt: u64 = rand::random();
+    let mut xattrs = data_xattrs(s, out_seq, salt);
+    xattrs.push((X_MERGE.into(), b"pending".to_vec()));
+    let seqs: Vec<u8> = inputs
+        .iter()
+        .flat_map(|(_, h, _, _)| h.seq.to_le_bytes())
+        .collect();
+    xattrs.push((X_INPUTS.into(), seqs));
+    let clusters = core.cfg.lease_clusters;
+    let id = store.block_on(store.create(CreateOpts {
+        num_clusters: clusters,
+        xattrs,
+        ..CreateOpts::default()
+    }))?;
+    let blob = store.block_on(store.open(id))?;
+    let handle = Arc::new(BlobHandle {
+        blob,
+        id,
+        seq: out_seq,
+        salt,
+    });
+    let slot = sh.index.write().add_blob(BlobEntry {
+        handle: handle.clone(),
+        written: 0,
+        live: 0,
+        role: BlobRole::Merging,
+    })?;
+    let mut out = Out {
+        core,
+        ch,
+        handle: handle.clone(),
+        slot,
+        end: 0,
+        enc_base: 0,
+        enc: Vec::new(),
+        clusters,
+        written: 0,
+    };
+    // Copy live records.
+    let mut moved: Vec<(Vec<u8>, Loc, Loc, u64)> = Vec::new();
+    for (in_slot, h, _, _) in &inputs {
+        let mut err: Option<Error> = None;
+        recovery::scan_blob(store, &core.cfg, ch, &h.blob, h.salt, |off, rec| {
+            if err.is_some() || rec.header.kind() != Kind::Put {
+                return;
+            }
+            let batch = rec.header.flags & record::BATCH != 0;
+            let old = Loc {
+                blob: *in_slot,
+                offset: off as u32,
+                value_len: rec.header.value_len | if batch { LOC_BATCH_BIT } else { 0 },
+            };
+            let live = sh.index.read().keydir.get(rec.key, hash_key(rec.key)) == Some(old);
+            if !live {
+                return;
+            }
+            match out.push(rec.header.seq, rec.key, rec.value) {
+                Ok(at) => {
+                    let new = Loc {
+                        blob: out.slot,
+                        offset: at,
+                        value_len: rec.header.value_len,
+                    };
+                    moved.push((rec.key.to_vec(), old, new, rec.header.seq));
+                }
+                Err(e) => err = Some(e),
+            }
+        })?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+    }
+    out.write(true)?;
+    let end = out.end;
+    let used = end.div_ceil(core.cfg.cluster).max(1);
+    if used != out.clusters {
+        store.block_on(store.resize(&handle.blob, used))?;
+    }
+    store.block_on(store.sync_md(&handle.blob))?;
+    store.block_on(ch.flush())?;
+
+    // Switch readers over to the copies that are still current.
+    for chunk in moved.chunks(1024) {
+        let mut ix = sh.index.write();
+        for (k, old, new, _) in chunk {
+            if ix.keydir.replace_if(k, hash_key(k), *old, *new) {
+                let len = record_len(k.len(), *old);
+                ix.kill(old.blob, len);
+                ix.add_live(new.blob, record_len(k.len(), *new));
+            }
+        }
+        if let Some(e) = ix.entry_mut(slot) {
+            e.written = end;
+        }
+    }
+
+    // Hint, then the commit point.
+    let hint_seq = sh.next_blob_seq.fetch_add(1, Ordering::SeqCst);
+    let mut w = hint::Writer::new(hint_seq, &[(out_seq, end)]);
+    for (k, _, new, seq) in &moved {
+        w.push(out_seq, *seq, new.offset, new.value_len, k);
+    }
+    let bytes = w.finish(core.cfg.page as usize);
+    let hint_id =
+        recovery::write_hint_blob(core, ch, s, recovery::ROLE_HINT, hint_seq, out_seq, &bytes)?;
+    store.block_on(store.set_xattr(&handle.blob, X_MERGE, b"done"))?;
+    store.block_on(store.sync_md(&handle.blob))?;
+    store.block_on(ch.flush())?;
+
+    // Post-merge: drop the inputs (after their last reader), their hints and old snapshots.
+    let n_inputs = inputs.len();
+    let in_slots: Vec<u16> = inputs.into_iter().map(|(slot, ..)| slot).collect();
+    let mut dropped = Vec::new();
+    {
+        let mut ix = sh.index.write();
+        for in_slot in &in_slots {
+            if let Some(e) = ix
+                .blobs
+                .get_mut(usize::from(*in_slot))
+                .and_then(Option::take)
+            {
+                dropped.push(e.handle);
+            }
+        }
+        if let Some(e) = ix.entry_mut(slot) {
+            e.role = BlobRole::Sealed;
+        }
+    }
+    let old_snaps: Vec<_> = std::mem::take(&mut *sh.snapshots.lock());
+    for id in old_snaps {
+        store.block_on(store.delete(id))?;
+    }
+    let old_hints: Vec<_> = {
+        let mut hints = sh.hints.lock();
+        let v = dropped
+            .iter()
+            .filter_map(|h| hints.remove(&h.seq))
+            .collect::<Vec<_>>();
+        hints.insert(out_seq, hint_id);
+        v
+    };
+    for id in old_hints {
+        store.block_on(store.delete(id))?;
+    }
+    for h in dropped {
+        let mut h = h;
+        // Readers hold a clone only for the duration of one read.
+        let inner = loop {
+            match Arc::try_unwrap(h) {
+                Ok(inner) => break inner,
+                Err(back) => {
+                    h = back;
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            }
+        };
+        store.block_on(store.close(inner.blob))?;
+        store.block_on(store.delete(inner.id))?;
+    }
+    let ctr = &sh.ctr;
+    ctr.merges.fetch_add(1, Ordering::Relaxed);
+    ctr.merged_bytes.fetch_add(end, Ordering::Relaxed);
+    ctr.device_bytes.fetch_add(out.written, Ordering::Relaxed);
+    log::info!(
+        "blobcask: merged {} blobs of shard {s} into {out_seq} ({end} bytes, {} keys moved)",
+        n_inputs,
+        moved.len()
+    );
+    Ok(())
+}

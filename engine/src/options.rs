@@ -1,0 +1,221 @@
+//! Options of [`crate::Db`]: defaults and validation.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::device::{AnyDevice, SimDevice};
+use crate::error::{Error, Result};
+
+/// Where the store lives.
+#[derive(Debug)]
+pub enum DeviceSpec {
+    /// An image file or a block device (created as an image file of `device_size` bytes when
+    /// absent and `create` is set).
+    Path(PathBuf),
+    /// A fresh in-memory device (always formatted).
+    Memory { size: u64 },
+    /// A simulated device with fault injection (tests keep the `Arc` to crash it).
+    Sim(Arc<SimDevice>),
+    /// Any device already opened by the caller.
+    Device(AnyDevice),
+}
+
+/// When an acknowledged write is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// Acknowledged only after the device flush that covers it (queued writers share one).
+    Always,
+    /// As `Always`, but a shard that saw concurrent writers waits up to `max_delay` for more
+    /// before its shared write and flush.
+    GroupCommit { max_delay: Duration },
+    /// Acknowledged after the device write; durable at the next `sync`, merge or close.
+    Never,
+}
+
+/// Merge triggers (Basho-style). A triggered merge rewrites every sealed data blob of the
+/// shard; see `merge.rs`.
+#[derive(Debug, Clone)]
+pub struct MergeOptions {
+    /// Merge automatically when a trigger fires (else only on [`crate::Db::merge`]).
+    pub auto: bool,
+    /// How often the merge worker looks at the triggers.
+    pub check_interval: Duration,
+    /// Trigger: some sealed blob has at least this percentage of dead bytes.
+    pub frag_trigger_pct: u8,
+    /// Trigger: some sealed blob holds at least this many dead bytes.
+    pub dead_bytes_trigger: u64,
+    /// A sealed blob below this size counts as small.
+    pub small_blob_threshold: u64,
+    /// Trigger: at least this many small sealed blobs (0 = never).
+    pub small_blobs_trigger: usize,
+    /// Only merge automatically between these UTC hours (`start..end`, may wrap midnight).
+    pub window: Option<(u8, u8)>,
+}
+
+impl Default for MergeOptions {
+    fn default() -> Self {
+        MergeOptions {
+            auto: true,
+            check_interval: Duration::from_secs(1),
+            frag_trigger_pct: 60,
+            dead_bytes_trigger: 512 << 20,
+            small_blob_threshold: 10 << 20,
+            small_blobs_trigger: 16,
+            window: None,
+        }
+    }
+}
+
+/// Options of [`crate::Db::open`].
+#[derive(Debug)]
+pub struct Options {
+    pub device: DeviceSpec,
+    /// Format the device if it does not hold a blobstore (and create the image file).
+    pub create: bool,
+    /// Size of an image file created for `DeviceSpec::Path`.
+    pub device_size: u64,
+    /// Cluster size when formatting.
+    pub cluster_size: u32,
+    /// Shard count (default: cores). An existing store keeps the count it was created with.
+    pub shards: usize,
+    /// A data blob past this size is sealed and a new one started (at most 4 GiB).
+    pub max_blob_size: u64,
+    pub sync: SyncPolicy,
+    pub merge: MergeOptions,
+    /// At most 65535.
+    pub max_key_size: usize,
+    /// At most 2 GiB - 1, and must fit a data blob.
+    pub max_value_size: usize,
+    /// Read cache bytes over all shards; 0 disables it.
+    pub cache_bytes: usize,
+    /// Blobstore type tag (at most 16 bytes).
+    pub bstype: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            device: DeviceSpec::Memory { size: 256 << 20 },
+            create: true,
+            device_size: 1 << 30,
+            cluster_size: crate::blobstore::DEFAULT_CLUSTER_SIZE,
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            max_blob_size: 256 << 20,
+            sync: SyncPolicy::GroupCommit {
+                max_delay: Duration::from_micros(200),
+            },
+            merge: MergeOptions::default(),
+            max_key_size: 1024,
+            max_value_size: 16 << 20,
+            cache_bytes: 64 << 20,
+            bstype: "BLOBCASK".to_string(),
+        }
+    }
+}
+
+/// Hard limits of the on-disk format.
+pub const MAX_KEY_LIMIT: usize = u16::MAX as usize;
+pub const MAX_VALUE_LIMIT: usize = (1 << 31) - 1;
+pub const MAX_BLOB_LIMIT: u64 = u32::MAX as u64 + 1;
+pub const MAX_SHARDS: usize = 1024;
+
+impl Options {
+    /// Defaults on `device`.
+    pub fn new(device: DeviceSpec) -> Self {
+        Options {
+            device,
+            ..Options::default()
+        }
+    }
+
+    /// Check every option; a clear error names the bad one.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(m));
+        if self.shards == 0 || self.shards > MAX_SHARDS {
+            return bad(format!(
+                "shards = {} (must be 1..={MAX_SHARDS})",
+                self.shards
+            ));
+        }
+        if self.max_key_size == 0 || self.max_key_size > MAX_KEY_LIMIT {
+            return bad(format!(
+                "max_key_size = {} (must be 1..={MAX_KEY_LIMIT})",
+                self.max_key_size
+            ));
+        }
+        if self.max_value_size > MAX_VALUE_LIMIT {
+            return bad(format!(
+                "max_value_size = {} (at most {MAX_VALUE_LIMIT})",
+                self.max_value_size
+            ));
+        }
+        if self.cluster_size < 4096 || !self.cluster_size.is_multiple_of(4096) {
+            return bad(format!(
+                "cluster_size = {} (a multiple of 4096)",
+                self.cluster_size
+            ));
+        }
+        if self.max_blob_size > MAX_BLOB_LIMIT || self.max_blob_size < 4096 {
+            return bad(format!(
+                "max_blob_size = {} (must be 4096..={MAX_BLOB_LIMIT})",
+                self.max_blob_size
+            ));
+        }
+        let biggest = crate::record::encoded_len(crate::record::BATCH, self.max_key_size, 0) as u64
+            + self.max_value_size as u64;
+        if biggest > self.max_blob_size {
+            return bad(format!(
+                "max_value_size {} + max_key_size {} does not fit max_blob_size {}",
+                self.max_value_size, self.max_key_size, self.max_blob_size
+            ));
+        }
+        if self.bstype.len() > 16 {
+            return bad(format!("bstype {:?} is longer than 16 bytes", self.bstype));
+        }
+        if self.merge.frag_trigger_pct > 100 {
+            return bad(format!(
+                "merge.frag_trigger_pct = {} (at most 100)",
+                self.merge.frag_trigger_pct
+            ));
+        }
+        if let Some((a, b)) = self.merge.window {
+            if a > 23 || b > 24 {
+                return bad(format!("merge.window = {a}..{b} (hours 0..=24)"));
+            }
+        }
+        if let SyncPolicy::GroupCommit { max_delay } = self.sync {
+            if max_delay > Duration::from_secs(1) {
+                return bad(format!("sync max_delay {max_delay:?} is over 1 s"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_bad_values_are_named() {
+        assert!(Options::default().validate().is_ok());
+        type Case = (Box<dyn Fn(&mut Options)>, &'static str);
+        let cases: Vec<Case> = vec![
+            (Box::new(|o| o.shards = 0), "shards"),
+            (Box::new(|o| o.max_key_size = 70_000), "max_key_size"),
+            (Box::new(|o| o.cluster_size = 1000), "cluster_size"),
+            (Box::new(|o| o.max_blob_size = 1 << 40), "max_blob_size"),
+            (Box::new(|o| o.max_value_size = 1 << 30), "does not fit"),
+            (Box::new(|o| o.bstype = "x".repeat(17)), "bstype"),
+        ];
+        for (f, word) in cases {
+            let mut o = Options::default();
+            f(&mut o);
+            match o.validate() {
+                Err(Error::InvalidArgument(m)) => assert!(m.contains(word), "{m}"),
+                other => panic!("{word}: {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,598 @@
+//! The shard thread: the single writer of its shard's log.
+//!
+//! It blocks for a request, drains whatever else is queued (bounded), encodes all of it into
+//! one contiguous run of records after the active blob's tail, issues **one device write**
+//! (tail page included, page-aligned) and, per the sync policy, **one flush** for the whole
+//! group, then publishes the new locations in the keydir under one write-lock and replies.
+//!
+//! **Free-space lease.** The active blob is grown ahead of the write cursor by a batch of
+//! clusters at a time (`resize` + one `sync_md`), so appends inside the lease touch neither the
+//! blobstore's allocator nor its metadata thread. A cluster is written only once the metadata
+//! naming it is durable. After a crash the unused part of the lease still belongs to the blob;
+//! open seals that blob and shrinks it to what holds records, which returns the clusters.
+//!
+//! **Torn writes.** Only the tail page (which holds acknowledged bytes) is ever rewritten, with
+//! those bytes unchanged, and a page write is atomic; a torn multi-page write can therefore only
+//! lose records of the group in flight, which were not acknowledged.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+
+use crate::blobstore::{BlobStore, CreateOpts, IoChannel as _};
+use crate::db::{record_len, BlobEntry, BlobHandle, Core, Index, LOC_BATCH_BIT};
+use crate::device::AlignedBuf;
+use crate::error::{Error, Result};
+use crate::keydir::{hash_key, Loc};
+use crate::options::SyncPolicy;
+use crate::record;
+use crate::reply;
+use crate::stats::BlobRole;
+
+/// One mutation.
+#[derive(Debug, Clone)]
+pub(crate) enum Op {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+}
+
+impl Op {
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Op::Put(k, _) | Op::Delete(k) => k,
+        }
+    }
+}
+
+/// A request to a shard thread.
+pub(crate) enum Req {
+    /// Plain writes, or a whole single-shard batch (`batch` = its id) with its commit.
+    Write {
+        ops: Vec<Op>,
+        batch: Option<u64>,
+        reply: reply::Sender<()>,
+    },
+    /// Round 1 of a cross-shard batch: write and flush the members, publish nothing yet.
+    Prepare {
+        batch: u64,
+        ops: Vec<Op>,
+        reply: reply::Sender<()>,
+    },
+    /// Round 2: write the commit record, then publish the prepared members.
+    Commit {
+        batch: u64,
+        reply: reply::Sender<()>,
+    },
+    /// Round 1 failed somewhere: forget the prepared members (they stay uncommitted on disk).
+    Abort {
+        batch: u64,
+    },
+    Sync {
+        reply: reply::Sender<()>,
+    },
+    /// Seal the active blob (so that a merge on demand covers everything written so far).
+    Seal {
+        reply: reply::Sender<()>,
+    },
+    Close {
+        reply: reply::Sender<()>,
+    },
+}
+
+/// Requests drained into one group at most.
+const MAX_GROUP: usize = 512;
+/// Encoded bytes after which a group is written out even if more is queued.
+const MAX_ENCODED: usize = 8 << 20;
+
+/// A keydir change to publish once the group is durable.
+struct Effect {
+    key: Vec<u8>,
+    hash: u64,
+    loc: Option<Loc>,
+    len: u64,
+}
+
+enum Post {
+    Apply(reply::Sender<()>, Vec<Effect>),
+    Prepare(u64, reply::Sender<()>, Vec<Effect>),
+    Commit(u64, reply::Sender<()>),
+}
+
+impl Post {
+    fn fail(self, e: Error) {
+        match self {
+            Post::Apply(r, _) | Post::Prepare(_, r, _) | Post::Commit(_, r) => r.send(Err(e)),
+        }
+    }
+}
+
+/// The active data blob.
+struct Active<S: BlobStore> {
+    slot: u16,
+    handle: Arc<BlobHandle<S>>,
+    /// Bytes of records written (and acknowledged or about to be).
+    end: u64,
+    /// Bytes of clusters whose metadata is durable.
+    leased: u64,
+    /// The bytes of the partial last page (`end % page`), rewritten with the next write.
+    tail: Vec<u8>,
+}
+
+/// State of one shard thread.
+pub(crate) struct Shard<S: BlobStore> {
+    id: usize,
+    core: Arc<Core<S>>,
+    chan: S::Channel,
+    active: Option<Active<S>>,
+    next_seq: u64,
+    enc: Vec<u8>,
+    wbuf: AlignedBuf,
+    pending: HashMap<u64, Vec<Effect>>,
+    last_group: usize,
+    /// Something of the current group reached the device.
+    group_wrote: bool,
+}
+
+/// Start shard `id`'s thread. `next_seq` continues the recovered log.
+pub(crate) fn spawn<S: BlobStore>(
+    core: Arc<Core<S>>,
+    id: usize,
+    next_seq: u64,
+    rx: Receiver<Req>,
+) -> Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("blobcask-shard-{id}"))
+        .spawn(move || {
+            let chan = match core.store.channel() {
+                Ok(c) => c,
+                Err(e) => {
+                    log::error!("blobcask: shard {id} has no I/O channel: {e}");
+                    core.poison();
+                    for req in rx {
+                        fail_req(req, Error::Poisoned);
+                    }
+                    return;
+                }
+            };
+            let mut shard = Shard {
+                id,
+                core,
+                chan,
+                active: None,
+                next_seq: next_seq.max(1),
+                enc: Vec::new(),
+                wbuf: AlignedBuf::zeroed(0),
+                pending: HashMap::new(),
+                last_group: 0,
+                group_wrote: false,
+            };
+            shard.run(rx);
+        })
+        .map_err(Error::Io)
+}
+
+fn fail_req(req: Req, e: Error) {
+    match req {
+        Req::Write { reply, .. }
+        | Req::Prepare { reply, .. }
+        | Req::Commit { reply, .. }
+        | Req::Sync { reply }
+        | Req::Seal { reply }
+        | Req::Close { reply } => reply.send(Err(e)),
+        Req::Abort { .. } => {}
+    }
+}
+
+impl<S: BlobStore> Shard<S> {
+    fn run(&mut self, rx: Receiver<Req>) {
+        while let Ok(first) = rx.recv() {
+            let group = self.gather(first, &rx);
+            if self.handle_group(group) {
+                return;
+            }
+        }
+    }
+
+    /// The first request plus what is queued; under group commit, wait up to `max_delay`
+    /// for more when the last group showed concurrent writers.
+    fn gather(&mut self, first: Req, rx: &Receiver<Req>) -> Vec<Req> {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(r) => group.push(r),
+                Err(_) => break,
+            }
+        }
+        if let SyncPolicy::GroupCommit { max_delay } = self.core.cfg.sync {
+            if self.last_group > 1 && max_delay > Duration::ZERO {
+                let deadline = Instant::now() + max_delay;
+                while group.len() < self.last_group.min(MAX_GROUP) {
+                    match rx.recv_deadline(deadline) {
+                        Ok(r) => group.push(r),
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        self.last_group = group.len();
+        group
+    }
+
+    /// Process one group; true when the shard is closing.
+    fn handle_group(&mut self, group: Vec<Req>) -> bool {
+        let ctr = &self.core.shards[self.id].ctr;
+        ctr.groups.fetch_add(1, Ordering::Relaxed);
+        ctr.group_ops
+            .fetch_add(group.len() as u64, Ordering::Relaxed);
+        let bucket = (usize::BITS - 1 - group.len().max(1).leading_zeros()).min(7) as usize;
+        ctr.group_hist[bucket].fetch_add(1, Ordering::Relaxed);
+
+        let mut posts: Vec<Post> = Vec::new();
+        let mut syncs: Vec<reply::Sender<()>> = Vec::new();
+        let mut close: Option<reply::Sender<()>> = None;
+        let mut flush = !matches!(self.core.cfg.sync, SyncPolicy::Never);
+        let mut it = group.into_iter();
+        let mut result = Ok(());
+        self.group_wrote = false;
+        if self.core.poisoned.load(Ordering::Acquire) {
+            for req in it {
+                match req {
+                    Req::Close { reply } => close = Some(reply),
+                    other => fail_req(other, Error::Poisoned),
+                }
+            }
+            if let Some(r) = close {
+                r.send(Ok(()));
+                return true;
+            }
+            return false;
+        }
+        for req in it.by_ref() {
+            let staged = match req {
+                Req::Write { ops, batch, reply } => {
+                    posts.push(Post::Apply(reply, Vec::new()));
+                    self.stage_ops(ops, batch).and_then(|effects| {
+                        if let Some(id) = batch {
+                            self.append_commit(id)?;
+                        }
+                        if let Some(Post::Apply(_, e)) = posts.last_mut() {
+                            *e = effects;
+                        }
+                        Ok(())
+                    })
+                }
+                Req::Prepare { batch, ops, reply } => {
+                    flush = true;
+                    posts.push(Post::Prepare(batch, reply, Vec::new()));
+                    self.stage_ops(ops, Some(batch)).map(|effects| {
+                        if let Some(Post::Prepare(_, _, e)) = posts.last_mut() {
+                            *e = effects;
+                        }
+                    })
+                }
+                Req::Commit { batch, reply } => {
+                    posts.push(Post::Commit(batch, reply));
+                    self.append_commit(batch)
+                }
+                Req::Abort { batch } => {
+                    self.pending.remove(&batch);
+                    Ok(())
+                }
+                Req::Sync { reply } => {
+                    flush = true;
+                    syncs.push(reply);
+                    Ok(())
+                }
+                Req::Seal { reply } => {
+                    syncs.push(reply);
+                    self.write_out().and_then(|()| self.rotate())
+                }
+                Req::Close { reply } => {
+                    close = Some(reply);
+                    break;
+                }
+            };
+            if let Err(e) = staged {
+                result = Err(e);
+                break;
+            }
+        }
+        if result.is_ok() {
+            result = self.write_out();
+        }
+        if result.is_ok() && flush && self.group_wrote || result.is_ok() && !syncs.is_empty() {
+            result = self.core.store.block_on(self.chan.flush());
+        }
+        match result {
+            Ok(()) => self.publish(posts, syncs),
+            Err(e) => self.fail_group(e, posts, syncs),
+        }
+        for req in it {
+            fail_req(req, Error::Closed);
+        }
+        if let Some(reply) = close {
+            reply.send(self.close());
+            return true;
+        }
+        false
+    }
+
+    fn fail_group(&mut self, e: Error, posts: Vec<Post>, syncs: Vec<reply::Sender<()>>) {
+        let recoverable = matches!(e, Error::Full) && !self.group_wrote;
+        if recoverable {
+            // Nothing of this group reached the device: drop it and carry on.
+            self.enc.clear();
+            for p in posts {
+                p.fail(Error::Full);
+            }
+        } else {
+            log::error!("blobcask: shard {} write failed: {e}", self.id);
+            self.core.poison();
+            let mut e = Some(e);
+            for p in posts {
+                p.fail(e.take().unwrap_or(Error::Poisoned));
+            }
+        }
+        for s in syncs {
+            s.send(Err(Error::Poisoned));
+        }
+    }
+
+    /// Publish the group's keydir changes under one write-lock, then reply.
+    fn publish(&mut self, posts: Vec<Post>, syncs: Vec<reply::Sender<()>>) {
+        let mut replies = Vec::with_capacity(posts.len());
+        {
+            let sh = &self.core.shards[self.id];
+            let mut ix = sh.index.write();
+            if let Some(a) = &self.active {
+                if let Some(e) = ix.entry_mut(a.slot) {
+                    e.written = a.end;
+                }
+            }
+            for p in posts {
+                match p {
+                    Post::Apply(r, effects) => {
+                        for eff in effects {
+                            apply(&mut ix, eff);
+                        }
+                        replies.push(r);
+                    }
+                    Post::Prepare(id, r, effects) => {
+                        self.pending.insert(id, effects);
+                        replies.push(r);
+                    }
+                    Post::Commit(id, r) => {
+                        for eff in self.pending.remove(&id).unwrap_or_default() {
+                            apply(&mut ix, eff);
+                        }
+                        replies.push(r);
+                    }
+                }
+            }
+        }
+        for r in replies {
+            r.send(Ok(()));
+        }
+        for s in syncs {
+            s.send(Ok(()));
+        }
+    }
+
+    /// Encode `ops` (as members of `batch` if given).
+    fn stage_ops(&mut self, ops: Vec<Op>, batch: Option<u64>) -> Result<Vec<Effect>> {
+        let mut effects = Vec::with_capacity(ops.len());
+        let bflag = if batch.is_some() { record::BATCH } else { 0 };
+        let bid = batch.unwrap_or(0);
+        let core = self.core.clone();
+        let ctr = &core.shards[self.id].ctr;
+        for op in ops {
+            let (key, value, flags) = match op {
+                Op::Put(k, v) => (k, Some(v), bflag),
+                Op::Delete(k) => (k, None, bflag | record::TOMBSTONE),
+            };
+            let vbytes = value.as_deref().unwrap_or(&[]);
+            ctr.user_bytes
+                .fetch_add((key.len() + vbytes.len()) as u64, Ordering::Relaxed);
+            let (slot, offset, len) = self.append(flags, bid, &key, vbytes)?;
+            let loc = value.map(|v| Loc {
+                blob: slot,
+                offset,
+                value_len: v.len() as u32 | if batch.is_some() { LOC_BATCH_BIT } else { 0 },
+            });
+            let hash = hash_key(&key);
+            effects.push(Effect {
+                key,
+                hash,
+                loc,
+                len,
+            });
+        }
+        Ok(effects)
+    }
+
+    fn append_commit(&mut self, batch: u64) -> Result<()> {
+        self.append(record::COMMIT, 0, &[], &batch.to_le_bytes())
+            .map(|_| ())
+    }
+
+    /// Encode one record after what is staged; rotate first if it would overflow the blob.
+    /// Returns (blob slot, offset, record length).
+    fn append(
+        &mut self,
+        flags: u16,
+        batch: u64,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(u16, u32, u64)> {
+        let len = record::encoded_len(flags, key.len(), value.len()) as u64;
+        self.ensure_active()?;
+        let pos = self.staged_end()?;
+        if pos + len > self.core.cfg.max_blob_size && pos > 0 {
+            self.write_out()?;
+            self.rotate()?;
+            self.ensure_active()?;
+        }
+        let pos = self.staged_end()?;
+        let a = self.active.as_ref().ok_or(Error::Closed)?;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        record::encode(&mut self.enc, a.handle.salt, seq, flags, batch, key, value);
+        let slot = a.slot;
+        if self.enc.len() >= MAX_ENCODED {
+            self.write_out()?;
+        }
+        Ok((slot, pos as u32, len))
+    }
+
+    fn staged_end(&self) -> Result<u64> {
+        let a = self.active.as_ref().ok_or(Error::Closed)?;
+        Ok(a.end + self.enc.len() as u64)
+    }
+
+    /// Create the active blob if there is none.
+    fn ensure_active(&mut self) -> Result<()> {
+        if self.active.is_some() {
+            return Ok(());
+        }
+        let core = &self.core;
+        let cfg = &core.cfg;
+        let sh = &core.shards[self.id];
+        let seq = sh.next_blob_seq.fetch_add(1, Ordering::SeqCst);
+        let salt: u64 = rand::random();
+        let max_cl = cfg.max_blob_size.div_ceil(cfg.cluster);
+        let clusters = cfg.lease_clusters.min(max_cl).max(1);
+        let id = core.store.block_on(core.store.create(CreateOpts {
+            num_clusters: clusters,
+            xattrs: crate::recovery::data_xattrs(self.id, seq, salt),
+            ..CreateOpts::default()
+        }))?;
+        let blob = core.store.block_on(core.store.open(id))?;
+        let handle = Arc::new(BlobHandle {
+            blob,
+            id,
+            seq,
+            salt,
+        });
+        let slot = sh.index.write().add_blob(BlobEntry {
+            handle: handle.clone(),
+            written: 0,
+            live: 0,
+            role: BlobRole::Active,
+        })?;
+        self.active = Some(Active {
+            slot,
+            handle,
+            end: 0,
+            leased: clusters * cfg.cluster,
+            tail: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Grow the lease so that `[0, end)` lies in clusters with durable metadata.
+    fn ensure_lease(&mut self, end: u64) -> Result<()> {
+        let cfg = &self.core.cfg;
+        let a = self.active.as_mut().ok_or(Error::Closed)?;
+        if end <= a.leased {
+            return Ok(());
+        }
+        let need = end.div_ceil(cfg.cluster);
+        let max_cl = cfg.max_blob_size.div_ceil(cfg.cluster);
+        let target = (need + cfg.lease_clusters - 1).min(max_cl).max(need);
+        let store = &self.core.store;
+        store.block_on(store.resize(&a.handle.blob, target))?;
+        store.block_on(store.sync_md(&a.handle.blob))?;
+        a.leased = target * cfg.cluster;
+        Ok(())
+    }
+
+    /// Write the staged records (with the tail page) in one device write.
+    fn write_out(&mut self) -> Result<()> {
+        if self.enc.is_empty() {
+            return Ok(());
+        }
+        let end = self.staged_end()?;
+        self.ensure_lease(end)?;
+        let page = self.core.cfg.page;
+        let iou = self.core.cfg.io_unit;
+        let a = self.active.as_mut().ok_or(Error::Closed)?;
+        let base = a.end - a.tail.len() as u64;
+        let total = a.tail.len() + self.enc.len();
+        let padded = total.div_ceil(page as usize) * page as usize;
+        if self.wbuf.len() < padded {
+            self.wbuf = AlignedBuf::zeroed(padded.div_ceil(1 << 20) << 20);
+        }
+        let t = a.tail.len();
+        self.wbuf[..t].copy_from_slice(&a.tail);
+        self.wbuf[t..total].copy_from_slice(&self.enc);
+        self.wbuf[total..padded].fill(0);
+        self.group_wrote = true;
+        let store = &self.core.store;
+        store.block_on(
+            self.chan
+                .write(&a.handle.blob, base / iou, &self.wbuf[..padded]),
+        )?;
+        self.core.shards[self.id]
+            .ctr
+            .device_bytes
+            .fetch_add(padded as u64, Ordering::Relaxed);
+        a.end = end;
+        let tail_start = (end / page * page - base) as usize;
+        a.tail.clear();
+        a.tail.extend_from_slice(&self.wbuf[tail_start..total]);
+        self.enc.clear();
+        Ok(())
+    }
+
+    /// Seal the active blob: shrink it to the clusters that hold records.
+    fn rotate(&mut self) -> Result<()> {
+        let Some(a) = self.active.take() else {
+            return Ok(());
+        };
+        let cluster = self.core.cfg.cluster;
+        let used = a.end.div_ceil(cluster).max(1);
+        if used * cluster < a.leased {
+            let store = &self.core.store;
+            store.block_on(store.resize(&a.handle.blob, used))?;
+            store.block_on(store.sync_md(&a.handle.blob))?;
+        }
+        let mut ix = self.core.shards[self.id].index.write();
+        if let Some(e) = ix.entry_mut(a.slot) {
+            e.role = BlobRole::Sealed;
+            e.written = a.end;
+        }
+        Ok(())
+    }
+
+    /// Clean close: everything durable, active blob sealed, keydir snapshot written.
+    fn close(&mut self) -> Result<()> {
+        if self.core.poisoned.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.write_out()?;
+        self.rotate()?;
+        self.core.store.block_on(self.chan.flush())?;
+        crate::recovery::write_snapshot(&self.core, self.id, &self.chan, self.next_seq - 1)
+    }
+}
+
+/// Publish one change, keeping per-blob live bytes.
+fn apply<S: BlobStore>(ix: &mut Index<S>, eff: Effect) {
+    let klen = eff.key.len();
+    match eff.loc {
+        Some(loc) => {
+            if let Some(old) = ix.keydir.insert(&eff.key, eff.hash, loc) {
+                ix.kill(old.blob, record_len(klen, old));
+            }
+            ix.add_live(loc.blob, eff.len);
+        }
+        None => {
+            if let Some(old) = ix.keydir.remove(&eff.key, eff.hash) {
+                ix.kill(old.blob, record_len(klen, old));
+            }
+        }
+    }
+}

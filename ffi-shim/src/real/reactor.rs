@@ -1,0 +1,413 @@
+//! The SPDK environment and the reactor OS thread that polls every SPDK thread.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::ffi::{CStr, CString};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
+use std::thread::{self, Thread, ThreadId};
+use std::time::Duration;
+
+use super::completion::{complete_trampoline, Record, IN_FLIGHT};
+use super::ffi;
+use crate::{Config, EnvOpts, Error, Result};
+
+/// An SPDK thread (`struct spdk_thread *`), only ever dereferenced by SPDK on the reactor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SpdkThread(pub *mut spdk_sys::spdk_thread);
+
+// SAFETY: the pointer is an opaque token off the reactor; only the reactor hands it to SPDK
+// (spdk_set_thread / spdk_thread_poll), so sending or sharing the token is harmless.
+unsafe impl Send for SpdkThread {}
+// SAFETY: as above; the token is never dereferenced by Rust.
+unsafe impl Sync for SpdkThread {}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+struct Shared {
+    queue: Mutex<VecDeque<(SpdkThread, Job)>>,
+}
+
+/// The process-wide SPDK environment. Started once; lives until the process exits.
+pub struct Env {
+    shared: Arc<Shared>,
+    reactor: Thread,
+    reactor_id: ThreadId,
+    md: SpdkThread,
+    version: String,
+}
+
+static ENV: OnceLock<std::result::Result<Env, String>> = OnceLock::new();
+
+/// Set at process exit: the reactor stops polling and acknowledges through `STOPPED`.
+static STOP: AtomicBool = AtomicBool::new(false);
+static STOPPED: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+
+/// atexit handler: park the reactor for good before SPDK's and DPDK's destructors run.
+extern "C" fn stop_reactor_at_exit() {
+    STOP.store(true, Ordering::SeqCst);
+    let Some(env) = Env::get() else { return };
+    if thread::current().id() == env.reactor_id {
+        return;
+    }
+    env.reactor.unpark();
+    let (m, cv) = &STOPPED;
+    let mut stopped = m.lock().unwrap_or_else(|p| p.into_inner());
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while !*stopped {
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            break;
+        }
+        stopped = match cv.wait_timeout(stopped, deadline - now) {
+            Ok((g, _)) => g,
+            Err(p) => p.into_inner().0,
+        };
+    }
+}
+
+thread_local! {
+    /// Reactor-local: SPDK threads to poll, and those asked to exit.
+    static POLLED: RefCell<Polled> = RefCell::new(Polled::default());
+}
+
+#[derive(Default)]
+struct Polled {
+    threads: Vec<SpdkThread>,
+    exiting: Vec<SpdkThread>,
+}
+
+impl Env {
+    /// Start SPDK in this process, or return the environment started before (`opts` are
+    /// then ignored). A failed start is remembered: DPDK cannot be initialised twice.
+    pub fn start(opts: &EnvOpts) -> Result<&'static Env> {
+        let env = ENV.get_or_init(|| start_reactor(opts.clone()));
+        env.as_ref().map_err(|e| Error::Unavailable(e.clone()))
+    }
+
+    /// The environment, if [`Env::start`] succeeded earlier.
+    pub fn get() -> Option<&'static Env> {
+        ENV.get().and_then(|r| r.as_ref().ok())
+    }
+
+    /// SPDK's version string, e.g. `SPDK v25.09`.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Run the RPC calls of a JSON config (bdev creation and deletion, ...) through SPDK's
+    /// config loader. Stops at the first failing call.
+    pub async fn load_config(&self, config: &Config) -> Result<()> {
+        let json = CString::new(config.text()?)
+            .map_err(|_| Error::InvalidArgument("SPDK config holds a NUL byte".into()))?;
+        let rec = Record::new();
+        let r = Arc::clone(&rec);
+        self.run(self.md, move || {
+            // SAFETY: on the metadata thread (run() sets it); SPDK copies `json` before
+            // returning, and `r` is handed over as cb_arg exactly once.
+            unsafe { ffi::shim_load_config(json.as_ptr(), json.as_bytes().len(), r.into_cb_arg()) };
+        });
+        let done = rec.wait().await;
+        check("loading SPDK JSON config", done.rc)
+    }
+
+    /// Block size and block count of a bdev, if it exists.
+    pub fn bdev_geometry(&self, name: &str) -> Option<(u32, u64)> {
+        let name = CString::new(name).ok()?;
+        self.call(self.md, move || {
+            // SAFETY: on the metadata thread; `name` outlives both calls.
+            unsafe {
+                (
+                    ffi::shim_bdev_block_size(name.as_ptr()),
+                    ffi::shim_bdev_num_blocks(name.as_ptr()),
+                )
+            }
+        })
+        .filter(|&(bs, _)| bs != 0)
+    }
+
+    pub(crate) fn md(&self) -> SpdkThread {
+        self.md
+    }
+
+    /// Queue `f` to run on SPDK thread `t` (on the reactor). Jobs of one thread run in
+    /// submission order.
+    pub(crate) fn run(&self, t: SpdkThread, f: impl FnOnce() + Send + 'static) {
+        let mut q = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.push_back((t, Box::new(f)));
+        drop(q);
+        self.reactor.unpark();
+    }
+
+    /// Run `f` on SPDK thread `t` and wait for its value. Returns `None` only if the reactor
+    /// is gone. Inline when already on the reactor.
+    pub(crate) fn call<T: Send + 'static>(
+        &self,
+        t: SpdkThread,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        if thread::current().id() == self.reactor_id {
+            return Some(on_thread(t, f));
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.run(t, move || {
+            let _ = tx.send(f());
+        });
+        rx.recv().ok()
+    }
+
+    /// Create an SPDK thread polled by the reactor.
+    pub(crate) fn create_thread(&self, name: &str) -> Result<SpdkThread> {
+        let name = CString::new(name).unwrap_or_else(|_| c"blobcask_io".to_owned());
+        let t = self
+            .call(self.md, move || {
+                // SAFETY: thread lib is initialised; `name` is copied by SPDK.
+                let t = unsafe { spdk_sys::spdk_thread_create(name.as_ptr(), std::ptr::null()) };
+                if !t.is_null() {
+                    POLLED.with(|p| p.borrow_mut().threads.push(SpdkThread(t)));
+                }
+                SpdkThread(t)
+            })
+            .ok_or_else(|| Error::Unavailable("the SPDK reactor has stopped".into()))?;
+        if t.0.is_null() {
+            return Err(Error::Spdk {
+                op: "spdk_thread_create",
+                rc: -crate::libc_errno::ENOMEM,
+            });
+        }
+        Ok(t)
+    }
+
+    /// Ask SPDK thread `t` to exit after the jobs queued before this one; the reactor
+    /// destroys it once SPDK reports it exited.
+    pub(crate) fn exit_thread(&self, t: SpdkThread) {
+        self.run(t, move || {
+            // SAFETY: we are on `t` (run() set it); it is not the metadata thread.
+            unsafe { spdk_sys::spdk_thread_exit(t.0) };
+            POLLED.with(|p| p.borrow_mut().exiting.push(t));
+        });
+    }
+}
+
+/// Run `f` with `t` as the current SPDK thread (reactor only).
+fn on_thread<T>(t: SpdkThread, f: impl FnOnce() -> T) -> T {
+    // SAFETY: only the reactor calls this, and no SPDK thread is being polled right now, so
+    // making `t` current for the duration of `f` is what spdk_thread_poll itself does.
+    let prev = unsafe { spdk_sys::spdk_get_thread() };
+    // SAFETY: as above.
+    unsafe { spdk_sys::spdk_set_thread(t.0) };
+    let v = f();
+    // SAFETY: restore the previous current thread (null outside polls).
+    unsafe { spdk_sys::spdk_set_thread(prev) };
+    v
+}
+
+pub(crate) fn check(op: &'static str, rc: i32) -> Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(Error::Spdk { op, rc })
+    }
+}
+
+fn start_reactor(opts: EnvOpts) -> std::result::Result<Env, String> {
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(VecDeque::new()),
+    });
+    let (tx, rx) = mpsc::channel();
+    let sh = Arc::clone(&shared);
+    let handle = thread::Builder::new()
+        .name("spdk-reactor".into())
+        .spawn(move || reactor_main(opts, sh, tx))
+        .map_err(|e| format!("spawning the SPDK reactor thread: {e}"))?;
+    let reactor = handle.thread().clone();
+    let md = match rx.recv() {
+        Ok(Ok(md)) => md,
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err("the SPDK reactor thread died during start-up".into()),
+    };
+    // SAFETY: returns a pointer to a static NUL-terminated string.
+    let version = unsafe { CStr::from_ptr(ffi::shim_spdk_version()) }
+        .to_string_lossy()
+        .into_owned();
+    Ok(Env {
+        shared,
+        reactor_id: reactor.id(),
+        reactor,
+        md,
+        version,
+    })
+}
+
+fn init_spdk(opts: &EnvOpts) -> std::result::Result<SpdkThread, String> {
+    let name = CString::new(opts.name.clone()).map_err(|_| "env name holds a NUL byte")?;
+    let mask = CString::new(opts.core_mask.clone()).map_err(|_| "core mask holds a NUL byte")?;
+    let no_huge = opts.no_huge.unwrap_or_else(|| !crate::hugepages_usable());
+    let no_pci = opts.no_pci.unwrap_or(true);
+    // With hugepages DPDK grows its memory on demand (0 = no `-m`); without them it needs a
+    // fixed amount up front.
+    let mem = match (no_huge, opts.mem_size_mb) {
+        (true, 0) => 1024,
+        (true, m) => m.max(512),
+        (false, m) => m,
+    };
+    let mem = i32::try_from(mem).unwrap_or(i32::MAX);
+    // SAFETY: plain C call with valid NUL-terminated strings that outlive it; SPDK keeps no
+    // pointer to them past initialisation (DPDK copies its argv).
+    let rc = unsafe {
+        ffi::shim_env_start(
+            name.as_ptr(),
+            mask.as_ptr(),
+            i32::from(no_huge),
+            if no_huge || opts.mem_size_mb > 0 {
+                mem
+            } else {
+                0
+            },
+            i32::from(no_pci),
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "spdk_env_init failed ({rc}){}",
+            if no_huge {
+                ""
+            } else {
+                "; no usable hugepages? reserve some (echo 1024 > /proc/sys/vm/nr_hugepages) or set no_huge"
+            }
+        ));
+    }
+    // SAFETY: the env is up. DPDK pinned this thread to the main core; undo that so the
+    // reactor does not fight the engine's threads for one CPU.
+    unsafe { spdk_sys::spdk_unaffinitize_thread() };
+    // SAFETY: registers a plain function pointer with the shim; called before any callback.
+    unsafe { ffi::shim_set_complete(complete_trampoline) };
+    // SAFETY: plain setter.
+    unsafe { ffi::shim_log_level(opts.log_level.to_spdk()) };
+    // SAFETY: first and only initialisation of the thread library in this process.
+    let rc = unsafe { spdk_sys::spdk_thread_lib_init(None, 0) };
+    if rc != 0 {
+        return Err(format!("spdk_thread_lib_init failed ({rc})"));
+    }
+    // SAFETY: thread lib initialised; the name is copied.
+    let md = unsafe { spdk_sys::spdk_thread_create(c"blobcask_md".as_ptr(), std::ptr::null()) };
+    if md.is_null() {
+        return Err("spdk_thread_create(metadata) failed".into());
+    }
+    let md = SpdkThread(md);
+    POLLED.with(|p| p.borrow_mut().threads.push(md));
+
+    let rec = Record::new();
+    on_thread(md, || {
+        // SAFETY: on the metadata thread; the record reference is handed over once.
+        unsafe { ffi::shim_subsystem_init(rec.into_cb_arg()) }
+    });
+    let mut spins: u64 = 0;
+    loop {
+        if let Some(rc) = poll_ready(&rec) {
+            if rc != 0 {
+                return Err(format!("spdk_subsystem_init failed ({rc})"));
+            }
+            break;
+        }
+        poll_all();
+        spins += 1;
+        if spins.is_multiple_of(100_000) {
+            thread::sleep(Duration::from_micros(100));
+        }
+        if spins > 200_000_000 {
+            return Err("spdk_subsystem_init did not complete".into());
+        }
+    }
+    Ok(md)
+}
+
+fn poll_ready(rec: &Arc<Record>) -> Option<i32> {
+    use std::task::{Context, Poll, Waker};
+    let mut w = rec.wait();
+    let mut cx = Context::from_waker(Waker::noop());
+    match std::pin::Pin::new(&mut w).poll(&mut cx) {
+        Poll::Ready(d) => Some(d.rc),
+        Poll::Pending => None,
+    }
+}
+
+/// Poll every SPDK thread once; true if any did work.
+fn poll_all() -> bool {
+    POLLED.with(|p| {
+        let mut p = p.borrow_mut();
+        let mut busy = false;
+        for t in &p.threads {
+            // SAFETY: `t` is a live SPDK thread created by us and polled only here.
+            let rc = unsafe { spdk_sys::spdk_thread_poll(t.0, 0, 0) };
+            busy |= rc > 0;
+        }
+        if !p.exiting.is_empty() {
+            let mut i = 0;
+            while i < p.exiting.len() {
+                let t = p.exiting[i];
+                // SAFETY: `t` is live until destroyed just below.
+                if unsafe { spdk_sys::spdk_thread_is_exited(t.0) } {
+                    // SAFETY: exited threads may be destroyed; nobody polls it afterwards.
+                    unsafe { spdk_sys::spdk_thread_destroy(t.0) };
+                    p.exiting.swap_remove(i);
+                    p.threads.retain(|x| *x != t);
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        busy
+    })
+}
+
+fn reactor_main(
+    opts: EnvOpts,
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<std::result::Result<SpdkThread, String>>,
+) {
+    let started = init_spdk(&opts);
+    let ok = started.is_ok();
+    let _ = tx.send(started);
+    if !ok {
+        return;
+    }
+    // SAFETY: registers a plain `extern "C" fn` with libc.
+    if unsafe { ffi::shim_atexit(stop_reactor_at_exit) } != 0 {
+        log::warn!("ffi-shim: atexit registration failed; exit may crash the reactor");
+    }
+    let mut batch: VecDeque<(SpdkThread, Job)> = VecDeque::new();
+    let mut idle: u32 = 0;
+    loop {
+        if STOP.load(Ordering::SeqCst) {
+            let (m, cv) = &STOPPED;
+            *m.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            cv.notify_all();
+            loop {
+                thread::park();
+            }
+        }
+        {
+            let mut q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::swap(&mut *q, &mut batch);
+        }
+        let ran = !batch.is_empty();
+        while let Some((t, job)) = batch.pop_front() {
+            on_thread(t, job);
+        }
+        let busy = poll_all();
+        if ran || busy || IN_FLIGHT.load(Ordering::Relaxed) > 0 {
+            idle = 0;
+        } else {
+            idle = idle.saturating_add(1);
+            if idle > 20_000 {
+                // Nothing queued, nothing in flight: sleep until a submit unparks us, but
+                // wake now and then for SPDK's timed pollers.
+                thread::park_timeout(Duration::from_millis(1));
+            } else if idle > 2_000 {
+                thread::yield_now();
+            }
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Random crash points: seeded workloads (puts, deletes, batches, rotation, merge, hint and
+//! snapshot writes at close, reopen) crashed at a random device I/O. The surviving image keeps
+//! every flushed write and a random subset of the unflushed ones, in random order, torn at
+//! 4 KiB; the reopened store must satisfy the oracle and fsck.
+
+use std::time::{Duration, Instant};
+
+use blobcask::SyncPolicy;
+use blobcask_tests::harness::{self, Mix};
+use blobcask_tests::oracle::Oracle;
+use blobcask_tests::seed;
+use rand::Rng;
+
+/// Crash points per workload; workloads = `WORKLOADS * TORTURE_SCALE`.
+const POINTS: u64 = 10;
+const WORKLOADS: u64 = 200;
+
+fn policy(r: u32) -> SyncPolicy {
+    match r % 8 {
+        0..=4 => SyncPolicy::Always,
+        5 => SyncPolicy::GroupCommit {
+            max_delay: Duration::from_micros(50),
+        },
+        _ => SyncPolicy::Never,
+    }
+}
+
+fn case(seed: u64) {
+    let mut rng = seed::rng(seed);
+    let sync = policy(rng.gen());
+    let shards = rng.gen_range(1..=2);
+    let mix = Mix {
+        steps: rng.gen_range(20..70),
+        ..Mix::default()
+    };
+    let steps = harness::generate(&mut rng, &mix);
+    let universe = harness::universe(mix.keys);
+
+    // Dry run: the workload must pass without faults; it also counts the I/Os.
+    let dev = harness::device(harness::template(shards), seed);
+    let db = harness::open(&dev, sync, shards).expect("open the template");
+    let mut oracle = Oracle::new(shards);
+    let run = harness::drive(db, &dev, &mut oracle, &steps, sync, &universe)
+        .unwrap_or_else(|e| panic!("seed {seed:#x}: dry run: {e}"));
+    assert!(
+        run.error.is_none(),
+        "seed {seed:#x}: dry run failed without faults: {:?}",
+        run.error
+    );
+    harness::close_and_check(run.db.unwrap(), &dev, &mut oracle, sync, &universe)
+        .unwrap_or_else(|e| panic!("seed {seed:#x}: dry run close: {e}"));
+    let total = dev.io_counts().total();
+
+    let verbose = std::env::var("TORTURE_VERBOSE").is_ok();
+    for j in 0..POINTS {
+        let tj = Instant::now();
+        let at = rng.gen_range(0..total);
+        let dev = harness::device(harness::template(shards), seed::mix(seed, j));
+        dev.stop_after(at);
+        let mut oracle = Oracle::new(shards);
+        let db = harness::open(&dev, sync, shards);
+        let ctx = format!("seed {seed:#x} crash point {j} (after I/O #{at} of {total}, {sync:?})");
+        let db = match db {
+            Ok(db) => {
+                let run = harness::drive(db, &dev, &mut oracle, &steps, sync, &universe)
+                    .unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                run.db
+            }
+            Err(_) => None,
+        };
+        let t_drive = tj.elapsed();
+        let image = dev.crash_image();
+        drop(db);
+        let t_drop = tj.elapsed();
+        let (dev2, db2) =
+            harness::reopen_and_verify(image, seed::mix(seed, j + 100), &mut oracle, sync, &universe)
+                .unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        if j % 4 == 0 {
+            harness::close_and_check(db2, &dev2, &mut oracle, sync, &universe)
+                .unwrap_or_else(|e| panic!("{ctx}: after recovery: {e}"));
+        }
+        if verbose {
+            eprintln!("{ctx}: drive {t_drive:?} drop {t_drop:?} total {:?}", tj.elapsed());
+        }
+    }
+}
+
+#[test]
+fn random_crash_points() {
+    let t0 = Instant::now();
+    let n = seed::run_seeded("crash_random", "random_crash_points", WORKLOADS, case);
+    seed::report("random_crash_points", n * POINTS, t0);
+}

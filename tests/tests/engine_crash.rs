@@ -1,0 +1,279 @@
+//! Reopen after a simulated crash on the sim device: synced writes exactly, unsynced ones a
+//! per-shard prefix, batches all-or-nothing, no resurrected deletes, crash inside merge.
+//! Every failure prints its seed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use blobcask::device::SimDevice;
+use blobcask::keydir::hash_key;
+use blobcask::{Db, DeviceSpec, Options, SyncPolicy, WriteBatch};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const SHARDS: usize = 2;
+
+fn opts(dev: &Arc<SimDevice>, sync: SyncPolicy) -> Options {
+    let mut o = Options::new(DeviceSpec::Sim(dev.clone()));
+    o.cluster_size = 64 << 10;
+    o.shards = SHARDS;
+    o.max_blob_size = 192 << 10;
+    o.max_key_size = 32;
+    o.max_value_size = 8 << 10;
+    o.cache_bytes = 0;
+    o.sync = sync;
+    o.merge.auto = false;
+    o
+}
+
+fn sim(seed: u64) -> Arc<SimDevice> {
+    Arc::new(SimDevice::new(8 << 20, 4096, seed).unwrap())
+}
+
+type Model = HashMap<Vec<u8>, Vec<u8>>;
+
+fn state(db: &Db) -> Model {
+    db.fold(Model::new(), |mut m, k, v| {
+        m.insert(k.to_vec(), v.to_vec());
+        m
+    })
+    .unwrap()
+}
+
+fn shard_of(k: &[u8]) -> usize {
+    (hash_key(k) % SHARDS as u64) as usize
+}
+
+fn value(rng: &mut ChaCha8Rng, key: &[u8], n: u32) -> Vec<u8> {
+    let len = rng.gen_range(0..3000);
+    let mut v = key.to_vec();
+    v.extend_from_slice(&n.to_le_bytes());
+    v.resize(len.max(v.len()), n as u8);
+    v
+}
+
+fn crash_and_reopen(dev: &Arc<SimDevice>, db: Db, sync: SyncPolicy) -> (Arc<SimDevice>, Db) {
+    let next = Arc::new(dev.crash().unwrap());
+    drop(db); // its close fails on the dead device; that must not hang or panic
+    let db = Db::open(opts(&next, sync)).unwrap();
+    (next, db)
+}
+
+#[test]
+fn synced_writes_survive_exactly() {
+    for seed in 0..5u64 {
+        let dev = sim(seed);
+        let db = Db::open(opts(&dev, SyncPolicy::Always)).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut model = Model::new();
+        for n in 0..300u32 {
+            let k = format!("k{}", rng.gen_range(0..40)).into_bytes();
+            match rng.gen_range(0..10) {
+                0..=5 => {
+                    let v = value(&mut rng, &k, n);
+                    db.put(&k, &v).unwrap();
+                    model.insert(k, v);
+                }
+                6..=7 => {
+                    db.delete(&k).unwrap();
+                    model.remove(&k);
+                }
+                _ => {
+                    let mut b = WriteBatch::new();
+                    for j in 0..rng.gen_range(1..6) {
+                        let k = format!("k{}", rng.gen_range(0..40)).into_bytes();
+                        if j % 3 == 2 {
+                            b.delete(&k);
+                            model.remove(&k);
+                        } else {
+                            let v = value(&mut rng, &k, n);
+                            b.put(&k, &v);
+                            model.insert(k, v);
+                        }
+                    }
+                    db.write_batch(b).unwrap();
+                }
+            }
+        }
+        let (dev2, db) = crash_and_reopen(&dev, db, SyncPolicy::Always);
+        assert_eq!(state(&db), model, "seed {seed}");
+        // And once more, after a clean close of the recovered store.
+        db.close().unwrap();
+        let db = Db::open(opts(&dev2, SyncPolicy::Always)).unwrap();
+        assert_eq!(state(&db), model, "seed {seed} after clean reopen");
+        db.close().unwrap();
+    }
+}
+
+/// One acknowledged operation, as the shard log sees it.
+#[derive(Clone)]
+enum Logged {
+    Put(Vec<u8>, Vec<u8>),
+    Del(Vec<u8>),
+}
+
+#[test]
+fn unsynced_writes_recover_as_a_per_shard_prefix() {
+    for seed in 100..106u64 {
+        let dev = sim(seed);
+        let db = Db::open(opts(&dev, SyncPolicy::Never)).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut logs: Vec<Vec<Logged>> = vec![Vec::new(); SHARDS];
+        let mut synced_at = vec![0usize; SHARDS];
+        for n in 0..250u32 {
+            let k = format!("k{}", rng.gen_range(0..30)).into_bytes();
+            let s = shard_of(&k);
+            if rng.gen_range(0..4) == 0 {
+                db.delete(&k).unwrap();
+                logs[s].push(Logged::Del(k));
+            } else {
+                let v = value(&mut rng, &k, n);
+                db.put(&k, &v).unwrap();
+                logs[s].push(Logged::Put(k, v));
+            }
+            if n == 120 {
+                db.sync().unwrap();
+                for (s, l) in logs.iter().enumerate() {
+                    synced_at[s] = l.len();
+                }
+            }
+        }
+        let (_dev2, db) = crash_and_reopen(&dev, db, SyncPolicy::Never);
+        let got = state(&db);
+        for s in 0..SHARDS {
+            let mine: Model = got
+                .iter()
+                .filter(|(k, _)| shard_of(k) == s)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let mut m = Model::new();
+            let mut ok = synced_at[s] == 0 && mine.is_empty();
+            for (i, op) in logs[s].iter().enumerate() {
+                match op {
+                    Logged::Put(k, v) => {
+                        m.insert(k.clone(), v.clone());
+                    }
+                    Logged::Del(k) => {
+                        m.remove(k);
+                    }
+                }
+                if i + 1 >= synced_at[s] && m == mine {
+                    ok = true;
+                    break;
+                }
+            }
+            assert!(ok, "seed {seed}: shard {s} is not a prefix of its log");
+        }
+        db.close().unwrap();
+    }
+}
+
+#[test]
+fn batches_are_all_or_nothing_after_a_crash() {
+    for seed in 200..206u64 {
+        let dev = sim(seed);
+        let db = Db::open(opts(&dev, SyncPolicy::Never)).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let nb = 40;
+        for b in 0..nb {
+            let mut wb = WriteBatch::new();
+            for i in 0..rng.gen_range(2..8) {
+                wb.put(format!("b{b}-{i}").as_bytes(), &vec![b as u8; 700]);
+            }
+            wb.put(format!("b{b}-end").as_bytes(), b"end");
+            db.write_batch(wb).unwrap();
+        }
+        let (_d, db) = crash_and_reopen(&dev, db, SyncPolicy::Never);
+        let got = state(&db);
+        for b in 0..nb {
+            let have = got.contains_key(format!("b{b}-end").as_bytes());
+            for i in 0..2 {
+                assert_eq!(
+                    got.contains_key(format!("b{b}-{i}").as_bytes()),
+                    have,
+                    "seed {seed}: batch {b} is torn"
+                );
+            }
+        }
+        db.close().unwrap();
+    }
+}
+
+#[test]
+fn deletes_never_come_back_across_merges_and_crashes() {
+    for seed in 300..303u64 {
+        let dev = sim(seed);
+        let mut db = Db::open(opts(&dev, SyncPolicy::Always)).unwrap();
+        let mut dev = dev;
+        let mut model = Model::new();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        for round in 0..4u32 {
+            for i in 0..60u32 {
+                let k = format!("k{i}").into_bytes();
+                let v = value(&mut rng, &k, round * 100 + i);
+                db.put(&k, &v).unwrap();
+                model.insert(k, v);
+            }
+            for i in (round..60).step_by(5) {
+                let k = format!("k{i}").into_bytes();
+                db.delete(&k).unwrap();
+                model.remove(&k);
+            }
+            if round % 2 == 1 {
+                db.merge().unwrap();
+            }
+            let (d, d2) = crash_and_reopen(&dev, db, SyncPolicy::Always);
+            dev = d;
+            db = d2;
+            assert_eq!(state(&db), model, "seed {seed} round {round}");
+            db.merge().unwrap();
+            assert_eq!(state(&db), model, "seed {seed} round {round} after merge");
+        }
+        db.close().unwrap();
+    }
+}
+
+#[test]
+fn a_crash_anywhere_inside_merge_leaves_pre_or_post_merge_state() {
+    // Learn how many I/Os the merge takes, then crash after each of a spread of them.
+    let build = |seed: u64| {
+        let dev = sim(seed);
+        let db = Db::open(opts(&dev, SyncPolicy::Always)).unwrap();
+        let mut model = Model::new();
+        for round in 0..5u32 {
+            for i in 0..50u32 {
+                let k = format!("k{i}").into_bytes();
+                let v = vec![(round * 7 + i) as u8; 900];
+                db.put(&k, &v).unwrap();
+                model.insert(k, v);
+            }
+        }
+        for i in 0..50u32 {
+            if i % 3 == 0 {
+                let k = format!("k{i}").into_bytes();
+                db.delete(&k).unwrap();
+                model.remove(&k);
+            }
+        }
+        (dev, db, model)
+    };
+    let (dev, db, _) = build(1);
+    let before = dev.io_counts().total();
+    db.merge().unwrap();
+    let merge_ios = dev.io_counts().total() - before;
+    db.close().unwrap();
+    assert!(merge_ios > 5, "merge did {merge_ios} I/Os");
+    let step = (merge_ios / 25).max(1);
+    let mut n = 0;
+    while n <= merge_ios + 2 {
+        let seed = 1000 + n;
+        let (dev, db, model) = build(seed);
+        let start = dev.io_counts().total();
+        dev.stop_after(start + n);
+        let _ = db.merge();
+        let (_d, db) = crash_and_reopen(&dev, db, SyncPolicy::Always);
+        assert_eq!(state(&db), model, "seed {seed}: crash after {n} merge I/Os");
+        db.close().unwrap();
+        n += step;
+    }
+}
