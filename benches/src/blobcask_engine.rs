@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use blobcask::blobstore::native::NativeBlobStore;
 use blobcask::blobstore::{BlobIo, BlobStore, Bstype, CreateOpts, InitOpts, IoChannel};
+use blobcask::device::{AnyDevice, Device, FileDevice, FileOptions, IoRequest, MemoryDevice};
 use blobcask::{Db, DeviceSpec, Options, SyncPolicy};
 use std::time::Duration;
-use blobcask::device::{AnyDevice, Device, FileDevice, FileOptions, IoRequest, MemoryDevice};
 
 use crate::config::{Backend, Config};
 use crate::engine::{Engine, EngineStats};
@@ -64,9 +64,11 @@ pub fn options(cfg: &Config, device: DeviceSpec, create: bool) -> BenchResult<Op
 pub fn open(cfg: &Config, path: &Path, create: bool) -> BenchResult<Box<dyn Engine>> {
     let device = match cfg.backend {
         Backend::Spdk => {
-            return Err("--backend spdk: the engine does not expose an SPDK device spec in \
+            return Err(
+                "--backend spdk: the engine does not expose an SPDK device spec in \
                         this build (build blobcask with --features spdk once it lands)"
-                .into())
+                    .into(),
+            )
         }
         Backend::Memory => {
             let mut m = memory_devices().lock().unwrap_or_else(|p| p.into_inner());
@@ -386,7 +388,9 @@ fn blobraw_on<D: Device, R: Device>(
     push(
         "seqwrite 128K",
         "MB/s",
-        pair(rounds, &rt, &bt, &|t, _| raw::seq_write(t, region, 128 << 10, 0))?,
+        pair(rounds, &rt, &bt, &|t, _| {
+            raw::seq_write(t, region, 128 << 10, 0)
+        })?,
     );
     for qd in [1usize, 32] {
         push(

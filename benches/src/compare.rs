@@ -69,7 +69,8 @@ fn load(path: &Path) -> BenchResult<Run> {
 }
 
 fn opt(v: Option<f64>, prec: usize) -> String {
-    v.map(|x| format!("{x:.prec$}")).unwrap_or_else(|| "–".into())
+    v.map(|x| format!("{x:.prec$}"))
+        .unwrap_or_else(|| "–".into())
 }
 
 /// Build the Markdown report for every `<phase>.<engine>.json` in `dir`.
@@ -102,9 +103,12 @@ pub fn markdown(dir: &Path) -> BenchResult<String> {
         // blobcask first: it is the numerator of every ratio.
         runs.sort_by_key(|(l, _)| (!l.starts_with("blobcask"), l.clone()));
         let _ = writeln!(out, "### {phase}\n");
+        // The base: `blobcask`, else the last `blobcask-*` label (e.g. `blobcask-t8` over
+        // `blobcask-t1`, so the sync phase shows the group-commit gain).
         let base = runs
             .iter()
-            .position(|(l, _)| l.starts_with("blobcask"))
+            .position(|(l, _)| l == "blobcask")
+            .or_else(|| runs.iter().rposition(|(l, _)| l.starts_with("blobcask")))
             .unwrap_or(0);
         let mut header = "| benchmark |".to_string();
         let mut sep = "|---|".to_string();
@@ -154,7 +158,10 @@ pub fn markdown(dir: &Path) -> BenchResult<String> {
         // The engine as a fraction of the device, where the phase measured the device.
         let b = &runs[base].1;
         if !b.raw.is_empty() {
-            let _ = writeln!(out, "\n| device figure | value | blobcask figure | fraction |\n|---|---:|---|---:|");
+            let _ = writeln!(
+                out,
+                "\n| device figure | value | blobcask figure | fraction |\n|---|---:|---|---:|"
+            );
             for (name, val, unit) in &b.raw {
                 let pick = if unit == "MB/s" {
                     b.rates

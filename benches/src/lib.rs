@@ -11,7 +11,12 @@ pub mod blobcask_engine;
 pub mod compare;
 pub mod config;
 pub mod engine;
-#[cfg(any(feature = "rocksdb", feature = "sled", feature = "fjall", feature = "redb"))]
+#[cfg(any(
+    feature = "rocksdb",
+    feature = "sled",
+    feature = "fjall",
+    feature = "redb"
+))]
 pub mod peers;
 pub mod raw;
 pub mod workload;
@@ -120,7 +125,9 @@ pub fn run(cfg: &Config) -> BenchResult<Report> {
     let names = cfg.benchmark_list();
     for n in &names {
         let n = n.as_str();
-        if !KV_BENCHMARKS.contains(&n) && !STORE_BENCHMARKS.contains(&n) && !RAW_BENCHMARKS.contains(&n)
+        if !KV_BENCHMARKS.contains(&n)
+            && !STORE_BENCHMARKS.contains(&n)
+            && !RAW_BENCHMARKS.contains(&n)
         {
             return Err(format!("unknown benchmark {n:?}").into());
         }
@@ -243,10 +250,9 @@ pub fn run(cfg: &Config) -> BenchResult<Report> {
         let used = st
             .used_bytes
             .or_else(|| (cfg.engine != EngineKind::Blobcask).then(|| engine::disk_usage(&pl.path)));
-        let live = st.live_bytes.or_else(|| {
-            st.keys
-                .map(|k| k * (cfg.key_size + cfg.value_size) as u64)
-        });
+        let live = st
+            .live_bytes
+            .or_else(|| st.keys.map(|k| k * (cfg.key_size + cfg.value_size) as u64));
         report.summary.keys = st.keys;
         report.summary.keydir_bytes_per_key = st.keydir_bytes_per_key;
         report.summary.engine_write_amplification = st.write_amplification;
@@ -352,7 +358,10 @@ fn print_stats(e: &dyn Engine, path: &Path) -> BenchResult<()> {
         say(&format!("  {l}"));
     }
     if let Some(r) = workload::rss_bytes() {
-        say(&format!("  rss                  {:.1} MB", r as f64 / 1048576.0));
+        say(&format!(
+            "  rss                  {:.1} MB",
+            r as f64 / 1048576.0
+        ));
     }
     Ok(())
 }
@@ -379,6 +388,9 @@ fn print_summary(s: &Summary) {
             .unwrap_or_default()
     ));
     if let Some(r) = s.rss_bytes {
-        say(&format!("rss                  : {:.1} MB", r as f64 / 1048576.0));
+        say(&format!(
+            "rss                  : {:.1} MB",
+            r as f64 / 1048576.0
+        ));
     }
 }

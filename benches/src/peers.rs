@@ -294,7 +294,10 @@ pub mod redb_engine {
     use super::*;
     use std::path::{Path, PathBuf};
 
-    use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+    use redb::{
+        Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+        TableDefinition,
+    };
 
     const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bench");
 
@@ -327,7 +330,10 @@ pub mod redb_engine {
     }
 
     impl Redb {
-        fn write(&self, f: impl FnOnce(&mut redb::Table<'_, &[u8], &[u8]>) -> BenchResult<()>) -> BenchResult<()> {
+        fn write(
+            &self,
+            f: impl FnOnce(&mut redb::Table<'_, &[u8], &[u8]>) -> BenchResult<()>,
+        ) -> BenchResult<()> {
             let mut tx = self.db.begin_write()?;
             tx.set_durability(if self.sync {
                 Durability::Immediate

@@ -164,7 +164,10 @@ pub fn figure(bench: &str, name: &str, unit: &str, raw: f64, blob: Option<f64>) 
         ratio: blob.map(|b| b / raw.max(1e-9)),
     };
     match r.blob {
-        None => say(&format!("{:<12} : {:<28} {:>12.1} {unit}", bench, name, raw)),
+        None => say(&format!(
+            "{:<12} : {:<28} {:>12.1} {unit}",
+            bench, name, raw
+        )),
         Some(b) => say(&format!(
             "{:<12} : {:<28} raw {:>10.1} blob {:>10.1} {unit}  blob/raw {:.3}",
             bench,
@@ -190,7 +193,11 @@ pub fn engine_qd(cfg: &Config) -> usize {
 pub fn rawdevice_on<D: Device>(cfg: &Config, dev: &D) -> BenchResult<Vec<RawFigure>> {
     let region = region_bytes(cfg, dev.size());
     if region < 16 * MIB {
-        return Err(format!("rawdevice needs at least 16 MiB, the device has {}", dev.size()).into());
+        return Err(format!(
+            "rawdevice needs at least 16 MiB, the device has {}",
+            dev.size()
+        )
+        .into());
     }
     say(&format!(
         "rawdevice    : {} MiB region, io path {}",
@@ -208,8 +215,20 @@ pub fn rawdevice_on<D: Device>(cfg: &Config, dev: &D) -> BenchResult<Vec<RawFigu
         seq_write(&t, region, 128 * KIB, 0)?,
         None,
     )];
-    v.push(figure(b, "seqwrite 128K", "MB/s", seq_write(&t, region, 128 * KIB, 0)?, None));
-    v.push(figure(b, "seqwrite 1M", "MB/s", seq_write(&t, region, 1 << 20, 0)?, None));
+    v.push(figure(
+        b,
+        "seqwrite 128K",
+        "MB/s",
+        seq_write(&t, region, 128 * KIB, 0)?,
+        None,
+    ));
+    v.push(figure(
+        b,
+        "seqwrite 1M",
+        "MB/s",
+        seq_write(&t, region, 1 << 20, 0)?,
+        None,
+    ));
     // Flush after every write: what --sync=1 costs at each buffer size.
     let small = region.min(64 * MIB);
     v.push(figure(
@@ -220,7 +239,13 @@ pub fn rawdevice_on<D: Device>(cfg: &Config, dev: &D) -> BenchResult<Vec<RawFigu
         None,
     ));
     let wf_ops = (cfg.raw_ops / 10).clamp(100, 5000);
-    v.push(figure(b, "write 4K + flush each", "IOPS", write_flush(&t, small, wf_ops)?, None));
+    v.push(figure(
+        b,
+        "write 4K + flush each",
+        "IOPS",
+        write_flush(&t, small, wf_ops)?,
+        None,
+    ));
     let seed = cfg.effective_seed();
     v.push(figure(
         b,

@@ -221,7 +221,13 @@ enum Kind {
     DeleteRandom,
 }
 
-fn worker(ctx: &Ctx<'_>, kind: Kind, t: usize, threads: usize, total: u64) -> BenchResult<ThreadResult> {
+fn worker(
+    ctx: &Ctx<'_>,
+    kind: Kind,
+    t: usize,
+    threads: usize,
+    total: u64,
+) -> BenchResult<ThreadResult> {
     let cfg = ctx.cfg;
     let (start, end) = share(total, threads, t);
     let mut rng = rng_for(ctx.seed, kind_name(kind), t);
@@ -391,7 +397,11 @@ fn run_kind(
     };
     let wb = proc_write_bytes();
     let start = Instant::now();
-    let results = run_threads(threads, |t| worker(&ctx, kind, t, threads, total), &ctx.stop)?;
+    let results = run_threads(
+        threads,
+        |t| worker(&ctx, kind, t, threads, total),
+        &ctx.stop,
+    )?;
     // A synced benchmark is done when its writes are durable; db_bench does not flush
     // unsynced ones either.
     let elapsed = start.elapsed();
@@ -401,7 +411,10 @@ fn run_kind(
     let found: u64 = results.iter().map(|r| r.found).sum();
     let ops: u64 = results.iter().map(|r| r.ops).sum();
     let mut out = merge_results(name, threads, elapsed, results, wb);
-    if matches!(kind, Kind::ReadRandom | Kind::ReadMissing | Kind::ReadRandomWriteRandom) {
+    if matches!(
+        kind,
+        Kind::ReadRandom | Kind::ReadMissing | Kind::ReadRandomWriteRandom
+    ) {
         out.message = if kind == Kind::ReadRandomWriteRandom {
             format!("( reads:{}% found:{found} )", cfg.readwritepercent)
         } else {

@@ -58,3 +58,23 @@ fn unknown_benchmark_is_an_error() {
     let c = cfg(&["--engine=hashmap", "--benchmarks=fillseq,nosuch"]);
     assert!(run(&c).is_err());
 }
+
+#[test]
+fn every_workload_on_blobcask_memory() {
+    let c = cfg(&[
+        "--backend=memory",
+        "--num=1500",
+        "--threads=2",
+        "--shards=2",
+        "--histogram",
+        "--device_size=64M",
+        &format!("--benchmarks={ALL}"),
+    ]);
+    let r = run(&c).unwrap();
+    assert_eq!(r.results.len(), 9);
+    let rr = r.results.iter().find(|o| o.name == "readrandom").unwrap();
+    assert_eq!(rr.message, "(1500 of 1500 found)");
+    // The explicit `reopen` benchmark recovered the memory store.
+    assert!(r.summary.reopen_seconds.is_some());
+    assert!(r.summary.keydir_bytes_per_key.is_some());
+}

@@ -266,7 +266,7 @@ impl WriteBatch {
 
 pub(crate) struct Inner<S: BlobStore> {
     pub core: Arc<Core<S>>,
-    pub txs: Vec<crossbeam_channel::Sender<Req>>,
+    pub cells: Vec<Arc<crate::shard::ShardCell<S>>>,
     pub threads: Mutex<Vec<JoinHandle<()>>>,
     pub merge: Mutex<Option<crate::merge::Worker>>,
     pub close_result: Mutex<Option<bool>>,
@@ -339,11 +339,18 @@ impl<S: BlobStore> Db<S> {
         Ok(())
     }
 
+    /// Run `req` on this thread if the shard is idle, else queue it (see `shard.rs`).
     fn send(&self, shard: usize, req: Req) -> Result<()> {
-        self.inner.txs[shard].send(req).map_err(|_| Error::Closed)
+        self.inner.cells[shard].submit(req, true)
     }
 
-    fn write_req(&self, op: Op) -> Result<reply::Receiver<()>> {
+    /// `send` when `direct`, else queue `req` for the shard thread (async callers must not
+    /// block on the shard's I/O).
+    fn submit(&self, direct: bool, shard: usize, req: Req) -> Result<()> {
+        self.inner.cells[shard].submit(req, direct)
+    }
+
+    fn write_req(&self, op: Op, direct: bool) -> Result<reply::Receiver<()>> {
         self.check_writable()?;
         let key = op.key();
         self.check_key(key)?;
@@ -352,7 +359,8 @@ impl<S: BlobStore> Db<S> {
         }
         let shard = self.core().shard_of(hash_key(key));
         let (tx, rx) = reply::channel();
-        self.send(
+        self.submit(
+            direct,
             shard,
             Req::Write {
                 ops: vec![op],
@@ -365,13 +373,13 @@ impl<S: BlobStore> Db<S> {
 
     /// Store `value` under `key`.
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.write_req(Op::Put(key.to_vec(), value.to_vec()))?
+        self.write_req(Op::Put(key.to_vec(), value.to_vec()), true)?
             .wait()
     }
 
     /// Remove `key` (no error if absent).
     pub fn delete(&self, key: &[u8]) -> Result<()> {
-        self.write_req(Op::Delete(key.to_vec()))?.wait()
+        self.write_req(Op::Delete(key.to_vec()), true)?.wait()
     }
 
     /// The latest value of `key`.
@@ -435,10 +443,10 @@ impl<S: BlobStore> Db<S> {
 
     /// Apply `batch` atomically: after a crash either all of it or none of it is there.
     pub fn write_batch(&self, batch: WriteBatch) -> Result<()> {
-        self.write_batch_start(batch)?.wait()
+        self.write_batch_start(batch, true)?.wait()
     }
 
-    fn write_batch_start(&self, batch: WriteBatch) -> Result<BatchWait<S>> {
+    fn write_batch_start(&self, batch: WriteBatch, direct: bool) -> Result<BatchWait<S>> {
         self.check_writable()?;
         let mut parts: Vec<Vec<Op>> = vec![Vec::new(); self.core().cfg.shards];
         for op in batch.ops {
@@ -459,7 +467,8 @@ impl<S: BlobStore> Db<S> {
             let s = used[0];
             let (tx, rx) = reply::channel();
             let ops = std::mem::take(&mut parts[s]);
-            self.send(
+            self.submit(
+                direct,
                 s,
                 Req::Write {
                     ops,
@@ -561,18 +570,18 @@ impl<S: BlobStore> Db<S> {
 
     /// Make every acknowledged write durable.
     pub fn sync(&self) -> Result<()> {
-        for w in self.sync_start()? {
+        for w in self.sync_start(true)? {
             w.wait()?;
         }
         Ok(())
     }
 
-    fn sync_start(&self) -> Result<Vec<reply::Receiver<()>>> {
+    fn sync_start(&self, direct: bool) -> Result<Vec<reply::Receiver<()>>> {
         self.check_writable()?;
         let mut waits = Vec::new();
-        for s in 0..self.inner.txs.len() {
+        for s in 0..self.inner.cells.len() {
             let (tx, rx) = reply::channel();
-            self.send(s, Req::Sync { reply: tx })?;
+            self.submit(direct, s, Req::Sync { reply: tx })?;
             waits.push(rx);
         }
         Ok(waits)
@@ -582,7 +591,7 @@ impl<S: BlobStore> Db<S> {
     pub fn merge(&self) -> Result<()> {
         self.check_writable()?;
         let mut waits = Vec::new();
-        for s in 0..self.inner.txs.len() {
+        for s in 0..self.inner.cells.len() {
             let (tx, rx) = reply::channel();
             self.send(s, Req::Seal { reply: tx })?;
             waits.push(rx);
@@ -617,7 +626,7 @@ impl<S: BlobStore> Db<S> {
         key: &[u8],
         value: &[u8],
     ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
-        let r = self.write_req(Op::Put(key.to_vec(), value.to_vec()));
+        let r = self.write_req(Op::Put(key.to_vec(), value.to_vec()), false);
         async move { r?.await }
     }
 
@@ -626,7 +635,7 @@ impl<S: BlobStore> Db<S> {
         &self,
         key: &[u8],
     ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
-        let r = self.write_req(Op::Delete(key.to_vec()));
+        let r = self.write_req(Op::Delete(key.to_vec()), false);
         async move { r?.await }
     }
 
@@ -647,7 +656,7 @@ impl<S: BlobStore> Db<S> {
         &self,
         batch: WriteBatch,
     ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
-        let r = self.write_batch_start(batch);
+        let r = self.write_batch_start(batch, false);
         async move {
             match r? {
                 BatchWait::Done => Ok(()),
@@ -663,7 +672,7 @@ impl<S: BlobStore> Db<S> {
 
     /// [`Db::sync`] as a future.
     pub fn sync_async(&self) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
-        let r = self.sync_start();
+        let r = self.sync_start(false);
         async move {
             for w in r? {
                 w.await?;
@@ -715,9 +724,9 @@ impl<S: BlobStore> Inner<S> {
         let _gate = core.batch_gate.write();
         let mut first_err: Option<Error> = None;
         let mut waits = Vec::new();
-        for tx in &self.txs {
+        for cell in &self.cells {
             let (rtx, rrx) = reply::channel();
-            if tx.send(Req::Close { reply: rtx }).is_ok() {
+            if cell.submit(Req::Close { reply: rtx }, false).is_ok() {
                 waits.push(rrx);
             }
         }
@@ -729,7 +738,14 @@ impl<S: BlobStore> Inner<S> {
         for t in self.threads.lock().drain(..) {
             let _ = t.join();
         }
-        if let Err(e) = crate::recovery::close_all(core) {
+        if first_err.is_some() || core.poisoned.load(Ordering::Acquire) {
+            // A write or flush failed: the blobstore's in-memory metadata may claim what the
+            // device does not hold (e.g. a delete whose root-zeroing flush failed). A clean
+            // unload would persist that as clean masks; leave the store dirty instead, so the
+            // next load rebuilds the masks from the md pages (crash semantics).
+            log::error!("blobcask: closing without a clean unload after a failure");
+            first_err.get_or_insert(Error::Poisoned);
+        } else if let Err(e) = crate::recovery::close_all(core) {
             first_err.get_or_insert(e);
         }
         log::info!("blobcask: closed in {:?}", t0.elapsed());

@@ -5,6 +5,7 @@ pub mod blobstore;
 pub mod db;
 pub mod device;
 mod error;
+pub mod fsck;
 pub mod hint;
 pub mod keydir;
 mod merge;

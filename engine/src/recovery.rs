@@ -322,18 +322,18 @@ pub(crate) fn open_store<S: BlobStore>(store: S, opts: Options, io_path: IoPath)
         "blobcask: opened {shards} shards in {:?} (hints used: {used_hints})",
         t0.elapsed()
     );
-    let mut txs = Vec::with_capacity(shards);
+    let mut cells = Vec::with_capacity(shards);
     let mut threads = Vec::with_capacity(shards);
     for (i, ns) in next_seqs.into_iter().enumerate() {
-        let (tx, rx) = crossbeam_channel::bounded(4096);
-        threads.push(crate::shard::spawn(core.clone(), i, ns, rx)?);
-        txs.push(tx);
+        let (cell, thread) = crate::shard::spawn(core.clone(), i, ns)?;
+        threads.push(thread);
+        cells.push(cell);
     }
     let worker = crate::merge::Worker::start(core.clone())?;
     Ok(Db {
         inner: Arc::new(Inner {
             core,
-            txs,
+            cells,
             threads: Mutex::new(threads),
             merge: Mutex::new(Some(worker)),
             close_result: Mutex::new(None),
@@ -456,6 +456,7 @@ fn rebuild_shard<S: BlobStore>(store: &S, cfg: &Config, metas: Vec<Meta<S>>) -> 
             }
             covered.insert(*b);
         }
+        out.index.keydir.reserve(h.entries.len());
         for e in h.entries {
             let Some(&blob) = slot_of.get(&e.blob_seq) else {
                 continue;
@@ -487,6 +488,7 @@ fn rebuild_shard<S: BlobStore>(store: &S, cfg: &Config, metas: Vec<Meta<S>>) -> 
         if let Some(h) = hints.get(&m.seq) {
             if let Ok(hint) = read_hint(store, cfg, &ch, &h.blob) {
                 if hint.owner_seq == h.seq && hint.blobs.len() == 1 && hint.blobs[0].0 == m.seq {
+                    out.index.keydir.reserve(hint.entries.len());
                     for e in hint.entries {
                         let loc = Loc {
                             blob: slot,

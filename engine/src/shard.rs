@@ -16,11 +16,12 @@
 //! lose records of the group in flight, which were not acknowledged.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use parking_lot::Mutex;
 
 use crate::blobstore::{BlobStore, CreateOpts, IoChannel as _};
 use crate::db::{record_len, BlobEntry, BlobHandle, Core, Index, LOC_BATCH_BIT};
@@ -136,45 +137,101 @@ pub(crate) struct Shard<S: BlobStore> {
     group_wrote: bool,
 }
 
-/// Start shard `id`'s thread. `next_seq` continues the recovered log.
+/// A shard: its state under a mutex, and its queue.
+///
+/// A blocking caller that finds the state unlocked runs the group itself (its own request plus
+/// whatever is queued), so a lone synchronous writer pays no thread hop; otherwise it queues
+/// the request for the current holder or the shard thread. Either way exactly one thread at a
+/// time writes the shard's log through the shard's I/O channel.
+pub(crate) struct ShardCell<S: BlobStore> {
+    pub state: Mutex<Shard<S>>,
+    pub tx: Sender<Req>,
+    pub rx: Receiver<Req>,
+    /// Set once the shard processed its `Close`.
+    pub closed: AtomicBool,
+}
+
+impl<S: BlobStore> ShardCell<S> {
+    /// Hand `req` to the shard: run it here if the shard is idle, else queue it.
+    pub fn submit(&self, req: Req, direct: bool) -> Result<()> {
+        if direct {
+            if let Some(mut st) = self.state.try_lock() {
+                if self.closed.load(Ordering::Acquire) {
+                    fail_req(req, Error::Closed);
+                    return Ok(());
+                }
+                let group = st.gather(req, &self.rx);
+                if st.handle_group(group) {
+                    self.closed.store(true, Ordering::Release);
+                }
+                return Ok(());
+            }
+        }
+        self.tx.send(req).map_err(|_| Error::Closed)
+    }
+}
+
+/// Make shard `id` and start its thread. `next_seq` continues the recovered log.
 pub(crate) fn spawn<S: BlobStore>(
     core: Arc<Core<S>>,
     id: usize,
     next_seq: u64,
-    rx: Receiver<Req>,
-) -> Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
+) -> Result<(Arc<ShardCell<S>>, std::thread::JoinHandle<()>)> {
+    let chan = core.store.channel()?;
+    let (tx, rx) = crossbeam_channel::bounded(4096);
+    let cell = Arc::new(ShardCell {
+        state: Mutex::new(Shard {
+            id,
+            core,
+            chan,
+            active: None,
+            next_seq: next_seq.max(1),
+            enc: Vec::new(),
+            wbuf: AlignedBuf::zeroed(0),
+            pending: HashMap::new(),
+            last_group: 0,
+            group_wrote: false,
+        }),
+        tx,
+        rx,
+        closed: AtomicBool::new(false),
+    });
+    let c = cell.clone();
+    let thread = std::thread::Builder::new()
         .name(format!("blobcask-shard-{id}"))
-        .spawn(move || {
-            let chan = match core.store.channel() {
-                Ok(c) => c,
-                Err(e) => {
-                    log::error!("blobcask: shard {id} has no I/O channel: {e}");
-                    core.poison();
-                    for req in rx {
-                        fail_req(req, Error::Poisoned);
-                    }
-                    return;
-                }
-            };
-            let mut shard = Shard {
-                id,
-                core,
-                chan,
-                active: None,
-                next_seq: next_seq.max(1),
-                enc: Vec::new(),
-                wbuf: AlignedBuf::zeroed(0),
-                pending: HashMap::new(),
-                last_group: 0,
-                group_wrote: false,
-            };
-            shard.run(rx);
-        })
-        .map_err(Error::Io)
+        .spawn(move || run(&c))
+        .map_err(Error::Io)?;
+    Ok((cell, thread))
 }
 
-fn fail_req(req: Req, e: Error) {
+/// The shard thread: serves queued requests (async callers, and blocking callers that found
+/// the shard busy) until the shard is closed.
+fn run<S: BlobStore>(cell: &ShardCell<S>) {
+    loop {
+        match cell.rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(req) => {
+                let mut st = cell.state.lock();
+                if cell.closed.load(Ordering::Acquire) {
+                    fail_req(req, Error::Closed);
+                    continue;
+                }
+                let group = st.gather(req, &cell.rx);
+                if st.handle_group(group) {
+                    cell.closed.store(true, Ordering::Release);
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if cell.closed.load(Ordering::Acquire) {
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+pub(crate) fn fail_req(req: Req, e: Error) {
     match req {
         Req::Write { reply, .. }
         | Req::Prepare { reply, .. }
@@ -187,15 +244,6 @@ fn fail_req(req: Req, e: Error) {
 }
 
 impl<S: BlobStore> Shard<S> {
-    fn run(&mut self, rx: Receiver<Req>) {
-        while let Ok(first) = rx.recv() {
-            let group = self.gather(first, &rx);
-            if self.handle_group(group) {
-                return;
-            }
-        }
-    }
-
     /// The first request plus what is queued; under group commit, wait up to `max_delay`
     /// for more when the last group showed concurrent writers.
     fn gather(&mut self, first: Req, rx: &Receiver<Req>) -> Vec<Req> {
@@ -250,8 +298,14 @@ impl<S: BlobStore> Shard<S> {
             }
             return false;
         }
+        // u32 arena offsets bound a shard's key bytes to 4 GiB: refuse new keys near it.
+        let arena_full = self.core.shards[self.id].index.read().keydir.arena_room() < 64 << 20;
         for req in it.by_ref() {
             let staged = match req {
+                Req::Write { reply, .. } | Req::Prepare { reply, .. } if arena_full => {
+                    reply.send(Err(Error::Full));
+                    Ok(())
+                }
                 Req::Write { ops, batch, reply } => {
                     posts.push(Post::Apply(reply, Vec::new()));
                     self.stage_ops(ops, batch).and_then(|effects| {

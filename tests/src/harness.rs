@@ -244,15 +244,23 @@ pub fn drive(
                 Ok(()) => {
                     oracle.synced();
                     match open(dev, sync, oracle.shards()) {
-                        Ok(d) => {
-                            let st = oracle::read_all(&d, universe)
-                                .map_err(|e| format!("step {i} (clean reopen): {e}"))?;
-                            oracle
-                                .verify_clean(&st)
-                                .map_err(|e| format!("step {i} (clean reopen): {e}"))?;
-                            db = d;
-                            Ok(())
-                        }
+                        Ok(d) => match oracle::try_read_all(&d, universe) {
+                            Ok(st) => {
+                                oracle
+                                    .verify_clean(&st)
+                                    .map_err(|e| format!("step {i} (clean reopen): {e}"))?;
+                                db = d;
+                                Ok(())
+                            }
+                            Err(oracle::ReadError::Store(e)) => {
+                                return Ok(Run {
+                                    db: Some(d),
+                                    done: i,
+                                    error: Some((i, e)),
+                                })
+                            }
+                            Err(e) => return Err(format!("step {i} (clean reopen): {e}")),
+                        },
                         Err(e) => {
                             return Ok(Run {
                                 db: None,

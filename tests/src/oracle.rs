@@ -397,8 +397,26 @@ fn show_opt(b: Option<&[u8]>) -> String {
     b.map_or_else(|| "<absent>".to_string(), show)
 }
 
+/// Why reading the whole store failed.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The store returned an error (fine while faults are armed).
+    Store(blobcask::Error),
+    /// The store contradicts itself (`keys()` vs `get`): always a failure.
+    Inconsistent(String),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Store(e) => write!(f, "read failed after reopen: {e}"),
+            ReadError::Inconsistent(m) => f.write_str(m),
+        }
+    }
+}
+
 /// Read the whole store: every key of `universe`, and check `keys()` names nothing else.
-pub fn read_all(db: &Db, universe: &[Key]) -> Result<State, String> {
+pub fn try_read_all(db: &Db, universe: &[Key]) -> Result<State, ReadError> {
     let mut st = State::new();
     for k in universe {
         match db.get(k) {
@@ -406,27 +424,33 @@ pub fn read_all(db: &Db, universe: &[Key]) -> Result<State, String> {
                 st.insert(k.clone(), v);
             }
             Ok(None) => {}
-            Err(e) => return Err(format!("get {} failed after reopen: {e}", show(k))),
+            Err(e) => return Err(ReadError::Store(e)),
         }
     }
-    let keys = db.keys().map_err(|e| format!("keys() failed: {e}"))?;
+    let keys = db.keys().map_err(ReadError::Store)?;
     let known: BTreeSet<&Key> = universe.iter().collect();
+    let bad = |m: String| Err(ReadError::Inconsistent(m));
     for k in &keys {
         if !known.contains(k) {
-            return Err(format!("keys() returns {} which was never written", show(k)));
+            return bad(format!("keys() returns {} which was never written", show(k)));
         }
         if !st.contains_key(k) {
-            return Err(format!("keys() lists {} but get finds nothing", show(k)));
+            return bad(format!("keys() lists {} but get finds nothing", show(k)));
         }
     }
     if keys.len() != st.len() {
-        return Err(format!(
+        return bad(format!(
             "keys() lists {} keys, get finds {}",
             keys.len(),
             st.len()
         ));
     }
     Ok(st)
+}
+
+/// [`try_read_all`] where any error is a failure.
+pub fn read_all(db: &Db, universe: &[Key]) -> Result<State, String> {
+    try_read_all(db, universe).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

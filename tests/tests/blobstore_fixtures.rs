@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use blobcask::blobstore::native::superblock::SuperBlock;
 use blobcask::blobstore::replay::{
-    first_difference, replay_to_device, sha256_hex, verify_manifest,
+    first_difference, replay, replay_to_device, sha256_hex, verify_manifest,
 };
 use blobcask::device::MemoryDevice;
 use serde_json::Value;
@@ -138,9 +138,23 @@ fn a_mismatch_names_the_md_page_and_decodes_both() {
     bytes[(4 + 2) * 4096 + 16 + 29 + 9] ^= 1;
     let d = first_difference(&image("basic"), &bytes).unwrap();
     assert!(d.starts_with("md page 2 "), "{d}");
-    assert!(d.contains("expected: id 0x100000002") && d.contains("undecodable"), "{d}");
+    assert!(
+        d.contains("expected: id 0x100000002") && d.contains("undecodable"),
+        "{d}"
+    );
     let mut bytes = image("basic");
     bytes[7 << 20] ^= 1;
     let d = first_difference(&image("basic"), &bytes).unwrap();
     assert!(d.starts_with("cluster 7 "), "{d}");
+}
+
+#[test]
+fn replay_into_an_image_file_prints_the_fixture_sha256() {
+    let dir = tempfile::tempdir().unwrap();
+    for n in FIXTURES {
+        let m = manifest(n);
+        let out = dir.path().join(format!("{n}.img"));
+        let sha = replay(&m, &out).unwrap_or_else(|e| panic!("{n}: {e}"));
+        assert_eq!(sha, m["image"]["sha256"].as_str().unwrap(), "{n}");
+    }
 }

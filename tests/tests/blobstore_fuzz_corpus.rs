@@ -19,7 +19,10 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
         .expect("corpus dir")
         .map(|e| {
             let p = e.unwrap().path();
-            (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap())
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
         })
         .collect();
     v.sort();
@@ -127,9 +130,15 @@ fn regenerate_corpus() {
         ("clean", clean.clone()),
         ("dirty", dirty.clone()),
         // Root of blob 0: the xattr descriptor (after FLAGS at 16+29) claims 4 GiB.
-        ("desc-len-huge", patch(clean.clone(), MD0 + 16 + 29 + 1, &huge)),
+        (
+            "desc-len-huge",
+            patch(clean.clone(), MD0 + 16 + 29 + 1, &huge),
+        ),
         // Extent page of blob 0 (md 1): first cluster past the device.
-        ("extent-out-of-range", patch(clean.clone(), MD0 + 4096 + 16 + 9, &huge)),
+        (
+            "extent-out-of-range",
+            patch(clean.clone(), MD0 + 4096 + 16 + 9, &huge),
+        ),
         // Cluster mask claims 4 Gi bits.
         ("mask-len-huge", {
             let mut v = clean.clone();
@@ -139,11 +148,24 @@ fn regenerate_corpus() {
         // Super block: md_len huge.
         ("super-md-len-huge", patch(clean.clone(), 52, &huge)),
         // Thin RLE blob (md 2): unallocated run of 4 Gi clusters.
-        ("rle-run-huge", patch(dirty.clone(), MD0 + 2 * 4096 + 16 + 29 + 5 + 4, &huge)),
+        (
+            "rle-run-huge",
+            patch(dirty.clone(), MD0 + 2 * 4096 + 16 + 29 + 5 + 4, &huge),
+        ),
         // Root of blob 0 points to itself as next page.
-        ("chain-loop", patch(dirty.clone(), MD0 + 4088, &0u32.to_le_bytes())),
+        (
+            "chain-loop",
+            patch(dirty.clone(), MD0 + 4088, &0u32.to_le_bytes()),
+        ),
         // Extent table of blob 0 claims 2^40 clusters.
-        ("table-huge", patch(clean.clone(), MD0 + 16 + 29 + 15 + 5, &(1u64 << 40).to_le_bytes())),
+        (
+            "table-huge",
+            patch(
+                clean.clone(),
+                MD0 + 16 + 29 + 15 + 5,
+                &(1u64 << 40).to_le_bytes(),
+            ),
+        ),
         // Unknown descriptor type in a chain: ignored on open, fatal in recovery.
         ("unknown-type", patch(dirty.clone(), MD0 + 16 + 29, &[0x42])),
         ("zeros", vec![0u8; 4096]),
@@ -164,5 +186,8 @@ fn clean_seed_loads() {
         let h = b(s.open(id)).unwrap_or_else(|e| panic!("open {id:#x}: {e}"));
         b(s.close(h)).unwrap();
     }
-    assert_eq!(load_arbitrary(&std::fs::read(corpus_dir().join("clean")).unwrap()), 4);
+    assert_eq!(
+        load_arbitrary(&std::fs::read(corpus_dir().join("clean")).unwrap()),
+        4
+    );
 }

@@ -30,13 +30,36 @@ fn b<F: std::future::Future>(f: F) -> F::Output {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Create { thin: bool, ext: bool, n: u64 },
-    Resize { sel: usize, n: u64 },
-    Write { sel: usize, unit: u64, len: u64, fill: u8 },
-    SetXattr { sel: usize, key: u8, len: usize },
-    RemoveXattr { sel: usize, key: u8 },
-    Sync { sel: usize },
-    Delete { sel: usize },
+    Create {
+        thin: bool,
+        ext: bool,
+        n: u64,
+    },
+    Resize {
+        sel: usize,
+        n: u64,
+    },
+    Write {
+        sel: usize,
+        unit: u64,
+        len: u64,
+        fill: u8,
+    },
+    SetXattr {
+        sel: usize,
+        key: u8,
+        len: usize,
+    },
+    RemoveXattr {
+        sel: usize,
+        key: u8,
+    },
+    Sync {
+        sel: usize,
+    },
+    Delete {
+        sel: usize,
+    },
     Reload,
     Crash,
 }
@@ -121,7 +144,11 @@ impl Harness {
         });
         self.store = Some(s);
         let ids = b(self.s().blob_ids()).unwrap();
-        assert_eq!(ids, self.model.keys().copied().collect::<Vec<_>>(), "blob ids after load");
+        assert_eq!(
+            ids,
+            self.model.keys().copied().collect::<Vec<_>>(),
+            "blob ids after load"
+        );
         for &id in self.model.keys() {
             let h = b(self.s().open(id)).unwrap();
             self.handles.insert(id, h);
@@ -143,7 +170,11 @@ impl Harness {
             let mut want: Vec<u32> = (0..s.layout().num_md_clusters).collect();
             want.extend(owned);
             want.sort();
-            assert_eq!(s.used_clusters(), want, "cluster mask after load (leak or loss)");
+            assert_eq!(
+                s.used_clusters(),
+                want,
+                "cluster mask after load (leak or loss)"
+            );
         }
     }
 
@@ -155,7 +186,11 @@ impl Harness {
             assert_eq!(h.num_clusters(), m.cur.size, "size of {id:#x}");
             if m.cur.thin {
                 let a = m.cur.alloc.iter().filter(|&&x| x).count() as u64;
-                assert_eq!(h.num_allocated_clusters(), a, "allocated clusters of {id:#x}");
+                assert_eq!(
+                    h.num_allocated_clusters(),
+                    a,
+                    "allocated clusters of {id:#x}"
+                );
             }
             let names = b(s.xattr_names(h)).unwrap();
             let want: Vec<String> = m.cur.xattrs.iter().map(|x| x.0.clone()).collect();
@@ -169,7 +204,11 @@ impl Harness {
             for (u, want) in m.cur.content.iter().enumerate() {
                 if let Some(w) = want {
                     let got = &buf[u * UNIT..(u + 1) * UNIT];
-                    assert!(got.iter().all(|x| x == w), "blob {id:#x} unit {u}: want {w:#x}, got {:#x}", got[0]);
+                    assert!(
+                        got.iter().all(|x| x == w),
+                        "blob {id:#x} unit {u}: want {w:#x}, got {:#x}",
+                        got[0]
+                    );
                 }
             }
         }
@@ -193,7 +232,14 @@ impl Harness {
                             content: vec![if thin { Some(0) } else { None }; (n * UPC) as usize],
                             alloc: vec![false; n as usize],
                         };
-                        self.model.insert(id, ModelBlob { cur: st.clone(), dur: st, min_size: n });
+                        self.model.insert(
+                            id,
+                            ModelBlob {
+                                cur: st.clone(),
+                                dur: st,
+                                min_size: n,
+                            },
+                        );
                         let h = b(self.s().open(id)).unwrap();
                         self.handles.insert(id, h);
                     }
@@ -216,7 +262,12 @@ impl Harness {
                     Err(e) => panic!("resize: {e}"),
                 }
             }
-            Op::Write { sel, unit, len, fill } => {
+            Op::Write {
+                sel,
+                unit,
+                len,
+                fill,
+            } => {
                 let Some(id) = self.pick(sel) else { return };
                 let m = &self.model[&id];
                 if unit + len > m.cur.size * UPC {
@@ -340,7 +391,7 @@ fn run(seed: u64, ops: &[Op]) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
     #[test]
     fn random_ops_match_the_model(seed in any::<u64>(), ops in prop::collection::vec(op(), 1..40)) {
         run(seed, &ops);
@@ -352,13 +403,35 @@ fn model_smoke_sequence() {
     run(
         7,
         &[
-            Op::Create { thin: true, ext: true, n: 6 },
-            Op::Create { thin: false, ext: false, n: 3 },
-            Op::Write { sel: 0, unit: 5, len: 6, fill: 9 },
-            Op::SetXattr { sel: 1, key: 1, len: 1200 },
+            Op::Create {
+                thin: true,
+                ext: true,
+                n: 6,
+            },
+            Op::Create {
+                thin: false,
+                ext: false,
+                n: 3,
+            },
+            Op::Write {
+                sel: 0,
+                unit: 5,
+                len: 6,
+                fill: 9,
+            },
+            Op::SetXattr {
+                sel: 1,
+                key: 1,
+                len: 1200,
+            },
             Op::Resize { sel: 1, n: 1 },
             Op::Crash,
-            Op::Write { sel: 1, unit: 0, len: 4, fill: 3 },
+            Op::Write {
+                sel: 1,
+                unit: 0,
+                len: 4,
+                fill: 3,
+            },
             Op::Resize { sel: 0, n: 2 },
             Op::Sync { sel: 0 },
             Op::Reload,

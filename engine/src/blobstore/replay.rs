@@ -19,7 +19,7 @@ use super::native::mdpage::MdPage;
 use super::native::superblock::SuperBlock;
 use super::native::{NativeBlob, NativeBlobStore};
 use super::{Blob, BlobId, BlobStore, Bstype, CreateOpts, InitOpts, IoChannel, LoadOpts};
-use crate::device::MemoryDevice;
+use crate::device::{Device, FileDevice, MemoryDevice};
 use crate::error::{Error, Result};
 
 fn bad(d: impl Into<String>) -> Error {
@@ -85,21 +85,31 @@ pub fn pattern_bytes(pattern: &Value, start: u64, len: usize) -> Result<Vec<u8>>
 }
 
 /// One session's live state.
-struct Session {
-    store: NativeBlobStore<MemoryDevice>,
+struct Session<D: Device> {
+    store: NativeBlobStore<D>,
     handles: HashMap<String, Vec<NativeBlob>>,
 }
 
-/// Run every session of `manifest` and return the device.
-pub fn replay_to_device(manifest: &Value) -> Result<MemoryDevice> {
-    let image = field(manifest, "image")?;
-    let size = u64_of(image, "size_bytes")?;
+/// Image size and block size a manifest asks for.
+pub fn image_geometry(manifest: &Value) -> Result<(u64, u32)> {
+    let size = u64_of(field(manifest, "image")?, "size_bytes")?;
     let block = manifest
         .get("spdk")
         .and_then(|s| s.get("aio_block_size"))
         .and_then(Value::as_u64)
         .unwrap_or(4096) as u32;
-    let mut dev = Some(MemoryDevice::new(size, block)?);
+    Ok((size, block))
+}
+
+/// Run every session of `manifest` on a fresh memory device and return it.
+pub fn replay_to_device(manifest: &Value) -> Result<MemoryDevice> {
+    let (size, block) = image_geometry(manifest)?;
+    replay_on(manifest, MemoryDevice::new(size, block)?)
+}
+
+/// Run every session of `manifest` on `dev` (which must be zeroed, like a new image file).
+pub fn replay_on<D: Device>(manifest: &Value, dev: D) -> Result<D> {
+    let mut dev = Some(dev);
     let mut slots: HashMap<String, BlobId> = HashMap::new();
     let sessions = field(manifest, "sessions")?
         .as_array()
@@ -108,7 +118,7 @@ pub fn replay_to_device(manifest: &Value) -> Result<MemoryDevice> {
         let ops = field(s, "ops")?
             .as_array()
             .ok_or_else(|| bad("ops is not a list"))?;
-        let mut sess: Option<Session> = None;
+        let mut sess: Option<Session<D>> = None;
         for op in ops {
             let name = str_of(op, "op")?;
             match name {
@@ -171,15 +181,15 @@ pub fn replay_to_device(manifest: &Value) -> Result<MemoryDevice> {
     dev.ok_or_else(|| bad("no device at the end"))
 }
 
-fn handle<'a>(s: &'a Session, slot: &str) -> Result<&'a NativeBlob> {
+fn handle<'a, D: Device>(s: &'a Session<D>, slot: &str) -> Result<&'a NativeBlob> {
     s.handles
         .get(slot)
         .and_then(|v| v.last())
         .ok_or_else(|| bad(format!("slot {slot:?} is not open")))
 }
 
-async fn run_op(
-    s: &mut Session,
+async fn run_op<D: Device>(
+    s: &mut Session<D>,
     slots: &mut HashMap<String, BlobId>,
     name: &str,
     op: &Value,
@@ -271,12 +281,18 @@ async fn run_op(
     Ok(())
 }
 
-/// Replay `manifest` into a new image file at `out`; returns the image's sha256 (hex).
+/// Replay `manifest` into a new image file at `out` (any old file there is replaced) through
+/// the file device; returns the image's sha256 (hex). Like SPDK's aio bdev without
+/// `fallocate`, the file device ignores unmap, so freed clusters keep their bytes.
 pub fn replay(manifest: &Value, out: &Path) -> Result<String> {
-    let dev = replay_to_device(manifest)?;
-    let bytes = dev.to_bytes();
-    std::fs::write(out, &bytes)?;
-    Ok(sha256_hex(&bytes))
+    let (size, block) = image_geometry(manifest)?;
+    match std::fs::remove_file(out) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
+    let dev = replay_on(manifest, FileDevice::create(out, size, block)?)?;
+    drop(dev);
+    Ok(sha256_hex(&std::fs::read(out)?))
 }
 
 pub fn sha256_hex(b: &[u8]) -> String {

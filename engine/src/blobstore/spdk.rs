@@ -160,6 +160,26 @@ impl SpdkBlobStore {
         }
     }
 
+    /// Load the blobstore on `bdev`; if the bdev holds none and `init` is given, format it
+    /// with those options. The counterpart of `Db::open`'s create logic for SPDK bdevs.
+    pub fn open_or_init(
+        env: &SpdkEnvOpts,
+        config: &SpdkConfig,
+        bdev: &str,
+        load: LoadOpts,
+        init: Option<InitOpts>,
+    ) -> Result<SpdkBlobStore> {
+        match Self::start_with(env, config, bdev, SpdkStart::Load(load)) {
+            Err(Error::NotABlobstore(why)) => match init {
+                Some(o) => Self::start_with(env, config, bdev, SpdkStart::Init(o)),
+                None => Err(Error::NotABlobstore(format!(
+                    "bdev {bdev} holds no blobstore (set create to format it): {why}"
+                ))),
+            },
+            r => r,
+        }
+    }
+
     /// The SPDK version this process runs (`None` before a successful start).
     pub fn spdk_version() -> Option<String> {
         ffi_shim::Env::get().map(|e| e.version().to_owned())
@@ -175,6 +195,31 @@ impl SpdkBlobStore {
         let env =
             ffi_shim::Env::get().ok_or_else(|| Error::Unsupported("SPDK is not running".into()))?;
         ffi_shim::block_on(env.load_config(config)).map_err(map_err)
+    }
+}
+
+impl crate::Db<SpdkBlobStore> {
+    /// Open (or, with `opts.create`, format) a store on SPDK bdev `bdev`, created from
+    /// `config` (JSON text or a path, SPDK `save_config` format) unless it exists already.
+    /// `opts.device` and `opts.device_size` are ignored: the bdev is the device.
+    pub fn open_spdk(config: &str, bdev: &str, opts: crate::options::Options) -> Result<Self> {
+        let bstype = Bstype::new(&opts.bstype)?;
+        let init = opts.create.then(|| InitOpts {
+            cluster_size: opts.cluster_size,
+            bstype,
+            ..InitOpts::default()
+        });
+        let store = SpdkBlobStore::open_or_init(
+            &SpdkEnvOpts::default(),
+            &SpdkConfig::parse(config),
+            bdev,
+            LoadOpts {
+                bstype,
+                force_recover: false,
+            },
+            init,
+        )?;
+        crate::Db::open_on(store, opts, crate::device::IoPath::Spdk)
     }
 }
 

@@ -47,6 +47,8 @@ pub enum IoPath {
     Pread,
     /// In-memory (memory and sim devices).
     Memory,
+    /// SPDK bdev I/O (the `spdk` backend; no `Device` underneath).
+    Spdk,
 }
 
 impl std::fmt::Display for IoPath {
@@ -55,6 +57,7 @@ impl std::fmt::Display for IoPath {
             IoPath::IoUring => "io_uring",
             IoPath::Pread => "pread/pwrite",
             IoPath::Memory => "memory",
+            IoPath::Spdk => "spdk",
         })
     }
 }

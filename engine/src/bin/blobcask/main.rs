@@ -121,7 +121,12 @@ enum Cmd {
     /// Exit code 0 = clean, 1 = problems found, 2 = could not check.
     Check { device: PathBuf },
     /// Salvage every readable record into a consistent store; reports what was lost.
-    Repair { device: PathBuf },
+    Repair {
+        device: PathBuf,
+        /// Write the repaired store to a new image instead of rebuilding in place.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// List the blobs of any SPDK blobstore image (read-only).
     Blobs {
         device: PathBuf,
@@ -165,6 +170,7 @@ type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
 
 fn open(store: &StoreArgs) -> Result<Db, blobcask::Error> {
     let mut opts = Options::new(DeviceSpec::Path(store.device.clone()));
+    opts.create = false;
     opts.sync = store.sync.into();
     Db::open(opts)
 }
@@ -262,7 +268,7 @@ fn run(cmd: Cmd) -> CliResult {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Check { device } => inspect::check(&device),
-        Cmd::Repair { device } => inspect::repair(&device),
+        Cmd::Repair { device, output } => inspect::repair(&device, output.as_deref()),
         Cmd::Blobs { device, json } => inspect::blobs(&device, json),
         Cmd::Blob {
             device,

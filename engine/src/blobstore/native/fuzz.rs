@@ -21,7 +21,10 @@ pub const SPARSE_MAGIC: &[u8; 8] = b"BCSPARSE";
 /// The device image an input stands for.
 pub fn image_of(data: &[u8]) -> Vec<u8> {
     let Some(mut rest) = data.strip_prefix(SPARSE_MAGIC) else {
-        let n = data.len().clamp(MIN_DEVICE, MAX_DEVICE).next_multiple_of(4096);
+        let n = data
+            .len()
+            .clamp(MIN_DEVICE, MAX_DEVICE)
+            .next_multiple_of(4096);
         let mut img = vec![0u8; n];
         let k = data.len().min(n);
         img[..k].copy_from_slice(&data[..k]);
@@ -150,6 +153,9 @@ mod tests {
         let s = sparse_of(&img);
         assert!(s.len() < 64);
         assert_eq!(image_of(&s), img);
-        assert_eq!(image_of(b"BCSPARSE\xff\xff\xff\xff\x05\x00ab").len(), MIN_DEVICE);
+        assert_eq!(
+            image_of(b"BCSPARSE\xff\xff\xff\xff\x05\x00ab").len(),
+            MIN_DEVICE
+        );
     }
 }

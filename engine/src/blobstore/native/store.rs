@@ -105,6 +105,9 @@ struct PersistPlan {
     grow: bool,
     root: (u64, Vec<u8>),
     chain_pages: Vec<(u64, Vec<u8>)>,
+    /// Extent pages at md indexes the disk root does not reference yet.
+    new_extent_pages: Vec<(u64, Vec<u8>)>,
+    /// Extent pages the disk root references, with new contents.
     extent_pages: Vec<(u64, Vec<u8>)>,
     new_chain: Vec<u32>,
     old_pages: Vec<u32>,
@@ -369,10 +372,10 @@ impl<D: Device> Inner<D> {
                 Ok(())
             }
             Err(e) => {
+                // The root may or may not have reached the disk: keep the new chain pages
+                // claimed (a leak until the next recovery) and free nothing the old root
+                // may still reference.
                 let mut st = self.st.lock();
-                for &i in &plan.new_chain[1..] {
-                    st.md_pages.clear(i);
-                }
                 if let Some(ob) = st.open.get_mut(&id) {
                     ob.released_clusters.extend(plan.released_clusters);
                     ob.released_eps.extend(plan.released_eps);
@@ -431,16 +434,19 @@ impl<D: Device> Inner<D> {
             .collect();
         let root_page = pages.remove(0);
         let mut eps = Vec::new();
+        let mut new_eps = Vec::new();
         if ob.md.extent_table {
             for (slot, &ep) in ob.md.extent_pages.iter().enumerate() {
                 if ep == 0 {
                     continue;
                 }
-                let changed = ob.clean.extent_pages.get(slot) != Some(&ep)
-                    || BlobMd::slot_entries(&ob.md.clusters, slot)
-                        != BlobMd::slot_entries(&ob.clean.clusters, slot);
-                if changed {
-                    eps.push((l.md_offset(ep), ob.md.extent_page(slot).encode(ps)));
+                let page = || (l.md_offset(ep), ob.md.extent_page(slot).encode(ps));
+                if ob.clean.extent_pages.get(slot) != Some(&ep) {
+                    new_eps.push(page());
+                } else if BlobMd::slot_entries(&ob.md.clusters, slot)
+                    != BlobMd::slot_entries(&ob.clean.clusters, slot)
+                {
+                    eps.push(page());
                 }
             }
         }
@@ -455,6 +461,7 @@ impl<D: Device> Inner<D> {
             grow: ob.md.clusters.len() >= ob.clean.clusters.len(),
             root: root_page,
             chain_pages: pages,
+            new_extent_pages: new_eps,
             extent_pages: eps,
             new_chain: chain,
             old_pages,
@@ -469,11 +476,14 @@ impl<D: Device> Inner<D> {
         if plan.need_dirty {
             self.mark_dirty().await?;
         }
-        // Extent pages live in place. A grown map is written before the root (the old root
-        // reads only its own, shorter prefix of them); a shrunk one after it (the new root
-        // reads a prefix of the old, longer page). SPDK instead rewrites truncated extent
-        // pages with zero entries before the commit (§10.2 step 1); we do not.
+        // New chain pages and new extent pages are unreachable from the disk root: write
+        // them first. Extent pages the root already references are rewritten in place: a
+        // grown map before the root (the old root reads only its own, shorter prefix of
+        // them), a shrunk one after it (the new root reads a prefix of the old, longer
+        // page). SPDK instead rewrites truncated extent pages with zero entries before the
+        // commit (§10.2 step 1); we do not.
         let mut pre: Vec<&(u64, Vec<u8>)> = plan.chain_pages.iter().collect();
+        pre.extend(plan.new_extent_pages.iter());
         if plan.grow {
             pre.extend(plan.extent_pages.iter());
         }

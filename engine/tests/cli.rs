@@ -1,0 +1,328 @@
+//! The `blobcask` binary, driven as a user would: every subcommand, exit codes and messages.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_blobcask"))
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run blobcask")
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = run(args);
+    assert!(
+        o.status.success(),
+        "blobcask {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/spdk").join(name)
+}
+
+fn fresh_store(dir: &Path) -> String {
+    let img = dir.join("store.img");
+    let p = img.to_str().unwrap().to_string();
+    let out = ok(&[
+        "format",
+        &p,
+        "--size",
+        "32M",
+        "--cluster-size",
+        "64K",
+        "--shards",
+        "2",
+    ]);
+    assert!(out.contains("formatted"), "{out}");
+    p
+}
+
+#[test]
+fn put_get_delete_keys_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_store(dir.path());
+    assert_eq!(ok(&["put", &db, "alpha", "one"]), "OK\n");
+    assert_eq!(ok(&["put", &db, "beta", "two"]), "OK\n");
+    assert_eq!(ok(&["get", &db, "alpha"]), "one\n");
+    let missing = run(&["get", &db, "gamma"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("NOT_FOUND"));
+    assert_eq!(ok(&["keys", &db]), "alpha\nbeta\n");
+    assert_eq!(ok(&["keys", &db, "--prefix", "b"]), "beta\n");
+    assert_eq!(ok(&["delete", &db, "alpha"]), "OK\n");
+    assert_eq!(ok(&["delete", &db, "alpha"]), "NOT_FOUND\n");
+    assert_eq!(run(&["get", &db, "alpha"]).status.code(), Some(1));
+}
+
+#[test]
+fn load_and_dump_preserve_binary_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_store(dir.path());
+    let tsv = dir.path().join("in.tsv");
+    let mut lines = String::new();
+    for i in 0..300 {
+        lines.push_str(&format!("k{i:04}\tv\\x00\\t{i}\n"));
+    }
+    std::fs::write(&tsv, &lines).unwrap();
+    let out = ok(&["load", &db, tsv.to_str().unwrap()]);
+    assert!(out.contains("loaded 300 records"), "{out}");
+    let mut dumped: Vec<String> = ok(&["dump", &db]).lines().map(str::to_string).collect();
+    dumped.sort();
+    let mut want: Vec<String> = lines.lines().map(str::to_string).collect();
+    want.sort();
+    assert_eq!(dumped, want);
+    let out = ok(&["stats", &db]);
+    assert!(out.contains("keys                 300"), "{out}");
+    let json: serde_json::Value = serde_json::from_str(&ok(&["stats", &db, "--json"])).unwrap();
+    assert_eq!(json["keys"], 300);
+    let out = ok(&["merge", &db]);
+    assert!(out.starts_with("merged in"), "{out}");
+    assert_eq!(ok(&["dump", &db]).lines().count(), 300);
+}
+
+#[test]
+fn load_rejects_a_malformed_line_by_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_store(dir.path());
+    let tsv = dir.path().join("bad.tsv");
+    std::fs::write(&tsv, "a\t1\nno-tab-here\n").unwrap();
+    let o = run(&["load", &db, tsv.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("bad.tsv:2"), "{err}");
+}
+
+#[test]
+fn shell_prints_one_line_per_command_from_a_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_store(dir.path());
+    let mut child = bin()
+        .args(["shell", &db, "--sync", "always"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"put k hello world\nget k\nget nope\n\ncontains k\ndelete k\nget k\nfrobnicate\nput onlykey\nkeys\nquit\nget k\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    // Nine commands give nine lines: the blank line gives none, nothing runs after `quit`.
+    assert_eq!(lines.len(), 9, "{lines:?}");
+    assert_eq!(lines[0], "OK");
+    assert_eq!(lines[1], "hello world");
+    assert_eq!(lines[2], "NOT_FOUND");
+    assert_eq!(lines[3], "OK");
+    assert_eq!(lines[4], "OK");
+    assert_eq!(lines[5], "NOT_FOUND");
+    assert!(lines[6].starts_with("ERR unknown command"), "{}", lines[6]);
+    assert!(lines[7].starts_with("ERR "), "{}", lines[7]);
+    assert_eq!(lines[8], "", "no keys left");
+}
+
+#[test]
+fn too_large_values_get_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_store(dir.path());
+    let key = "k".repeat(2000);
+    let o = run(&["put", &db, &key, "v"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("key of 2000 bytes exceeds"), "{err}");
+}
+
+#[test]
+fn foreign_devices_are_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.img");
+    std::fs::write(&junk, vec![0x5au8; 1 << 20]).unwrap();
+    let o = run(&["get", junk.to_str().unwrap(), "k"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no blobstore"));
+    let o = run(&["blobs", junk.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a blobstore"));
+    // A blobstore of another application (bstype BLOBCASKTEST) is not ours to open.
+    let other = dir.path().join("other.img");
+    std::fs::copy(fixture("basic.img"), &other).unwrap();
+    let o = run(&["get", other.to_str().unwrap(), "k"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("type mismatch"), "{err}");
+    assert!(err.contains("BLOBCASKTEST"), "{err}");
+    let missing = dir.path().join("missing.img");
+    let o = run(&["get", missing.to_str().unwrap(), "k"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not exist"));
+}
+
+#[test]
+fn a_store_open_elsewhere_is_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_store(dir.path());
+    let held = blobcask::device::FileDevice::open(&db).unwrap();
+    let o = run(&["get", &db, "k"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already open"));
+    drop(held);
+    assert_eq!(run(&["get", &db, "k"]).status.code(), Some(1));
+}
+
+#[test]
+fn blobs_lists_any_spdk_image_read_only() {
+    let img = fixture("basic.img");
+    let before = std::fs::read(&img).unwrap();
+    let out = ok(&["blobs", img.to_str().unwrap()]);
+    assert!(out.contains("bstype \"BLOBCASKTEST\""), "{out}");
+    assert!(out.contains("0x100000000"), "{out}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&["blobs", "--json", img.to_str().unwrap()])).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("basic.json")).unwrap()).unwrap();
+    let blobs = json["blobs"].as_array().unwrap();
+    let want = manifest["blobs"].as_array().unwrap();
+    assert_eq!(blobs.len(), want.len());
+    for (b, w) in blobs.iter().zip(want) {
+        assert_eq!(b["id"], w["id"]);
+        assert_eq!(b["num_clusters"], w["num_clusters"]);
+        assert_eq!(b["num_allocated_clusters"], w["num_allocated_clusters"]);
+        assert_eq!(b["thin_provisioned"], w["thin_provisioned"]);
+        let names: Vec<&serde_json::Value> =
+            b["xattrs"].as_array().unwrap().iter().map(|x| &x["name"]).collect();
+        let want_names: Vec<&serde_json::Value> =
+            w["xattrs"].as_array().unwrap().iter().map(|x| &x["name"]).collect();
+        assert_eq!(names, want_names);
+    }
+    assert_eq!(json["super_block"]["cluster_size"], 1 << 20);
+    assert_eq!(json["super_block"]["bstype"], "BLOBCASKTEST");
+    // Every manifest read of the first blob hashes the same through `blob --read`.
+    let first = &want[0];
+    for r in first["reads"].as_array().unwrap().iter().take(6) {
+        let range = format!("{}:{}", r["offset"], r["length"]);
+        let out = ok(&[
+            "blob",
+            img.to_str().unwrap(),
+            first["id_hex"].as_str().unwrap(),
+            "--read",
+            &range,
+        ]);
+        assert_eq!(out.trim(), r["sha256"].as_str().unwrap(), "range {range}");
+    }
+    let one: serde_json::Value = serde_json::from_str(&ok(&[
+        "blob",
+        img.to_str().unwrap(),
+        "4294967296",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(one["id_hex"], "0x100000000");
+    assert_eq!(std::fs::read(&img).unwrap(), before, "inspection wrote nothing");
+}
+
+#[test]
+fn inspecting_a_dirty_image_leaves_it_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("dirty.img");
+    std::fs::copy(fixture("dirty.img"), &img).unwrap();
+    let before = std::fs::read(&img).unwrap();
+    let out = ok(&["blobs", img.to_str().unwrap()]);
+    assert!(out.contains("dirty (recovered in memory)"), "{out}");
+    assert_eq!(std::fs::read(&img).unwrap(), before);
+    let o = run(&["blob", img.to_str().unwrap(), "0x100000009"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn check_is_clean_on_a_healthy_store_and_repair_salvages_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_store(dir.path());
+    let tsv = dir.path().join("in.tsv");
+    let lines: String = (0..60)
+        .map(|i| format!("key{i:03}\tvalue-{i:03}-padding-padding\n"))
+        .collect();
+    std::fs::write(&tsv, &lines).unwrap();
+    ok(&["load", &db, tsv.to_str().unwrap()]);
+    let out = ok(&["check", &db]);
+    assert!(out.trim_end().ends_with("clean"), "{out}");
+
+    // Damage one record in the middle of a data blob.
+    let mut bytes = std::fs::read(&db).unwrap();
+    let at = bytes
+        .windows(9)
+        .position(|w| w == b"value-030")
+        .expect("record on disk");
+    bytes[at + 2] ^= 0x01;
+    std::fs::write(&db, &bytes).unwrap();
+
+    let o = run(&["check", &db]);
+    assert_eq!(o.status.code(), Some(1), "damage makes check fail");
+    let report = String::from_utf8_lossy(&o.stdout);
+    assert!(report.contains("PROBLEM"), "{report}");
+    assert!(report.contains("fail their CRC"), "{report}");
+    // The damaged record is never returned as data.
+    let o = run(&["get", &db, "key030"]);
+    assert_ne!(o.status.code(), Some(0));
+
+    let repaired = dir.path().join("repaired.img");
+    let out = ok(&["repair", &db, "--output", repaired.to_str().unwrap()]);
+    assert!(out.contains("lost: blob"), "{out}");
+    let r = repaired.to_str().unwrap();
+    assert!(ok(&["check", r]).trim_end().ends_with("clean"));
+    let keys = ok(&["keys", r]);
+    // Every intact record survives, including those behind the damage.
+    for i in (0..60).filter(|&i| i != 30) {
+        assert!(keys.contains(&format!("key{i:03}\n")), "key{i:03} lost");
+        assert_eq!(
+            ok(&["get", r, &format!("key{i:03}")]),
+            format!("value-{i:03}-padding-padding\n")
+        );
+    }
+    // In place: the store itself is rebuilt and the salvage backup removed afterwards.
+    let out = ok(&["repair", &db]);
+    assert!(out.contains("rebuilt"), "{out}");
+    assert!(ok(&["check", &db]).trim_end().ends_with("clean"));
+    assert_eq!(ok(&["get", &db, "key059"]), "value-059-padding-padding\n");
+    assert!(!Path::new(&format!("{db}.salvage.tsv")).exists());
+}
+
+#[test]
+fn replay_reproduces_a_fixture() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("replayed.img");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("empty-clean.json")).unwrap())
+            .unwrap();
+    let printed = ok(&[
+        "replay",
+        fixture("empty-clean.json").to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        printed.split_whitespace().next().unwrap(),
+        manifest["image"]["sha256"].as_str().unwrap()
+    );
+}
+
+#[test]
+fn help_names_every_subcommand() {
+    let out = ok(&["--help"]);
+    for cmd in [
+        "format", "put", "get", "delete", "keys", "load", "dump", "stats", "merge", "check",
+        "repair", "blobs", "blob", "shell", "replay",
+    ] {
+        assert!(out.contains(cmd), "help lacks {cmd}");
+    }
+}
