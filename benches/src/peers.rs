@@ -22,6 +22,13 @@ pub mod rocks {
         BlockBasedOptions, Cache, DBCompressionType, IteratorMode, Options, WriteOptions, DB,
     };
 
+    /// RocksDB 7.8's C API has no `rocksdb_write_buffer_manager_destroy` (the 11.x bindings
+    /// reference it from a destructor); the bench never creates a write buffer manager, so
+    /// the function is never reached with a real object.
+    #[cfg(feature = "rocksdb-syslib")]
+    #[no_mangle]
+    pub extern "C" fn rocksdb_write_buffer_manager_destroy(_wbm: *mut std::ffi::c_void) {}
+
     pub struct Rocks {
         db: DB,
         wo: WriteOptions,

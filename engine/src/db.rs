@@ -3,17 +3,15 @@
 //! # How a request reaches its shard (the hop)
 //!
 //! - **Reads run on the caller's thread.** The shard's keydir sits behind a `parking_lot`
-//!   `RwLock` that the shard thread takes for writing only once per group commit (to publish
-//!   the group's new locations) and merge takes briefly per batch of moved keys; a `get` takes
-//!   it for reading for one probe, clones the blob handle, drops it, then consults the shard's
-//!   `quick_cache` and reads the record through an I/O channel borrowed from a lock-free pool
-//!   (one channel per concurrently reading thread). No cross-thread round trip on a read:
-//!   a blocking request/reply hop costs microseconds here, more than a cache hit.
-//! - **Writes hop to the shard thread** over a `crossbeam-channel`. That thread is the only
-//!   writer of its active blob, so appends need no lock; it drains its queue and writes every
-//!   queued request with one device write and (per the sync policy) one flush: group commit.
-//!   A synchronous caller pays the hop once per write, amortized across concurrent writers;
-//!   its reply slot spins briefly before parking (`reply.rs`).
+//!   `RwLock` that the writer takes for writing only once per group commit (to publish the
+//!   group's new locations) and merge takes briefly per batch of moved keys; a `get` takes it
+//!   for reading for one probe, clones the blob handle, drops it, then looks in the shard's
+//!   write-behind buffer, its `quick_cache`, and finally reads the record through an I/O
+//!   channel borrowed from a lock-free pool (one channel per concurrently reading thread).
+//!   No cross-thread round trip on a read.
+//! - **Writes run under the shard's exclusive ownership**, on the caller's thread when the
+//!   shard is idle, else queued to whoever holds it or to the shard thread (`shard.rs` has the
+//!   measurements). One writer per shard at a time, I/O on that shard's channel, no global lock.
 //!
 //! Routing is `hash(key) % shards`, the same hash the keydir uses.
 
@@ -151,6 +149,20 @@ pub(crate) struct ShardShared<S: BlobStore> {
     pub hints: Mutex<std::collections::HashMap<u64, BlobId>>,
     /// Keydir snapshot blobs of this shard (normally at most one).
     pub snapshots: Mutex<Vec<BlobId>>,
+    /// Records of the active blob not yet on the device (see `shard.rs`).
+    pub unwritten: RwLock<Unwritten>,
+    /// Bytes in `unwritten` beyond what is on the device.
+    pub pending_bytes: AtomicU64,
+}
+
+/// The write-behind buffer of a shard: the active blob's bytes from `start` (a page boundary)
+/// to the end of the published log. Readers look here first for records of that blob.
+#[derive(Default)]
+pub(crate) struct Unwritten {
+    /// Salt of the blob the buffer belongs to (identifies it; slots are reused).
+    pub salt: u64,
+    pub start: u64,
+    pub bytes: Vec<u8>,
 }
 
 /// Options resolved against the store.
@@ -430,6 +442,20 @@ impl<S: BlobStore> Db<S> {
         }
         let len = record_len(key.len(), loc);
         let offset = u64::from(loc.offset);
+        {
+            let uw = sh.unwritten.read();
+            if uw.salt == handle.salt && offset >= uw.start {
+                let at = (offset - uw.start) as usize;
+                let rec = record::decode_for_read(
+                    uw.bytes.get(at..).unwrap_or(&[]),
+                    handle.salt,
+                    key,
+                    handle.id,
+                    offset,
+                )?;
+                return Ok(Some(Arc::from(rec.value)));
+            }
+        }
         let value: Arc<[u8]> = core.with_channel(|ch| {
             let (buf, at) = core.read_bytes(ch, &handle.blob, offset, len)?;
             let rec = record::decode_for_read(&buf[at..], handle.salt, key, handle.id, offset)?;

@@ -131,8 +131,12 @@ async fn read_all<S: BlobStore>(store: &S, blob: &S::Blob) -> Result<Vec<u8>> {
     let mut at = 0;
     while at < total {
         let n = step.min(total - at);
-        ch.read(blob, at, &mut buf[(at * iou) as usize..((at + n) * iou) as usize])
-            .await?;
+        ch.read(
+            blob,
+            at,
+            &mut buf[(at * iou) as usize..((at + n) * iou) as usize],
+        )
+        .await?;
         at += n;
     }
     Ok(buf)
@@ -205,7 +209,8 @@ pub fn check<D: Device>(open: impl Fn() -> Result<D>) -> Result<CheckReport> {
     )) {
         Ok(s) => s,
         Err(e) => {
-            rep.problems.push(format!("the blobstore does not load: {e}"));
+            rep.problems
+                .push(format!("the blobstore does not load: {e}"));
             return Ok(rep);
         }
     };
@@ -322,13 +327,15 @@ fn check_engine<S: BlobStore>(store: &S, rep: &mut CheckReport) -> Result<()> {
         let check_seq = m.role == b"hint";
         let mut bad = 0u64;
         for e in &h.entries {
-            let ok = data.get(&(m.shard, e.blob_seq)).is_some_and(|(_, salt, b)| {
-                b.get(e.offset as usize..)
-                    .and_then(|r| record::decode(r, *salt))
-                    .is_some_and(|r| {
-                        r.key == e.key.as_slice() && (!check_seq || r.header.seq == e.seq)
-                    })
-            });
+            let ok = data
+                .get(&(m.shard, e.blob_seq))
+                .is_some_and(|(_, salt, b)| {
+                    b.get(e.offset as usize..)
+                        .and_then(|r| record::decode(r, *salt))
+                        .is_some_and(|r| {
+                            r.key == e.key.as_slice() && (!check_seq || r.header.seq == e.seq)
+                        })
+                });
             if !ok {
                 bad += 1;
             }
@@ -384,8 +391,7 @@ pub fn salvage<D: Device>(dev: D) -> Result<SalvageReport> {
             });
         }
         for &(off, len) in &s.records {
-            let Some(r) = record::decode(&bytes[off as usize..off as usize + len], m.salt)
-            else {
+            let Some(r) = record::decode(&bytes[off as usize..off as usize + len], m.salt) else {
                 continue;
             };
             rep.records += 1;
@@ -454,7 +460,10 @@ mod tests {
         let s = scan_log(&b, 7);
         assert_eq!(s.records.len(), 2);
         assert!(s.damaged.is_empty());
-        assert_eq!(s.prefix_end, (s.records[1].0 as usize + s.records[1].1) as u64);
+        assert_eq!(
+            s.prefix_end,
+            (s.records[1].0 as usize + s.records[1].1) as u64
+        );
     }
 
     #[test]

@@ -116,7 +116,7 @@ pub struct Header {
 impl Header {
     /// Total encoded length (before padding).
     pub fn total_len(&self) -> u64 {
-        HEADER_LEN as u64 + self.body_len
+        (HEADER_LEN as u64).saturating_add(self.body_len)
     }
 }
 
@@ -172,13 +172,15 @@ pub fn decode(buf: &[u8], blob: u64) -> Result<Hint> {
     let mut r = Reader { b: body, pos: 0 };
     let owner_seq = r.u64().ok_or_else(|| bad(blob, 0, "owner"))?;
     let n = r.u32().ok_or_else(|| bad(blob, 0, "blob list"))?;
-    let mut blobs = Vec::with_capacity(n as usize);
+    // Counts come from the input: never allocate more than the body can hold.
+    let mut blobs = Vec::with_capacity((n as usize).min(body.len() / 16));
     for _ in 0..n {
         let s = r.u64().ok_or_else(|| bad(blob, 0, "blob list"))?;
         let l = r.u64().ok_or_else(|| bad(blob, 0, "blob list"))?;
         blobs.push((s, l));
     }
-    let mut entries = Vec::with_capacity(header.entries.min(1 << 24) as usize);
+    let mut entries =
+        Vec::with_capacity(header.entries.min((body.len() / ENTRY_FIXED) as u64) as usize);
     for _ in 0..header.entries {
         let at = (HEADER_LEN + r.pos) as u64;
         let e = r.entry().ok_or_else(|| bad(blob, at, "truncated entry"))?;

@@ -302,6 +302,8 @@ pub(crate) fn open_store<S: BlobStore>(store: S, opts: Options, io_path: IoPath)
             merge_lock: Mutex::new(()),
             hints: Mutex::new(r.hints),
             snapshots: Mutex::new(r.snapshots),
+            unwritten: RwLock::new(Default::default()),
+            pending_bytes: AtomicU64::new(0),
         });
     }
     let (ctx, crx) = crossbeam_channel::bounded(64);

@@ -23,7 +23,9 @@ fn ok(args: &[&str]) -> String {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/spdk").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/spdk")
+        .join(name)
 }
 
 fn fresh_store(dir: &Path) -> String {
@@ -200,10 +202,18 @@ fn blobs_lists_any_spdk_image_read_only() {
         assert_eq!(b["num_clusters"], w["num_clusters"]);
         assert_eq!(b["num_allocated_clusters"], w["num_allocated_clusters"]);
         assert_eq!(b["thin_provisioned"], w["thin_provisioned"]);
-        let names: Vec<&serde_json::Value> =
-            b["xattrs"].as_array().unwrap().iter().map(|x| &x["name"]).collect();
-        let want_names: Vec<&serde_json::Value> =
-            w["xattrs"].as_array().unwrap().iter().map(|x| &x["name"]).collect();
+        let names: Vec<&serde_json::Value> = b["xattrs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| &x["name"])
+            .collect();
+        let want_names: Vec<&serde_json::Value> = w["xattrs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| &x["name"])
+            .collect();
         assert_eq!(names, want_names);
     }
     assert_eq!(json["super_block"]["cluster_size"], 1 << 20);
@@ -229,7 +239,11 @@ fn blobs_lists_any_spdk_image_read_only() {
     ]))
     .unwrap();
     assert_eq!(one["id_hex"], "0x100000000");
-    assert_eq!(std::fs::read(&img).unwrap(), before, "inspection wrote nothing");
+    assert_eq!(
+        std::fs::read(&img).unwrap(),
+        before,
+        "inspection wrote nothing"
+    );
 }
 
 #[test]

@@ -4,13 +4,21 @@
 
 use std::time::{Duration, Instant};
 
-use ffi_shim::{block_on, BlobCreateOpts, Blobstore, BsInitOpts, Config, EnvOpts, IoReq, StartMode};
+use ffi_shim::{
+    block_on, BlobCreateOpts, Blobstore, BsInitOpts, Config, EnvOpts, IoReq, StartMode,
+};
 
 fn main() {
     let file = std::env::args().nth(1);
     let (cfg, name) = match &file {
-        Some(f) => (Config::aio("BenchAio0", std::path::Path::new(f), 4096), "BenchAio0"),
-        None => (Config::malloc("BenchMalloc0", 512 << 20, 4096), "BenchMalloc0"),
+        Some(f) => (
+            Config::aio("BenchAio0", std::path::Path::new(f), 4096),
+            "BenchAio0",
+        ),
+        None => (
+            Config::malloc("BenchMalloc0", 512 << 20, 4096),
+            "BenchMalloc0",
+        ),
     };
     let mode = StartMode::Init(BsInitOpts::default());
     let bs = match block_on(Blobstore::start(&EnvOpts::default(), &cfg, name, mode)) {

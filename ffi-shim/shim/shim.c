@@ -153,6 +153,8 @@ shim_env_start(const char *name, const char *core_mask, int no_huge, int mem_siz
 		opts.mem_size = mem_size_mb;
 	}
 	opts.no_pci = no_pci != 0;
+	/* Unlink hugepage files right after mapping them: a killed process then leaks none. */
+	opts.unlink_hugepage = !opts.no_huge;
 	return spdk_env_init(&opts);
 }
 

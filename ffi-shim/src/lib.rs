@@ -202,6 +202,23 @@ pub fn hugepages_usable() -> bool {
             .any(|l| l.split_whitespace().nth(2) == Some("hugetlbfs"))
 }
 
+/// Remove the DPDK runtime directory of process `pid` (`/var/run/dpdk/spdk_pid<pid>`, or
+/// under `$XDG_RUNTIME_DIR` when not root). SPDK names it after the pid; DPDK leaves it
+/// behind when a process exits without `spdk_env_fini` or is killed. This crate removes its
+/// own at exit; call this for a child process that was killed.
+pub fn remove_dpdk_runtime_dir(pid: u32) {
+    let name = format!("spdk_pid{pid}");
+    let mut dirs = vec![std::path::PathBuf::from("/var/run/dpdk").join(&name)];
+    if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR") {
+        dirs.push(std::path::PathBuf::from(x).join("dpdk").join(&name));
+    }
+    for d in dirs {
+        if d.is_dir() {
+            let _ = std::fs::remove_dir_all(&d);
+        }
+    }
+}
+
 /// A bdev configuration: either JSON text or a path to a JSON file.
 #[derive(Debug, Clone)]
 pub enum Config {

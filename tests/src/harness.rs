@@ -1,7 +1,7 @@
 //! Small stores on a [`SimDevice`], seeded workloads, and the driver that runs a workload
 //! against a store while keeping the [`Oracle`] in step.
 //!
-//! Stores are tiny on purpose (4 MiB device, 64 KiB clusters, 128 KiB data blobs, a few dozen
+//! Stores are tiny on purpose (2 MiB device, 64 KiB clusters, 128 KiB data blobs, a few dozen
 //! keys), so a workload rotates blobs, grows leases, merges and writes hints within a few
 //! hundred device I/Os, and thousands of crash points fit in the default test run.
 
@@ -15,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::oracle::{self, to_batch, Key, Op, Oracle};
 
-pub const DEV_SIZE: u64 = 4 << 20;
+pub const DEV_SIZE: u64 = 2 << 20;
 pub const CLUSTER: u32 = 64 << 10;
 pub const BLOCK: u32 = 4096;
 pub const MAX_BLOB: u64 = 128 << 10;

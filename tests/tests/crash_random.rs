@@ -12,8 +12,8 @@ use blobcask_tests::seed;
 use rand::Rng;
 
 /// Crash points per workload; workloads = `WORKLOADS * TORTURE_SCALE`.
-const POINTS: u64 = 10;
-const WORKLOADS: u64 = 200;
+const POINTS: u64 = 20;
+const WORKLOADS: u64 = 100;
 
 fn policy(r: u32) -> SyncPolicy {
     match r % 8 {

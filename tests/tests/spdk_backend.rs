@@ -519,6 +519,265 @@ mod with_spdk {
         }
     }
 
+    fn db_opts(path: Option<&Path>, create: bool) -> blobcask::Options {
+        blobcask::Options {
+            device: match path {
+                Some(p) => blobcask::DeviceSpec::Path(p.to_path_buf()),
+                None => blobcask::DeviceSpec::Memory { size: 0 },
+            },
+            create,
+            device_size: 128 * MIB,
+            shards: 2,
+            max_blob_size: 4 * MIB,
+            max_value_size: 64 * 1024,
+            sync: blobcask::SyncPolicy::Never,
+            bstype: "BLOBCASK".into(),
+            ..blobcask::Options::default()
+        }
+    }
+
+    fn key(i: u32) -> Vec<u8> {
+        format!("key-{i:06}").into_bytes()
+    }
+
+    fn value(i: u32, round: u32) -> Vec<u8> {
+        let mut v = format!("value-{i}-{round}-").into_bytes();
+        v.extend(pattern(u64::from(i), 50 + (i as usize % 300)));
+        v
+    }
+
+    /// The key-value layer across backends: a store written by the native engine opens on
+    /// an SPDK aio bdev over the same image with every key readable, is updated there, and
+    /// reopens natively with the SPDK-made changes.
+    #[test]
+    fn db_native_to_spdk_and_back() {
+        need_spdk!();
+        let path = tmp("db-interop.img");
+        let n = 3000u32;
+        let db = blobcask::Db::open(db_opts(Some(&path), true)).expect("native open");
+        for i in 0..n {
+            db.put(&key(i), &value(i, 0)).expect("put");
+        }
+        for i in (0..n).step_by(7) {
+            db.delete(&key(i)).expect("delete");
+        }
+        db.close().expect("native close");
+
+        let cfg = SpdkConfig::aio("DbInterop", &path, 4096);
+        let cfg_json = match &cfg {
+            SpdkConfig::Json(j) => j.clone(),
+            SpdkConfig::File(p) => p.display().to_string(),
+        };
+        let db = blobcask::Db::open_spdk(&cfg_json, "DbInterop", db_opts(None, false))
+            .expect("spdk open");
+        for i in 0..n {
+            let want = (i % 7 != 0).then(|| value(i, 0));
+            assert_eq!(db.get(&key(i)).expect("get"), want, "key {i} under SPDK");
+        }
+        for i in (0..n).step_by(5) {
+            db.put(&key(i), &value(i, 1)).expect("spdk put");
+        }
+        db.close().expect("spdk close");
+        SpdkBlobStore::load_config(&SpdkConfig::aio_delete("DbInterop")).expect("aio delete");
+
+        let db = blobcask::Db::open(db_opts(Some(&path), false)).expect("native reopen");
+        for i in 0..n {
+            let want = if i % 5 == 0 {
+                Some(value(i, 1))
+            } else if i % 7 == 0 {
+                None
+            } else {
+                Some(value(i, 0))
+            };
+            assert_eq!(
+                db.get(&key(i)).expect("get"),
+                want,
+                "key {i} back on native"
+            );
+        }
+        db.close().expect("close");
+    }
+
+    const KILL_CHILD_ENV: &str = "BLOBCASK_SPDK_KILL_CHILD";
+
+    fn kill_opts(create: bool) -> blobcask::Options {
+        blobcask::Options {
+            sync: blobcask::SyncPolicy::Always,
+            cluster_size: 64 << 10,
+            max_blob_size: 256 << 10,
+            max_value_size: 16 << 10,
+            ..db_opts(None, create)
+        }
+    }
+
+    /// A killed SPDK process leaves its DPDK runtime directory behind.
+    fn ffi_shim_cleanup(pid: u32) {
+        let d = PathBuf::from(format!("/var/run/dpdk/spdk_pid{pid}"));
+        if d.is_dir() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+
+    fn kill_key(round: u32, i: u32) -> Vec<u8> {
+        format!("r{round}-k{i:07}").into_bytes()
+    }
+
+    /// The child of `sigkill_while_writing_on_aio_bdev`: runs only when re-executed.
+    #[test]
+    fn spdk_kill_child() {
+        use std::io::Write;
+        let Ok(spec) = std::env::var(KILL_CHILD_ENV) else {
+            return;
+        };
+        let (path, round) = spec.split_once('|').expect("path|round");
+        let round: u32 = round.parse().expect("round");
+        let cfg = SpdkConfig::aio("KillChild", Path::new(path), 4096);
+        let SpdkConfig::Json(json) = cfg else {
+            unreachable!()
+        };
+        let db = blobcask::Db::open_spdk(&json, "KillChild", kill_opts(false)).expect("child open");
+        let out = std::io::stdout();
+        for i in 0.. {
+            db.put(&kill_key(round, i), &value(i, round))
+                .expect("child put");
+            let mut o = out.lock();
+            writeln!(o, "ack {i}").expect("stdout");
+            o.flush().expect("stdout");
+        }
+    }
+
+    /// Crash recovery on SPDK: a child process writes through the SPDK backend (aio bdev,
+    /// `SyncPolicy::Always`) and is SIGKILLed mid-stream; the store then loads dirty (SPDK
+    /// recovers the masks) and every acknowledged put is there with its value — under SPDK
+    /// and under the native backend.
+    #[test]
+    fn sigkill_while_writing_on_aio_bdev() {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        use std::time::{Duration, Instant};
+        if std::env::var(KILL_CHILD_ENV).is_ok() {
+            return;
+        }
+        need_spdk!();
+        let path = tmp("kill.img");
+        blobcask::Db::open(blobcask::Options {
+            device: blobcask::DeviceSpec::Path(path.clone()),
+            device_size: 32 * MIB,
+            ..kill_opts(true)
+        })
+        .expect("format")
+        .close()
+        .expect("close");
+        let exe = std::env::current_exe().expect("exe");
+        let mut acked: Vec<(u32, u32)> = Vec::new();
+        for round in 0..3u32 {
+            let mut child = Command::new(&exe)
+                .args([
+                    "--exact",
+                    "with_spdk::spdk_kill_child",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(KILL_CHILD_ENV, format!("{}|{round}", path.display()))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn child");
+            let stdout = child.stdout.take().expect("stdout");
+            let kill_after = Duration::from_millis(200 + 250 * u64::from(round));
+            let (tx, rx) = std::sync::mpsc::channel();
+            let reader = std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if let Some(i) = line
+                        .strip_prefix("ack ")
+                        .and_then(|v| v.parse::<u32>().ok())
+                    {
+                        if tx.send(i).is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+            let mut first: Option<Instant> = None;
+            let mut n = 0u32;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                match rx.recv_timeout(Duration::from_millis(20)) {
+                    Ok(i) => {
+                        acked.push((round, i));
+                        n += 1;
+                        first.get_or_insert_with(Instant::now);
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(_) => break,
+                }
+                if first.is_some_and(|t| t.elapsed() >= kill_after) {
+                    break;
+                }
+            }
+            child.kill().expect("SIGKILL");
+            let _ = child.wait();
+            ffi_shim_cleanup(child.id());
+            // Acks already in the pipe were acknowledged before the kill.
+            while let Ok(i) = rx.recv_timeout(Duration::from_millis(200)) {
+                acked.push((round, i));
+                n += 1;
+            }
+            let _ = reader.join();
+            assert!(n > 0, "round {round}: the child acknowledged nothing");
+        }
+
+        let cfg = SpdkConfig::aio("KillCheck", &path, 4096);
+        let SpdkConfig::Json(json) = cfg else {
+            unreachable!()
+        };
+        let db = blobcask::Db::open_spdk(&json, "KillCheck", kill_opts(false))
+            .expect("open after crash under SPDK");
+        for &(r, i) in &acked {
+            assert_eq!(
+                db.get(&kill_key(r, i)).expect("get"),
+                Some(value(i, r)),
+                "acknowledged put r{r} i{i} under SPDK"
+            );
+        }
+        db.close().expect("close");
+        SpdkBlobStore::load_config(&SpdkConfig::aio_delete("KillCheck")).expect("aio delete");
+        let db = blobcask::Db::open(blobcask::Options {
+            device: blobcask::DeviceSpec::Path(path.clone()),
+            ..kill_opts(false)
+        })
+        .expect("native open after crash");
+        for &(r, i) in &acked {
+            assert_eq!(db.get(&kill_key(r, i)).expect("get"), Some(value(i, r)));
+        }
+        db.close().expect("close");
+        println!(
+            "{} acknowledged puts over 3 SIGKILLed SPDK processes survived",
+            acked.len()
+        );
+    }
+
+    /// A store on a malloc bdev: create, fill, close, reopen in the same process.
+    #[test]
+    fn db_on_malloc_bdev() {
+        need_spdk!();
+        let cfg = SpdkConfig::malloc("DbMalloc0", 128 * MIB, 4096);
+        let SpdkConfig::Json(json) = cfg else {
+            unreachable!("malloc config is JSON")
+        };
+        let db = blobcask::Db::open_spdk(&json, "DbMalloc0", db_opts(None, true)).expect("open");
+        for i in 0..2000 {
+            db.put(&key(i), &value(i, 0)).expect("put");
+        }
+        db.sync().expect("sync");
+        db.close().expect("close");
+        let db = blobcask::Db::open_spdk(&json, "DbMalloc0", db_opts(None, false)).expect("reopen");
+        for i in 0..2000 {
+            assert_eq!(db.get(&key(i)).expect("get"), Some(value(i, 0)), "key {i}");
+        }
+        db.close().expect("close");
+    }
+
     /// Blob-level throughput through the `BlobStore` trait on both backends over the same
     /// image file: 128 KiB sequential writes and 4 KiB random reads, in batches of 32
     /// (`IoChannel::submit`, so queue depth 32 per batch). Run with

@@ -202,7 +202,7 @@ impl crate::Db<SpdkBlobStore> {
     /// Open (or, with `opts.create`, format) a store on SPDK bdev `bdev`, created from
     /// `config` (JSON text or a path, SPDK `save_config` format) unless it exists already.
     /// `opts.device` and `opts.device_size` are ignored: the bdev is the device.
-    pub fn open_spdk(config: &str, bdev: &str, opts: crate::options::Options) -> Result<Self> {
+    pub fn open_spdk(config: &str, bdev: &str, opts: crate::Options) -> Result<Self> {
         let bstype = Bstype::new(&opts.bstype)?;
         let init = opts.create.then(|| InitOpts {
             cluster_size: opts.cluster_size,

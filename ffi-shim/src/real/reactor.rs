@@ -47,6 +47,7 @@ static STOPPED: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
 /// atexit handler: park the reactor for good before SPDK's and DPDK's destructors run.
 extern "C" fn stop_reactor_at_exit() {
     STOP.store(true, Ordering::SeqCst);
+    crate::remove_dpdk_runtime_dir(std::process::id());
     let Some(env) = Env::get() else { return };
     if thread::current().id() == env.reactor_id {
         return;

@@ -145,7 +145,11 @@ pub fn blobs(path: &Path, as_json: bool) -> CliResult {
         sb["cluster_size"],
         sb["free_clusters"],
         sb["io_unit_size"],
-        if sb["clean"] == 1 { "clean" } else { "dirty (recovered in memory)" },
+        if sb["clean"] == 1 {
+            "clean"
+        } else {
+            "dirty (recovered in memory)"
+        },
     )?;
     writeln!(
         out,
@@ -163,7 +167,11 @@ pub fn blobs(path: &Path, as_json: bool) -> CliResult {
             b["id_hex"].as_str().unwrap_or(""),
             b["num_clusters"].as_u64().unwrap_or(0),
             b["num_allocated_clusters"].as_u64().unwrap_or(0),
-            if b["thin_provisioned"] == true { "yes" } else { "no" },
+            if b["thin_provisioned"] == true {
+                "yes"
+            } else {
+                "no"
+            },
             b["role"].as_str().unwrap_or("-"),
             names.join(","),
         )?;
@@ -297,24 +305,48 @@ pub fn print_stats(s: &Stats, as_json: bool) -> std::io::Result<()> {
             "recovery_ms": s.recovery_time.as_secs_f64() * 1e3,
             "recovery_used_hints": s.recovery_used_hints, "blobs": blobs,
         });
-        return writeln!(out, "{}", serde_json::to_string_pretty(&doc).map_err(std::io::Error::other)?);
+        return writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&doc).map_err(std::io::Error::other)?
+        );
     }
     let total = s.live_bytes + s.dead_bytes;
-    let frag = if total == 0 { 0.0 } else { 100.0 * s.dead_bytes as f64 / total as f64 };
+    let frag = if total == 0 {
+        0.0
+    } else {
+        100.0 * s.dead_bytes as f64 / total as f64
+    };
     writeln!(out, "keys                 {}", s.keys)?;
     writeln!(out, "shards               {}", s.shards.len())?;
     writeln!(out, "live bytes           {}", s.live_bytes)?;
-    writeln!(out, "dead bytes           {} ({frag:.1}% fragmentation)", s.dead_bytes)?;
+    writeln!(
+        out,
+        "dead bytes           {} ({frag:.1}% fragmentation)",
+        s.dead_bytes
+    )?;
     writeln!(out, "keydir bytes per key {:.1}", s.keydir_bytes_per_key)?;
-    writeln!(out, "free clusters        {} of {}", s.free_clusters, s.total_clusters)?;
+    writeln!(
+        out,
+        "free clusters        {} of {}",
+        s.free_clusters, s.total_clusters
+    )?;
     writeln!(out, "io path              {}", s.io_path)?;
     writeln!(
         out,
         "last open            {:.1} ms ({})",
         s.recovery_time.as_secs_f64() * 1e3,
-        if s.recovery_used_hints { "from hints" } else { "scanned data blobs" }
+        if s.recovery_used_hints {
+            "from hints"
+        } else {
+            "scanned data blobs"
+        }
     )?;
-    writeln!(out, "{:<20} {:>5} {:>6} {:>12} {:>12} {:>12}", "blob", "shard", "role", "size", "live", "dead")?;
+    writeln!(
+        out,
+        "{:<20} {:>5} {:>6} {:>12} {:>12} {:>12}",
+        "blob", "shard", "role", "size", "live", "dead"
+    )?;
     for b in &s.blobs {
         writeln!(
             out,
@@ -361,7 +393,11 @@ pub fn check(path: &Path) -> CliResult {
         rep.hint_blobs,
         rep.records,
         rep.hint_entries,
-        if rep.clean_shutdown { "closed cleanly" } else { "not closed cleanly" }
+        if rep.clean_shutdown {
+            "closed cleanly"
+        } else {
+            "not closed cleanly"
+        }
     )?;
     for n in &rep.notes {
         writeln!(out, "note: {n}")?;

@@ -36,8 +36,8 @@ pub fn run(db: &Db, interactive: bool) -> io::Result<()> {
 
 fn run_interactive(db: &Db) -> io::Result<()> {
     let mut rl = rustyline::DefaultEditor::new().map_err(io::Error::other)?;
-    let history = std::env::var_os("HOME")
-        .map(|h| std::path::PathBuf::from(h).join(".blobcask_history"));
+    let history =
+        std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".blobcask_history"));
     if let Some(h) = &history {
         let _ = rl.load_history(h);
     }

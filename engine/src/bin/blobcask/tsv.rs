@@ -51,9 +51,7 @@ pub fn unescape(field: &str) -> Result<Vec<u8>, String> {
 /// Split one TSV line into key and value (exactly one tab).
 pub fn split_line(line: &str) -> Result<(Vec<u8>, Vec<u8>), String> {
     let line = line.strip_suffix('\r').unwrap_or(line);
-    let (k, v) = line
-        .split_once('\t')
-        .ok_or("expected key<TAB>value")?;
+    let (k, v) = line.split_once('\t').ok_or("expected key<TAB>value")?;
     if v.contains('\t') {
         return Err("more than one tab on the line".into());
     }

@@ -580,15 +580,14 @@ fn crash_scenario(s: &NativeBlobStore<SimDevice>, done: &mut Vec<(BlobId, u64)>)
 fn crash_at_every_io_leaves_a_loadable_store() {
     let make = |seed| {
         let dev = SimDevice::new(4 << 20, 4096, seed).unwrap();
-        let s = b(NativeBlobStore::init(
+        b(NativeBlobStore::init(
             dev,
             InitOpts {
                 cluster_size: 65536,
                 ..InitOpts::default()
             },
         ))
-        .unwrap();
-        s
+        .unwrap()
     };
     let s = make(0);
     let base = s.device().io_counts().total();
@@ -601,8 +600,22 @@ fn crash_at_every_io_leaves_a_loadable_store() {
         s.device().stop_after(base + k);
         let mut done = Vec::new();
         let finished = crash_scenario(&s, &mut done).is_ok();
-        let image = s.device().crash_image();
+        // Two random survivor sets, plus "only flushed writes survive".
+        let mut images = vec![
+            s.device().crash_image(),
+            s.device().crash_image_with_seed(k ^ 0x5EED),
+        ];
+        s.device().set_crash_mode(CrashMode::DropAll);
+        images.push(s.device().crash_image());
         drop(s);
+        for image in images {
+            check_crash_image(k, image, &done, finished);
+        }
+    }
+}
+
+fn check_crash_image(k: u64, image: Vec<u8>, done: &[(BlobId, u64)], finished: bool) {
+    {
         let s = b(NativeBlobStore::load(
             MemoryDevice::from_bytes(image, 4096).unwrap(),
             LoadOpts::default(),
@@ -620,7 +633,7 @@ fn crash_at_every_io_leaves_a_loadable_store() {
         assert_eq!(n, owned.len(), "crash after I/O {k}: cluster owned twice");
         assert_eq!(s.used_clusters(), owned, "crash after I/O {k}: leak");
         let ids = b(s.blob_ids()).unwrap();
-        for (id, _) in &done {
+        for (id, _) in done {
             assert!(
                 ids.contains(id),
                 "crash after I/O {k}: completed blob {id:#x} lost"
