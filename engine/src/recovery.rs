@@ -408,6 +408,7 @@ fn rebuild_shard<S: BlobStore>(store: &S, cfg: &Config, metas: Vec<Meta<S>>) -> 
     let mut data: Vec<Meta<S>> = Vec::new();
     let mut hints: HashMap<u64, Meta<S>> = HashMap::new();
     let mut snaps: Vec<Meta<S>> = Vec::new();
+    for m in &metas { eprintln!("DEBUG meta {:?} seq {} for {} merge {:?}", String::from_utf8_lossy(&m.role), m.seq, m.for_seq, m.merge); }
     for m in metas {
         match m.role.as_slice() {
             ROLE_DATA => data.push(m),
@@ -488,7 +489,9 @@ fn rebuild_shard<S: BlobStore>(store: &S, cfg: &Config, metas: Vec<Meta<S>>) -> 
         let slot = slot_of[&m.seq];
         let mut from_hint = false;
         if let Some(h) = hints.get(&m.seq) {
-            if let Ok(hint) = read_hint(store, cfg, &ch, &h.blob) {
+            let r = read_hint(store, cfg, &ch, &h.blob);
+            eprintln!("DEBUG hint for {}: {:?}", m.seq, r.as_ref().map(|x| (x.owner_seq, x.blobs.clone())).err());
+            if let Ok(hint) = r {
                 if hint.owner_seq == h.seq && hint.blobs.len() == 1 && hint.blobs[0].0 == m.seq {
                     out.index.keydir.reserve(hint.entries.len());
                     for e in hint.entries {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use blobcask::device::{AnyDevice, MemoryDevice};
+use blobcask::device::{AnyDevice, CrashMode, MemoryDevice, SimDevice};
 use blobcask::{Db, DeviceSpec, Error, Options, SyncPolicy, WriteBatch};
 
 fn opts(dev: &Arc<MemoryDevice>) -> Options {
@@ -211,5 +211,108 @@ fn group_commit_policy_works() {
     let st = db.stats().unwrap();
     assert_eq!(st.keys, 800);
     assert!(st.mean_group_size >= 1.0);
+    db.close().unwrap();
+}
+
+#[test]
+fn db_is_send_sync_and_cheap_to_clone() {
+    fn assert_send_sync<T: Send + Sync + Clone + 'static>() {}
+    assert_send_sync::<Db>();
+}
+
+#[test]
+fn a_full_device_says_full_and_keeps_serving_reads() {
+    let dev = Arc::new(MemoryDevice::new(8 << 20, 4096).unwrap());
+    let db = Db::open(opts(&dev)).unwrap();
+    let mut n = 0u32;
+    let err = loop {
+        match db.put(format!("k{n}").as_bytes(), &[n as u8; 4000]) {
+            Ok(()) => n += 1,
+            Err(e) => break e,
+        }
+        assert!(n < 10_000, "never filled up");
+    };
+    assert!(matches!(err, Error::Full), "{err:?}");
+    assert!(n > 100);
+    assert_eq!(db.get(b"k3").unwrap().unwrap(), vec![3u8; 4000]);
+    let st = db.stats().unwrap();
+    assert_eq!(st.keys, u64::from(n));
+    let _ = db.close();
+}
+
+#[test]
+fn unsynced_writes_are_readable_at_once_and_written_behind_when_idle() {
+    let dev = Arc::new(SimDevice::new(16 << 20, 4096, 5).unwrap());
+    let mut o = Options::new(DeviceSpec::Sim(dev.clone()));
+    o.cluster_size = 64 << 10;
+    o.shards = 1;
+    o.sync = SyncPolicy::Never;
+    o.merge.auto = false;
+    let db = Db::open(o).unwrap();
+    db.put(b"a", b"buffered").unwrap();
+    assert_eq!(db.get(b"a").unwrap().unwrap(), b"buffered");
+    std::thread::sleep(Duration::from_millis(100));
+    // Every write that reached the device survives a crash that keeps unflushed writes.
+    dev.set_crash_mode(CrashMode::KeepAll);
+    let next = Arc::new(dev.crash().unwrap());
+    drop(db);
+    let mut o = Options::new(DeviceSpec::Sim(next));
+    o.cluster_size = 64 << 10;
+    o.merge.auto = false;
+    let db = Db::open(o).unwrap();
+    assert_eq!(db.get(b"a").unwrap().unwrap(), b"buffered");
+    db.close().unwrap();
+}
+
+#[test]
+fn stats_describe_blobs_and_groups() {
+    let dev = mem();
+    let db = Db::open(opts(&dev)).unwrap();
+    for i in 0..100u32 {
+        db.put(format!("k{i}").as_bytes(), &[1u8; 100]).unwrap();
+    }
+    for i in 0..50u32 {
+        db.put(format!("k{i}").as_bytes(), &[2u8; 100]).unwrap();
+    }
+    let st = db.stats().unwrap();
+    assert_eq!(st.keys, 100);
+    assert_eq!(st.shards.len(), 2);
+    assert!(!st.blobs.is_empty());
+    let live: u64 = st.blobs.iter().map(|b| b.live_bytes).sum();
+    let dead: u64 = st.blobs.iter().map(|b| b.dead_bytes).sum();
+    assert_eq!(live, st.live_bytes);
+    assert!(dead > 0 && live > 0);
+    assert!(st.keydir_bytes_per_key > 0.0 && st.keydir_bytes_per_key < 200.0);
+    assert!(st.write_amplification >= 1.0);
+    assert_eq!(st.group_ops, 150);
+    assert_eq!(st.group_size_histogram.iter().sum::<u64>(), st.groups);
+    assert_eq!(st.io_path, "memory");
+    db.close().unwrap();
+}
+
+#[test]
+fn recovery_after_merge_and_crash_uses_the_merge_hint() {
+    let dev = Arc::new(SimDevice::new(16 << 20, 4096, 77).unwrap());
+    let mk = |d: &Arc<SimDevice>| {
+        let mut o = Options::new(DeviceSpec::Sim(d.clone()));
+        o.cluster_size = 64 << 10;
+        o.shards = 1;
+        o.sync = SyncPolicy::Always;
+        o.merge.auto = false;
+        o
+    };
+    let db = Db::open(mk(&dev)).unwrap();
+    for i in 0..200u32 {
+        db.put(format!("k{i}").as_bytes(), &i.to_le_bytes())
+            .unwrap();
+    }
+    db.merge().unwrap();
+    let next = Arc::new(dev.crash().unwrap());
+    drop(db);
+    let db = Db::open(mk(&next)).unwrap();
+    let st = db.stats().unwrap();
+    assert!(st.recovery_used_hints);
+    assert_eq!(st.keys, 200);
+    assert_eq!(db.get(b"k7").unwrap().unwrap(), 8u32.to_le_bytes());
     db.close().unwrap();
 }

@@ -132,3 +132,21 @@ fn sigkill_while_writing() {
         t0.elapsed()
     );
 }
+
+/// A closed store releases its image file: the same process can open it again at once.
+#[test]
+fn close_releases_the_image_lock() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.img");
+    let db = Db::open(options(&path)).unwrap();
+    db.put(b"k", b"v").unwrap();
+    db.close().unwrap();
+    let mut o = options(&path);
+    o.create = false;
+    let db = Db::open(o).expect("reopen right after close");
+    assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    db.close().unwrap();
+}

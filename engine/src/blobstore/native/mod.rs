@@ -252,7 +252,7 @@ impl<D: Device> NativeChannel<D> {
         match req {
             BlobIo::Read { blob, offset, buf } => {
                 let upc = blob.shared.units_per_cluster;
-                let map = blob.shared.map.load_full();
+                let map = blob.shared.map.load();
                 let len = self.units(blob, buf.len())?;
                 Self::check_range(&map, upc, *offset, len)?;
                 let mut rest: &'a mut [u8] = buf;
@@ -270,7 +270,7 @@ impl<D: Device> NativeChannel<D> {
             }
             BlobIo::Write { blob, offset, buf } => {
                 let upc = blob.shared.units_per_cluster;
-                let map = blob.shared.map.load_full();
+                let map = blob.shared.map.load();
                 let len = self.units(blob, buf.len())?;
                 Self::check_range(&map, upc, *offset, len)?;
                 let mut rest: &'a [u8] = buf;

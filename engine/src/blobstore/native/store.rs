@@ -331,6 +331,13 @@ impl<D: Device> Inner<D> {
         }
         let parsed = parse_chain(id, &pages, l.total_clusters, l.md_len, false)?;
         let mut md = parsed.md;
+        // A clone reads its unallocated clusters from its parent snapshot; we have no
+        // snapshot support, and reading zeroes there would be wrong data.
+        if md.internal_xattrs.iter().any(|(k, _)| k == b"SNAP") {
+            return Err(Error::Unsupported(format!(
+                "blob {id:#x} is a clone of a snapshot"
+            )));
+        }
         if md.extent_table {
             let n = parsed.table_clusters;
             let per = u64::from(CLUSTERS_PER_EXTENT_PAGE);
