@@ -7,7 +7,7 @@
 #   PHASES="write hot" benches/compare.sh    # a subset
 #
 # Knobs (environment): ENGINES, NUM, PHASES (write hot direct fillseq4k sync keydir),
-# READ_THREADS (1), SYNC_WRITES (20000), SYNC_THREADS (8), KEYDIR_NUM (NUM),
+# READ_THREADS (1), READS (NUM), DIRECT_READS (NUM/10), SYNC_WRITES (20000), SYNC_THREADS (8), KEYDIR_NUM (NUM),
 # HOT_CACHE (4G), WORK (a scratch dir on the file system to measure; default under /tmp),
 # OUT, EXTRA (flags added to every run), CARGO_TARGET_DIR.
 # Peers need the bench crate's features; this script builds with the ones ENGINES names.
@@ -19,6 +19,8 @@ ENGINES=${ENGINES:-"blobcask rocksdb"}
 NUM=${NUM:-1000000}
 PHASES=${PHASES:-"write hot direct fillseq4k sync keydir"}
 READ_THREADS=${READ_THREADS:-1}
+READS=${READS:-$NUM}
+DIRECT_READS=${DIRECT_READS:-$((NUM / 10))}
 SYNC_WRITES=${SYNC_WRITES:-20000}
 SYNC_THREADS=${SYNC_THREADS:-8}
 KEYDIR_NUM=${KEYDIR_NUM:-$NUM}
@@ -31,7 +33,10 @@ features=()
 for e in $ENGINES; do
   case $e in
     blobcask) ;;
-    rocksdb|sled|fjall|redb) features+=("$e") ;;
+    rocksdb)
+      # With ROCKSDB_LIB_DIR (e.g. Debian's librocksdb-dev), link it instead of building.
+      if [ -n "${ROCKSDB_LIB_DIR:-}" ]; then features+=(rocksdb-syslib); else features+=(rocksdb); fi ;;
+    sled|fjall|redb) features+=("$e") ;;
     *) echo "unknown engine $e" >&2; exit 2 ;;
   esac
 done
@@ -65,18 +70,21 @@ for phase in $PHASES; do
         # fillrandom and overwrite, 100-byte values, no sync.
         run write "$e" "$e" --benchmarks=fillrandom,overwrite --num="$NUM" --reopen=0 ;;
       hot)
-        # Everything cacheable: RocksDB block cache + page cache, blobcask's read cache.
-        run hot "$e" "$e" --benchmarks=fillseq,readrandom --num="$NUM" \
-          --cache_size="$HOT_CACHE" --threads="$READ_THREADS" --reopen=0 ;;
+        # Everything cacheable: RocksDB block cache + page cache, blobcask's read cache. The
+        # first two readrandom passes warm the caches (95 % of the keys seen); the third
+        # ("readrandom #3") is the hot rate.
+        run hot "$e" "$e" --benchmarks=fillseq,readrandom,readrandom,readrandom --num="$NUM" \
+          --reads="$READS" --cache_size="$HOT_CACHE" --threads="$READ_THREADS" --reopen=0 ;;
       direct)
         # No caching: RocksDB direct reads + a tiny block cache; blobcask cache off.
         case $e in
           blobcask) run direct "$e" "$e" --benchmarks=rawdevice,fillseq,readrandom \
-                      --num="$NUM" --cache_size=0 --threads="$READ_THREADS" --reopen=0 ;;
+                      --num="$NUM" --reads="$DIRECT_READS" --cache_size=0 --threads="$READ_THREADS" --reopen=0 ;;
           rocksdb) run direct "$e" "$e" --benchmarks=fillseq,readrandom --num="$NUM" \
-                      --use_direct_reads=1 --cache_size=1M --threads="$READ_THREADS" --reopen=0 ;;
+                      --reads="$DIRECT_READS" --use_direct_reads=1 --cache_size=1M --threads="$READ_THREADS" \
+                      --reopen=0 ;;
           *) run direct "$e" "$e" --benchmarks=fillseq,readrandom --num="$NUM" \
-                      --cache_size=1M --threads="$READ_THREADS" --reopen=0 ;;
+                      --reads="$DIRECT_READS" --cache_size=1M --threads="$READ_THREADS" --reopen=0 ;;
         esac ;;
       fillseq4k)
         # 4 KiB values against the device's sequential write bandwidth.
@@ -101,7 +109,8 @@ done
   echo "# blobcask vs peers ($(date -u +%Y-%m-%dT%H:%MZ))"
   echo
   echo "One run of \`benches/compare.sh\` on $(nproc) cores: ENGINES=\"$ENGINES\" NUM=$NUM"
-  echo "PHASES=\"$PHASES\" READ_THREADS=$READ_THREADS SYNC_WRITES=$SYNC_WRITES. Ratios are"
+  echo "PHASES=\"$PHASES\" READ_THREADS=$READ_THREADS READS=$READS DIRECT_READS=$DIRECT_READS"
+  echo "SYNC_WRITES=$SYNC_WRITES EXTRA=\"$EXTRA\". Ratios are"
   echo "blobcask / peer of ops/sec (above 1 = blobcask faster)."
   echo
   "$BIN" --compare="$WORK/json"

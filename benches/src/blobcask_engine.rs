@@ -377,7 +377,7 @@ fn blobraw_on<D: Device, R: Device>(
         region >> 20,
         raw_dev.io_path()
     ));
-    let rounds = 3;
+    let rounds = cfg.raw_rounds.max(1);
     let ops = cfg.raw_ops;
     let seed = cfg.effective_seed();
     let mut out = Vec::new();

@@ -24,13 +24,23 @@ struct Run {
 fn load(path: &Path) -> BenchResult<Run> {
     let v: Value = serde_json::from_slice(&std::fs::read(path)?)?;
     let engine = v["engine"].as_str().unwrap_or("?").to_string();
+    // A benchmark that runs twice (e.g. readrandom to warm a cache, then measured) shows
+    // as `name`, `name #2`, ...
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     let rates = v["results"]
         .as_array()
         .map(|a| {
             a.iter()
                 .map(|r| {
+                    let base = r["name"].as_str().unwrap_or("?").to_string();
+                    let n = seen.entry(base.clone()).or_insert(0);
+                    *n += 1;
+                    let name = match *n {
+                        1 => base,
+                        k => format!("{base} #{k}"),
+                    };
                     (
-                        r["name"].as_str().unwrap_or("?").to_string(),
+                        name,
                         r["ops_per_sec"].as_f64().unwrap_or(0.0),
                         r["mb_per_sec"].as_f64().unwrap_or(0.0),
                     )
@@ -171,7 +181,7 @@ pub fn markdown(dir: &Path) -> BenchResult<String> {
                 } else if name.contains("randread") {
                     b.rates
                         .iter()
-                        .find(|r| r.0 == "readrandom")
+                        .rfind(|r| r.0.starts_with("readrandom"))
                         .map(|r| ("readrandom ops/s".to_string(), r.1))
                 } else {
                     None

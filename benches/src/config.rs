@@ -166,6 +166,9 @@ pub struct Config {
     /// rawdevice/blobraw: random 4 KiB I/Os per measurement.
     #[arg(long = "raw_ops", default_value_t = 20_000)]
     pub raw_ops: u64,
+    /// blobraw: alternating raw/blob rounds per figure (the median is reported).
+    #[arg(long = "raw_rounds", default_value_t = 3)]
+    pub raw_rounds: usize,
     /// rawdevice: the engine's queue depth for random reads (0 = max(threads, 32)).
     #[arg(long = "raw_qd", default_value_t = 0)]
     pub raw_qd: usize,

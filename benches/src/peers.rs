@@ -369,7 +369,8 @@ pub mod redb_engine {
         fn get(&self, key: &[u8]) -> BenchResult<Option<Vec<u8>>> {
             let tx = self.db.begin_read()?;
             let t = tx.open_table(TABLE)?;
-            Ok(t.get(key)?.map(|v| v.value().to_vec()))
+            let v = t.get(key)?.map(|v| v.value().to_vec());
+            Ok(v)
         }
         fn delete(&self, key: &[u8]) -> BenchResult<()> {
             self.write(|t| {

@@ -178,6 +178,8 @@ pub(crate) struct Config {
     pub page: u64,
     pub cluster: u64,
     pub lease_clusters: u64,
+    /// Clusters puts leave free for deletes and merge (see `Shard::check_reserve`).
+    pub merge_reserve: u64,
 }
 
 /// State shared by the handle, the shard threads and the merge worker.
@@ -821,9 +823,12 @@ impl Db {
         let io_path = dev.io_path();
         let bstype = Bstype::new(&opts.bstype)?;
         let mut probe = AlignedBuf::zeroed(dev.block_size().max(4096) as usize);
-        let formatted = dev.size() >= probe.len() as u64
-            && pollster::block_on(dev.read(0, &mut probe)).is_ok()
-            && probe[..8] == crate::blobstore::native::superblock::SIGNATURE;
+        // A failed probe read is an error, never a reason to format: with `create` that
+        // would wipe an existing store.
+        let formatted = dev.size() >= probe.len() as u64 && {
+            pollster::block_on(dev.read(0, &mut probe))?;
+            probe[..8] == crate::blobstore::native::superblock::SIGNATURE
+        };
         let store = if formatted && !fresh {
             pollster::block_on(NativeBlobStore::load(
                 dev,

@@ -209,8 +209,13 @@ impl<S: BlobStore> Out<'_, S> {
         let need = (self.enc_base + n as u64).div_ceil(cluster);
         if need > self.clusters {
             let target = need + self.core.cfg.lease_clusters;
-            store.block_on(store.resize(&self.handle.blob, target))?;
-            self.clusters = target;
+            self.clusters = match store.block_on(store.resize(&self.handle.blob, target)) {
+                Err(Error::Full) => {
+                    store.block_on(store.resize(&self.handle.blob, need))?;
+                    need
+                }
+                r => r.map(|()| target)?,
+            };
         }
         let mut buf = AlignedBuf::zeroed(n);
         let m = n.min(self.enc.len());
@@ -250,7 +255,12 @@ pub(crate) fn merge_shard<S: BlobStore>(core: &Core<S>, ch: &S::Channel, s: usiz
     }
     let res = merge_inputs(core, ch, s, inputs);
     if let Err(e) = &res {
-        if !matches!(e, Error::Unsupported(_)) {
+        // Out of space or metadata: the merge backed out (or left a consistent pending output
+        // that open discards); anything else is a device failure.
+        if !matches!(
+            e,
+            Error::Unsupported(_) | Error::Full | Error::NoMetadataSpace(_)
+        ) {
             core.poison();
         }
     }
@@ -274,10 +284,12 @@ fn merge_inputs<S: BlobStore>(
         .flat_map(|(_, h, _, _)| h.seq.to_le_bytes())
         .collect();
     xattrs.push((X_INPUTS.into(), seqs));
-    let clusters = core.cfg.lease_clusters;
+    // One cluster to start with: a merge is what frees space on a full store.
+    let clusters = 1;
     let id = store.block_on(store.create(CreateOpts {
         num_clusters: clusters,
         xattrs,
+        use_extent_table: false,
         ..CreateOpts::default()
     }))?;
     let blob = store.block_on(store.open(id))?;
@@ -304,48 +316,27 @@ fn merge_inputs<S: BlobStore>(
         clusters,
         written: 0,
     };
-    // Copy live records.
-    let mut moved: Vec<(Vec<u8>, Loc, Loc, u64)> = Vec::new();
-    for (in_slot, h, _, _) in &inputs {
-        let mut err: Option<Error> = None;
-        recovery::scan_blob(store, &core.cfg, ch, &h.blob, h.salt, |off, rec| {
-            if err.is_some() || rec.header.kind() != Kind::Put {
-                return;
+    let copied = copy_live(core, ch, s, &inputs, &mut out);
+    let moved = match copied {
+        Ok(m) => m,
+        Err(e) => {
+            // Nothing points into the output yet: drop it, the store is as before.
+            let slot_entry = sh
+                .index
+                .write()
+                .blobs
+                .get_mut(usize::from(slot))
+                .and_then(Option::take);
+            drop(slot_entry);
+            drop(out);
+            if let Ok(h) = Arc::try_unwrap(handle) {
+                store.block_on(store.close(h.blob))?;
+                store.block_on(store.delete(h.id))?;
             }
-            let batch = rec.header.flags & record::BATCH != 0;
-            let old = Loc {
-                blob: *in_slot,
-                offset: off as u32,
-                value_len: rec.header.value_len | if batch { LOC_BATCH_BIT } else { 0 },
-            };
-            let live = sh.index.read().keydir.get(rec.key, hash_key(rec.key)) == Some(old);
-            if !live {
-                return;
-            }
-            match out.push(rec.header.seq, rec.key, rec.value) {
-                Ok(at) => {
-                    let new = Loc {
-                        blob: out.slot,
-                        offset: at,
-                        value_len: rec.header.value_len,
-                    };
-                    moved.push((rec.key.to_vec(), old, new, rec.header.seq));
-                }
-                Err(e) => err = Some(e),
-            }
-        })?;
-        if let Some(e) = err {
             return Err(e);
         }
-    }
-    out.write(true)?;
+    };
     let end = out.end;
-    let used = end.div_ceil(core.cfg.cluster).max(1);
-    if used != out.clusters {
-        store.block_on(store.resize(&handle.blob, used))?;
-    }
-    store.block_on(store.sync_md(&handle.blob))?;
-    store.block_on(ch.flush())?;
 
     // Switch readers over to the copies that are still current.
     for chunk in moved.chunks(1024) {
@@ -369,8 +360,23 @@ fn merge_inputs<S: BlobStore>(
         w.push(out_seq, *seq, new.offset, new.value_len, k);
     }
     let bytes = w.finish(core.cfg.page as usize);
-    let hint_id =
-        recovery::write_hint_blob(core, ch, s, recovery::ROLE_HINT, hint_seq, out_seq, &bytes)?;
+    // Without room for the hint the merge still commits; open then scans the output.
+    let hint_id = match recovery::write_hint_blob(
+        core,
+        ch,
+        s,
+        recovery::ROLE_HINT,
+        hint_seq,
+        out_seq,
+        &bytes,
+    ) {
+        Ok(id) => Some(id),
+        Err(e @ (Error::Full | Error::NoMetadataSpace(_))) => {
+            log::warn!("blobcask: merge of shard {s} writes no hint: {e}");
+            None
+        }
+        Err(e) => return Err(e),
+    };
     store.block_on(store.set_xattr(&handle.blob, X_MERGE, b"done"))?;
     store.block_on(store.sync_md(&handle.blob))?;
     store.block_on(ch.flush())?;
@@ -404,7 +410,9 @@ fn merge_inputs<S: BlobStore>(
             .iter()
             .filter_map(|h| hints.remove(&h.seq))
             .collect::<Vec<_>>();
-        hints.insert(out_seq, hint_id);
+        if let Some(id) = hint_id {
+            hints.insert(out_seq, id);
+        }
         v
     };
     for id in old_hints {
@@ -435,4 +443,61 @@ fn merge_inputs<S: BlobStore>(
         moved.len()
     );
     Ok(())
+}
+
+/// Copy the records of `inputs` the keydir still points at into `out`, flushed. Returns
+/// (key, old location, new location, seq) per copy.
+#[allow(clippy::type_complexity)]
+fn copy_live<S: BlobStore>(
+    core: &Core<S>,
+    ch: &S::Channel,
+    s: usize,
+    inputs: &[(u16, Arc<BlobHandle<S>>, u64, u64)],
+    out: &mut Out<'_, S>,
+) -> Result<Vec<(Vec<u8>, Loc, Loc, u64)>> {
+    let sh = &core.shards[s];
+    let store = &core.store;
+    let mut moved: Vec<(Vec<u8>, Loc, Loc, u64)> = Vec::new();
+    for (in_slot, h, _, _) in inputs {
+        let mut err: Option<Error> = None;
+        recovery::scan_blob(store, &core.cfg, ch, &h.blob, h.salt, |off, rec| {
+            if err.is_some() || rec.header.kind() != Kind::Put {
+                return;
+            }
+            let batch = rec.header.flags & record::BATCH != 0;
+            let old = Loc {
+                blob: *in_slot,
+                offset: off as u32,
+                value_len: rec.header.value_len | if batch { LOC_BATCH_BIT } else { 0 },
+            };
+            let live = sh.index.read().keydir.get(rec.key, hash_key(rec.key)) == Some(old);
+            if !live {
+                return;
+            }
+            match out.push(rec.header.seq, rec.key, rec.value) {
+                Ok(at) => {
+                    let new = Loc {
+                        blob: out.slot,
+                        offset: at,
+                        value_len: rec.header.value_len,
+                    };
+                    moved.push((rec.key.to_vec(), old, new, rec.header.seq));
+                }
+                Err(e) => err = Some(e),
+            }
+        })?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+    }
+    out.write(true)?;
+    out.write(true)?;
+    let used = out.end.div_ceil(core.cfg.cluster).max(1);
+    if used != out.clusters {
+        store.block_on(store.resize(&out.handle.blob, used))?;
+        out.clusters = used;
+    }
+    store.block_on(store.sync_md(&out.handle.blob))?;
+    store.block_on(ch.flush())?;
+    Ok(moved)
 }

@@ -53,6 +53,8 @@ pub(crate) const ROLE_SNAPSHOT: &[u8] = b"snapshot";
 const ROLE_SUPER: &[u8] = b"super";
 
 /// Xattrs of a new data blob.
+/// Engine blobs use run-length extents in the root page (`use_extent_table: false`): one md
+/// page per blob instead of two, which matters on small stores where md pages run out first.
 pub(crate) fn data_xattrs(shard: usize, seq: u64, salt: u64) -> Vec<(String, Vec<u8>)> {
     vec![
         (X_ROLE.into(), ROLE_DATA.to_vec()),
@@ -170,6 +172,7 @@ fn open_super<S: BlobStore>(store: &S, opts: &Options) -> Result<(usize, u64)> {
             (X_SHARDS.into(), (opts.shards as u32).to_le_bytes().to_vec()),
             (X_EPOCH.into(), 1u64.to_le_bytes().to_vec()),
         ],
+        use_extent_table: false,
         ..CreateOpts::default()
     }))?;
     store.block_on(store.set_super(id))?;
@@ -215,6 +218,7 @@ pub(crate) fn open_store<S: BlobStore>(store: S, opts: Options, io_path: IoPath)
         page: io_unit.max(4096),
         cluster,
         lease_clusters: ((4u64 << 20) / cluster).clamp(1, 16),
+        merge_reserve: (store.total_data_clusters() / 32).max(4),
     };
 
     // Catalog.
@@ -408,7 +412,6 @@ fn rebuild_shard<S: BlobStore>(store: &S, cfg: &Config, metas: Vec<Meta<S>>) -> 
     let mut data: Vec<Meta<S>> = Vec::new();
     let mut hints: HashMap<u64, Meta<S>> = HashMap::new();
     let mut snaps: Vec<Meta<S>> = Vec::new();
-    for m in &metas { eprintln!("DEBUG meta {:?} seq {} for {} merge {:?}", String::from_utf8_lossy(&m.role), m.seq, m.for_seq, m.merge); }
     for m in metas {
         match m.role.as_slice() {
             ROLE_DATA => data.push(m),
@@ -489,9 +492,7 @@ fn rebuild_shard<S: BlobStore>(store: &S, cfg: &Config, metas: Vec<Meta<S>>) -> 
         let slot = slot_of[&m.seq];
         let mut from_hint = false;
         if let Some(h) = hints.get(&m.seq) {
-            let r = read_hint(store, cfg, &ch, &h.blob);
-            eprintln!("DEBUG hint for {}: {:?}", m.seq, r.as_ref().map(|x| (x.owner_seq, x.blobs.clone())).err());
-            if let Ok(hint) = r {
+            if let Ok(hint) = read_hint(store, cfg, &ch, &h.blob) {
                 if hint.owner_seq == h.seq && hint.blobs.len() == 1 && hint.blobs[0].0 == m.seq {
                     out.index.keydir.reserve(hint.entries.len());
                     for e in hint.entries {
@@ -677,6 +678,7 @@ pub(crate) fn write_hint_blob<S: BlobStore>(
     let id = store.block_on(store.create(CreateOpts {
         num_clusters: clusters,
         xattrs,
+        use_extent_table: false,
         ..CreateOpts::default()
     }))?;
     let blob = store.block_on(store.open(id))?;
@@ -696,6 +698,9 @@ pub(crate) fn write_hint_blob<S: BlobStore>(
         store.block_on(ch.flush())
     })();
     store.block_on(store.close(blob))?;
+    if res.is_err() {
+        let _ = store.block_on(store.delete(id));
+    }
     res.map(|()| id)
 }
 

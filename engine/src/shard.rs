@@ -155,6 +155,8 @@ pub(crate) struct Shard<S: BlobStore> {
     last_group: usize,
     /// Something of the current group reached the device.
     group_wrote: bool,
+    /// The current group holds puts (which may not eat into the merge reserve).
+    group_puts: bool,
 }
 
 /// A shard: its state under a mutex, and its queue.
@@ -214,6 +216,7 @@ pub(crate) fn spawn<S: BlobStore>(
             pending: HashMap::new(),
             last_group: 0,
             group_wrote: false,
+            group_puts: false,
         }),
         tx,
         rx,
@@ -330,6 +333,7 @@ impl<S: BlobStore> Shard<S> {
         let mut it = group.into_iter();
         let mut result = Ok(());
         self.group_wrote = false;
+        self.group_puts = false;
         if self.core.poisoned.load(Ordering::Acquire) {
             for req in it {
                 match req {
@@ -424,12 +428,15 @@ impl<S: BlobStore> Shard<S> {
     }
 
     fn fail_group(&mut self, e: Error, posts: Vec<Post>, syncs: Vec<reply::Sender<()>>) {
-        let recoverable = matches!(e, Error::Full) && !self.group_wrote;
+        let recoverable = matches!(e, Error::Full | Error::NoMetadataSpace(_)) && !self.group_wrote;
         if recoverable {
             // Nothing of this group reached the device: drop it and carry on.
             self.enc.clear();
             for p in posts {
-                p.fail(Error::Full);
+                p.fail(match &e {
+                    Error::NoMetadataSpace(m) => Error::NoMetadataSpace(m.clone()),
+                    _ => Error::Full,
+                });
             }
         } else {
             log::error!("blobcask: shard {} write failed: {e}", self.id);
@@ -493,7 +500,10 @@ impl<S: BlobStore> Shard<S> {
         let ctr = &core.shards[self.id].ctr;
         for op in ops {
             let (key, value, flags) = match op {
-                Op::Put(k, v) => (k, Some(v), bflag),
+                Op::Put(k, v) => {
+                    self.group_puts = true;
+                    (k, Some(v), bflag)
+                }
                 Op::Delete(k) => (k, None, bflag | record::TOMBSTONE),
             };
             let vbytes = value.as_deref().unwrap_or(&[]);
@@ -567,11 +577,25 @@ impl<S: BlobStore> Shard<S> {
         let salt: u64 = rand::random();
         let max_cl = cfg.max_blob_size.div_ceil(cfg.cluster);
         let clusters = cfg.lease_clusters.min(max_cl).max(1);
-        let id = core.store.block_on(core.store.create(CreateOpts {
-            num_clusters: clusters,
-            xattrs: crate::recovery::data_xattrs(self.id, seq, salt),
-            ..CreateOpts::default()
-        }))?;
+        let create = |n: u64| {
+            core.store.block_on(core.store.create(CreateOpts {
+                num_clusters: n,
+                xattrs: crate::recovery::data_xattrs(self.id, seq, salt),
+                use_extent_table: false,
+                ..CreateOpts::default()
+            }))
+        };
+        // A nearly full store still takes a blob of one cluster.
+        self.check_reserve(1)?;
+        let clusters = if self.check_reserve(clusters).is_ok() {
+            clusters
+        } else {
+            1
+        };
+        let (id, clusters) = match create(clusters) {
+            Err(Error::Full) if clusters > 1 => (create(1)?, 1),
+            r => (r?, clusters),
+        };
         let blob = core.store.block_on(core.store.open(id))?;
         let handle = Arc::new(BlobHandle {
             blob,
@@ -601,8 +625,29 @@ impl<S: BlobStore> Shard<S> {
         Ok(())
     }
 
+    /// Puts may not take the last `merge_reserve` clusters, deletes the last half of them: on
+    /// a full store, deletes and then the merge that turns them into free space need room.
+    fn check_reserve(&self, clusters: u64) -> Result<()> {
+        if self.core.store.free_clusters() < clusters + self.reserve_floor() {
+            return Err(Error::Full);
+        }
+        Ok(())
+    }
+
+    /// Free clusters this group must leave: the whole reserve for puts, half for deletes
+    /// (the other half is the merge's).
+    fn reserve_floor(&self) -> u64 {
+        let r = self.core.cfg.merge_reserve;
+        if self.group_puts {
+            r
+        } else {
+            r / 2
+        }
+    }
+
     /// Grow the lease so that `[0, end)` lies in clusters with durable metadata.
     fn ensure_lease(&mut self, end: u64) -> Result<()> {
+        let floor = self.reserve_floor();
         let cfg = &self.core.cfg;
         let a = self.active.as_mut().ok_or(Error::Closed)?;
         if end <= a.leased {
@@ -611,8 +656,21 @@ impl<S: BlobStore> Shard<S> {
         let need = end.div_ceil(cfg.cluster);
         let max_cl = cfg.max_blob_size.div_ceil(cfg.cluster);
         let target = (need + cfg.lease_clusters - 1).min(max_cl).max(need);
+        let have = a.leased / cfg.cluster;
         let store = &self.core.store;
-        store.block_on(store.resize(&a.handle.blob, target))?;
+        let free = store.free_clusters();
+        if free < (need - have) + floor {
+            return Err(Error::Full);
+        }
+        let target = target.min(have + free - floor).max(need);
+        let target = match store.block_on(store.resize(&a.handle.blob, target)) {
+            // Nearly full: lease only what this write needs.
+            Err(Error::Full) if target > need => {
+                store.block_on(store.resize(&a.handle.blob, need))?;
+                need
+            }
+            r => r.map(|()| target)?,
+        };
         store.block_on(store.sync_md(&a.handle.blob))?;
         a.leased = target * cfg.cluster;
         Ok(())

@@ -5,12 +5,15 @@
 //! * [`Env::start`] brings up SPDK once per process: the DPDK-based env layer, SPDK's thread
 //!   library, every linked subsystem (bdev, accel, iobuf, ...) and the bdevs of a JSON config
 //!   in the format of SPDK's `save_config` (`malloc`, `aio`, `uring`, `nvme` bdevs).
-//! * One OS thread, the *reactor*, polls every SPDK thread this crate creates: the metadata
-//!   thread (every blobstore metadata call runs there) and one SPDK thread per [`Channel`]
-//!   (blob I/O runs on the channel's thread). SPDK needs every thread that holds an I/O
-//!   channel polled at all times (resize freezes I/O on all channels, unload waits for every
-//!   channel to be torn down), so the threads are not left to their users' loops, which may
-//!   block.
+//! * Every SPDK thread this crate creates — the metadata thread (every blobstore metadata
+//!   call runs there) and one SPDK thread per [`Channel`] (its blob I/O runs there) — is
+//!   polled in *turns*: run the queued jobs, then poll each thread once. One OS thread at a
+//!   time holds the turn. A caller blocked in [`block_on`] takes turns itself while it
+//!   waits, so an operation is submitted, polled and completed on the caller's own OS thread
+//!   (no hop); a background *reactor* thread takes the turns whenever no caller does. SPDK
+//!   needs every thread that holds an I/O channel polled at all times (resize freezes I/O on
+//!   all channels, unload waits for every channel's teardown), which is why the threads are
+//!   not left to shard loops that may block elsewhere.
 //! * Callers on any OS thread submit work to a thread's queue and await a completion record.
 //!   The record is reference counted; the reference handed to SPDK as `cb_arg` belongs to the
 //!   callback. A completion that happens before the submitting call returns is fine, and a

@@ -22,10 +22,11 @@ pub struct Fsck {
 /// Load a copy of `image` (`force_recover` as given) and check its masks.
 fn one_load(image: &[u8], force_recover: bool) -> Result<(Vec<u32>, Vec<u32>, Fsck), String> {
     let dev = SimDevice::from_image(image.to_vec(), 4096, 0).map_err(|e| e.to_string())?;
-    let clean =
-        blobcask::blobstore::native::superblock::SuperBlock::decode(&image[..4096.min(image.len())])
-            .map(|sb| sb.is_clean())
-            .unwrap_or(false);
+    let clean = blobcask::blobstore::native::superblock::SuperBlock::decode(
+        &image[..4096.min(image.len())],
+    )
+    .map(|sb| sb.is_clean())
+    .unwrap_or(false);
     let store = pollster::block_on(NativeBlobStore::load(
         Arc::new(dev),
         LoadOpts {
@@ -63,7 +64,11 @@ fn one_load(image: &[u8], force_recover: bool) -> Result<(Vec<u32>, Vec<u32>, Fs
     let used = store.used_clusters();
     let owned: Vec<u32> = owner.keys().copied().collect();
     if used != owned {
-        let leaked: Vec<u32> = used.iter().filter(|c| !owner.contains_key(c)).copied().collect();
+        let leaked: Vec<u32> = used
+            .iter()
+            .filter(|c| !owner.contains_key(c))
+            .copied()
+            .collect();
         let free_but_owned: Vec<(u32, BlobId)> = owner
             .iter()
             .filter(|(c, _)| used.binary_search(c).is_err())

@@ -32,10 +32,19 @@ pub fn record_decode(data: &[u8]) {
     for (off, rec) in scan.by_ref() {
         let h = rec.header;
         let len = h.record_len();
-        assert!(off + len <= log.len(), "record at {off} runs past the buffer");
+        assert!(
+            off + len <= log.len(),
+            "record at {off} runs past the buffer"
+        );
         let mut again = Vec::new();
-        record::encode(&mut again, salt, h.seq, h.flags, h.batch_id, rec.key, rec.value);
-        assert_eq!(&again[..], &log[off..off + len], "record at {off} does not round-trip");
+        record::encode(
+            &mut again, salt, h.seq, h.flags, h.batch_id, rec.key, rec.value,
+        );
+        assert_eq!(
+            &again[..],
+            &log[off..off + len],
+            "record at {off} does not round-trip"
+        );
         at_end = off + len;
     }
     assert_eq!(scan.end(), at_end);
@@ -143,7 +152,13 @@ pub fn op_model(data: &[u8]) {
         ErrorAt::persistent(nth)
     };
     let mut steps = Vec::new();
-    for (i, op) in data.get(4..).unwrap_or(&[]).chunks_exact(2).take(48).enumerate() {
+    for (i, op) in data
+        .get(4..)
+        .unwrap_or(&[])
+        .chunks_exact(2)
+        .take(48)
+        .enumerate()
+    {
         let k = universe[usize::from(op[1] & 7)].clone();
         let mut v = format!("{}#{i}|", String::from_utf8_lossy(&k)).into_bytes();
         v.resize(v.len() + usize::from(op[1] >> 3) * 300, b'v');

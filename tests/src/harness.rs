@@ -45,7 +45,8 @@ pub fn options(dev: Arc<SimDevice>, sync: SyncPolicy, shards: usize) -> Options 
 
 /// A freshly formatted, cleanly closed store image with `shards` shards.
 pub fn template(shards: usize) -> Vec<u8> {
-    static T: OnceLock<std::sync::Mutex<Vec<(usize, Vec<u8>)>>> = OnceLock::new();
+    type Images = std::sync::Mutex<Vec<(usize, Vec<u8>)>>;
+    static T: OnceLock<Images> = OnceLock::new();
     let cache = T.get_or_init(Default::default);
     let mut c = cache.lock().unwrap();
     if let Some((_, img)) = c.iter().find(|(s, _)| *s == shards) {

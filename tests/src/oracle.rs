@@ -272,12 +272,7 @@ impl Oracle {
 
     /// Is there one outcome per shard such that every multi-shard batch is all in or all out?
     fn batches_consistent(&self, outcomes: &[Vec<(BTreeSet<usize>, BTreeSet<usize>)>]) -> bool {
-        let multis: BTreeSet<usize> = self
-            .logs
-            .iter()
-            .flatten()
-            .filter_map(|e| e.multi)
-            .collect();
+        let multis: BTreeSet<usize> = self.logs.iter().flatten().filter_map(|e| e.multi).collect();
         if multis.is_empty() {
             return true;
         }
@@ -300,8 +295,7 @@ impl Oracle {
             .iter()
             .enumerate()
             .map(|(s, os)| {
-                let in_log: BTreeSet<usize> =
-                    self.logs[s].iter().filter_map(|e| e.multi).collect();
+                let in_log: BTreeSet<usize> = self.logs[s].iter().filter_map(|e| e.multi).collect();
                 os.iter()
                     .map(|(i, x)| {
                         let mut x = x.clone();
@@ -432,7 +426,10 @@ pub fn try_read_all(db: &Db, universe: &[Key]) -> Result<State, ReadError> {
     let bad = |m: String| Err(ReadError::Inconsistent(m));
     for k in &keys {
         if !known.contains(k) {
-            return bad(format!("keys() returns {} which was never written", show(k)));
+            return bad(format!(
+                "keys() returns {} which was never written",
+                show(k)
+            ));
         }
         if !st.contains_key(k) {
             return bad(format!("keys() lists {} but get finds nothing", show(k)));

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use blobcask::blobstore::native::NativeBlobStore;
-use blobcask::blobstore::{Blob as _, BlobId, BlobStore, CreateOpts, InitOpts, IoChannel, LoadOpts};
+use blobcask::blobstore::{
+    Blob as _, BlobId, BlobStore, CreateOpts, InitOpts, IoChannel, LoadOpts,
+};
 use blobcask::device::SimDevice;
 use blobcask_tests::fsck;
 use blobcask_tests::harness::Damage;
@@ -129,7 +131,10 @@ fn workload(dev: Arc<SimDevice>, m: &mut Model) -> Result<(), String> {
 
     // 4. thin first write into cluster 2 of B.
     let p2 = pattern(2, 2);
-    bs(pollster::block_on(ch.write(&b, 2 * UPC + 3, &p2)), "write B")?;
+    bs(
+        pollster::block_on(ch.write(&b, 2 * UPC + 3, &p2)),
+        "write B",
+    )?;
     bs(pollster::block_on(ch.flush()), "flush")?;
     m.blobs.get_mut("B").unwrap().data.push((2 * UPC + 3, p2));
 
@@ -140,7 +145,10 @@ fn workload(dev: Arc<SimDevice>, m: &mut Model) -> Result<(), String> {
         e.xattr = vec![b"v1".to_vec(), b"v2".to_vec()];
     }
     bs(pollster::block_on(store.resize(&a, 5)), "resize A")?;
-    bs(pollster::block_on(store.set_xattr(&a, "name", b"v2")), "xattr A")?;
+    bs(
+        pollster::block_on(store.set_xattr(&a, "name", b"v2")),
+        "xattr A",
+    )?;
     bs(pollster::block_on(store.sync_md(&a)), "sync A")?;
     {
         let e = m.blobs.get_mut("A").unwrap();
@@ -198,9 +206,18 @@ fn workload(dev: Arc<SimDevice>, m: &mut Model) -> Result<(), String> {
 
     // 11. B's xattrs grow past one md page (a chain page).
     m.blobs.get_mut("B").unwrap().xattr = vec![b"b1".to_vec(), b"b2".to_vec()];
-    bs(pollster::block_on(store.set_xattr(&b, "name", b"b2")), "xattr B")?;
-    bs(pollster::block_on(store.set_xattr(&b, "big", &[0x5A; 3000])), "xattr B")?;
-    bs(pollster::block_on(store.set_xattr(&b, "big2", &[0xA5; 3000])), "xattr B")?;
+    bs(
+        pollster::block_on(store.set_xattr(&b, "name", b"b2")),
+        "xattr B",
+    )?;
+    bs(
+        pollster::block_on(store.set_xattr(&b, "big", &[0x5A; 3000])),
+        "xattr B",
+    )?;
+    bs(
+        pollster::block_on(store.set_xattr(&b, "big2", &[0xA5; 3000])),
+        "xattr B",
+    )?;
     bs(pollster::block_on(store.sync_md(&b)), "sync B")?;
     m.blobs.get_mut("B").unwrap().xattr = vec![b"b2".to_vec()];
 
@@ -243,7 +260,9 @@ fn check(image: &[u8], m: &Model) -> Result<(), String> {
         let present = ids.contains(&id);
         if let Some(want) = e.exists {
             if present != want {
-                return Err(format!("blob {label} ({id:#x}): present {present}, expected {want}"));
+                return Err(format!(
+                    "blob {label} ({id:#x}): present {present}, expected {want}"
+                ));
             }
         }
         if !present {
@@ -252,7 +271,10 @@ fn check(image: &[u8], m: &Model) -> Result<(), String> {
         let blob = bs(store.block_on(store.open(id)), "open")?;
         let n = blob.num_clusters();
         if !e.sizes.contains(&n) {
-            return Err(format!("blob {label}: {n} clusters, expected one of {:?}", e.sizes));
+            return Err(format!(
+                "blob {label}: {n} clusters, expected one of {:?}",
+                e.sizes
+            ));
         }
         let x = bs(store.block_on(store.get_xattr(&blob, "name")), "get_xattr")?;
         if !e.xattr.is_empty() && !x.as_ref().is_some_and(|v| e.xattr.contains(v)) {
@@ -290,13 +312,17 @@ fn blobstore_crash_sweep() {
         dev.stop_after(n);
         let mut m = Model::default();
         let _ = workload(dev.clone(), &mut m);
-        let variants = [
+        let mut variants = vec![
             Damage::Random(seed::mix(s, n + 1000)),
             Damage::Random(seed::mix(s, n + 2000)),
             Damage::Untorn(seed::mix(s, n + 3000)),
             Damage::DropAll,
             Damage::KeepAll,
         ];
+        // Nightly: more random damage draws per crash point.
+        for extra in 1..seed::scale() {
+            variants.push(Damage::Random(seed::mix(s, n * 1000 + extra)));
+        }
         for v in variants {
             let img = v.image(&dev);
             cases += 1;
@@ -322,20 +348,25 @@ fn blobstore_crash_random_damage() {
         workload(dev.clone(), &mut m).expect("workload without faults");
         dev.io_counts().total()
     };
-    let cases = seed::run_seeded("crash_blobstore", "blobstore_crash_random_damage", 40, |s| {
-        let mut rng = seed::rng(s);
-        let n = rand::Rng::gen_range(&mut rng, 0..=total);
-        let dev = Arc::new(SimDevice::new(DEV, 4096, s).unwrap());
-        dev.stop_after(n);
-        let mut m = Model::default();
-        let _ = workload(dev.clone(), &mut m);
-        for k in 0..4 {
-            let img = dev.crash_image_with_seed(seed::mix(s, k));
-            if let Err(e) = check(&img, &m) {
-                panic!("crash after I/O #{n} of {total}, image draw {k}: {e}\n  model: {m:?}");
+    let cases = seed::run_seeded(
+        "crash_blobstore",
+        "blobstore_crash_random_damage",
+        40,
+        |s| {
+            let mut rng = seed::rng(s);
+            let n = rand::Rng::gen_range(&mut rng, 0..=total);
+            let dev = Arc::new(SimDevice::new(DEV, 4096, s).unwrap());
+            dev.stop_after(n);
+            let mut m = Model::default();
+            let _ = workload(dev.clone(), &mut m);
+            for k in 0..4 {
+                let img = dev.crash_image_with_seed(seed::mix(s, k));
+                if let Err(e) = check(&img, &m) {
+                    panic!("crash after I/O #{n} of {total}, image draw {k}: {e}\n  model: {m:?}");
+                }
             }
-        }
-    });
+        },
+    );
     seed::report("blobstore_crash_random_damage", cases * 4, t0);
 }
 

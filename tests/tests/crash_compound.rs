@@ -75,7 +75,10 @@ fn case(s: u64) {
                 1 => p.write_error = Some(at),
                 _ => p.flush_error = Some(at),
             });
-            format!("{} error {at:?} during recovery", ["read", "write", "flush"][kind])
+            format!(
+                "{} error {at:?} during recovery",
+                ["read", "write", "flush"][kind]
+            )
         };
         let db = harness::open(&dev, sync, shards).ok();
         let image2 = dev.crash_image();

@@ -72,15 +72,23 @@ fn case(seed: u64) {
         let image = dev.crash_image();
         drop(db);
         let t_drop = tj.elapsed();
-        let (dev2, db2) =
-            harness::reopen_and_verify(image, seed::mix(seed, j + 100), &mut oracle, sync, &universe)
-                .unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        let (dev2, db2) = harness::reopen_and_verify(
+            image,
+            seed::mix(seed, j + 100),
+            &mut oracle,
+            sync,
+            &universe,
+        )
+        .unwrap_or_else(|e| panic!("{ctx}: {e}"));
         if j % 4 == 0 {
             harness::close_and_check(db2, &dev2, &mut oracle, sync, &universe)
                 .unwrap_or_else(|e| panic!("{ctx}: after recovery: {e}"));
         }
         if verbose {
-            eprintln!("{ctx}: drive {t_drive:?} drop {t_drop:?} total {:?}", tj.elapsed());
+            eprintln!(
+                "{ctx}: drive {t_drive:?} drop {t_drop:?} total {:?}",
+                tj.elapsed()
+            );
         }
     }
 }
@@ -90,4 +98,27 @@ fn random_crash_points() {
     let t0 = Instant::now();
     let n = seed::run_seeded("crash_random", "random_crash_points", WORKLOADS, case);
     seed::report("random_crash_points", n * POINTS, t0);
+}
+
+/// Canary: the pipeline must catch a lost write. Puts under `SyncPolicy::Never` are recorded
+/// as durable, the crash keeps nothing unflushed, and the oracle has to object.
+#[test]
+fn canary_lost_writes_are_detected() {
+    let universe = harness::universe(4);
+    let dev = harness::device(harness::template(1), 7);
+    let db = harness::open(&dev, SyncPolicy::Never, 1).unwrap();
+    let mut oracle = Oracle::new(1);
+    for (i, k) in universe.iter().enumerate() {
+        let v = format!("canary-{i}").into_bytes();
+        db.put(k, &v).unwrap();
+        oracle.acked(&[blobcask_tests::oracle::Op::Put(k.clone(), v)], true);
+    }
+    dev.set_crash_mode(blobcask::device::CrashMode::DropAll);
+    let image = dev.crash_image();
+    drop(db);
+    let r = harness::reopen_and_verify(image, 7, &mut oracle, SyncPolicy::Never, &universe);
+    assert!(
+        r.is_err(),
+        "the oracle accepted a store that lost 'durable' writes"
+    );
 }

@@ -53,7 +53,10 @@ fn batch_merge() -> Vec<Step> {
     s.push(Step::Delete(k(3)));
     s.push(Step::Merge);
     s.push(put(200, 4, 100));
-    s.push(Step::Batch(vec![Op::Delete(k(0)), Op::Put(k(5), v(201, 10))]));
+    s.push(Step::Batch(vec![
+        Op::Delete(k(0)),
+        Op::Put(k(5), v(201, 10)),
+    ]));
     s
 }
 
@@ -70,7 +73,10 @@ fn unsynced() -> Vec<Step> {
     s.push(Step::Delete(k(1)));
     s.push(Step::Sync);
     s.push(put(30, 1, 10));
-    s.push(Step::Batch(vec![Op::Put(k(2), v(31, 10)), Op::Delete(k(3))]));
+    s.push(Step::Batch(vec![
+        Op::Put(k(2), v(31, 10)),
+        Op::Delete(k(3)),
+    ]));
     s
 }
 
@@ -112,17 +118,23 @@ fn sweep(name: &str, steps: Vec<Step>, sync: SyncPolicy, shards: usize) -> u64 {
         let mut oracle = Oracle::new(shards);
         let db = harness::open(&dev, sync, shards).ok();
         let db = match db {
-            Some(db) => harness::drive(db, &dev, &mut oracle, &steps, sync, &universe)
-                .unwrap_or_else(|e| panic!("{name}: crash after I/O #{n}: {e}"))
-                .db,
+            Some(db) => {
+                harness::drive(db, &dev, &mut oracle, &steps, sync, &universe)
+                    .unwrap_or_else(|e| panic!("{name}: crash after I/O #{n}: {e}"))
+                    .db
+            }
             None => None,
         };
-        let variants = [
+        let mut variants = vec![
             Damage::Random(seed::mix(s, n + 1000)),
             Damage::Untorn(seed::mix(s, n + 2000)),
             Damage::DropAll,
             Damage::KeepAll,
         ];
+        // Nightly: more random damage draws per crash point.
+        for extra in 1..seed::scale() {
+            variants.push(Damage::Random(seed::mix(s, n * 1000 + extra)));
+        }
         let images: Vec<_> = variants.iter().map(|d| (d, d.image(&dev))).collect();
         drop(db);
         for (d, img) in images {

@@ -302,11 +302,14 @@ fn recovery_after_merge_and_crash_uses_the_merge_hint() {
         o
     };
     let db = Db::open(mk(&dev)).unwrap();
-    for i in 0..200u32 {
-        db.put(format!("k{i}").as_bytes(), &i.to_le_bytes())
-            .unwrap();
+    for round in 0..2u32 {
+        for i in 0..200u32 {
+            let v = (i + round).to_le_bytes();
+            db.put(format!("k{i}").as_bytes(), &v).unwrap();
+        }
     }
     db.merge().unwrap();
+    assert_eq!(db.stats().unwrap().merges, 1);
     let next = Arc::new(dev.crash().unwrap());
     drop(db);
     let db = Db::open(mk(&next)).unwrap();

@@ -119,7 +119,7 @@ fn unsynced_writes_recover_as_a_per_shard_prefix() {
         let db = Db::open(opts(&dev, SyncPolicy::Never)).unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut logs: Vec<Vec<Logged>> = vec![Vec::new(); SHARDS];
-        let mut synced_at = vec![0usize; SHARDS];
+        let mut synced_at = [0usize; SHARDS];
         for n in 0..250u32 {
             let k = format!("k{}", rng.gen_range(0..30)).into_bytes();
             let s = shard_of(&k);

@@ -55,13 +55,11 @@ fn regions(image: &[u8]) -> Vec<(Region, Range<u64>)> {
         .filter_map(|p| used(l.md_offset(p)..l.md_offset(p + 1)))
         .map(|r| (Region::MdPages, r))
         .collect();
-    out.extend([
-        (
-            Region::Masks,
-            l.page_offset(l.page_mask_start)
-                ..l.page_offset(l.blobid_mask_start + l.blobid_mask_len.max(1)),
-        ),
-    ]);
+    out.extend([(
+        Region::Masks,
+        l.page_offset(l.page_mask_start)
+            ..l.page_offset(l.blobid_mask_start + l.blobid_mask_len.max(1)),
+    )]);
     for id in store.block_on(store.blob_ids()).unwrap() {
         let blob = store.block_on(store.open(id)).unwrap();
         let role = store
@@ -138,8 +136,13 @@ fn base(seed: u64) -> Base {
 }
 
 /// Damage a copy of the base image and check what the store does with it.
-fn case(b: &Base, rng: &mut rand_chacha::ChaCha8Rng, ctx: &str) -> &'static str {
-    let region = [Region::Records, Region::Hints, Region::MdPages, Region::Masks][rng.gen_range(0..4)];
+fn case(b: &Base, rng: &mut rand_chacha::ChaCha8Rng, ctx: &str) -> String {
+    let region = [
+        Region::Records,
+        Region::Hints,
+        Region::MdPages,
+        Region::Masks,
+    ][rng.gen_range(0..4)];
     let ranges: Vec<&Range<u64>> = b
         .regions
         .iter()
@@ -147,7 +150,7 @@ fn case(b: &Base, rng: &mut rand_chacha::ChaCha8Rng, ctx: &str) -> &'static str 
         .map(|(_, r)| r)
         .collect();
     if ranges.is_empty() {
-        return "no such region";
+        return format!("{region:?}: no such region");
     }
     let range = ranges[rng.gen_range(0..ranges.len())].clone();
     let dev = harness::device(b.image.clone(), rng.gen());
@@ -170,7 +173,7 @@ fn case(b: &Base, rng: &mut rand_chacha::ChaCha8Rng, ctx: &str) -> &'static str 
             if region == Region::Hints && !latent {
                 panic!("{ctx}: open failed instead of healing from a scan: {e}");
             }
-            return "open refused (clean error)";
+            return format!("{region:?}: open refused (clean error)");
         }
     };
     let mut exact = true;
@@ -190,7 +193,10 @@ fn case(b: &Base, rng: &mut rand_chacha::ChaCha8Rng, ctx: &str) -> &'static str 
             }
             Ok(None) => exact &= !b.state.contains_key(k),
             Err(Error::Corruption { .. } | Error::Io(_)) => exact = false,
-            Err(e) => panic!("{ctx}: get {} failed with an unexpected error: {e}", oracle::show(k)),
+            Err(e) => panic!(
+                "{ctx}: get {} failed with an unexpected error: {e}",
+                oracle::show(k)
+            ),
         }
     }
     if region == Region::Hints && !latent && !exact {
@@ -200,9 +206,9 @@ fn case(b: &Base, rng: &mut rand_chacha::ChaCha8Rng, ctx: &str) -> &'static str 
     let _ = db.put(&b.universe[0], b"after-damage");
     let _ = db.close();
     if exact {
-        "opened, reads exact"
+        format!("{region:?}: opened, reads exact")
     } else {
-        "opened, damage reported or older values"
+        format!("{region:?}: opened, damage reported or older values")
     }
 }
 
@@ -212,25 +218,24 @@ fn bit_flips_and_latent_errors() {
     let bases = 10u64;
     let per = 100u64;
     let mut cases = 0;
-    let mut outcomes: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
     for i in 0..bases * seed::scale() {
         let s = seed::forced_seed().unwrap_or(seed::mix(0xB17, i));
         let b = base(s);
         let mut rng = seed::rng(seed::mix(s, 1));
         for j in 0..per {
             let ctx = format!("base seed {s:#x} case {j}");
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                case(&b, &mut rng, &ctx)
-            }));
-            if let Ok(o) = r {
-                *outcomes.entry(o).or_default() += 1;
-            }
+            let r =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case(&b, &mut rng, &ctx)));
             if let Err(p) = r {
                 eprintln!(
                     "\n*** bit_flips_and_latent_errors FAILED ({ctx}); replay with:\n    \
                      SEED={s:#x} cargo test -p blobcask-tests --test fault_bitflip\n"
                 );
                 std::panic::resume_unwind(p);
+            }
+            if let Ok(o) = r {
+                *outcomes.entry(o).or_default() += 1;
             }
             cases += 1;
         }
@@ -239,5 +244,67 @@ fn bit_flips_and_latent_errors() {
         }
     }
     seed::report("bit_flips_and_latent_errors", cases, t0);
-    eprintln!("  outcomes: {outcomes:?}");
+    for (o, n) in &outcomes {
+        eprintln!("  {n:4}  {o}");
+    }
+}
+
+/// A store with data, cleanly closed, and a device holding it with `damage` applied.
+fn precious(damage: &str) -> (std::sync::Arc<blobcask::device::SimDevice>, Vec<Key>) {
+    let universe = harness::universe(4);
+    let dev = harness::device(harness::template(1), 3);
+    let db = harness::open(&dev, SyncPolicy::Always, 1).unwrap();
+    for k in &universe {
+        db.put(k, b"precious").unwrap();
+    }
+    db.close().unwrap();
+    let dev = harness::device(dev.durable_image(), 4);
+    match damage {
+        "read" => dev.fail_next_read(false),
+        _ => dev.flip_bit(3, 1).unwrap(),
+    }
+    (dev, universe)
+}
+
+/// `create: true` must never reformat an existing store: that silently drops every
+/// acknowledged write. Whatever open does, the data must still be there (or open fails).
+fn create_keeps(damage: &str) {
+    let (dev, universe) = precious(damage);
+    let mut o = harness::options(dev.clone(), SyncPolicy::Always, 1);
+    o.create = true;
+    if let Ok(db) = blobcask::Db::open(o) {
+        for k in &universe {
+            let got = db.get(k);
+            assert!(
+                matches!(&got, Ok(Some(v)) if v == b"precious"),
+                "{damage}: open with create=true succeeded but {} reads {got:?}",
+                oracle::show(k)
+            );
+        }
+    }
+    // And once the fault is gone, the store opens with its data.
+    dev.clear_faults();
+    if damage == "read" {
+        let db = harness::open(&dev, SyncPolicy::Always, 1).unwrap();
+        assert_eq!(
+            db.get(&universe[0]).unwrap().as_deref(),
+            Some(&b"precious"[..])
+        );
+    }
+}
+
+/// Was a data-loss bug (fixed in `Db::open`): a transient EIO on the probe read of the super
+/// block made `create: true` format the device.
+#[test]
+fn create_never_formats_after_a_failed_probe_read() {
+    create_keeps("read");
+}
+
+/// Known bug: a bit flip in the super block signature makes `Db::open` with `create: true`
+/// (the default) format the device: every acknowledged write is gone, no error. Formatting
+/// should need a zeroed device or an explicit format, not "no signature found".
+#[test]
+#[ignore = "known bug: create=true formats a store whose super block signature rotted"]
+fn create_never_formats_a_store_with_a_rotten_signature() {
+    create_keeps("signature");
 }

@@ -24,11 +24,21 @@ fn check_reads(db: &Db, o: &Oracle, universe: &[Key], ctx: &str) {
 }
 
 /// Fill the store with puts until `Full`; returns the number of acknowledged puts.
-fn fill(db: &Db, o: &mut Oracle, universe: &[Key], rng: &mut rand_chacha::ChaCha8Rng, ctx: &str) -> usize {
+fn fill(
+    db: &Db,
+    o: &mut Oracle,
+    universe: &[Key],
+    rng: &mut rand_chacha::ChaCha8Rng,
+    ctx: &str,
+) -> usize {
     for i in 0..10_000 {
         let k = universe[rng.gen_range(0..universe.len())].clone();
         let v = harness::value(rng, &k, i, 12_000);
-        let v = if v.len() < 4000 { [v.clone(), vec![7; 6000]].concat() } else { v };
+        let v = if v.len() < 4000 {
+            [v.clone(), vec![7; 6000]].concat()
+        } else {
+            v
+        };
         match db.put(&k, &v) {
             Ok(()) => o.acked(&[Op::Put(k, v)], true),
             Err(Error::Full) => return i,
@@ -72,9 +82,14 @@ fn case(s: u64, require_resume: bool) {
         Err(Error::Full) => {}
         Err(e) => panic!("{ctx}: merge on a full store failed with {e} instead of Full"),
     }
-    check_reads(&db, &o, &universe, &format!("{ctx} after merge ({merged:?})"));
+    check_reads(
+        &db,
+        &o,
+        &universe,
+        &format!("{ctx} after merge ({merged:?})"),
+    );
 
-    // 3. writes resume (known bug: a merge that hits Full poisons the store, see README).
+    // 3. writes resume (strictly so in `full_device_writes_resume_after_deletes_and_merge`).
     for i in 0..20 {
         let k = universe[i % universe.len()].clone();
         let v = format!("resumed-{i}").into_bytes();
@@ -103,7 +118,9 @@ fn case(s: u64, require_resume: bool) {
     }
     let image = dev.durable_image();
     let (_d, db) = harness::reopen_and_verify(image, s, &mut o, SyncPolicy::Always, &universe)
-        .unwrap_or_else(|e| panic!("{ctx}: reopen after a close on a full store ({closed:?}): {e}"));
+        .unwrap_or_else(|e| {
+            panic!("{ctx}: reopen after a close on a full store ({closed:?}): {e}")
+        });
     drop(db);
 }
 
@@ -112,21 +129,26 @@ fn case(s: u64, require_resume: bool) {
 #[test]
 fn full_device_put_rotation_merge_close() {
     let t0 = Instant::now();
-    let n = seed::run_seeded("fault_full", "full_device_put_rotation_merge_close", 6, |s| {
-        case(s, false)
-    });
+    let n = seed::run_seeded(
+        "fault_full",
+        "full_device_put_rotation_merge_close",
+        6,
+        |s| case(s, false),
+    );
     seed::report("full_device_put_rotation_merge_close", n, t0);
 }
 
-/// Known bug: on a store filled by puts, deletes + `merge` do not give space back: the merge
-/// needs a free cluster for its output, fails with `Full`, and `merge_shard` then poisons the
-/// store (engine/src/merge.rs), so no write resumes until a reopen, and after it the same.
+/// On a store filled by puts, deletes + `merge` give space back and writes resume. (Found
+/// failing by this suite: the merge output needed a free cluster, failed `Full` and poisoned
+/// the store; the engine now keeps a merge reserve and a `Full` merge no longer poisons.)
 #[test]
-#[ignore = "known bug: merge on a full store fails Full and poisons (see the doc comment)"]
 fn full_device_writes_resume_after_deletes_and_merge() {
-    seed::run_seeded("fault_full", "full_device_writes_resume_after_deletes_and_merge", 6, |s| {
-        case(s, true)
-    });
+    seed::run_seeded(
+        "fault_full",
+        "full_device_writes_resume_after_deletes_and_merge",
+        6,
+        |s| case(s, true),
+    );
 }
 
 /// The device itself refuses writes past a byte (ENOSPC from below the blobstore).

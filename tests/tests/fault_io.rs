@@ -102,8 +102,15 @@ fn point(w: u64, steps: &[Step], sync: SyncPolicy, kind: Kind, at: ErrorAt) -> b
 }
 
 fn sweep(kind: Kind, persistent: bool) -> u64 {
-    let name = format!("io_{kind:?}_{}", if persistent { "persistent" } else { "transient" })
-        .to_lowercase();
+    let name = format!(
+        "io_{kind:?}_{}",
+        if persistent {
+            "persistent"
+        } else {
+            "transient"
+        }
+    )
+    .to_lowercase();
     let mut done = 0u64;
     let target = POINTS * seed::scale();
     let mut w_index = 0u64;
@@ -111,7 +118,10 @@ fn sweep(kind: Kind, persistent: bool) -> u64 {
         let w = match seed::forced_seed() {
             Some(s) if w_index == 0 => s,
             Some(_) => break,
-            None => seed::mix(seed::mix(0x10, kind as u64 * 2 + u64::from(persistent)), w_index),
+            None => seed::mix(
+                seed::mix(0x10, kind as u64 * 2 + u64::from(persistent)),
+                w_index,
+            ),
         };
         w_index += 1;
         let mut rng = seed::rng(w);

@@ -106,7 +106,15 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     record::encode(&mut log, salt, 1, 0, 0, b"key1", b"value one");
     record::encode(&mut log, salt, 2, record::TOMBSTONE, 0, b"key1", b"");
     record::encode(&mut log, salt, 3, record::BATCH, 77, b"k2", &[9; 300]);
-    record::encode(&mut log, salt, 4, record::COMMIT, 0, b"", &77u64.to_le_bytes());
+    record::encode(
+        &mut log,
+        salt,
+        4,
+        record::COMMIT,
+        0,
+        b"",
+        &77u64.to_le_bytes(),
+    );
     let mut torn = log.clone();
     torn.truncate(log.len() - 5);
     let mut flipped = log.clone();
@@ -157,13 +165,41 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ("hint_decode", "huge-blob-count", huge),
         ("hint_decode", "huge-body-len", long),
         ("recover_mutated", "none", vec![]),
-        ("recover_mutated", "super-block", edits(&[(0, 1), (100, 0x80)])),
-        ("recover_mutated", "md-region", edits(&[(20480 + 17, 0x10), (24576 + 4000, 3)])),
-        ("recover_mutated", "data", edits(&[(300_000, 0xff), (400_100, 1), (600_000, 2)])),
-        ("op_model", "puts-always", vec![0, 4, 0, 0, 0, 1, 1, 2, 0, 3, 3, 1, 5, 1, 6, 0]),
-        ("op_model", "never-crash", vec![1, 3, 9, 0, 0, 9, 4, 18, 2, 3, 6, 0, 0, 4, 7, 8]),
-        ("op_model", "flush-error", vec![2, 2, 3, 1, 0, 1, 0, 2, 4, 33, 7, 8, 0, 5, 1, 1]),
-        ("op_model", "merge-reopen", vec![0, 1, 12, 0, 0, 200, 0, 100, 7, 0, 7, 8, 0, 1]),
+        (
+            "recover_mutated",
+            "super-block",
+            edits(&[(0, 1), (100, 0x80)]),
+        ),
+        (
+            "recover_mutated",
+            "md-region",
+            edits(&[(20480 + 17, 0x10), (24576 + 4000, 3)]),
+        ),
+        (
+            "recover_mutated",
+            "data",
+            edits(&[(300_000, 0xff), (400_100, 1), (600_000, 2)]),
+        ),
+        (
+            "op_model",
+            "puts-always",
+            vec![0, 4, 0, 0, 0, 1, 1, 2, 0, 3, 3, 1, 5, 1, 6, 0],
+        ),
+        (
+            "op_model",
+            "never-crash",
+            vec![1, 3, 9, 0, 0, 9, 4, 18, 2, 3, 6, 0, 0, 4, 7, 8],
+        ),
+        (
+            "op_model",
+            "flush-error",
+            vec![2, 2, 3, 1, 0, 1, 0, 2, 4, 33, 7, 8, 0, 5, 1, 1],
+        ),
+        (
+            "op_model",
+            "merge-reopen",
+            vec![0, 1, 12, 0, 0, 200, 0, 100, 7, 0, 7, 8, 0, 1],
+        ),
     ]
 }
 
@@ -173,7 +209,11 @@ fn crc32c(b: &[u8]) -> u32 {
     for &x in b {
         c ^= u32::from(x);
         for _ in 0..8 {
-            c = if c & 1 != 0 { (c >> 1) ^ 0x82F6_3B78 } else { c >> 1 };
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0x82F6_3B78
+            } else {
+                c >> 1
+            };
         }
     }
     !c

@@ -76,11 +76,17 @@ fn sigkill_while_writing() {
     let rounds = 6 * seed::scale();
     let exe = std::env::current_exe().unwrap();
     let mut total_acks = 0;
+    let mut max_lock_wait = Duration::ZERO;
     // Format first, so that even a child killed before its first put leaves a store.
     Db::open(options(&path)).unwrap().close().unwrap();
     for round in 0..rounds {
         let mut child = Command::new(&exe)
-            .args(["--exact", "process_kill_child", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "process_kill_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, format!("{}|{round}", path.display()))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -112,11 +118,21 @@ fn sigkill_while_writing() {
         let next = acks.len() as u64;
         oracle.failed(&[Op::Put(key(next), value(round, next))]);
         total_acks += acks.len();
-        let mut o = options(&path);
-        o.create = false;
-        let db = Db::open(o).unwrap_or_else(|e| {
-            panic!("seed {s:#x} round {round}: reopen after SIGKILL failed: {e}")
-        });
+        // The killed process's io_uring ring is torn down by the kernel asynchronously and
+        // holds the file (and its flock) until then: retry `Locked` for a while.
+        let t_kill = Instant::now();
+        let db = loop {
+            let mut o = options(&path);
+            o.create = false;
+            match Db::open(o) {
+                Ok(db) => break db,
+                Err(blobcask::Error::Locked(_)) if t_kill.elapsed() < Duration::from_secs(10) => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("seed {s:#x} round {round}: reopen after SIGKILL failed: {e}"),
+            }
+        };
+        max_lock_wait = max_lock_wait.max(t_kill.elapsed());
         let st = oracle::read_all(&db, &universe).unwrap();
         oracle.verify(&st).unwrap_or_else(|e| {
             panic!(
@@ -128,7 +144,8 @@ fn sigkill_while_writing() {
         db.close().unwrap();
     }
     eprintln!(
-        "sigkill_while_writing: {rounds} kills, {total_acks} acknowledged puts in {:.1?}",
+        "sigkill_while_writing: {rounds} kills, {total_acks} acknowledged puts in {:.1?} \
+         (longest wait for the killed child's lock: {max_lock_wait:?})",
         t0.elapsed()
     );
 }

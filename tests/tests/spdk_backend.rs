@@ -757,6 +757,57 @@ mod with_spdk {
         );
     }
 
+    /// Several OS threads, each with its own channel and blob, doing I/O and metadata calls
+    /// at once (they take turns polling SPDK between them and the reactor).
+    #[test]
+    fn concurrent_channels_on_malloc_bdev() {
+        need_spdk!();
+        let cfg = SpdkConfig::malloc("Concurrent0", 128 * MIB, 4096);
+        let s = Arc::new(spdk_store(
+            &cfg,
+            "Concurrent0",
+            SpdkStart::Init(init_opts()),
+        ));
+        let workers: Vec<_> = (0..4u64)
+            .map(|w| {
+                let s = Arc::clone(&s);
+                std::thread::spawn(move || {
+                    s.block_on(async {
+                        let id = s
+                            .create(CreateOpts {
+                                num_clusters: 1,
+                                thin_provision: w % 2 == 1,
+                                ..CreateOpts::default()
+                            })
+                            .await
+                            .expect("create");
+                        let b = s.open(id).await.expect("open");
+                        let ch = s.channel().expect("channel");
+                        for round in 0..50u64 {
+                            if round % 10 == 9 {
+                                let n = b.num_clusters() + 1;
+                                s.resize(&b, n).await.expect("resize");
+                                s.sync_md(&b).await.expect("sync");
+                            }
+                            let data = pattern(w * 1000 + round, 2 * UNIT);
+                            let off = (round * 2) % 250;
+                            ch.write(&b, off, &data).await.expect("write");
+                            let mut back = vec![0u8; 2 * UNIT];
+                            ch.read(&b, off, &mut back).await.expect("read");
+                            assert!(back == data, "worker {w} round {round}");
+                        }
+                        s.close(b).await.expect("close");
+                        s.delete(id).await.expect("delete");
+                    });
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().expect("worker");
+        }
+        s.block_on(s.unload()).expect("unload");
+    }
+
     /// A store on a malloc bdev: create, fill, close, reopen in the same process.
     #[test]
     fn db_on_malloc_bdev() {

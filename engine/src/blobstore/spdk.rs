@@ -4,8 +4,9 @@
 //! process (hugepages if the machine has them, otherwise DPDK's `no_huge` mode with 1 GiB),
 //! creates the bdevs of a JSON config in SPDK's `save_config` format (malloc, aio, uring,
 //! NVMe), and formats or loads the blobstore on the named bdev. Metadata calls run on SPDK's
-//! metadata thread; each [`SpdkChannel`] has an SPDK thread of its own; a reactor thread inside
-//! ffi-shim polls all of them, so callers simply await (or [`BlobStore::block_on`]).
+//! metadata thread; each [`SpdkChannel`] has an SPDK thread of its own. [`BlobStore::block_on`]
+//! polls SPDK on the calling thread while it waits (no hop to another thread); a reactor
+//! thread inside ffi-shim polls whenever no caller does, so any executor works, just slower.
 //!
 //! The on-disk format is SPDK's, byte for byte, so a device written by the native backend
 //! loads here and the reverse.

@@ -10,8 +10,12 @@ pub use channel::Channel;
 pub use reactor::Env;
 pub use store::{Blob, Blobstore};
 
-/// Run a future to completion on the calling thread, parking it while SPDK works on the
-/// reactor. Must not be called from SPDK callbacks (they run on the reactor).
+/// Run a future to completion on the calling thread, driving SPDK while it waits
+/// ([`Env::block_on`]); before SPDK is started, a plain blocking executor. Must not be
+/// called from SPDK callbacks or jobs.
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    pollster::block_on(f)
+    match Env::get() {
+        Some(env) => env.block_on(f),
+        None => pollster::block_on(f),
+    }
 }

@@ -1,83 +1,198 @@
-//! The SPDK environment and the reactor OS thread that polls every SPDK thread.
+//! The SPDK environment and the polling of every SPDK thread.
+//!
+//! Polling is a *turn*: run the queued jobs, then `spdk_thread_poll` every SPDK thread once.
+//! A turn needs the driver lock, so exactly one OS thread polls at a time. Two kinds of OS
+//! threads take turns: the reactor thread, which keeps everything moving whenever nobody
+//! else does, and callers blocked in [`Env::block_on`] / [`Env::call`], which drive SPDK
+//! themselves while they wait, so a request submitted and completed on an idle system never
+//! hops to another OS thread (run-to-completion on the caller, as SPDK's own reactors do).
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::ffi::{CStr, CString};
 use std::future::Future;
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
-use std::thread::{self, Thread, ThreadId};
-use std::time::Duration;
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock, TryLockError};
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
 
 use super::completion::{complete_trampoline, Record, IN_FLIGHT};
 use super::ffi;
 use crate::{Config, EnvOpts, Error, Result};
 
-/// An SPDK thread (`struct spdk_thread *`), only ever dereferenced by SPDK on the reactor.
+/// An SPDK thread (`struct spdk_thread *`), only ever dereferenced by SPDK during a turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SpdkThread(pub *mut spdk_sys::spdk_thread);
 
-// SAFETY: the pointer is an opaque token off the reactor; only the reactor hands it to SPDK
-// (spdk_set_thread / spdk_thread_poll), so sending or sharing the token is harmless.
+// SAFETY: the pointer is an opaque token outside a turn; only the OS thread holding the
+// driver lock hands it to SPDK (spdk_set_thread / spdk_thread_poll), so sending or sharing
+// the token is harmless.
 unsafe impl Send for SpdkThread {}
 // SAFETY: as above; the token is never dereferenced by Rust.
 unsafe impl Sync for SpdkThread {}
 
 type Job = Box<dyn FnOnce() + Send>;
 
+#[derive(Default)]
+struct ThreadList {
+    generation: u64,
+    threads: Vec<SpdkThread>,
+    exiting: Vec<SpdkThread>,
+}
+
+/// State only the driver (the OS thread holding the lock) uses.
+#[derive(Default)]
+struct Driver {
+    generation: u64,
+    cache: Vec<SpdkThread>,
+    batch: VecDeque<(SpdkThread, Job)>,
+}
+
 struct Shared {
     queue: Mutex<VecDeque<(SpdkThread, Job)>>,
+    threads: Mutex<ThreadList>,
+    driver: Mutex<Driver>,
 }
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+thread_local! {
+    /// True while this OS thread is inside a turn (holds the driver lock).
+    static DRIVING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Set at process exit: nobody takes another turn.
+static STOP: AtomicBool = AtomicBool::new(false);
 
 /// The process-wide SPDK environment. Started once; lives until the process exits.
 pub struct Env {
     shared: Arc<Shared>,
     reactor: Thread,
-    reactor_id: ThreadId,
     md: SpdkThread,
     version: String,
 }
 
 static ENV: OnceLock<std::result::Result<Env, String>> = OnceLock::new();
 
-/// Set at process exit: the reactor stops polling and acknowledges through `STOPPED`.
-static STOP: AtomicBool = AtomicBool::new(false);
-static STOPPED: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
-
-/// atexit handler: park the reactor for good before SPDK's and DPDK's destructors run.
-extern "C" fn stop_reactor_at_exit() {
+/// atexit handler: take the driver lock for good before SPDK's and DPDK's destructors run,
+/// so no OS thread polls what they tear down.
+extern "C" fn stop_polling_at_exit() {
     STOP.store(true, Ordering::SeqCst);
     crate::remove_dpdk_runtime_dir(std::process::id());
     let Some(env) = Env::get() else { return };
-    if thread::current().id() == env.reactor_id {
+    if DRIVING.with(Cell::get) {
         return;
     }
-    env.reactor.unpark();
-    let (m, cv) = &STOPPED;
-    let mut stopped = m.lock().unwrap_or_else(|p| p.into_inner());
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    while !*stopped {
-        let now = std::time::Instant::now();
-        if now >= deadline {
-            break;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match env.shared.driver.try_lock() {
+            Ok(g) => {
+                std::mem::forget(g);
+                return;
+            }
+            Err(TryLockError::Poisoned(p)) => {
+                std::mem::forget(p.into_inner());
+                return;
+            }
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                thread::sleep(Duration::from_micros(50));
+            }
+            Err(TryLockError::WouldBlock) => return,
         }
-        stopped = match cv.wait_timeout(stopped, deadline - now) {
-            Ok((g, _)) => g,
-            Err(p) => p.into_inner().0,
-        };
     }
 }
 
-thread_local! {
-    /// Reactor-local: SPDK threads to poll, and those asked to exit.
-    static POLLED: RefCell<Polled> = RefCell::new(Polled::default());
+/// Clears [`DRIVING`] even if a job panics.
+struct DrivingGuard;
+
+impl Drop for DrivingGuard {
+    fn drop(&mut self) {
+        DRIVING.with(|d| d.set(false));
+    }
 }
 
-#[derive(Default)]
-struct Polled {
-    threads: Vec<SpdkThread>,
-    exiting: Vec<SpdkThread>,
+/// One turn. `None` if another OS thread is driving (or the process is exiting);
+/// otherwise whether anything was done.
+fn turn(sh: &Shared) -> Option<bool> {
+    if STOP.load(Ordering::Relaxed) {
+        return None;
+    }
+    let mut d = match sh.driver.try_lock() {
+        Ok(g) => g,
+        Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(TryLockError::WouldBlock) => return None,
+    };
+    if STOP.load(Ordering::SeqCst) {
+        return None;
+    }
+    DRIVING.with(|x| x.set(true));
+    let _guard = DrivingGuard;
+    let mut batch = std::mem::take(&mut d.batch);
+    std::mem::swap(&mut *lock(&sh.queue), &mut batch);
+    let ran = !batch.is_empty();
+    while let Some((t, job)) = batch.pop_front() {
+        on_thread(t, job);
+    }
+    d.batch = batch;
+    {
+        let tl = lock(&sh.threads);
+        if tl.generation != d.generation {
+            d.cache.clear();
+            d.cache.extend_from_slice(&tl.threads);
+            d.generation = tl.generation;
+        }
+    }
+    let mut busy = false;
+    for t in &d.cache {
+        // SAFETY: `t` is a live SPDK thread (destroyed only below, under this same lock,
+        // after which the cache is refreshed); we hold the driver lock, so nobody else
+        // polls it.
+        let rc = unsafe { spdk_sys::spdk_thread_poll(t.0, 0, 0) };
+        busy |= rc > 0;
+    }
+    let mut tl = lock(&sh.threads);
+    if !tl.exiting.is_empty() {
+        let mut i = 0;
+        while i < tl.exiting.len() {
+            let t = tl.exiting[i];
+            // SAFETY: `t` is live until destroyed just below.
+            if unsafe { spdk_sys::spdk_thread_is_exited(t.0) } {
+                // SAFETY: exited threads may be destroyed; it leaves the list and the
+                // cache (by the generation bump) before anyone polls again.
+                unsafe { spdk_sys::spdk_thread_destroy(t.0) };
+                tl.exiting.swap_remove(i);
+                tl.threads.retain(|x| *x != t);
+                tl.generation += 1;
+            } else {
+                i += 1;
+            }
+        }
+    }
+    Some(ran || busy)
 }
+
+/// Waker of [`Env::block_on`].
+struct Signal {
+    woken: AtomicBool,
+    thread: Thread,
+}
+
+impl Wake for Signal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.thread.unpark();
+    }
+}
+
+/// How long a blocked caller keeps polling an idle SPDK before it parks.
+const CALLER_SPIN: Duration = Duration::from_micros(50);
 
 impl Env {
     /// Start SPDK in this process, or return the environment started before (`opts` are
@@ -132,41 +247,91 @@ impl Env {
         self.md
     }
 
-    /// Queue `f` to run on SPDK thread `t` (on the reactor). Jobs of one thread run in
-    /// submission order.
+    /// Queue `f` to run on SPDK thread `t` at the next turn. Jobs run in submission order.
     pub(crate) fn run(&self, t: SpdkThread, f: impl FnOnce() + Send + 'static) {
-        let mut q = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
-        q.push_back((t, Box::new(f)));
-        drop(q);
+        lock(&self.shared.queue).push_back((t, Box::new(f)));
         self.reactor.unpark();
     }
 
-    /// Run `f` on SPDK thread `t` and wait for its value. Returns `None` only if the reactor
-    /// is gone. Inline when already on the reactor.
+    /// Run `f` on SPDK thread `t` and wait for its value, driving SPDK meanwhile. Returns
+    /// `None` only if polling has stopped (process exit). Inline inside a turn.
     pub(crate) fn call<T: Send + 'static>(
         &self,
         t: SpdkThread,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Option<T> {
-        if thread::current().id() == self.reactor_id {
+        if DRIVING.with(Cell::get) {
             return Some(on_thread(t, f));
         }
         let (tx, rx) = mpsc::sync_channel(1);
         self.run(t, move || {
             let _ = tx.send(f());
         });
-        rx.recv().ok()
+        loop {
+            match rx.try_recv() {
+                Ok(v) => return Some(v),
+                Err(mpsc::TryRecvError::Disconnected) => return None,
+                Err(mpsc::TryRecvError::Empty) => {}
+            }
+            if turn(&self.shared).is_none() {
+                // Someone else drives; they run our job.
+                match rx.recv_timeout(Duration::from_micros(200)) {
+                    Ok(v) => return Some(v),
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                }
+            }
+        }
+    }
+
+    /// Run `f` to completion on this OS thread, taking SPDK turns while it waits (parking
+    /// when SPDK is idle or another thread drives). Must not be called from inside an SPDK
+    /// callback or job.
+    pub fn block_on<F: Future>(&self, f: F) -> F::Output {
+        if DRIVING.with(Cell::get) {
+            log::error!("ffi-shim: block_on inside an SPDK turn cannot make progress");
+        }
+        let signal = Arc::new(Signal {
+            woken: AtomicBool::new(false),
+            thread: thread::current(),
+        });
+        let waker = Waker::from(Arc::clone(&signal));
+        let mut cx = Context::from_waker(&waker);
+        let mut f = pin!(f);
+        loop {
+            signal.woken.store(false, Ordering::Release);
+            if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+            let mut idle_since: Option<Instant> = None;
+            while !signal.woken.load(Ordering::Acquire) {
+                match turn(&self.shared) {
+                    Some(true) => idle_since = None,
+                    Some(false) => {
+                        let since = *idle_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() > CALLER_SPIN {
+                            thread::park_timeout(Duration::from_micros(200));
+                            idle_since = None;
+                        }
+                    }
+                    None => thread::park_timeout(Duration::from_micros(100)),
+                }
+            }
+        }
     }
 
     /// Create an SPDK thread polled by the reactor.
     pub(crate) fn create_thread(&self, name: &str) -> Result<SpdkThread> {
         let name = CString::new(name).unwrap_or_else(|_| c"blobcask_io".to_owned());
+        let sh = Arc::clone(&self.shared);
         let t = self
             .call(self.md, move || {
                 // SAFETY: thread lib is initialised; `name` is copied by SPDK.
                 let t = unsafe { spdk_sys::spdk_thread_create(name.as_ptr(), std::ptr::null()) };
                 if !t.is_null() {
-                    POLLED.with(|p| p.borrow_mut().threads.push(SpdkThread(t)));
+                    let mut tl = lock(&sh.threads);
+                    tl.threads.push(SpdkThread(t));
+                    tl.generation += 1;
                 }
                 SpdkThread(t)
             })
@@ -183,18 +348,19 @@ impl Env {
     /// Ask SPDK thread `t` to exit after the jobs queued before this one; the reactor
     /// destroys it once SPDK reports it exited.
     pub(crate) fn exit_thread(&self, t: SpdkThread) {
+        let sh = Arc::clone(&self.shared);
         self.run(t, move || {
             // SAFETY: we are on `t` (run() set it); it is not the metadata thread.
             unsafe { spdk_sys::spdk_thread_exit(t.0) };
-            POLLED.with(|p| p.borrow_mut().exiting.push(t));
+            lock(&sh.threads).exiting.push(t);
         });
     }
 }
 
-/// Run `f` with `t` as the current SPDK thread (reactor only).
+/// Run `f` with `t` as the current SPDK thread (inside a turn only).
 fn on_thread<T>(t: SpdkThread, f: impl FnOnce() -> T) -> T {
-    // SAFETY: only the reactor calls this, and no SPDK thread is being polled right now, so
-    // making `t` current for the duration of `f` is what spdk_thread_poll itself does.
+    // SAFETY: only the driver calls this, between polls, so making `t` current for the
+    // duration of `f` is what spdk_thread_poll itself does.
     let prev = unsafe { spdk_sys::spdk_get_thread() };
     // SAFETY: as above.
     unsafe { spdk_sys::spdk_set_thread(t.0) };
@@ -215,6 +381,8 @@ pub(crate) fn check(op: &'static str, rc: i32) -> Result<()> {
 fn start_reactor(opts: EnvOpts) -> std::result::Result<Env, String> {
     let shared = Arc::new(Shared {
         queue: Mutex::new(VecDeque::new()),
+        threads: Mutex::new(ThreadList::default()),
+        driver: Mutex::new(Driver::default()),
     });
     let (tx, rx) = mpsc::channel();
     let sh = Arc::clone(&shared);
@@ -234,14 +402,13 @@ fn start_reactor(opts: EnvOpts) -> std::result::Result<Env, String> {
         .into_owned();
     Ok(Env {
         shared,
-        reactor_id: reactor.id(),
         reactor,
         md,
         version,
     })
 }
 
-fn init_spdk(opts: &EnvOpts) -> std::result::Result<SpdkThread, String> {
+fn init_spdk(opts: &EnvOpts, sh: &Shared) -> std::result::Result<SpdkThread, String> {
     let name = CString::new(opts.name.clone()).map_err(|_| "env name holds a NUL byte")?;
     let mask = CString::new(opts.core_mask.clone()).map_err(|_| "core mask holds a NUL byte")?;
     let no_huge = opts.no_huge.unwrap_or_else(|| !crate::hugepages_usable());
@@ -297,13 +464,21 @@ fn init_spdk(opts: &EnvOpts) -> std::result::Result<SpdkThread, String> {
         return Err("spdk_thread_create(metadata) failed".into());
     }
     let md = SpdkThread(md);
-    POLLED.with(|p| p.borrow_mut().threads.push(md));
+    {
+        let mut tl = lock(&sh.threads);
+        tl.threads.push(md);
+        tl.generation += 1;
+    }
 
     let rec = Record::new();
-    on_thread(md, || {
-        // SAFETY: on the metadata thread; the record reference is handed over once.
-        unsafe { ffi::shim_subsystem_init(rec.into_cb_arg()) }
-    });
+    let r = Arc::clone(&rec);
+    lock(&sh.queue).push_back((
+        md,
+        Box::new(move || {
+            // SAFETY: on the metadata thread; the record reference is handed over once.
+            unsafe { ffi::shim_subsystem_init(r.into_cb_arg()) }
+        }),
+    ));
     let mut spins: u64 = 0;
     loop {
         if let Some(rc) = poll_ready(&rec) {
@@ -312,7 +487,7 @@ fn init_spdk(opts: &EnvOpts) -> std::result::Result<SpdkThread, String> {
             }
             break;
         }
-        poll_all();
+        turn(sh);
         spins += 1;
         if spins.is_multiple_of(100_000) {
             thread::sleep(Duration::from_micros(100));
@@ -334,80 +509,43 @@ fn poll_ready(rec: &Arc<Record>) -> Option<i32> {
     }
 }
 
-/// Poll every SPDK thread once; true if any did work.
-fn poll_all() -> bool {
-    POLLED.with(|p| {
-        let mut p = p.borrow_mut();
-        let mut busy = false;
-        for t in &p.threads {
-            // SAFETY: `t` is a live SPDK thread created by us and polled only here.
-            let rc = unsafe { spdk_sys::spdk_thread_poll(t.0, 0, 0) };
-            busy |= rc > 0;
-        }
-        if !p.exiting.is_empty() {
-            let mut i = 0;
-            while i < p.exiting.len() {
-                let t = p.exiting[i];
-                // SAFETY: `t` is live until destroyed just below.
-                if unsafe { spdk_sys::spdk_thread_is_exited(t.0) } {
-                    // SAFETY: exited threads may be destroyed; nobody polls it afterwards.
-                    unsafe { spdk_sys::spdk_thread_destroy(t.0) };
-                    p.exiting.swap_remove(i);
-                    p.threads.retain(|x| *x != t);
-                } else {
-                    i += 1;
-                }
-            }
-        }
-        busy
-    })
-}
-
 fn reactor_main(
     opts: EnvOpts,
     shared: Arc<Shared>,
     tx: mpsc::Sender<std::result::Result<SpdkThread, String>>,
 ) {
-    let started = init_spdk(&opts);
+    let started = init_spdk(&opts, &shared);
     let ok = started.is_ok();
     let _ = tx.send(started);
     if !ok {
         return;
     }
     // SAFETY: registers a plain `extern "C" fn` with libc.
-    if unsafe { ffi::shim_atexit(stop_reactor_at_exit) } != 0 {
+    if unsafe { ffi::shim_atexit(stop_polling_at_exit) } != 0 {
         log::warn!("ffi-shim: atexit registration failed; exit may crash the reactor");
     }
-    let mut batch: VecDeque<(SpdkThread, Job)> = VecDeque::new();
     let mut idle: u32 = 0;
     loop {
-        if STOP.load(Ordering::SeqCst) {
-            let (m, cv) = &STOPPED;
-            *m.lock().unwrap_or_else(|p| p.into_inner()) = true;
-            cv.notify_all();
-            loop {
+        match turn(&shared) {
+            None if STOP.load(Ordering::Relaxed) => loop {
                 thread::park();
+            },
+            // A blocked caller drives; stay out of its way.
+            None => {
+                idle = 0;
+                thread::park_timeout(Duration::from_micros(50));
             }
-        }
-        {
-            let mut q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
-            std::mem::swap(&mut *q, &mut batch);
-        }
-        let ran = !batch.is_empty();
-        while let Some((t, job)) = batch.pop_front() {
-            on_thread(t, job);
-        }
-        let busy = poll_all();
-        if ran || busy || IN_FLIGHT.load(Ordering::Relaxed) > 0 {
-            idle = 0;
-        } else {
-            idle = idle.saturating_add(1);
-            if idle > 20_000 {
-                // Nothing queued, nothing in flight: sleep until a submit unparks us, but
-                // wake now and then for SPDK's timed pollers.
-                thread::park_timeout(Duration::from_millis(1));
-            } else if idle > 2_000 {
-                thread::yield_now();
+            Some(true) => idle = 0,
+            Some(false) if IN_FLIGHT.load(Ordering::Relaxed) > 0 => idle = 0,
+            Some(false) => {
+                idle = idle.saturating_add(1);
+                if idle > 20_000 {
+                    // Nothing queued, nothing in flight: sleep until a submit unparks us,
+                    // but wake now and then for SPDK's timed pollers.
+                    thread::park_timeout(Duration::from_millis(1));
+                } else if idle > 2_000 {
+                    thread::yield_now();
+                }
             }
         }
     }
