@@ -197,7 +197,7 @@ fn convert_stats(s: &blobcask::Stats, cluster_size: u64) -> EngineStats {
 }
 
 /// Open (creating if needed) the file or block device at `path` for raw I/O.
-fn open_raw(cfg: &Config, path: &Path, lock: bool, size: u64) -> BenchResult<(FileDevice, bool)> {
+fn open_raw(path: &Path, lock: bool, size: u64) -> BenchResult<(FileDevice, bool)> {
     let opts = FileOptions {
         lock,
         ..FileOptions::default()
@@ -205,7 +205,6 @@ fn open_raw(cfg: &Config, path: &Path, lock: bool, size: u64) -> BenchResult<(Fi
     if path.exists() {
         return Ok((FileDevice::open_with(path, &opts)?, false));
     }
-    let _ = cfg;
     Ok((FileDevice::create_with(path, size, &opts)?, true))
 }
 
@@ -222,7 +221,7 @@ pub fn with_file_device<T>(
         cfg.device_bytes().max(1 << 30)
     };
     let size = want.div_ceil(1 << 20) * (1 << 20);
-    let (dev, created) = open_raw(cfg, path, true, size)?;
+    let (dev, created) = open_raw(path, true, size)?;
     let r = f(&dev);
     drop(dev);
     if created {
@@ -319,8 +318,8 @@ pub fn blobraw(cfg: &Config, path: &Path) -> BenchResult<Vec<RawFigure>> {
         }
     }
     let size = 2 * region + (64 << 20);
-    let (store_dev, _) = open_raw(cfg, path, true, size)?;
-    let (raw_dev, _) = open_raw(cfg, path, false, size)?;
+    let (store_dev, _) = open_raw(path, true, size)?;
+    let (raw_dev, _) = open_raw(path, false, size)?;
     let r = blobraw_on(cfg, store_dev, &raw_dev, raw_dev.size() - region, region);
     drop(raw_dev);
     let _ = std::fs::remove_file(path);

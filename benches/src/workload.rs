@@ -331,12 +331,10 @@ fn merge_results(
 ) -> Outcome {
     let mut ops = 0;
     let mut bytes = 0;
-    let mut found = 0;
     let mut hist: Option<Histogram<u64>> = None;
     for r in results {
         ops += r.ops;
         bytes += r.bytes;
-        found += r.found;
         if let Some(h) = r.hist {
             match hist.as_mut() {
                 Some(acc) => {
@@ -354,7 +352,6 @@ fn merge_results(
         max_us: h.max() as f64 / 1e3,
         mean_us: h.mean() / 1e3,
     });
-    let _ = found;
     Outcome {
         name: name.to_string(),
         ops,

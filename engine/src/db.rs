@@ -837,7 +837,9 @@ impl Db {
                     force_recover: false,
                 },
             ))?
-        } else if opts.create || fresh {
+        } else if fresh || (opts.create && probe.iter().all(|&b| b == 0)) {
+            // Only a new or zeroed device is formatted: a damaged super block of a real store
+            // (one flipped signature bit) must never be mistaken for an empty device.
             pollster::block_on(NativeBlobStore::init(
                 dev,
                 InitOpts {
@@ -846,6 +848,12 @@ impl Db {
                     ..InitOpts::default()
                 },
             ))?
+        } else if opts.create {
+            return Err(Error::NotABlobstore(
+                "the device holds data that is not a blobstore; refusing to format it \
+                 (zero its first 4 KiB to allow formatting, or run `blobcask repair`)"
+                    .into(),
+            ));
         } else {
             return Err(Error::NotABlobstore(
                 "the device holds no blobstore (set create to format it)".into(),

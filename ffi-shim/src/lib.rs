@@ -286,6 +286,14 @@ impl Config {
         ))
     }
 
+    /// JSON that deletes an io_uring bdev.
+    pub fn uring_delete(name: &str) -> Config {
+        Config::Json(format!(
+            r#"{{"subsystems":[{{"subsystem":"bdev","config":[{{"method":"bdev_uring_delete","params":{{"name":{}}}}}]}}]}}"#,
+            json_str(name)
+        ))
+    }
+
     /// JSON that deletes a malloc bdev.
     pub fn malloc_delete(name: &str) -> Config {
         Config::Json(format!(

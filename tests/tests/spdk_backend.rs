@@ -412,6 +412,15 @@ mod with_spdk {
     }
 
     #[test]
+    fn uring_bdev_blobstore_ops() {
+        need_spdk!();
+        let path = tmp("uring-ops.img");
+        sparse_file(&path, 64 * MIB);
+        spdk_roundtrip(SpdkConfig::uring("TestUring0", &path, 4096), "TestUring0");
+        SpdkBlobStore::load_config(&SpdkConfig::uring_delete("TestUring0")).expect("uring delete");
+    }
+
+    #[test]
     fn native_image_opens_under_spdk() {
         need_spdk!();
         let path = tmp("native-to-spdk.img");
