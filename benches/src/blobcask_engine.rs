@@ -23,9 +23,9 @@ fn memory_devices() -> &'static Mutex<HashMap<PathBuf, Arc<MemoryDevice>>> {
     M.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
-/// The blobcask engine under test.
-pub struct Blobcask {
-    db: Db,
+/// The blobcask engine under test, on the native blobstore or (feature `spdk`) on SPDK.
+pub struct Blobcask<S: BlobStore = NativeBlobStore<AnyDevice>> {
+    db: Db<S>,
     label: String,
     cluster_size: u64,
 }
@@ -63,13 +63,7 @@ pub fn options(cfg: &Config, device: DeviceSpec, create: bool) -> BenchResult<Op
 /// Open blobcask at `path` (an image file or block device; ignored for `--backend memory`).
 pub fn open(cfg: &Config, path: &Path, create: bool) -> BenchResult<Box<dyn Engine>> {
     let device = match cfg.backend {
-        Backend::Spdk => {
-            return Err(
-                "--backend spdk: the engine does not expose an SPDK device spec in \
-                        this build (build blobcask with --features spdk once it lands)"
-                    .into(),
-            )
-        }
+        Backend::Spdk => return open_spdk(cfg, path, create),
         Backend::Memory => {
             let mut m = memory_devices().lock().unwrap_or_else(|p| p.into_inner());
             let dev = match (create, m.get(path)) {
@@ -112,7 +106,38 @@ pub fn open(cfg: &Config, path: &Path, create: bool) -> BenchResult<Box<dyn Engi
     }))
 }
 
-impl Engine for Blobcask {
+/// `--backend spdk`: the same image file, as an SPDK aio bdev.
+#[cfg(feature = "spdk")]
+fn open_spdk(cfg: &Config, path: &Path, create: bool) -> BenchResult<Box<dyn Engine>> {
+    use blobcask::blobstore::spdk::SpdkConfig;
+    if create {
+        if path.is_file() {
+            std::fs::remove_file(path)?;
+        }
+        let f = std::fs::File::create(path)?;
+        f.set_len(cfg.device_bytes())?;
+        f.sync_all()?;
+    }
+    let json = match SpdkConfig::aio("BenchAio0", path, 4096) {
+        SpdkConfig::Json(j) => j,
+        SpdkConfig::File(p) => p.display().to_string(),
+    };
+    let o = options(cfg, DeviceSpec::Path(path.to_path_buf()), create)?;
+    let cluster_size = u64::from(o.cluster_size);
+    let db = Db::open_spdk(&json, "BenchAio0", o)?;
+    Ok(Box::new(Blobcask {
+        db,
+        label: "blobcask/spdk-aio".to_string(),
+        cluster_size,
+    }))
+}
+
+#[cfg(not(feature = "spdk"))]
+fn open_spdk(_cfg: &Config, _path: &Path, _create: bool) -> BenchResult<Box<dyn Engine>> {
+    Err("--backend spdk needs the bench built with `--features spdk` (and SPDK installed)".into())
+}
+
+impl<S: BlobStore> Engine for Blobcask<S> {
     fn name(&self) -> String {
         self.label.clone()
     }
