@@ -370,15 +370,11 @@ fn blobstore_crash_random_damage() {
     seed::report("blobstore_crash_random_damage", cases * 4, t0);
 }
 
-/// Known bug (native `store.rs`, `Inner::delete`): the root page is zeroed and flushed before
-/// the in-memory claims (blob id, md pages, clusters) are dropped; if that flush (or a later
-/// write of the delete) fails, the claims stay while the zeroed root is still pending, and the
-/// next successful flush (e.g. `unload`'s) makes it durable under a *clean* super block whose
-/// masks still name the blob: the store then loads but the blob fails to open (md page CRC 0),
-/// and blobcask cannot open the store. The engine no longer unloads after a failure (db.rs),
-/// which hides it there; the blobstore itself still has it.
+/// Was a bug (native `store.rs`, `Inner::delete`): the root page is zeroed and flushed before
+/// the in-memory claims are dropped; if that flush failed, the claims stayed and `unload` wrote
+/// a *clean* super block whose masks still named the blob, whose root was zero. A failed
+/// metadata write now makes unload leave the store dirty, so the next load rebuilds the masks.
 #[test]
-#[ignore = "known bug in the native blobstore's delete error path (see the doc comment)"]
 fn failed_delete_flush_then_unload_keeps_masks_consistent() {
     let dev = Arc::new(SimDevice::new(DEV, 4096, 0).unwrap());
     let store: Store = pollster::block_on(Store::init(

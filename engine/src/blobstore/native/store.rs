@@ -52,6 +52,9 @@ pub(crate) struct MdState {
     pub blobids: Mask,
     pub open: HashMap<BlobId, OpenBlob>,
     pub closed: bool,
+    /// A metadata write failed part-way: the in-memory masks may claim what the disk no
+    /// longer holds, so unload must leave the store dirty for recovery to rebuild them.
+    pub md_failed: bool,
 }
 
 pub(crate) struct OpenBlob {
@@ -152,6 +155,7 @@ impl<D: Device> NativeBlobStore<D> {
             blobids: Mask::new(layout.md_len),
             open: HashMap::new(),
             closed: false,
+            md_failed: false,
         };
         Ok(Self::from_parts(dev, layout, st))
     }
@@ -207,6 +211,7 @@ impl<D: Device> NativeBlobStore<D> {
             blobids,
             open: HashMap::new(),
             closed: false,
+            md_failed: false,
         };
         Ok(Self::from_parts(dev, layout, st))
     }
@@ -383,6 +388,7 @@ impl<D: Device> Inner<D> {
                 // claimed (a leak until the next recovery) and free nothing the old root
                 // may still reference.
                 let mut st = self.st.lock();
+                st.md_failed = true;
                 if let Some(ob) = st.open.get_mut(&id) {
                     ob.released_clusters.extend(plan.released_clusters);
                     ob.released_eps.extend(plan.released_eps);
@@ -1024,6 +1030,15 @@ impl<D: Device> Inner<D> {
             // SPDK deletes read-only blobs too (snapshots); so do we.
         }
         self.mark_dirty_if_needed().await?;
+        let res = self.delete_io(&md, &chain).await;
+        if res.is_err() {
+            self.st.lock().md_failed = true;
+        }
+        res
+    }
+
+    /// The device side of a delete, then the release of its claims.
+    async fn delete_io(&self, md: &BlobMd, chain: &[u32]) -> Result<()> {
         let l = &self.layout;
         let zero = vec![0u8; l.md_page_size as usize];
         self.dev.write(l.md_offset(chain[0]), &zero).await?;
@@ -1073,9 +1088,16 @@ impl<D: Device> Inner<D> {
         let _g = self.gate.lock().await;
         self.check_open()?;
         let (m, c, b) = {
-            let st = self.st.lock();
+            let mut st = self.st.lock();
             if !st.open.is_empty() {
                 return Err(Error::Busy(format!("{} blobs are open", st.open.len())));
+            }
+            if st.md_failed {
+                // Masks from memory could name a blob whose root is already gone: stay
+                // dirty, so the next load rebuilds them from what the md pages say.
+                log::warn!("blobstore: an earlier metadata write failed; unloading dirty");
+                st.closed = true;
+                return Ok(());
             }
             (st.md_pages.clone(), st.clusters.clone(), st.blobids.clone())
         };
