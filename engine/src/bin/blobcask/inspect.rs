@@ -473,16 +473,11 @@ pub fn repair(path: &Path, output: Option<&Path>) -> CliResult {
     }
     opts.sync = blobcask::SyncPolicy::Never;
     let db = blobcask::Db::open(opts)?;
-    let mut batch = blobcask::WriteBatch::new();
+    let mut batch = crate::Batched::new(&db);
     for (k, v) in &rep.live {
-        batch.put(k, v);
-        if batch.len() >= 256 {
-            db.write_batch(std::mem::take(&mut batch))?;
-        }
+        batch.put(k, v)?;
     }
-    if !batch.is_empty() {
-        db.write_batch(batch)?;
-    }
+    batch.finish()?;
     db.sync()?;
     db.close()?;
     std::fs::remove_file(&backup)?;

@@ -333,7 +333,7 @@ fn load(store: &StoreArgs, input: &str) -> CliResult {
         None => spinner("loading"),
     };
     let db = open(store)?;
-    let mut batch = blobcask::WriteBatch::new();
+    let mut batch = Batched::new(&db);
     let mut count = 0u64;
     for (n, line) in reader.lines().enumerate() {
         let line = line?;
@@ -343,20 +343,45 @@ fn load(store: &StoreArgs, input: &str) -> CliResult {
         }
         let (k, v) = tsv::split_line(&line)
             .map_err(|e| blobcask::Error::invalid(format!("{input}:{}: {e}", n + 1)))?;
-        batch.put(&k, &v);
+        batch.put(&k, &v)?;
         count += 1;
-        if batch.len() >= 256 {
-            db.write_batch(std::mem::take(&mut batch))?;
-        }
     }
-    if !batch.is_empty() {
-        db.write_batch(batch)?;
-    }
+    batch.finish()?;
     db.sync()?;
     db.close()?;
     bar.finish_and_clear();
     println!("loaded {count} records");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Bulk writes in batches of 256 records, one group commit each.
+pub struct Batched<'a> {
+    db: &'a Db,
+    batch: blobcask::WriteBatch,
+}
+
+impl<'a> Batched<'a> {
+    pub fn new(db: &'a Db) -> Self {
+        Batched {
+            db,
+            batch: blobcask::WriteBatch::new(),
+        }
+    }
+
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), blobcask::Error> {
+        self.batch.put(key, value);
+        if self.batch.len() >= 256 {
+            self.db.write_batch(std::mem::take(&mut self.batch))?;
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) -> Result<(), blobcask::Error> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.db.write_batch(self.batch)
+    }
 }
 
 fn spinner(msg: &'static str) -> ProgressBar {
