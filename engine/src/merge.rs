@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::blobstore::{BlobStore, CreateOpts, IoChannel as _};
+use crate::blobstore::{BlobStore, IoChannel as _};
 use crate::db::{record_len, BlobEntry, BlobHandle, Core, LOC_BATCH_BIT};
 use crate::device::AlignedBuf;
 use crate::error::{Error, Result};
@@ -286,12 +286,7 @@ fn merge_inputs<S: BlobStore>(
     xattrs.push((X_INPUTS.into(), seqs));
     // One cluster to start with: a merge is what frees space on a full store.
     let clusters = 1;
-    let id = store.block_on(store.create(CreateOpts {
-        num_clusters: clusters,
-        xattrs,
-        use_extent_table: false,
-        ..CreateOpts::default()
-    }))?;
+    let id = recovery::create_blob(store, clusters, xattrs)?;
     let blob = store.block_on(store.open(id))?;
     let handle = Arc::new(BlobHandle {
         blob,

@@ -52,6 +52,20 @@ pub(crate) const ROLE_HINT: &[u8] = b"hint";
 pub(crate) const ROLE_SNAPSHOT: &[u8] = b"snapshot";
 const ROLE_SUPER: &[u8] = b"super";
 
+/// Create an engine blob: run-length extents in the root page (see [`data_xattrs`]).
+pub(crate) fn create_blob<S: BlobStore>(
+    store: &S,
+    clusters: u64,
+    xattrs: Vec<(String, Vec<u8>)>,
+) -> Result<BlobId> {
+    store.block_on(store.create(CreateOpts {
+        num_clusters: clusters,
+        xattrs,
+        use_extent_table: false,
+        ..CreateOpts::default()
+    }))
+}
+
 /// Xattrs of a new data blob.
 /// Engine blobs use run-length extents in the root page (`use_extent_table: false`): one md
 /// page per blob instead of two, which matters on small stores where md pages run out first.
@@ -675,12 +689,7 @@ pub(crate) fn write_hint_blob<S: BlobStore>(
     if role == ROLE_HINT {
         xattrs.push((X_FOR.to_string(), for_seq.to_le_bytes().to_vec()));
     }
-    let id = store.block_on(store.create(CreateOpts {
-        num_clusters: clusters,
-        xattrs,
-        use_extent_table: false,
-        ..CreateOpts::default()
-    }))?;
+    let id = create_blob(store, clusters, xattrs)?;
     let blob = store.block_on(store.open(id))?;
     let iou = core.cfg.io_unit;
     let res = (|| {

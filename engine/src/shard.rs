@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
-use crate::blobstore::{BlobStore, CreateOpts, IoChannel as _};
+use crate::blobstore::{BlobStore, IoChannel as _};
 use crate::db::{record_len, BlobEntry, BlobHandle, Core, Index, LOC_BATCH_BIT};
 use crate::device::AlignedBuf;
 use crate::error::{Error, Result};
@@ -578,12 +578,11 @@ impl<S: BlobStore> Shard<S> {
         let max_cl = cfg.max_blob_size.div_ceil(cfg.cluster);
         let clusters = cfg.lease_clusters.min(max_cl).max(1);
         let create = |n: u64| {
-            core.store.block_on(core.store.create(CreateOpts {
-                num_clusters: n,
-                xattrs: crate::recovery::data_xattrs(self.id, seq, salt),
-                use_extent_table: false,
-                ..CreateOpts::default()
-            }))
+            crate::recovery::create_blob(
+                &core.store,
+                n,
+                crate::recovery::data_xattrs(self.id, seq, salt),
+            )
         };
         // A nearly full store still takes a blob of one cluster.
         self.check_reserve(1)?;
