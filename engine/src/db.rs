@@ -797,8 +797,6 @@ impl<S: BlobStore> Drop for Inner<S> {
 impl Db {
     /// Open (or, with `create`, format) a store on the native blobstore.
     pub fn open(mut opts: Options) -> Result<Db> {
-        use crate::blobstore::native::NativeBlobStore;
-        use crate::blobstore::{Bstype, InitOpts, LoadOpts};
         use crate::device::{AnyDevice, Device};
 
         opts.validate()?;
@@ -821,46 +819,62 @@ impl Db {
             DeviceSpec::Device(d) => (d, false),
         };
         let io_path = dev.io_path();
-        let bstype = Bstype::new(&opts.bstype)?;
-        let mut probe = AlignedBuf::zeroed(dev.block_size().max(4096) as usize);
-        // A failed probe read is an error, never a reason to format: with `create` that
-        // would wipe an existing store.
-        let formatted = dev.size() >= probe.len() as u64 && {
-            pollster::block_on(dev.read(0, &mut probe))?;
-            probe[..8] == crate::blobstore::native::superblock::SIGNATURE
-        };
-        let store = if formatted && !fresh {
-            pollster::block_on(NativeBlobStore::load(
-                dev,
-                LoadOpts {
-                    bstype,
-                    force_recover: false,
-                },
-            ))?
-        } else if fresh || (opts.create && probe.iter().all(|&b| b == 0)) {
-            // Only a new or zeroed device is formatted: a damaged super block of a real store
-            // (one flipped signature bit) must never be mistaken for an empty device.
-            pollster::block_on(NativeBlobStore::init(
-                dev,
-                InitOpts {
-                    cluster_size: opts.cluster_size,
-                    bstype,
-                    ..InitOpts::default()
-                },
-            ))?
-        } else if opts.create {
-            return Err(Error::NotABlobstore(
-                "the device holds data that is not a blobstore; refusing to format it \
-                 (zero its first 4 KiB to allow formatting, or run `blobcask repair`)"
-                    .into(),
-            ));
-        } else {
-            return Err(Error::NotABlobstore(
-                "the device holds no blobstore (set create to format it)".into(),
-            ));
-        };
+        let store = native_store(dev, fresh, &opts)?;
         crate::recovery::open_store(store, opts, io_path)
     }
+}
+
+/// Load the native blobstore on `dev`, or format it when `fresh` (a device just made) or when
+/// `opts.create` is set and the device is all zeroes at its start. Anything else that holds
+/// no blobstore is refused: a damaged super block must never be mistaken for an empty device.
+pub fn native_store(
+    dev: crate::device::AnyDevice,
+    fresh: bool,
+    opts: &Options,
+) -> Result<crate::blobstore::native::NativeBlobStore<crate::device::AnyDevice>> {
+    use crate::blobstore::native::NativeBlobStore;
+    use crate::blobstore::{Bstype, InitOpts, LoadOpts};
+    use crate::device::Device;
+
+    let bstype = Bstype::new(&opts.bstype)?;
+    let mut probe = AlignedBuf::zeroed(dev.block_size().max(4096) as usize);
+    // A failed probe read is an error, never a reason to format: with `create` that
+    // would wipe an existing store.
+    let formatted = dev.size() >= probe.len() as u64 && {
+        pollster::block_on(dev.read(0, &mut probe))?;
+        probe[..8] == crate::blobstore::native::superblock::SIGNATURE
+    };
+    let store = if formatted && !fresh {
+        pollster::block_on(NativeBlobStore::load(
+            dev,
+            LoadOpts {
+                bstype,
+                force_recover: false,
+            },
+        ))?
+    } else if fresh || (opts.create && probe.iter().all(|&b| b == 0)) {
+        // Only a new or zeroed device is formatted: a damaged super block of a real store
+        // (one flipped signature bit) must never be mistaken for an empty device.
+        pollster::block_on(NativeBlobStore::init(
+            dev,
+            InitOpts {
+                cluster_size: opts.cluster_size,
+                bstype,
+                ..InitOpts::default()
+            },
+        ))?
+    } else if opts.create {
+        return Err(Error::NotABlobstore(
+            "the device holds data that is not a blobstore; refusing to format it \
+                 (zero its first 4 KiB to allow formatting, or run `blobcask repair`)"
+                .into(),
+        ));
+    } else {
+        return Err(Error::NotABlobstore(
+            "the device holds no blobstore (set create to format it)".into(),
+        ));
+    };
+    Ok(store)
 }
 
 impl<S: BlobStore> Db<S> {

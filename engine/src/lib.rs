@@ -17,7 +17,7 @@ mod shard;
 mod stats;
 
 pub use db::{
-    BlobRole, BlobStats, Db, DeviceSpec, MergeOptions, Options, ShardStats, Stats, SyncPolicy,
-    WriteBatch,
+    native_store, BlobRole, BlobStats, Db, DeviceSpec, MergeOptions, Options, ShardStats, Stats,
+    SyncPolicy, WriteBatch,
 };
 pub use error::{Error, Result};

@@ -81,11 +81,13 @@ fn run<S: BlobStore>(core: Arc<Core<S>>, rx: Receiver<Msg>) {
         Ok(c) => c,
         Err(e) => {
             log::error!("blobcask: merge worker has no I/O channel: {e}");
+            // Serve until told to stop: `stop` waits for this thread.
             for m in rx {
-                if let Msg::MergeAll(r) = m {
-                    r.send(Err(Error::Unsupported(
+                match m {
+                    Msg::MergeAll(r) => r.send(Err(Error::Unsupported(
                         "merge worker has no channel".into(),
-                    )));
+                    ))),
+                    Msg::Stop => return,
                 }
             }
             return;

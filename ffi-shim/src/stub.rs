@@ -176,6 +176,10 @@ impl Blobstore {
     pub async fn unload(&self) -> Result<()> {
         match self.0 {}
     }
+    /// Forget without unloading.
+    pub fn abandon(&self) {
+        match self.0 {}
+    }
 }
 
 impl Blob {

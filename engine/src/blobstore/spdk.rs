@@ -191,6 +191,14 @@ impl SpdkBlobStore {
         self.bs.bdev_name()
     }
 
+    /// Forget the store without unloading it, as a killed process would (for crash tests):
+    /// the bdev keeps what the last completed I/O wrote, and loading it again runs SPDK's
+    /// recovery. Every later call on this store fails with [`Error::Closed`]. Let in-flight
+    /// I/O finish first.
+    pub fn abandon(&self) {
+        self.bs.abandon();
+    }
+
     /// Run the RPCs of a JSON config in the running SPDK (create or delete bdevs).
     pub fn load_config(config: &SpdkConfig) -> Result<()> {
         let env =

@@ -687,6 +687,19 @@ impl Blobstore {
         }
         check("spdk_bs_unload", done.rc)
     }
+
+    /// Forget the store without unloading it, as a process killed now would: the SPDK
+    /// blobstore and its descriptors are leaked on purpose, nothing more is written through
+    /// this handle (every later call fails with [`Error::Unloaded`]), and the bdev keeps
+    /// what the last completed I/O left there. Loading the bdev again runs SPDK's dirty
+    /// recovery. For crash tests; the caller must let in-flight I/O finish first.
+    pub fn abandon(&self) {
+        // Leaked, not freed: channels and blob handles of this store may still point into it.
+        self.inner.bs.store(std::ptr::null_mut(), Ordering::Release);
+        self.inner
+            .flush_desc
+            .store(std::ptr::null_mut(), Ordering::Release);
+    }
 }
 
 impl Blob {
