@@ -130,7 +130,7 @@ mod with_spdk {
 
     use blobcask::blobstore::native::superblock::SuperBlock;
     use blobcask::blobstore::spdk::{SpdkBlobStore, SpdkConfig, SpdkEnvOpts, SpdkStart};
-    use blobcask::blobstore::{BlobStore, Bstype, InitOpts, LoadOpts};
+    use blobcask::blobstore::{BlobStore, InitOpts};
     use blobcask::device::IoPath;
     use blobcask::{Options, Result};
 
@@ -175,22 +175,7 @@ mod with_spdk {
 
     impl Bdev {
         fn load(&self, opts: &Options) -> Result<SpdkBlobStore> {
-            let bstype = Bstype::new(&opts.bstype)?;
-            let init = opts.create.then(|| InitOpts {
-                cluster_size: opts.cluster_size,
-                bstype,
-                ..InitOpts::default()
-            });
-            let s = SpdkBlobStore::open_or_init(
-                &SpdkEnvOpts::default(),
-                &self.config,
-                &self.name,
-                LoadOpts {
-                    bstype,
-                    force_recover: false,
-                },
-                init,
-            )?;
+            let s = SpdkBlobStore::load_for(&self.config, &self.name, opts)?;
             *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) = Some(s.clone());
             Ok(s)
         }

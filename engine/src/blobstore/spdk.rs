@@ -212,23 +212,31 @@ impl crate::Db<SpdkBlobStore> {
     /// `config` (JSON text or a path, SPDK `save_config` format) unless it exists already.
     /// `opts.device` and `opts.device_size` are ignored: the bdev is the device.
     pub fn open_spdk(config: &str, bdev: &str, opts: crate::Options) -> Result<Self> {
+        let store = SpdkBlobStore::load_for(&SpdkConfig::parse(config), bdev, &opts)?;
+        crate::Db::open_on(store, opts, crate::device::IoPath::Spdk)
+    }
+}
+
+impl SpdkBlobStore {
+    /// Load the blobstore on `bdev` as `Db::open_spdk` does: with `opts.bstype`, formatting
+    /// it with `opts.cluster_size` if it holds none and `opts.create` is set.
+    pub fn load_for(config: &SpdkConfig, bdev: &str, opts: &crate::Options) -> Result<Self> {
         let bstype = Bstype::new(&opts.bstype)?;
         let init = opts.create.then(|| InitOpts {
             cluster_size: opts.cluster_size,
             bstype,
             ..InitOpts::default()
         });
-        let store = SpdkBlobStore::open_or_init(
+        SpdkBlobStore::open_or_init(
             &SpdkEnvOpts::default(),
-            &SpdkConfig::parse(config),
+            config,
             bdev,
             LoadOpts {
                 bstype,
                 force_recover: false,
             },
             init,
-        )?;
-        crate::Db::open_on(store, opts, crate::device::IoPath::Spdk)
+        )
     }
 }
 
