@@ -458,21 +458,30 @@ fn open_fd(path: &Path, direct: bool, read_only: bool) -> Result<(File, bool)> {
     Ok((f, false))
 }
 
+/// How long a held lock is retried before `Locked`: a handle closed a moment ago may still be
+/// pinned by io_uring's deferred file release, which the kernel finishes within milliseconds.
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
 fn lock_file(file: &File, path: &Path, shared: bool) -> Result<()> {
     let mode = if shared { libc::LOCK_SH } else { libc::LOCK_EX };
-    // SAFETY: flock only takes integers; the fd is owned by `file`.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), mode | libc::LOCK_NB) };
-    if rc == 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Err(Error::Locked(format!(
-            "{} is already open (exclusive flock held by another process or handle)",
-            path.display()
-        )))
-    } else {
-        Err(io_ctx(path, "flock", e))
+    let t0 = std::time::Instant::now();
+    loop {
+        // SAFETY: flock only takes integers; the fd is owned by `file`.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), mode | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(io_ctx(path, "flock", e));
+        }
+        if t0.elapsed() >= LOCK_RETRY {
+            return Err(Error::Locked(format!(
+                "{} is already open (exclusive flock held by another process or handle)",
+                path.display()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 
