@@ -20,9 +20,11 @@ use rand_chacha::ChaCha8Rng;
 use crate::backend::{Backend, Rig, RigDb};
 
 const MIB: u64 = 1 << 20;
-const SHARDS: usize = 2;
+/// Shards of every suite store.
+pub const SHARDS: usize = 2;
 
-type Model = HashMap<Vec<u8>, Vec<u8>>;
+/// Expected contents: key to value.
+pub type Model = HashMap<Vec<u8>, Vec<u8>>;
 
 /// The suites' options: small clusters and blobs so rotation and merge happen often.
 pub fn opts(sync: SyncPolicy) -> Options {
@@ -38,7 +40,8 @@ pub fn opts(sync: SyncPolicy) -> Options {
     o
 }
 
-fn state<S: BlobStore>(db: &Db<S>) -> Model {
+/// Everything the store holds.
+pub fn state<S: BlobStore>(db: &Db<S>) -> Model {
     db.fold(Model::new(), |mut m, k, v| {
         m.insert(k.to_vec(), v.to_vec());
         m
@@ -46,12 +49,13 @@ fn state<S: BlobStore>(db: &Db<S>) -> Model {
     .expect("fold")
 }
 
-fn shard_of(k: &[u8]) -> usize {
+/// The shard of `k` in a [`SHARDS`]-shard store.
+pub fn shard_of(k: &[u8]) -> usize {
     (hash_key(k) % SHARDS as u64) as usize
 }
 
 /// A value naming its key and version, of a random length.
-fn value(rng: &mut ChaCha8Rng, key: &[u8], n: u32) -> Vec<u8> {
+pub fn value(rng: &mut ChaCha8Rng, key: &[u8], n: u32) -> Vec<u8> {
     let len = rng.gen_range(0..3000);
     let mut v = key.to_vec();
     v.extend_from_slice(&n.to_le_bytes());
@@ -281,17 +285,13 @@ pub fn concurrent_writers_readers_and_merges_match_the_model<B: Backend>(mk: imp
         let merger = {
             let db = db.clone();
             let (stop, merging) = (&stop, &merging);
-            s.spawn(move || {
-                let mut merges = 0;
-                loop {
-                    merging.store(true, Ordering::Release);
-                    db.merge().unwrap();
-                    merges += 1;
-                    if stop.load(Ordering::Relaxed) {
-                        break merges;
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
+            s.spawn(move || loop {
+                merging.store(true, Ordering::Release);
+                db.merge().unwrap();
+                if stop.load(Ordering::Relaxed) {
+                    break;
                 }
+                std::thread::sleep(Duration::from_millis(10));
             })
         };
         // The writers start once the first merge has, so merges overlap the load however

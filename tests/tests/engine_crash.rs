@@ -2,16 +2,13 @@
 //! per-shard prefix, batches all-or-nothing, no resurrected deletes, crash inside merge.
 //! Every failure prints its seed.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use blobcask::device::SimDevice;
-use blobcask::keydir::hash_key;
 use blobcask::{Db, DeviceSpec, Options, SyncPolicy, WriteBatch};
+use blobcask_tests::suite::{shard_of, state, value, Model, SHARDS};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-
-const SHARDS: usize = 2;
 
 fn opts(dev: &Arc<SimDevice>, sync: SyncPolicy) -> Options {
     let mut o = Options::new(DeviceSpec::Sim(dev.clone()));
@@ -28,28 +25,6 @@ fn opts(dev: &Arc<SimDevice>, sync: SyncPolicy) -> Options {
 
 fn sim(seed: u64) -> Arc<SimDevice> {
     Arc::new(SimDevice::new(8 << 20, 4096, seed).unwrap())
-}
-
-type Model = HashMap<Vec<u8>, Vec<u8>>;
-
-fn state(db: &Db) -> Model {
-    db.fold(Model::new(), |mut m, k, v| {
-        m.insert(k.to_vec(), v.to_vec());
-        m
-    })
-    .unwrap()
-}
-
-fn shard_of(k: &[u8]) -> usize {
-    (hash_key(k) % SHARDS as u64) as usize
-}
-
-fn value(rng: &mut ChaCha8Rng, key: &[u8], n: u32) -> Vec<u8> {
-    let len = rng.gen_range(0..3000);
-    let mut v = key.to_vec();
-    v.extend_from_slice(&n.to_le_bytes());
-    v.resize(len.max(v.len()), n as u8);
-    v
 }
 
 fn crash_and_reopen(dev: &Arc<SimDevice>, db: Db, sync: SyncPolicy) -> (Arc<SimDevice>, Db) {
