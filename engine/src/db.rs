@@ -180,6 +180,8 @@ pub(crate) struct Config {
     pub lease_clusters: u64,
     /// Clusters puts leave free for deletes and merge (see `Shard::check_reserve`).
     pub merge_reserve: u64,
+    /// Opened read-only: writes are refused and close writes nothing.
+    pub read_only: bool,
 }
 
 /// State shared by the handle, the shard threads and the merge worker.
@@ -322,6 +324,9 @@ impl<S: BlobStore> Db<S> {
 
     fn check_writable(&self) -> Result<()> {
         self.check_open()?;
+        if self.core().cfg.read_only {
+            return Err(Error::ReadOnly("the store is open read-only".into()));
+        }
         if self.core().poisoned.load(Ordering::Acquire) {
             return Err(Error::Poisoned);
         }
@@ -773,6 +778,8 @@ impl<S: BlobStore> Inner<S> {
             // next load rebuilds the masks from the md pages (crash semantics).
             log::error!("blobcask: closing without a clean unload after a failure");
             first_err.get_or_insert(Error::Poisoned);
+        } else if core.cfg.read_only {
+            // Nothing to persist: the blobstore stays exactly as it was loaded.
         } else if let Err(e) = crate::recovery::close_all(core) {
             first_err.get_or_insert(e);
         }
@@ -802,6 +809,13 @@ impl Db {
         opts.validate()?;
         let spec = std::mem::replace(&mut opts.device, DeviceSpec::Memory { size: 0 });
         let (dev, fresh) = match spec {
+            DeviceSpec::Path(p) if opts.read_only => {
+                let fo = crate::device::FileOptions {
+                    read_only: true,
+                    ..Default::default()
+                };
+                (AnyDevice::open_path_with(&p, &fo)?, false)
+            }
             DeviceSpec::Path(p) => {
                 if p.exists() {
                     (AnyDevice::open_path(&p)?, false)
@@ -821,6 +835,13 @@ impl Db {
         let io_path = dev.io_path();
         let store = native_store(dev, fresh, &opts)?;
         crate::recovery::open_store(store, opts, io_path)
+    }
+
+    /// Open an existing store for reading only (see [`Options::read_only`]).
+    pub fn open_read_only(mut opts: Options) -> Result<Db> {
+        opts.read_only = true;
+        opts.create = false;
+        Db::open(opts)
     }
 }
 
@@ -844,6 +865,11 @@ pub fn native_store(
         pollster::block_on(dev.read(0, &mut probe))?;
         probe[..8] == crate::blobstore::native::superblock::SIGNATURE
     };
+    if opts.read_only && !(formatted && !fresh) {
+        return Err(Error::NotABlobstore(
+            "the device holds no blobstore (a read-only open never formats)".into(),
+        ));
+    }
     let store = if formatted && !fresh {
         pollster::block_on(NativeBlobStore::load(
             dev,

@@ -214,13 +214,20 @@ pub fn check<D: Device>(open: impl Fn() -> Result<D>) -> Result<CheckReport> {
             return Ok(rep);
         }
     };
-    let rebuilt = pollster::block_on(NativeBlobStore::load(
+    let rebuilt = match pollster::block_on(NativeBlobStore::load(
         Overlay::new(open()?),
         LoadOpts {
             force_recover: true,
             ..LoadOpts::default()
         },
-    ))?;
+    )) {
+        Ok(s) => s,
+        Err(e) => {
+            rep.problems
+                .push(format!("the metadata pages do not recover: {e}"));
+            return Ok(rep);
+        }
+    };
     let mut sb = vec![0u8; 4096];
     pollster::block_on(normal.device().base().read(0, &mut sb))?;
     rep.clean_shutdown = crate::blobstore::native::superblock::SuperBlock::decode(&sb)?.is_clean();
@@ -370,7 +377,7 @@ pub struct SalvageReport {
 /// Every readable record of the store on `dev` (loaded over an overlay, so nothing is
 /// written), folded into the live key set.
 pub fn salvage<D: Device>(dev: D) -> Result<SalvageReport> {
-    let store = pollster::block_on(NativeBlobStore::load(
+    let store = pollster::block_on(NativeBlobStore::load_salvage(
         Overlay::new(dev),
         LoadOpts {
             force_recover: true,

@@ -91,6 +91,10 @@ pub struct Options {
     pub cache_bytes: usize,
     /// Blobstore type tag (at most 16 bytes).
     pub bstype: String,
+    /// Open for reading only: an image file is opened `O_RDONLY` under a shared lock, recovery
+    /// runs in memory only, and every write (put, delete, batch, sync, merge) fails
+    /// [`Error::ReadOnly`]. Nothing reaches the device, not even at close.
+    pub read_only: bool,
 }
 
 impl Default for Options {
@@ -110,6 +114,7 @@ impl Default for Options {
             max_value_size: 16 << 20,
             cache_bytes: 64 << 20,
             bstype: "BLOBCASK".to_string(),
+            read_only: false,
         }
     }
 }

@@ -1,18 +1,24 @@
 //! Open and close: the catalog of blobs (by xattrs), merge roll-back/roll-forward, keydir
 //! rebuild from hints or by scanning, and the close-time keydir snapshot.
 //!
-//! Open, in order:
-//! 1. the super blob (role `super`) gives the shard count; its `bc.epoch` is bumped so batch ids
-//!    of this run never collide with an earlier run's;
-//! 2. every blob is classified by `bc.role`; a merge output still `pending` is deleted (the
-//!    merge never committed: pre-merge state), one that is `done` deletes whatever of its inputs
-//!    survived (post-merge state);
+//! Open runs in two phases so that a failed open writes nothing.
+//!
+//! **Read and validate** (no device write):
+//! 1. the super blob (role `super`) gives the shard count and the epoch of the last run;
+//! 2. every blob is classified by `bc.role`; merge settlement is *decided*: a merge output
+//!    still `pending` is doomed (the merge never committed: pre-merge state), one that is `done`
+//!    dooms whatever of its inputs survived (post-merge state); hints of doomed blobs too;
 //! 3. each shard rebuilds its keydir, in parallel: from its newest valid keydir snapshot (all of
 //!    whose blobs still exist) plus the blobs written after it, or else blob by blob from a
 //!    valid merge hint or by scanning up to the first bad record. Records apply by seq (newest
 //!    wins; deletes are remembered until the end). Batch members wait in a side list;
-//! 4. members whose batch has a commit record in any shard are applied;
-//! 5. every blob is sealed: shrunk to the clusters that hold records (returning the unused part
+//! 4. members whose batch has a commit record in any shard are applied.
+//!
+//! **Commit** (only once every step above succeeded; skipped by a read-only open):
+//! 5. the super blob's `bc.epoch` is bumped so batch ids of this run never collide with an
+//!    earlier run's (or the super blob is created on a new store);
+//! 6. doomed merge blobs and superseded hints are deleted;
+//! 7. every blob is sealed: shrunk to the clusters that hold records (returning the unused part
 //!    of a free-space lease); empty ones are deleted. The next write starts a new blob.
 
 use std::collections::{HashMap, HashSet};
@@ -140,57 +146,78 @@ fn close_and_delete<S: BlobStore>(store: &S, blob: S::Blob) -> Result<()> {
     store.block_on(store.delete(id))
 }
 
-/// Read or create the super blob; returns (shards, epoch of this run).
-fn open_super<S: BlobStore>(store: &S, opts: &Options) -> Result<(usize, u64)> {
-    if let Some(id) = store.super_blob() {
-        let blob = store.block_on(store.open(id))?;
-        let role = store.block_on(store.get_xattr(&blob, X_ROLE))?;
-        let x = |n: &str| store.block_on(store.get_xattr(&blob, n));
-        let format = le_u32(&x(X_FORMAT)?);
-        let shards = le_u32(&x(X_SHARDS)?);
-        let epoch = le_u64(&x(X_EPOCH)?).unwrap_or(0) + 1;
-        let res = match (role.as_deref(), format, shards) {
-            (Some(ROLE_SUPER), Some(FORMAT_VERSION), Some(n)) if n >= 1 => {
-                store.block_on(store.set_xattr(&blob, X_EPOCH, &epoch.to_le_bytes()))?;
-                store.block_on(store.sync_md(&blob))?;
-                Ok((n as usize, epoch))
-            }
-            (Some(ROLE_SUPER), f, _) => Err(Error::Unsupported(format!(
-                "blobcask format {f:?}, this build reads {FORMAT_VERSION}"
-            ))),
-            _ => Err(Error::invalid(
-                "the blobstore's super blob is not a blobcask super blob",
-            )),
-        };
-        store.block_on(store.close(blob))?;
-        if let Ok((n, _)) = res {
-            if n != opts.shards {
+/// What the super blob says; `id` is `None` on a new store (the commit phase creates it).
+struct SuperInfo {
+    id: Option<BlobId>,
+    shards: usize,
+    /// The epoch of this run (the stored one + 1).
+    epoch: u64,
+}
+
+/// Read the super blob, writing nothing.
+fn read_super<S: BlobStore>(store: &S, opts: &Options) -> Result<SuperInfo> {
+    let Some(id) = store.super_blob() else {
+        if !store.block_on(store.blob_ids())?.is_empty() {
+            return Err(Error::invalid(
+                "the blobstore holds blobs but no blobcask super blob (a foreign store?)",
+            ));
+        }
+        return Ok(SuperInfo {
+            id: None,
+            shards: opts.shards,
+            epoch: 1,
+        });
+    };
+    let blob = store.block_on(store.open(id))?;
+    let x = |n: &str| store.block_on(store.get_xattr(&blob, n));
+    let read = (|| Ok::<_, Error>((x(X_ROLE)?, le_u32(&x(X_FORMAT)?), le_u32(&x(X_SHARDS)?), le_u64(&x(X_EPOCH)?))))();
+    store.block_on(store.close(blob))?;
+    let (role, format, shards, epoch) = read?;
+    match (role.as_deref(), format, shards) {
+        (Some(ROLE_SUPER), Some(FORMAT_VERSION), Some(n)) if n >= 1 => {
+            if n as usize != opts.shards {
                 log::info!(
                     "blobcask: store was created with {n} shards; using {n}, not {}",
                     opts.shards
                 );
             }
+            Ok(SuperInfo {
+                id: Some(id),
+                shards: n as usize,
+                epoch: epoch.unwrap_or(0) + 1,
+            })
         }
-        return res;
+        (Some(ROLE_SUPER), f, _) => Err(Error::Unsupported(format!(
+            "blobcask format {f:?}, this build reads {FORMAT_VERSION}"
+        ))),
+        _ => Err(Error::invalid(
+            "the blobstore's super blob is not a blobcask super blob",
+        )),
     }
-    if !store.block_on(store.blob_ids())?.is_empty() {
-        return Err(Error::invalid(
-            "the blobstore holds blobs but no blobcask super blob (a foreign store?)",
-        ));
+}
+
+/// Commit phase: record this run's epoch, or create the super blob of a new store.
+fn commit_super<S: BlobStore>(store: &S, sup: &SuperInfo) -> Result<()> {
+    if let Some(id) = sup.id {
+        let blob = store.block_on(store.open(id))?;
+        let res = store
+            .block_on(store.set_xattr(&blob, X_EPOCH, &sup.epoch.to_le_bytes()))
+            .and_then(|()| store.block_on(store.sync_md(&blob)));
+        store.block_on(store.close(blob))?;
+        return res;
     }
     let id = store.block_on(store.create(CreateOpts {
         num_clusters: 0,
         xattrs: vec![
             (X_ROLE.into(), ROLE_SUPER.to_vec()),
             (X_FORMAT.into(), FORMAT_VERSION.to_le_bytes().to_vec()),
-            (X_SHARDS.into(), (opts.shards as u32).to_le_bytes().to_vec()),
-            (X_EPOCH.into(), 1u64.to_le_bytes().to_vec()),
+            (X_SHARDS.into(), (sup.shards as u32).to_le_bytes().to_vec()),
+            (X_EPOCH.into(), sup.epoch.to_le_bytes().to_vec()),
         ],
         use_extent_table: false,
         ..CreateOpts::default()
     }))?;
-    store.block_on(store.set_super(id))?;
-    Ok((opts.shards, 1))
+    store.block_on(store.set_super(id))
 }
 
 /// Per-shard output of phase 1.
@@ -203,6 +230,8 @@ struct Rebuilt<S: BlobStore> {
     max_blob_seq: u64,
     hints: HashMap<u64, BlobId>,
     snapshots: Vec<BlobId>,
+    /// Older hints of a blob that has a newer one: deleted by the commit phase.
+    superseded: Vec<S::Blob>,
 }
 
 /// A batch member found by a scan, applied only if its batch committed.
@@ -217,7 +246,8 @@ struct Member {
 pub(crate) fn open_store<S: BlobStore>(store: S, opts: Options, io_path: IoPath) -> Result<Db<S>> {
     opts.validate()?;
     let t0 = Instant::now();
-    let (shards, epoch) = open_super(&store, &opts)?;
+    let sup = read_super(&store, &opts)?;
+    let (shards, epoch) = (sup.shards, sup.epoch);
     let cluster = u64::from(store.cluster_size());
     let io_unit = u64::from(store.io_unit_size());
     let max_blob_size = opts.max_blob_size.max(cluster);
@@ -233,6 +263,7 @@ pub(crate) fn open_store<S: BlobStore>(store: S, opts: Options, io_path: IoPath)
         cluster,
         lease_clusters: ((4u64 << 20) / cluster).clamp(1, 16),
         merge_reserve: (store.total_data_clusters() / 32).max(4),
+        read_only: opts.read_only,
     };
 
     // Catalog.
@@ -250,7 +281,7 @@ pub(crate) fn open_store<S: BlobStore>(store: S, opts: Options, io_path: IoPath)
             store.block_on(store.close(m.blob))?;
         }
     }
-    let metas = settle_merges(&store, metas)?;
+    let (metas, doomed) = settle_merges(metas);
 
     // Phase 1: per-shard rebuild, in parallel.
     let mut per_shard: Vec<Vec<Meta<S>>> = (0..shards).map(|_| Vec::new()).collect();
@@ -274,7 +305,7 @@ pub(crate) fn open_store<S: BlobStore>(store: S, opts: Options, io_path: IoPath)
     });
     let mut rebuilt: Vec<Rebuilt<S>> = rebuilt.into_iter().collect::<Result<_>>()?;
 
-    // Phase 2: committed batch members, live bytes, sealing.
+    // Phase 2: committed batch members, live bytes.
     let committed: HashSet<u64> = rebuilt
         .iter()
         .flat_map(|r| r.commits.iter().copied())
@@ -296,8 +327,11 @@ pub(crate) fn open_store<S: BlobStore>(store: S, opts: Options, io_path: IoPath)
         for (b, n) in lives {
             r.index.add_live(b, n);
         }
-        seal_all(&store, &cfg, &mut r.index)?;
         used_hints |= r.used_hints;
+    }
+
+    if !opts.read_only {
+        commit_open(&store, &cfg, &sup, doomed, &mut rebuilt)?;
     }
 
     let cap_per_shard = opts.cache_bytes / shards;
@@ -349,20 +383,54 @@ pub(crate) fn open_store<S: BlobStore>(store: S, opts: Options, io_path: IoPath)
         threads.push(thread);
         cells.push(cell);
     }
-    let worker = crate::merge::Worker::start(core.clone())?;
+    let worker = if opts.read_only {
+        None
+    } else {
+        Some(crate::merge::Worker::start(core.clone())?)
+    };
     Ok(Db {
         inner: Arc::new(Inner {
             core,
             cells,
             threads: Mutex::new(threads),
-            merge: Mutex::new(Some(worker)),
+            merge: Mutex::new(worker),
             close_result: Mutex::new(None),
         }),
     })
 }
 
-/// Roll merges back (pending output) or forward (done output with surviving inputs).
-fn settle_merges<S: BlobStore>(store: &S, metas: Vec<Meta<S>>) -> Result<Vec<Meta<S>>> {
+/// The commit phase of open: every write recovery needs, once everything validated.
+fn commit_open<S: BlobStore>(
+    store: &S,
+    cfg: &Config,
+    sup: &SuperInfo,
+    doomed: Vec<Meta<S>>,
+    rebuilt: &mut [Rebuilt<S>],
+) -> Result<()> {
+    commit_super(store, sup)?;
+    for m in doomed {
+        log::info!(
+            "blobcask: recovery deletes blob {:#x} ({}, shard {}, seq {})",
+            m.id,
+            String::from_utf8_lossy(&m.role),
+            m.shard,
+            m.seq
+        );
+        close_and_delete(store, m.blob)?;
+    }
+    for r in rebuilt.iter_mut() {
+        for b in std::mem::take(&mut r.superseded) {
+            close_and_delete(store, b)?;
+        }
+        seal_all(store, cfg, &mut r.index)?;
+    }
+    Ok(())
+}
+
+/// Decide how merges roll back (pending output) or forward (done output with surviving
+/// inputs): returns the blobs to keep and the doomed ones, which only the commit phase deletes.
+#[allow(clippy::type_complexity)]
+fn settle_merges<S: BlobStore>(metas: Vec<Meta<S>>) -> (Vec<Meta<S>>, Vec<Meta<S>>) {
     let mut doomed: HashSet<(usize, u64)> = HashSet::new();
     for m in &metas {
         if m.role != ROLE_DATA {
@@ -386,6 +454,7 @@ fn settle_merges<S: BlobStore>(store: &S, metas: Vec<Meta<S>>) -> Result<Vec<Met
         .map(|m| (m.shard, m.seq))
         .collect();
     let mut keep = Vec::new();
+    let mut doomed_blobs = Vec::new();
     for m in metas {
         let dead = if m.role == ROLE_DATA {
             doomed.contains(&(m.shard, m.seq))
@@ -395,19 +464,12 @@ fn settle_merges<S: BlobStore>(store: &S, metas: Vec<Meta<S>>) -> Result<Vec<Met
             false
         };
         if dead {
-            log::info!(
-                "blobcask: recovery deletes blob {:#x} ({}, shard {}, seq {})",
-                m.id,
-                String::from_utf8_lossy(&m.role),
-                m.shard,
-                m.seq
-            );
-            close_and_delete(store, m.blob)?;
+            doomed_blobs.push(m);
         } else {
             keep.push(m);
         }
     }
-    Ok(keep)
+    (keep, doomed_blobs)
 }
 
 fn rebuild_shard<S: BlobStore>(store: &S, cfg: &Config, metas: Vec<Meta<S>>) -> Result<Rebuilt<S>> {
@@ -421,6 +483,7 @@ fn rebuild_shard<S: BlobStore>(store: &S, cfg: &Config, metas: Vec<Meta<S>>) -> 
         max_blob_seq: metas.iter().map(|m| m.seq).max().unwrap_or(0),
         hints: HashMap::new(),
         snapshots: Vec::new(),
+        superseded: Vec::new(),
     };
     out.index.keydir.begin_rebuild();
     let mut data: Vec<Meta<S>> = Vec::new();
@@ -431,7 +494,7 @@ fn rebuild_shard<S: BlobStore>(store: &S, cfg: &Config, metas: Vec<Meta<S>>) -> 
             ROLE_DATA => data.push(m),
             ROLE_HINT => {
                 if let Some(old) = hints.insert(m.for_seq, m) {
-                    close_and_delete(store, old.blob)?;
+                    out.superseded.push(old.blob);
                 }
             }
             ROLE_SNAPSHOT => snaps.push(m),

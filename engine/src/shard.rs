@@ -792,7 +792,7 @@ impl<S: BlobStore> Shard<S> {
 
     /// Clean close: everything durable, active blob sealed, keydir snapshot written.
     fn close(&mut self) -> Result<()> {
-        if self.core.poisoned.load(Ordering::Acquire) {
+        if self.core.poisoned.load(Ordering::Acquire) || self.core.cfg.read_only {
             return Ok(());
         }
         self.write_out()?;

@@ -175,6 +175,11 @@ fn open(store: &StoreArgs) -> Result<Db, blobcask::Error> {
     Db::open(opts)
 }
 
+/// Open for a command that changes nothing: the device is never written, not even at close.
+fn open_read_only(store: &StoreArgs) -> Result<Db, blobcask::Error> {
+    Db::open_read_only(Options::new(DeviceSpec::Path(store.device.clone())))
+}
+
 fn run(cmd: Cmd) -> CliResult {
     match cmd {
         Cmd::Format {
@@ -191,7 +196,7 @@ fn run(cmd: Cmd) -> CliResult {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Get { store, key } => {
-            let db = open(&store)?;
+            let db = open_read_only(&store)?;
             let v = db.get(key.as_bytes())?;
             db.close()?;
             match v {
@@ -216,7 +221,7 @@ fn run(cmd: Cmd) -> CliResult {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Keys { store, prefix } => {
-            let db = open(&store)?;
+            let db = open_read_only(&store)?;
             let mut keys = db.keys()?;
             db.close()?;
             keys.sort();
@@ -231,7 +236,7 @@ fn run(cmd: Cmd) -> CliResult {
         }
         Cmd::Load { store, input } => load(&store, &input),
         Cmd::Dump { store } => {
-            let db = open(&store)?;
+            let db = open_read_only(&store)?;
             let mut out = BufWriter::new(io::stdout().lock());
             let res = db.fold(Ok(()), |acc: io::Result<()>, k, v| {
                 acc.and_then(|()| writeln!(out, "{}\t{}", tsv::escape(k), tsv::escape(v)))
@@ -242,7 +247,7 @@ fn run(cmd: Cmd) -> CliResult {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Stats { store, json } => {
-            let db = open(&store)?;
+            let db = open_read_only(&store)?;
             let stats = db.stats()?;
             db.close()?;
             inspect::print_stats(&stats, json)?;

@@ -172,10 +172,23 @@ impl<D: Device> NativeBlobStore<D> {
     }
 
     /// Load a store (SPDK `spdk_bs_load`, §12): validate the super block, then read the masks
-    /// (clean store) or rebuild them from the md region and write them back (dirty store,
-    /// legacy store without blob-id mask, or `force_recover`). Loading writes nothing else;
-    /// the store stays `clean = 1` on disk until the first metadata change.
+    /// (clean store) or rebuild them in memory from the md region (dirty store, legacy store
+    /// without blob-id mask, or `force_recover`). Loading writes nothing: a clean store stays
+    /// `clean = 1` on disk until the first metadata change, a dirty one keeps its stale masks
+    /// (the next load rebuilds them again, and a clean unload replaces them). A non-zero md
+    /// page that fails its CRC is damage: the load fails naming it, rather than dropping the
+    /// blob and freeing its clusters as SPDK does (see [`Self::load_salvage`]).
     pub async fn load(dev: D, opts: LoadOpts) -> Result<Self> {
+        Self::load_with(dev, opts, false).await
+    }
+
+    /// Load with SPDK's recovery behaviour, for `repair`: md pages that fail their CRC are
+    /// skipped, so a blob whose root is damaged is dropped and its clusters read as free.
+    pub async fn load_salvage(dev: D, opts: LoadOpts) -> Result<Self> {
+        Self::load_with(dev, opts, true).await
+    }
+
+    async fn load_with(dev: D, opts: LoadOpts, salvage: bool) -> Result<Self> {
         if dev.size() < SUPER_BLOCK_SIZE as u64 {
             return Err(Error::NotABlobstore(
                 "device smaller than a super block".into(),
@@ -195,10 +208,7 @@ impl<D: Device> NativeBlobStore<D> {
             if sb.is_clean() && layout.blobid_mask_len != 0 && !opts.force_recover {
                 read_masks(&dev, &layout).await?
             } else {
-                let m = recover(&dev, &layout).await?;
-                write_masks(&dev, &layout, &m.0, &m.1, &m.2).await?;
-                dev.flush().await?;
-                m
+                recover_with(&dev, &layout, salvage).await?
             };
         for c in 0..layout.num_md_clusters {
             clusters.set(c);
@@ -1226,7 +1236,12 @@ async fn write_masks<D: Device>(dev: &D, l: &Layout, m: &Mask, c: &Mask, b: &Mas
 /// extent pages are marked, and so are the clusters they reference. Differences from SPDK:
 /// only clusters inside the blob's size are marked (an extent page may hold more entries after
 /// a crash in the middle of a resize), and descriptor lengths are bounds-checked.
-pub(crate) async fn recover<D: Device>(dev: &D, l: &Layout) -> Result<(Mask, Mask, Mask)> {
+/// Unless `salvage`, a non-zero md page with a bad CRC fails the recovery instead.
+pub(crate) async fn recover_with<D: Device>(
+    dev: &D,
+    l: &Layout,
+    salvage: bool,
+) -> Result<(Mask, Mask, Mask)> {
     let mut md_pages = Mask::new(l.md_len);
     let mut blobids = Mask::new(l.md_len);
     let mut clusters = Mask::new(l.total_clusters);
@@ -1244,13 +1259,17 @@ pub(crate) async fn recover<D: Device>(dev: &D, l: &Layout) -> Result<(Mask, Mas
             }
             let b = &buf[k as usize * ps..k as usize * ps + PAGE_STRUCT_SIZE];
             if !MdPage::crc_ok(b) {
+                if !salvage && b.iter().any(|&x| x != 0) {
+                    return Err(damaged_page(l, i));
+                }
                 continue;
             }
             let root = MdPage::decode(b, l.md_offset(i))?;
             if root.sequence_num != 0 || root.id != blob_id(i) {
                 continue;
             }
-            recover_blob(dev, l, i, root, &mut md_pages, &mut blobids, &mut clusters).await?;
+            let marks = (&mut md_pages, &mut blobids, &mut clusters);
+            recover_blob(dev, l, i, root, salvage, marks).await?;
         }
         base += n;
     }
@@ -1265,9 +1284,8 @@ async fn recover_blob<D: Device>(
     l: &Layout,
     i: u32,
     root: MdPage,
-    md_pages: &mut Mask,
-    blobids: &mut Mask,
-    clusters: &mut Mask,
+    salvage: bool,
+    (md_pages, blobids, clusters): (&mut Mask, &mut Mask, &mut Mask),
 ) -> Result<()> {
     let id = root.id;
     md_pages.set(i);
@@ -1279,6 +1297,9 @@ async fn recover_blob<D: Device>(
         steps += 1;
         let b = read_md_page(dev, l, next).await?;
         if !MdPage::crc_ok(&b) {
+            if !salvage {
+                return Err(damaged_page(l, next));
+            }
             break;
         }
         let p = MdPage::decode(&b, l.md_offset(next))?;
@@ -1324,6 +1345,19 @@ async fn recover_blob<D: Device>(
         }
     }
     Ok(())
+}
+
+/// A metadata page that fails its CRC, found by a dirty load: never treated as free space.
+fn damaged_page(l: &Layout, i: u32) -> Error {
+    Error::Corruption {
+        blob: blob_id(i),
+        offset: l.md_offset(i),
+        detail: format!(
+            "md page {i} fails its CRC (metadata of blob {:#x} if it is a root page); \
+             refusing to recover the masks without it (run `blobcask repair`)",
+            blob_id(i)
+        ),
+    }
 }
 
 /// Bstype of a store, for callers that only have the raw super block.
