@@ -809,7 +809,7 @@ impl Db {
         opts.validate()?;
         let spec = std::mem::replace(&mut opts.device, DeviceSpec::Memory { size: 0 });
         let (dev, fresh) = match spec {
-            DeviceSpec::Path(p) if opts.read_only => {
+            DeviceSpec::Path(p) if opts.read_only && p.exists() => {
                 let fo = crate::device::FileOptions {
                     read_only: true,
                     ..Default::default()
@@ -819,7 +819,7 @@ impl Db {
             DeviceSpec::Path(p) => {
                 if p.exists() {
                     (AnyDevice::open_path(&p)?, false)
-                } else if opts.create {
+                } else if opts.create && !opts.read_only {
                     (AnyDevice::create_path(&p, opts.device_size)?, true)
                 } else {
                     return Err(Error::invalid(format!(
