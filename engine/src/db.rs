@@ -808,6 +808,10 @@ impl Db {
 
         opts.validate()?;
         let spec = std::mem::replace(&mut opts.device, DeviceSpec::Memory { size: 0 });
+        let path = match &spec {
+            DeviceSpec::Path(p) => Some(p.clone()),
+            _ => None,
+        };
         let (dev, fresh) = match spec {
             DeviceSpec::Path(p) if opts.read_only && p.exists() => {
                 let fo = crate::device::FileOptions {
@@ -833,7 +837,16 @@ impl Db {
             DeviceSpec::Device(d) => (d, false),
         };
         let io_path = dev.io_path();
-        let store = native_store(dev, fresh, &opts)?;
+        let twin = match &dev {
+            AnyDevice::Memory(m) => Some(AnyDevice::Memory(m.clone())),
+            AnyDevice::Sim(s) => Some(AnyDevice::Sim(s.clone())),
+            AnyDevice::File(_) => None,
+        };
+        let store = match native_store(dev, fresh, &opts) {
+            Ok(s) => s,
+            Err(e @ Error::Corruption { .. }) => return Err(name_load_damage(twin, path, e)),
+            Err(e) => return Err(e),
+        };
         crate::recovery::open_store(store, opts, io_path)
     }
 
@@ -842,6 +855,37 @@ impl Db {
         opts.read_only = true;
         opts.create = false;
         Db::open(opts)
+    }
+}
+
+/// A load refused for a damaged md page: load the device again SPDK's way (damaged pages
+/// skipped), in memory only, and let the catalog say what the damaged blob held.
+fn name_load_damage(
+    twin: Option<crate::device::AnyDevice>,
+    path: Option<std::path::PathBuf>,
+    e: Error,
+) -> Error {
+    use crate::blobstore::native::NativeBlobStore;
+    use crate::device::{AnyDevice, FileOptions, Overlay};
+
+    let Error::Corruption { blob, .. } = &e else {
+        return e;
+    };
+    let blob = *blob;
+    let dev = twin.or_else(|| {
+        let fo = FileOptions {
+            read_only: true,
+            ..FileOptions::default()
+        };
+        path.and_then(|p| AnyDevice::open_path_with(p, &fo).ok())
+    });
+    let Some(dev) = dev else { return e };
+    match pollster::block_on(NativeBlobStore::load_salvage(
+        Overlay::new(dev),
+        crate::blobstore::LoadOpts::default(),
+    )) {
+        Ok(store) => crate::catalog::name_damaged(&store, blob, e),
+        Err(_) => e,
     }
 }
 

@@ -372,20 +372,49 @@ pub struct SalvageReport {
     pub damaged: Vec<Damage>,
     /// Batch records whose batch never committed (dropped, as open does).
     pub uncommitted: u64,
+    /// Metadata rebuilt before salvaging (super block, md pages restored from the catalog).
+    pub restored: Vec<String>,
+}
+
+/// If the super block does not decode, derive it from the layout (in the overlay only).
+async fn rebuild_super_block<D: Device>(dev: &Overlay<D>) -> Result<Option<String>> {
+    use crate::blobstore::native::{rebuild, superblock::SuperBlock};
+    let mut b = vec![0u8; 4096];
+    dev.read(0, &mut b).await?;
+    if SuperBlock::decode(&b).is_ok() {
+        return Ok(None);
+    }
+    let sb = rebuild::super_block_from_layout(
+        dev,
+        crate::blobstore::Bstype::new("BLOBCASK")?,
+        (b"bc.role", b"super"),
+    )
+    .await?;
+    dev.write(0, &sb.encode()).await?;
+    Ok(Some(format!(
+        "rebuilt the damaged super block from the layout (cluster size {}, super blob {:#x})",
+        sb.cluster_size, sb.super_blob
+    )))
 }
 
 /// Every readable record of the store on `dev` (loaded over an overlay, so nothing is
 /// written), folded into the live key set.
 pub fn salvage<D: Device>(dev: D) -> Result<SalvageReport> {
+    let mut rep = SalvageReport::default();
+    let dev = Overlay::new(dev);
+    if let Some(note) = pollster::block_on(rebuild_super_block(&dev))? {
+        rep.restored.push(note);
+    }
     let store = pollster::block_on(NativeBlobStore::load_salvage(
-        Overlay::new(dev),
+        dev,
         LoadOpts {
             force_recover: true,
             ..LoadOpts::default()
         },
     ))?;
+    rep.restored
+        .extend(crate::catalog::restore_lost_blobs(&store)?);
     let cat = catalog(&store)?;
-    let mut rep = SalvageReport::default();
     let mut all: Vec<Salvaged> = Vec::new();
     let mut commits: HashSet<u64> = HashSet::new();
     for (m, bytes) in cat.iter().filter(|(m, _)| m.role == b"data") {

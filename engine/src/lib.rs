@@ -2,6 +2,7 @@
 //! blobstore.
 
 pub mod blobstore;
+pub mod catalog;
 pub mod db;
 pub mod device;
 mod error;

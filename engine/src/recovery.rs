@@ -34,6 +34,7 @@ use crate::db::{
     ValueCache, ValueWeighter,
 };
 use crate::device::{AlignedBuf, IoPath};
+use crate::catalog;
 use crate::error::{Error, Result};
 use crate::hint;
 use crate::keydir::{hash_key, Loc};
@@ -273,7 +274,8 @@ pub(crate) fn open_store<S: BlobStore>(store: S, opts: Options, io_path: IoPath)
         if Some(id) == super_id {
             continue;
         }
-        if let Some(m) = read_meta(&store, id)? {
+        let meta = read_meta(&store, id).map_err(|e| crate::catalog::name_damaged(&store, id, e))?;
+        if let Some(m) = meta {
             if m.shard < shards {
                 metas.push(m);
                 continue;
@@ -811,10 +813,109 @@ pub(crate) fn write_snapshot<S: BlobStore>(
     Ok(())
 }
 
-/// Close every open blob and unload the blobstore.
+/// One catalog entry from an open blob's xattrs (`None`: not an engine data/hint/snapshot).
+fn catalog_entry<S: BlobStore>(
+    store: &S,
+    id: BlobId,
+    blob: &S::Blob,
+) -> Result<Option<catalog::Entry>> {
+    let x = |n: &str| store.block_on(store.get_xattr(blob, n));
+    let Some(role) = x(X_ROLE)?.as_deref().and_then(catalog::Role::from_xattr) else {
+        return Ok(None);
+    };
+    let merge = match x(X_MERGE)?.as_deref() {
+        Some(b"pending") => 1,
+        Some(b"done") => 2,
+        _ => 0,
+    };
+    Ok(Some(catalog::Entry {
+        blob_id: id,
+        role,
+        merge,
+        shard: le_u32(&x(X_SHARD)?).unwrap_or(u32::MAX),
+        seq: le_u64(&x(X_SEQ)?).unwrap_or(0),
+        salt: le_u64(&x(X_SALT)?).unwrap_or(0),
+        for_seq: le_u64(&x(X_FOR)?).unwrap_or(0),
+        clusters: store.device_clusters(blob).unwrap_or_default(),
+    }))
+}
+
+/// Write a new catalog of every engine blob, then delete the older ones (see `catalog.rs`).
+/// On a store too full for it, the old catalog goes first (a stale catalog is worse than
+/// none); if there is still no room, the store closes without one.
+pub(crate) fn write_catalog<S: BlobStore>(store: &S, cluster: u64) -> Result<()> {
+    let super_id = store.super_blob();
+    let mut cat = catalog::Catalog::default();
+    let mut old = Vec::new();
+    for id in store.block_on(store.blob_ids())? {
+        let blob = store.block_on(store.open(id))?;
+        let res = if Some(id) == super_id {
+            store
+                .block_on(store.get_xattr(&blob, X_EPOCH))
+                .map(|e| cat.epoch = le_u64(&e).unwrap_or(0))
+        } else {
+            match store.block_on(store.get_xattr(&blob, X_ROLE)) {
+                Ok(Some(r)) if r == catalog::ROLE => {
+                    old.push(id);
+                    Ok(())
+                }
+                Ok(_) => catalog_entry(store, id, &blob)
+                    .map(|e| cat.entries.extend(e)),
+                Err(e) => Err(e),
+            }
+        };
+        store.block_on(store.close(blob))?;
+        res?;
+    }
+    let bytes = catalog::encode(&cat);
+    let mut made = write_catalog_blob(store, cluster, &bytes);
+    if matches!(made, Err(Error::Full | Error::NoMetadataSpace(_))) {
+        for o in old.drain(..) {
+            store.block_on(store.delete(o))?;
+        }
+        made = write_catalog_blob(store, cluster, &bytes);
+        if let Err(e @ (Error::Full | Error::NoMetadataSpace(_))) = made {
+            log::warn!("blobcask: no room for the catalog blob ({e}); closing without one");
+            return Ok(());
+        }
+    }
+    made?;
+    for o in old {
+        store.block_on(store.delete(o))?;
+    }
+    Ok(())
+}
+
+fn write_catalog_blob<S: BlobStore>(store: &S, cluster: u64, bytes: &[u8]) -> Result<()> {
+    let clusters = (bytes.len() as u64).div_ceil(cluster).max(1);
+    let id = create_blob(
+        store,
+        clusters,
+        vec![(X_ROLE.to_string(), catalog::ROLE.to_vec())],
+    )?;
+    let blob = store.block_on(store.open(id))?;
+    let res = (|| {
+        let ch = store.channel()?;
+        let iou = u64::from(store.io_unit_size());
+        let mut buf = AlignedBuf::zeroed((bytes.len() as u64).div_ceil(iou) as usize * iou as usize);
+        buf[..bytes.len()].copy_from_slice(bytes);
+        store.block_on(ch.write(&blob, 0, &buf))?;
+        store.block_on(ch.flush())
+    })();
+    store.block_on(store.close(blob))?;
+    if res.is_err() {
+        let _ = store.block_on(store.delete(id));
+    }
+    res
+}
+
+/// Write the catalog, close every open blob and unload the blobstore.
 pub(crate) fn close_all<S: BlobStore>(core: &Core<S>) -> Result<()> {
     let store = &core.store;
     let mut first: Option<Error> = None;
+    if let Err(e) = write_catalog(store, core.cfg.cluster) {
+        first.get_or_insert(e);
+    }
     for sh in &core.shards {
         let mut ix = sh.index.write();
         for e in ix.blobs.iter_mut() {

@@ -204,6 +204,11 @@ pub trait BlobStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
     /// Names of the user xattrs, in on-disk order.
     fn xattr_names(&self, blob: &Self::Blob) -> impl Future<Output = Result<Vec<String>>> + Send;
+    /// The device cluster behind every cluster of an open blob (0 = unallocated), where the
+    /// backend can tell (the native one); the engine's catalog records it for `repair`.
+    fn device_clusters(&self, _blob: &Self::Blob) -> Option<Vec<u32>> {
+        None
+    }
     /// An I/O channel for the calling thread.
     fn channel(&self) -> Result<Self::Channel>;
     /// Write the masks and a clean super block. Fails `Busy` while blobs are open; the store

@@ -429,6 +429,9 @@ pub fn repair(path: &Path, output: Option<&Path>) -> CliResult {
         rep.beyond_damage,
         rep.uncommitted
     )?;
+    for r in &rep.restored {
+        writeln!(out, "{r}")?;
+    }
     for d in &rep.damaged {
         writeln!(
             out,

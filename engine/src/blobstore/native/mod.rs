@@ -38,6 +38,7 @@ mod gate;
 pub mod layout;
 pub mod mask;
 pub mod mdpage;
+pub mod rebuild;
 pub mod store;
 pub mod superblock;
 
@@ -125,6 +126,9 @@ impl<D: Device> BlobStore for NativeBlobStore<D> {
     }
     async fn delete(&self, id: BlobId) -> Result<()> {
         self.inner.delete(id).await
+    }
+    fn device_clusters(&self, blob: &NativeBlob) -> Option<Vec<u32>> {
+        Some(self.cluster_map(blob))
     }
     async fn blob_ids(&self) -> Result<Vec<BlobId>> {
         self.inner.check_open()?;

@@ -226,6 +226,16 @@ impl<D: Device> NativeBlobStore<D> {
         Ok(Self::from_parts(dev, layout, st))
     }
 
+    /// See `Inner::restore_blob_md`: `repair`'s way back for a blob whose md page is lost.
+    pub async fn restore_blob_md(
+        &self,
+        id: BlobId,
+        xattrs: Vec<(String, Vec<u8>)>,
+        clusters: Vec<u32>,
+    ) -> Result<()> {
+        self.inner.restore_blob_md(id, xattrs, clusters).await
+    }
+
     /// The device under the store.
     pub fn device(&self) -> &D {
         &self.inner.dev
@@ -844,6 +854,89 @@ impl<D: Device> Inner<D> {
             }
         }
         r.map(|_| id)
+    }
+
+    /// Write a fresh root md page for blob `id` holding `xattrs` and mapping `clusters`
+    /// (thick, run-length extents). Only `repair` uses this, to bring back a blob whose md
+    /// page is lost; refused unless the root's md page and every cluster are free here.
+    pub(crate) async fn restore_blob_md(
+        &self,
+        id: BlobId,
+        xattrs: Vec<(String, Vec<u8>)>,
+        clusters: Vec<u32>,
+    ) -> Result<()> {
+        let _g = self.gate.lock().await;
+        self.check_open()?;
+        let l = &self.layout;
+        let idx = root_index(id)
+            .filter(|&i| i < l.md_len)
+            .ok_or_else(|| Error::invalid(format!("{id:#x} is not a blob id of this store")))?;
+        {
+            let mut guard = self.st.lock();
+            let st = &mut *guard;
+            if st.md_pages.get(idx) || st.blobids.get(idx) {
+                return Err(Error::Busy(format!("md page {idx} is in use")));
+            }
+            let mut seen = std::collections::HashSet::new();
+            for &c in &clusters {
+                if c < l.num_md_clusters
+                    || c >= l.total_clusters
+                    || st.clusters.get(c)
+                    || !seen.insert(c)
+                {
+                    return Err(Error::Busy(format!(
+                        "cluster {c} of blob {id:#x} is not free; not restoring it"
+                    )));
+                }
+            }
+            let md = BlobMd {
+                id,
+                invalid_flags: 0,
+                data_ro_flags: 0,
+                md_ro_flags: 0,
+                xattrs: xattrs
+                    .into_iter()
+                    .map(|(n, v)| (n.into_bytes(), v))
+                    .collect(),
+                internal_xattrs: Vec::new(),
+                extent_table: false,
+                clusters,
+                extent_pages: Vec::new(),
+            };
+            for &c in &md.clusters {
+                st.clusters.set(c);
+            }
+            st.md_pages.set(idx);
+            st.blobids.set(idx);
+            let shared = BlobShared::new(
+                id,
+                DataMap::build(&md, false),
+                self.layout.units_per_cluster(),
+            );
+            st.open.insert(
+                id,
+                OpenBlob {
+                    shared,
+                    md,
+                    clean: CleanState::default(),
+                    dirty: true,
+                    refs: 0,
+                    md_ro: false,
+                    released_clusters: Vec::new(),
+                    released_eps: Vec::new(),
+                },
+            );
+        }
+        let r = self.persist_locked(id).await;
+        let mut guard = self.st.lock();
+        let st = &mut *guard;
+        if let Some(mut ob) = st.open.remove(&id) {
+            ob.shared.open.store(false, Ordering::Release);
+            if r.is_err() {
+                Self::forget(st, &mut ob);
+            }
+        }
+        r
     }
 
     /// Drop every in-memory claim of a blob that never reached the disk.
