@@ -324,6 +324,14 @@ pub fn read_newest<S: BlobStore>(store: &S) -> Option<Catalog> {
     best
 }
 
+/// The super blob's `bc.epoch`, if readable.
+fn super_epoch<S: BlobStore>(store: &S) -> Option<u64> {
+    let b = store.block_on(store.open(store.super_blob()?)).ok()?;
+    let e = store.block_on(store.get_xattr(&b, X_EPOCH));
+    let _ = store.block_on(store.close(b));
+    e.ok()??.try_into().ok().map(u64::from_le_bytes)
+}
+
 /// Add what the catalog says about blob `id` to a `Corruption` error about it.
 pub fn name_damaged<S: BlobStore>(store: &S, id: BlobId, e: Error) -> Error {
     let Error::Corruption {
@@ -334,12 +342,19 @@ pub fn name_damaged<S: BlobStore>(store: &S, id: BlobId, e: Error) -> Error {
     else {
         return e;
     };
-    let said = match read_newest(store).and_then(|c| c.find(id).cloned()) {
-        Some(ent) => format!(
+    let cat = read_newest(store);
+    let current = cat.as_ref().is_some_and(|c| super_epoch(store) == Some(c.epoch));
+    let said = match cat.as_ref().and_then(|c| c.find(id)) {
+        Some(ent) if current => format!(
             "; per the catalog, blob {id:#x} is the {}: `blobcask repair` can restore it",
             ent.describe()
         ),
-        None => format!("; the catalog does not list blob {id:#x}"),
+        Some(ent) => format!(
+            "; per the catalog of an earlier run (it may be stale), blob {id:#x} was the {}",
+            ent.describe()
+        ),
+        None if cat.is_some() => format!("; the catalog does not list blob {id:#x}"),
+        None => "; the store has no readable catalog".to_string(),
     };
     Error::Corruption {
         blob,
@@ -357,16 +372,7 @@ pub fn restore_lost_blobs<D: Device>(store: &NativeBlobStore<D>) -> Result<Vec<S
     let Some(cat) = read_newest(store) else {
         return Ok(Vec::new());
     };
-    let epoch = match store.super_blob() {
-        Some(id) => {
-            let b = store.block_on(store.open(id))?;
-            let e = store.block_on(store.get_xattr(&b, X_EPOCH));
-            store.block_on(store.close(b))?;
-            e?.and_then(|v| v.try_into().ok()).map(u64::from_le_bytes)
-        }
-        None => None,
-    };
-    if epoch != Some(cat.epoch) {
+    if super_epoch(store) != Some(cat.epoch) {
         return Ok(Vec::new());
     }
     let present: std::collections::HashSet<BlobId> =

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
 
 use blobcask::device::ErrorAt;
-use blobcask::{hint, record, SyncPolicy};
+use blobcask::{catalog, hint, record, SyncPolicy};
 
 use crate::harness::{self, Step};
 use crate::oracle::{self, Key, Op, Oracle};
@@ -62,6 +62,19 @@ pub fn hint_decode(data: &[u8]) {
         assert!(h.header.total_len() <= data.len() as u64);
         for e in &h.entries {
             assert!(e.key.len() <= data.len());
+        }
+    }
+}
+
+/// Catalog decoder: decoding arbitrary bytes never panics (nor allocates without bound), and a
+/// catalog it accepts re-encodes to exactly the bytes it came from.
+pub fn catalog_decode(data: &[u8]) {
+    let _ = catalog::total_len(data);
+    if let Ok(c) = catalog::decode(data) {
+        let again = catalog::encode(&c);
+        assert_eq!(again.as_slice(), &data[..again.len()]);
+        for e in &c.entries {
+            assert!(e.clusters.len() <= data.len() * 64);
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Replays every corpus file of the engine fuzz targets (`fuzz/corpus/{record_decode,
-//! hint_decode, recover_mutated, op_model}/`) through the same functions the targets call
+//! hint_decode, catalog_decode, recover_mutated, op_model}/`) through the same functions the targets call
 //! (`blobcask_tests::fuzz`), plus seeded mutations of each file, so `cargo test` keeps every
 //! past finding fixed without nightly or libFuzzer.
 //!
@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use blobcask::{hint, record};
+use blobcask::{catalog, hint, record};
 use blobcask_tests::fuzz;
 use blobcask_tests::seed;
 use rand::Rng;
@@ -19,6 +19,7 @@ type Target = fn(&[u8]);
 const TARGETS: &[(&str, Target, u64)] = &[
     ("record_decode", fuzz::record_decode, 200),
     ("hint_decode", fuzz::hint_decode, 200),
+    ("catalog_decode", fuzz::catalog_decode, 200),
     ("recover_mutated", fuzz::recover_mutated, 10),
     ("op_model", fuzz::op_model, 10),
 ];
@@ -146,6 +147,49 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let hc = crc32c(&long[..36]);
     long.extend_from_slice(&hc.to_le_bytes());
 
+    let good_catalog = catalog::encode(&catalog::Catalog {
+        epoch: 3,
+        entries: vec![
+            catalog::Entry {
+                blob_id: 0x1_0000_0002,
+                role: catalog::Role::Data,
+                merge: 0,
+                shard: 1,
+                seq: 7,
+                salt: 0xABCD,
+                for_seq: 0,
+                clusters: vec![40, 41, 42, 0, 50],
+            },
+            catalog::Entry {
+                blob_id: 0x1_0000_0003,
+                role: catalog::Role::Hint,
+                merge: 0,
+                shard: 1,
+                seq: 8,
+                salt: 0,
+                for_seq: 7,
+                clusters: vec![60],
+            },
+        ],
+    });
+    // Valid crcs around an entry claiming 2^32-1 clusters in one extent.
+    let mut entry = 0x1_0000_0002u64.to_le_bytes().to_vec();
+    entry.extend_from_slice(&[1, 0, 0, 0]);
+    entry.extend_from_slice(&[0; 4 + 8 + 8 + 8]);
+    entry.extend_from_slice(&u64::from(u32::MAX).to_le_bytes());
+    entry.extend_from_slice(&1u32.to_le_bytes());
+    entry.extend_from_slice(&[0; 4]);
+    entry.extend_from_slice(&5u32.to_le_bytes());
+    entry.extend_from_slice(&u32::MAX.to_le_bytes());
+    let mut huge_cat = catalog::MAGIC.to_vec();
+    huge_cat.extend_from_slice(&1u64.to_le_bytes());
+    huge_cat.extend_from_slice(&1u32.to_le_bytes());
+    huge_cat.extend_from_slice(&(entry.len() as u32).to_le_bytes());
+    huge_cat.extend_from_slice(&crc32c(&entry).to_le_bytes());
+    let hc = crc32c(&huge_cat);
+    huge_cat.extend_from_slice(&hc.to_le_bytes());
+    huge_cat.extend_from_slice(&entry);
+
     let edits = |v: &[(u32, u8)]| -> Vec<u8> {
         v.iter()
             .flat_map(|(o, x)| {
@@ -164,6 +208,10 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ("hint_decode", "truncated", good_hint[..50].to_vec()),
         ("hint_decode", "huge-blob-count", huge),
         ("hint_decode", "huge-body-len", long),
+        ("catalog_decode", "good", good_catalog.clone()),
+        ("catalog_decode", "truncated", good_catalog[..40].to_vec()),
+        ("catalog_decode", "huge-extent", huge_cat),
+        ("catalog_decode", "empty", vec![]),
         ("recover_mutated", "none", vec![]),
         (
             "recover_mutated",
