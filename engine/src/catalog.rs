@@ -241,8 +241,7 @@ pub fn decode(b: &[u8]) -> Result<Catalog> {
         if n_ext.saturating_mul(8) > body.len() - o - ENTRY_FIXED {
             return bad(format!("entry {i}: {n_ext} extents do not fit"));
         }
-        if n_clusters > u64::from(u32::MAX) || n_clusters as usize > body.len().saturating_mul(64)
-        {
+        if n_clusters > u64::from(u32::MAX) || n_clusters as usize > body.len().saturating_mul(64) {
             return bad(format!("entry {i}: {n_clusters} clusters"));
         }
         let mut clusters = Vec::with_capacity(n_clusters as usize);
@@ -343,7 +342,9 @@ pub fn name_damaged<S: BlobStore>(store: &S, id: BlobId, e: Error) -> Error {
         return e;
     };
     let cat = read_newest(store);
-    let current = cat.as_ref().is_some_and(|c| super_epoch(store) == Some(c.epoch));
+    let current = cat
+        .as_ref()
+        .is_some_and(|c| super_epoch(store) == Some(c.epoch));
     let said = match cat.as_ref().and_then(|c| c.find(id)) {
         Some(ent) if current => format!(
             "; per the catalog, blob {id:#x} is the {}: `blobcask repair` can restore it",
@@ -379,7 +380,11 @@ pub fn restore_lost_blobs<D: Device>(store: &NativeBlobStore<D>) -> Result<Vec<S
         store.block_on(store.blob_ids())?.into_iter().collect();
     let l = store.layout().clone();
     let mut done = Vec::new();
-    for e in cat.entries.iter().filter(|e| e.role == Role::Data && e.merge != 1) {
+    for e in cat
+        .entries
+        .iter()
+        .filter(|e| e.role == Role::Data && e.merge != 1)
+    {
         if present.contains(&e.blob_id) {
             continue;
         }

@@ -909,7 +909,7 @@ pub fn native_store(
         pollster::block_on(dev.read(0, &mut probe))?;
         probe[..8] == crate::blobstore::native::superblock::SIGNATURE
     };
-    if opts.read_only && !(formatted && !fresh) {
+    if opts.read_only && (fresh || !formatted) {
         return Err(Error::NotABlobstore(
             "the device holds no blobstore (a read-only open never formats)".into(),
         ));

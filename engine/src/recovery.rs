@@ -29,12 +29,12 @@ use std::time::Instant;
 use parking_lot::{Mutex, RwLock};
 
 use crate::blobstore::{Blob as _, BlobId, BlobStore, CreateOpts, IoChannel as _};
+use crate::catalog;
 use crate::db::{
     record_len, BlobEntry, BlobHandle, Config, Core, Counters, Db, Index, Inner, ShardShared,
     ValueCache, ValueWeighter,
 };
 use crate::device::{AlignedBuf, IoPath};
-use crate::catalog;
 use crate::error::{Error, Result};
 use crate::hint;
 use crate::keydir::{hash_key, Loc};
@@ -171,7 +171,14 @@ fn read_super<S: BlobStore>(store: &S, opts: &Options) -> Result<SuperInfo> {
     };
     let blob = store.block_on(store.open(id))?;
     let x = |n: &str| store.block_on(store.get_xattr(&blob, n));
-    let read = (|| Ok::<_, Error>((x(X_ROLE)?, le_u32(&x(X_FORMAT)?), le_u32(&x(X_SHARDS)?), le_u64(&x(X_EPOCH)?))))();
+    let read = (|| {
+        Ok::<_, Error>((
+            x(X_ROLE)?,
+            le_u32(&x(X_FORMAT)?),
+            le_u32(&x(X_SHARDS)?),
+            le_u64(&x(X_EPOCH)?),
+        ))
+    })();
     store.block_on(store.close(blob))?;
     let (role, format, shards, epoch) = read?;
     match (role.as_deref(), format, shards) {
@@ -274,7 +281,8 @@ pub(crate) fn open_store<S: BlobStore>(store: S, opts: Options, io_path: IoPath)
         if Some(id) == super_id {
             continue;
         }
-        let meta = read_meta(&store, id).map_err(|e| crate::catalog::name_damaged(&store, id, e))?;
+        let meta =
+            read_meta(&store, id).map_err(|e| crate::catalog::name_damaged(&store, id, e))?;
         if let Some(m) = meta {
             if m.shard < shards {
                 metas.push(m);
@@ -431,7 +439,6 @@ fn commit_open<S: BlobStore>(
 
 /// Decide how merges roll back (pending output) or forward (done output with surviving
 /// inputs): returns the blobs to keep and the doomed ones, which only the commit phase deletes.
-#[allow(clippy::type_complexity)]
 fn settle_merges<S: BlobStore>(metas: Vec<Meta<S>>) -> (Vec<Meta<S>>, Vec<Meta<S>>) {
     let mut doomed: HashSet<(usize, u64)> = HashSet::new();
     for m in &metas {
@@ -859,8 +866,7 @@ pub(crate) fn write_catalog<S: BlobStore>(store: &S, cluster: u64) -> Result<()>
                     old.push(id);
                     Ok(())
                 }
-                Ok(_) => catalog_entry(store, id, &blob)
-                    .map(|e| cat.entries.extend(e)),
+                Ok(_) => catalog_entry(store, id, &blob).map(|e| cat.entries.extend(e)),
                 Err(e) => Err(e),
             }
         };
@@ -897,7 +903,8 @@ fn write_catalog_blob<S: BlobStore>(store: &S, cluster: u64, bytes: &[u8]) -> Re
     let res = (|| {
         let ch = store.channel()?;
         let iou = u64::from(store.io_unit_size());
-        let mut buf = AlignedBuf::zeroed((bytes.len() as u64).div_ceil(iou) as usize * iou as usize);
+        let mut buf =
+            AlignedBuf::zeroed((bytes.len() as u64).div_ceil(iou) as usize * iou as usize);
         buf[..bytes.len()].copy_from_slice(bytes);
         store.block_on(ch.write(&blob, 0, &buf))?;
         store.block_on(ch.flush())

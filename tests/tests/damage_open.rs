@@ -298,7 +298,10 @@ fn damaged_images_open_with_an_error_or_the_truth_and_failed_opens_write_nothing
         c.cases, c.attempts, c.errors, c.served, c.wrong, c.changed
     );
     assert_eq!(c.wrong, 0, "a damaged store never serves a wrong value");
-    assert_eq!(c.changed, 0, "failed opens and read-only commands write nothing");
+    assert_eq!(
+        c.changed, 0,
+        "failed opens and read-only commands write nothing"
+    );
 }
 
 /// A crash leaves the store dirty; a damaged md page then must fail the load, not vanish.
@@ -311,7 +314,21 @@ fn crash_plus_damaged_md_page_frees_nothing() {
     let model = fill(&db);
     let crashed = dev.durable_image();
     drop(db);
+    // A read-only open of the crashed (dirty) store recovers in memory only.
     let sim = Arc::new(SimDevice::from_image(crashed.clone(), 4096, 3).unwrap());
+    let mut o = options(DeviceSpec::Sim(sim.clone()));
+    o.read_only = true;
+    let db = Db::open(o).unwrap();
+    let mut c = Counts::default();
+    verify_db(&db, &model, &mut c, "read-only after a crash");
+    assert_eq!((c.wrong, c.errors), (0, 0));
+    db.close().unwrap();
+    let n = sim.io_counts();
+    assert_eq!(
+        (n.writes, n.flushes, n.unmaps),
+        (0, 0, 0),
+        "a read-only open wrote"
+    );
     let probe = pollster::block_on(NativeBlobStore::load(sim, LoadOpts::default())).unwrap();
     let (l, pages) = (probe.layout().clone(), probe.used_md_pages());
     drop(probe);
@@ -328,22 +345,23 @@ fn crash_plus_damaged_md_page_frees_nothing() {
             }
             Err(e) => {
                 failed += 1;
-                assert!(
-                    matches!(e, Error::Corruption { .. }),
-                    "md page {p}: {e:?}"
-                );
-                assert!(
-                    sim.durable_image() == damaged,
+                assert!(matches!(e, Error::Corruption { .. }), "md page {p}: {e:?}");
+                let n = sim.io_counts();
+                assert_eq!(
+                    (n.writes, n.flushes, n.unmaps),
+                    (0, 0, 0),
                     "md page {p}: the failed open wrote to the device"
                 );
             }
         }
         // fsck over the damaged image: the loss is reported, never a clean bill.
-        let rep = blobcask::fsck::check(|| {
-            Ok(SimDevice::from_image(damaged.clone(), 4096, 3).unwrap())
-        })
-        .unwrap();
-        assert!(!rep.is_clean(), "md page {p}: check calls a damaged store clean");
+        let rep =
+            blobcask::fsck::check(|| Ok(SimDevice::from_image(damaged.clone(), 4096, 3).unwrap()))
+                .unwrap();
+        assert!(
+            !rep.is_clean(),
+            "md page {p}: check calls a damaged store clean"
+        );
     }
     eprintln!(
         "crash + damaged md page: {} pages, {failed} opens refused",
@@ -378,7 +396,12 @@ fn cli_repair_matches(bin: &Path, dir: &Path, img: &Path, model: &Model) {
     let out = dir.join("repaired.img");
     let _ = std::fs::remove_file(&out);
     let o = Command::new(bin)
-        .args(["repair", img.to_str().unwrap(), "--output", out.to_str().unwrap()])
+        .args([
+            "repair",
+            img.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(

@@ -78,7 +78,10 @@ async fn find_marked_root<D: Device>(dev: &D, l: &Layout, marker: (&[u8], &[u8])
         }
         if found.is_none()
             && i < SEARCH_PAGES
-            && md.xattrs.iter().any(|(k, v)| k == marker.0 && v == marker.1)
+            && md
+                .xattrs
+                .iter()
+                .any(|(k, v)| k == marker.0 && v == marker.1)
         {
             found = Some(id);
         }
