@@ -206,7 +206,15 @@ impl<D: Device> NativeBlobStore<D> {
         let layout = Layout::from_super(&sb, dev.size(), dev.block_size())?;
         let (md_pages, mut clusters, blobids) =
             if sb.is_clean() && layout.blobid_mask_len != 0 && !opts.force_recover {
-                read_masks(&dev, &layout).await?
+                let m = read_masks(&dev, &layout).await?;
+                if m.2.ones().all(|i| m.0.get(i)) {
+                    m
+                } else {
+                    // A blob root the md-page mask calls free would be handed out again by
+                    // the next create, over a live blob: trust the md pages instead.
+                    log::warn!("blobstore: the clean masks disagree; rebuilding them in memory");
+                    recover_with(&dev, &layout, salvage).await?
+                }
             } else {
                 recover_with(&dev, &layout, salvage).await?
             };
