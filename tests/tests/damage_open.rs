@@ -282,7 +282,7 @@ fn damaged_images_open_with_an_error_or_the_truth_and_failed_opens_write_nothing
         cases.push((format!("data byte {k}"), data0 + k * 40_961 + 100));
     }
     for (name, off) in cases {
-        for n in [1, 10] {
+        for n in [1, 10, 100] {
             try_all_paths(
                 dir.path(),
                 &flip(&image, off, n),
