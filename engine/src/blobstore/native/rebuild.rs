@@ -3,13 +3,16 @@
 //! Every field of the super block follows from the device size, its block size and the
 //! cluster size `init` was given ([`Layout::for_init`]; the md page count is SPDK's "one per
 //! cluster" default), except the super blob's id and the clean flag. So each power-of-two
-//! cluster size is tried in turn, and the one layout is accepted under which the start of the
-//! md region holds a valid root md page carrying the caller's super-blob xattr. The rebuilt
-//! super block says `clean = 0`, so the load that follows rebuilds the masks from the md
-//! pages instead of trusting mask pages written under a super block nobody can vouch for.
+//! cluster size is tried in turn; a layout fits when the start of its md region holds a valid
+//! root md page carrying the caller's super-blob xattr and no root maps a cluster outside its
+//! data area. Small devices give several cluster sizes the same md start, so the mask pages
+//! decide (a clean unload wrote their bit counts); without them, only a sole fit is taken.
+//! The rebuilt super block says `clean = 0`, so the load that follows rebuilds the masks from
+//! the md pages instead of trusting mask pages written under a super block nobody vouches for.
 
 use super::blobmd::{blob_id, parse_chain};
 use super::layout::Layout;
+use super::mask::MaskKind;
 use super::mdpage::{MdPage, NO_NEXT};
 use super::store::read_md_page;
 use super::superblock::SuperBlock;
@@ -27,6 +30,7 @@ pub async fn super_block_from_layout<D: Device>(
     bstype: Bstype,
     marker: (&[u8], &[u8]),
 ) -> Result<SuperBlock> {
+    let mut fits = Vec::new();
     for shift in 12..=30u32 {
         let opts = InitOpts {
             cluster_size: 1 << shift,
@@ -37,16 +41,42 @@ pub async fn super_block_from_layout<D: Device>(
             continue;
         };
         if let Some(id) = find_marked_root(dev, &l, marker).await {
-            let mut sb = l.init_super(bstype);
-            sb.super_blob = id;
-            return Ok(sb);
+            fits.push((masks_match(dev, &l).await, l, id));
         }
     }
-    Err(Error::NotABlobstore(
-        "no cluster size lays the device out around a super blob: the super block cannot be \
-         rebuilt"
-            .into(),
-    ))
+    // Mask pages written by a clean unload state the md page and cluster counts outright;
+    // without them, only a layout that is the sole fit is trusted.
+    let pick = match fits.iter().position(|f| f.0) {
+        Some(i) => Some(fits.swap_remove(i)),
+        None if fits.len() == 1 => fits.pop(),
+        None => None,
+    };
+    let Some((_, l, id)) = pick else {
+        return Err(Error::NotABlobstore(format!(
+            "the super block cannot be rebuilt: {} cluster sizes fit the md region",
+            fits.len()
+        )));
+    };
+    let mut sb = l.init_super(bstype);
+    sb.super_blob = id;
+    Ok(sb)
+}
+
+/// Whether the md-page and cluster mask pages of `l` carry exactly its bit counts.
+async fn masks_match<D: Device>(dev: &D, l: &Layout) -> bool {
+    let mut b = vec![0u8; l.md_page_size as usize];
+    for (start, kind, bits) in [
+        (l.page_mask_start, MaskKind::MdPages, l.md_len),
+        (l.cluster_mask_start, MaskKind::Clusters, l.total_clusters),
+    ] {
+        if dev.read(l.page_offset(start), &mut b).await.is_err()
+            || b[0] != kind as u8
+            || u32::from_le_bytes([b[1], b[2], b[3], b[4]]) != bits
+        {
+            return false;
+        }
+    }
+    true
 }
 
 /// The marked root's id, if the layout `l` explains the md region: the marked root lies in its
