@@ -2,11 +2,12 @@
 //!
 //! A blob's md page is the only place SPDK's format keeps its role and cluster map; when that
 //! page is damaged, the blobstore can neither say what the blob held nor give its clusters
-//! back to it. The catalog (one blob with `bc.role = catalog`, written at every clean close,
-//! replaced atomically: the new one is written and flushed before the old one is deleted)
-//! lists every engine blob's id, role, shard, sequence, salt and cluster map. Open uses it to
-//! name a damaged blob; `repair` uses it to write a fresh md page for a data blob whose page
-//! is lost. It is a plain blob with xattrs, so SPDK still loads the store.
+//! back to it. The catalog (one blob with `bc.role = catalog`, written at every clean close
+//! and after every merge, replaced atomically: the new one is written and flushed before the
+//! old one is deleted) lists every engine blob's id, role, shard, sequence, salt and cluster
+//! map. Open uses it to name a damaged blob; `repair` uses it to write a fresh md page for a
+//! data blob whose page is lost (only from an exact catalog: see [`restore_lost_blobs`]). It
+//! is a plain blob with xattrs, so SPDK still loads the store.
 //!
 //! Header (32 bytes):
 //!
@@ -346,10 +347,9 @@ pub fn name_damaged<S: BlobStore>(store: &S, id: BlobId, e: Error) -> Error {
         .as_ref()
         .is_some_and(|c| super_epoch(store) == Some(c.epoch));
     let said = match cat.as_ref().and_then(|c| c.find(id)) {
-        Some(ent) if current => format!(
-            "; per the catalog, blob {id:#x} is the {}: `blobcask repair` can restore it",
-            ent.describe()
-        ),
+        Some(ent) if current => {
+            format!("; per the catalog, blob {id:#x} is the {}", ent.describe())
+        }
         Some(ent) => format!(
             "; per the catalog of an earlier run (it may be stale), blob {id:#x} was the {}",
             ent.describe()
@@ -365,15 +365,20 @@ pub fn name_damaged<S: BlobStore>(store: &S, id: BlobId, e: Error) -> Error {
 }
 
 /// Bring back, from the catalog, every data blob whose root md page is damaged (non-zero,
-/// failing its CRC, so the salvage load dropped it). Only a catalog written in the store's
-/// current epoch is trusted: it was written at the last clean close, after which nothing
-/// changed; an older one may name clusters reused since. Returns one line per restored blob.
-/// Writes go wherever `store` writes (`repair` loads it over an overlay).
-pub fn restore_lost_blobs<D: Device>(store: &NativeBlobStore<D>) -> Result<Vec<String>> {
+/// failing its CRC, so the salvage load dropped it). The catalog is trusted only if it is
+/// exact: the store was closed cleanly (`clean_close`, the super block's flag) in the epoch
+/// the catalog was written in, so the close wrote it last and nothing changed since. (A
+/// catalog written after a merge, or before a later run, may miss clusters a blob grew into
+/// or name clusters reused since; restoring from it could bring back an older value.)
+/// Returns one line per blob. Writes go wherever `store` writes (`repair` uses an overlay).
+pub fn restore_lost_blobs<D: Device>(
+    store: &NativeBlobStore<D>,
+    clean_close: bool,
+) -> Result<Vec<String>> {
     let Some(cat) = read_newest(store) else {
         return Ok(Vec::new());
     };
-    if super_epoch(store) != Some(cat.epoch) {
+    if !clean_close || super_epoch(store) != Some(cat.epoch) {
         return Ok(Vec::new());
     }
     let present: std::collections::HashSet<BlobId> =

@@ -402,6 +402,10 @@ async fn rebuild_super_block<D: Device>(dev: &Overlay<D>) -> Result<Option<Strin
 pub fn salvage<D: Device>(dev: D) -> Result<SalvageReport> {
     let mut rep = SalvageReport::default();
     let dev = Overlay::new(dev);
+    let mut sb = vec![0u8; 4096];
+    pollster::block_on(dev.read(0, &mut sb))?;
+    let clean_close =
+        crate::blobstore::native::superblock::SuperBlock::decode(&sb).is_ok_and(|s| s.is_clean());
     if let Some(note) = pollster::block_on(rebuild_super_block(&dev))? {
         rep.restored.push(note);
     }
@@ -413,7 +417,7 @@ pub fn salvage<D: Device>(dev: D) -> Result<SalvageReport> {
         },
     ))?;
     rep.restored
-        .extend(crate::catalog::restore_lost_blobs(&store)?);
+        .extend(crate::catalog::restore_lost_blobs(&store, clean_close)?);
     let cat = catalog(&store)?;
     let mut all: Vec<Salvaged> = Vec::new();
     let mut commits: HashSet<u64> = HashSet::new();

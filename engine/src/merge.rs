@@ -256,6 +256,12 @@ pub(crate) fn merge_shard<S: BlobStore>(core: &Core<S>, ch: &S::Channel, s: usiz
         return Ok(());
     }
     let res = merge_inputs(core, ch, s, inputs);
+    if res.is_ok() {
+        // The catalog names blobs for open and check; a failure here loses no data.
+        if let Err(e) = crate::recovery::write_catalog(&core.store, core.cfg.cluster) {
+            log::warn!("blobcask: catalog after the merge of shard {s}: {e}");
+        }
+    }
     if let Err(e) = &res {
         // Out of space or metadata: the merge backed out (or left a consistent pending output
         // that open discards); anything else is a device failure.
