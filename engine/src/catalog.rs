@@ -390,7 +390,8 @@ pub fn restore_lost_blobs<D: Device>(
         .iter()
         .filter(|e| e.role == Role::Data && e.merge != 1)
     {
-        if present.contains(&e.blob_id) {
+        // No cluster map: written by a backend that cannot tell (SPDK), nothing to restore.
+        if present.contains(&e.blob_id) || e.clusters.is_empty() {
             continue;
         }
         let Some(idx) = root_index(e.blob_id).filter(|&i| i < l.md_len) else {

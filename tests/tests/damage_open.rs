@@ -213,7 +213,11 @@ fn try_all_paths(dir: &Path, image: &[u8], model: &Model, c: &mut Counts, name: 
     match Db::open_read_only(options(DeviceSpec::Path(img.clone()))) {
         Ok(db) => {
             verify_db(&db, model, c, name);
-            assert!(matches!(db.put(b"k", b"v"), Err(Error::ReadOnly(_))));
+            let ro = |r: Result<(), Error>| matches!(r, Err(Error::ReadOnly(_)));
+            let mut batch = blobcask::WriteBatch::new();
+            batch.put(b"k", b"v");
+            assert!(ro(db.put(b"k", b"v")) && ro(db.delete(&key(0))));
+            assert!(ro(db.write_batch(batch)) && ro(db.sync()) && ro(db.merge()));
             db.close().unwrap();
         }
         Err(_) => c.errors += 1,
