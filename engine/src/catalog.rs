@@ -117,14 +117,15 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// "data blob of shard 1, seq 4 (3 clusters)".
+    /// "data blob of shard 1, seq 4 (3 clusters)": what open and repair tell the user.
     pub fn describe(&self) -> String {
         format!(
-            "{} blob of shard {}, seq {} ({} clusters)",
+            "{} blob of shard {}, seq {} ({} cluster{})",
             String::from_utf8_lossy(self.role.xattr()),
             self.shard,
             self.seq,
-            self.clusters.len()
+            self.clusters.len(),
+            if self.clusters.len() == 1 { "" } else { "s" }
         )
     }
 }
