@@ -13,6 +13,7 @@ mod options;
 pub mod record;
 mod recovery;
 mod reply;
+pub mod scan;
 mod shard;
 mod stats;
 
@@ -21,3 +22,4 @@ pub use db::{
     SyncPolicy, WriteBatch,
 };
 pub use error::{Error, Result};
+pub use options::RecoveryMode;
