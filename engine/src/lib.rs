@@ -13,6 +13,7 @@ mod options;
 pub mod record;
 mod recovery;
 mod reply;
+pub mod salvage;
 pub mod scan;
 mod shard;
 mod stats;

@@ -242,7 +242,11 @@ mod tests {
             let claim = offs.last().copied().unwrap_or(0) as u32;
             offs.push(at);
             let flags = if s % 5 == 0 { TOMBSTONE } else { 0 };
-            let val = if flags == 0 { vec![s as u8; 30] } else { vec![] };
+            let val = if flags == 0 {
+                vec![s as u8; 30]
+            } else {
+                vec![]
+            };
             encode_claiming(&mut v, SALT, s, claim, flags, 0, b"key", &val);
         }
         v.extend_from_slice(&[0; 300]);

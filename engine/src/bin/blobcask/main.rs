@@ -126,6 +126,9 @@ enum Cmd {
         /// Write the repaired store to a new image instead of rebuilding in place.
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Write a JSON report: damaged ranges, keys lost, keys that may be stale, counts.
+        #[arg(long)]
+        report: Option<PathBuf>,
     },
     /// List the blobs of any SPDK blobstore image (read-only).
     Blobs {
@@ -268,7 +271,11 @@ fn run(cmd: Cmd) -> CliResult {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Check { device } => inspect::check(&device),
-        Cmd::Repair { device, output } => inspect::repair(&device, output.as_deref()),
+        Cmd::Repair {
+            device,
+            output,
+            report,
+        } => inspect::repair(&device, output.as_deref(), report.as_deref()),
         Cmd::Blobs { device, json } => inspect::blobs(&device, json),
         Cmd::Blob {
             device,
