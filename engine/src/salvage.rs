@@ -8,7 +8,8 @@
 //! older value), and a key a snapshot does not list was deleted at its time (an older put does
 //! not bring it back). Where no such evidence covers a damaged range, every key of the shard
 //! whose newest surviving record is older than a seq the range may have held is **suspect**:
-//! it may have regressed to an older value, come back from deletion, or be missing.
+//! it may have regressed to an older value, come back from deletion, or be missing; and so is
+//! every key whose name can still be read in a damaged record's header.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -124,6 +125,8 @@ pub struct BlobLog {
     pub records: Vec<Salvaged>,
     /// Commit records kept (batch ids).
     pub commits: Vec<u64>,
+    /// The blob's bytes.
+    pub bytes: Vec<u8>,
 }
 
 /// A hint or snapshot blob that failed a check open applies.
@@ -244,6 +247,7 @@ fn scan_one(m: &Meta, bytes: &[u8], ev: Evidence) -> Result<BlobLog> {
         scan: s,
         records,
         commits,
+        bytes: bytes.to_vec(),
     })
 }
 
@@ -440,7 +444,33 @@ fn mark_suspects(
                 out.insert(k.clone());
             }
         }
+        out.extend(probable_keys(&l.bytes, d));
     }
+}
+
+/// Keys the damaged range probably held: where its records' headers still parse, their key
+/// bytes (which may themselves be damaged). Names keys that have no other record left.
+fn probable_keys(bytes: &[u8], d: &LogDamage) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut at = d.offset as usize;
+    let end = (d.offset + d.len) as usize;
+    while at < end {
+        let Some(h) = bytes.get(at..end).and_then(record::parse_header) else {
+            break;
+        };
+        let k = at + h.header_len();
+        let Some(key) = bytes.get(k..k + usize::from(h.key_len)) else {
+            break;
+        };
+        if at + h.record_len() > end {
+            break;
+        }
+        if !key.is_empty() {
+            out.push(key.to_vec());
+        }
+        at += h.record_len();
+    }
+    out
 }
 
 /// The JSON form of a report (`repair --report`). Keys are UTF-8 where they are, else
