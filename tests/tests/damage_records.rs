@@ -15,7 +15,7 @@
 //! crashed store's log that no later record vouches for (nothing durable says they were
 //! flushed): those cases may lose exactly the keys written there, and are counted apart.
 //!
-//! `BLOBCASK_DAMAGE_CASES` sets the targets per (store, flip size) (default 8).
+//! `BLOBCASK_DAMAGE_CASES` sets the targets per (store, flip size) (default 16).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -376,7 +376,7 @@ fn damaged_records_never_serve_a_wrong_value() {
     let per: usize = std::env::var("BLOBCASK_DAMAGE_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(8);
+        .unwrap_or(16);
     let seed = seed::forced_seed().unwrap_or(0xda3a6e);
     let (bases, model) = bases(seed);
     let mut c = Counts::default();
