@@ -51,6 +51,10 @@ struct StoreArgs {
     /// Durability of writes.
     #[arg(long, value_enum, default_value = "always")]
     sync: SyncArg,
+    /// Open even if a data log is damaged: skip the damaged ranges and keep every valid record
+    /// after them (older values may come back; the ranges skipped are printed).
+    #[arg(long)]
+    salvage: bool,
 }
 
 #[derive(Subcommand)]
@@ -175,7 +179,17 @@ fn open(store: &StoreArgs) -> Result<Db, blobcask::Error> {
     let mut opts = Options::new(DeviceSpec::Path(store.device.clone()));
     opts.create = false;
     opts.sync = store.sync.into();
-    Db::open(opts)
+    if store.salvage {
+        opts.recovery = blobcask::RecoveryMode::Salvage;
+    }
+    let db = Db::open(opts)?;
+    for d in db.damage()? {
+        eprintln!(
+            "salvage: skipped {} damaged bytes at offset {} of blob {:#x} (shard {})",
+            d.len, d.offset, d.blob, d.shard
+        );
+    }
+    Ok(db)
 }
 
 fn run(cmd: Cmd) -> CliResult {
