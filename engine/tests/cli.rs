@@ -293,6 +293,28 @@ fn check_is_clean_on_a_healthy_store_and_repair_salvages_damage() {
     let o = run(&["get", &db, "key030"]);
     assert_ne!(o.status.code(), Some(0));
 
+    // Without its keydir snapshots, open must scan: the default refuses the damaged log,
+    // --salvage skips the damaged record and keeps everything after it.
+    let intact = std::fs::read(&db).unwrap();
+    let mut hintless = intact.clone();
+    let mut at = 0;
+    while let Some(p) = hintless[at..].windows(8).position(|w| w == b"BCHINT01") {
+        hintless[at + p] ^= 0xff;
+        at += p + 8;
+    }
+    std::fs::write(&db, &hintless).unwrap();
+    let o = run(&["get", &db, "key059"]);
+    assert_eq!(o.status.code(), Some(2), "open must refuse a damaged log");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("damaged log in shard"), "{err}");
+    let o = run(&["get", &db, "key059", "--salvage"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "value-059-padding-padding\n"
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("salvage: skipped"));
+    std::fs::write(&db, &intact).unwrap();
+
     let repaired = dir.path().join("repaired.img");
     let json = dir.path().join("report.json");
     let out = ok(&[
