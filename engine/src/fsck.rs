@@ -162,12 +162,18 @@ fn check_engine<S: BlobStore>(store: &S, rep: &mut CheckReport) -> Result<()> {
     rep.hint_blobs = an.hint_blobs;
     for l in &an.logs {
         rep.records += l.records.len() as u64 + l.commits.len() as u64;
+        let consequence = if an.covers(l.shard, l.seq) {
+            "a hint or snapshot covers the blob, so open succeeds and reads of the keys whose \
+             records lie there fail"
+        } else {
+            "open refuses this log (RecoveryMode::Salvage skips the range)"
+        };
         for d in &l.scan.damaged {
             let after = l.records.iter().filter(|r| r.offset > d.offset).count();
             rep.problems.push(format!(
                 "blob {:#x} (shard {}, seq {}): damaged record at offset {}: {} bytes of durable \
-                 log fail validation, {after} valid records follow; open refuses this log \
-                 (RecoveryMode::Salvage skips the range, `repair` rebuilds without it)",
+                 log fail validation, {after} valid records follow; {consequence}; `repair` \
+                 rebuilds without it",
                 l.id, l.shard, l.seq, d.offset, d.len
             ));
         }

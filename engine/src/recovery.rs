@@ -9,7 +9,8 @@
 //!    survived (post-merge state);
 //! 3. each shard rebuilds its keydir, in parallel: from its newest valid keydir snapshot (all of
 //!    whose blobs still exist) plus the blobs written after it, or else blob by blob from a
-//!    valid merge hint or by scanning up to the first bad record. Records apply by seq (newest
+//!    valid merge hint or by scanning (`scan.rs`: a torn tail ends the log, damage to durable
+//!    records fails open unless `RecoveryMode::Salvage` skips it). Records apply by seq (newest
 //!    wins; deletes are remembered until the end). Batch members wait in a side list;
 //! 4. members whose batch has a commit record in any shard are applied;
 //! 5. every blob is sealed: shrunk to the clusters that hold records (returning the unused part

@@ -150,6 +150,15 @@ pub struct Analysis {
     pub hint_blobs: usize,
 }
 
+impl Analysis {
+    /// Whether open takes blob `seq` of `shard` from a hint or snapshot instead of scanning.
+    pub fn covers(&self, shard: usize, seq: u64) -> bool {
+        let named = |h: &hint::Hint| h.blobs.iter().any(|&(b, _)| b == seq);
+        self.snapshots.get(&shard).is_some_and(named)
+            || self.hints.iter().any(|(s, h)| *s == shard && named(h))
+    }
+}
+
 /// Read and judge every engine blob of `store` (nothing is written).
 pub fn analyze<S: BlobStore>(store: &S) -> Result<Analysis> {
     analyze_catalog(catalog(store)?)
