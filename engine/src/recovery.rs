@@ -681,19 +681,21 @@ fn read_hint<S: BlobStore>(
 }
 
 /// Scan a data blob's log for merge, calling `f(offset, record)` for each record; returns the
-/// log's end. Damage (see `scan.rs`) is an error: a merge must never drop the records behind
-/// it and then delete the blob that held them.
+/// log's end. `written` is the log length the keydir knows (all of it was valid when open or
+/// the shard established it). Damage (see `scan.rs`) is an error: a merge must never drop the
+/// records behind it and then delete the blob that held them.
 pub(crate) fn scan_blob<S: BlobStore>(
     store: &S,
     cfg: &Config,
     ch: &S::Channel,
-    blob: &S::Blob,
-    salt: u64,
+    handle: &BlobHandle<S>,
+    written: u64,
     f: impl FnMut(u64, record::Record<'_>),
 ) -> Result<u64> {
+    let (blob, salt) = (&handle.blob, handle.salt);
     let x = |name: &str| store.block_on(store.get_xattr(blob, name));
     let ev = Evidence {
-        known_len: le_u64(&x(X_LEN)?).unwrap_or(0),
+        known_len: le_u64(&x(X_LEN)?).unwrap_or(0).max(written),
         whole: x(X_MERGE)?.as_deref() == Some(b"done"),
     };
     let mut src = blob_source(store, cfg, ch, blob);

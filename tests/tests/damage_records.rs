@@ -204,6 +204,7 @@ struct Counts {
     exact: u64,
     wrong_values: u64,
     torn_tail_cases: u64,
+    merges_refused: u64,
     repair_lost: u64,
     repair_suspect: u64,
 }
@@ -338,6 +339,21 @@ fn one_case(b: &Base, model: &Model, r: &Rec, dmg: (Vec<u8>, Vec<u64>), ctx: &st
                     );
                 }
             }
+            // A merge over the damaged blob must not drop what lies behind the damage: it
+            // fails (or has nothing to do), and every read stays exact or an error.
+            if db.merge().is_err() {
+                c.merges_refused += 1;
+            }
+            for (k, want) in model {
+                match db.get(k) {
+                    Ok(got) if &got == want || tolerated.contains(k.as_slice()) => {}
+                    Ok(_) => panic!(
+                        "{ctx}: after a merge, get {} returns a wrong value",
+                        String::from_utf8_lossy(k)
+                    ),
+                    Err(_) => {}
+                }
+            }
             drop(db);
         }
     }
@@ -412,13 +428,15 @@ fn damaged_records_never_serve_a_wrong_value() {
     }
     println!(
         "damage_records: {} cases, open refused {}, read errors {}, exact reads {}, wrong \
-         values {}, torn-tail cases {}, repair: {} keys lost, {} suspect ({:.1?})",
+         values {}, torn-tail cases {}, merges refused {}, repair: {} keys lost, {} suspect \
+         ({:.1?})",
         c.cases,
         c.open_refused,
         c.read_errors,
         c.exact,
         c.wrong_values,
         c.torn_tail_cases,
+        c.merges_refused,
         c.repair_lost,
         c.repair_suspect,
         t0.elapsed()
