@@ -68,6 +68,8 @@ pub(crate) struct BlobEntry<S: BlobStore> {
 pub(crate) struct Index<S: BlobStore> {
     pub keydir: KeyDir,
     pub blobs: Vec<Option<BlobEntry<S>>>,
+    /// Damaged ranges a salvaging open skipped in this shard's logs.
+    pub damage: Vec<crate::scan::LogDamage>,
 }
 
 impl<S: BlobStore> Index<S> {
@@ -75,6 +77,7 @@ impl<S: BlobStore> Index<S> {
         Index {
             keydir: KeyDir::new(),
             blobs: Vec::new(),
+            damage: Vec::new(),
         }
     }
 
@@ -182,6 +185,8 @@ pub(crate) struct Config {
     pub merge_reserve: u64,
     /// Opened read-only: writes are refused and close writes nothing.
     pub read_only: bool,
+    /// What open does with damaged records.
+    pub recovery: crate::options::RecoveryMode,
 }
 
 /// State shared by the handle, the shard threads and the merge worker.
@@ -637,6 +642,18 @@ impl<S: BlobStore> Db<S> {
             Some(w) => w.merge_all(),
             None => Err(Error::Closed),
         }
+    }
+
+    /// The damaged log ranges open skipped (only under `RecoveryMode::Salvage`; the default
+    /// mode refuses to open a damaged log). Empty for a healthy store.
+    pub fn damage(&self) -> Result<Vec<crate::scan::LogDamage>> {
+        self.check_open()?;
+        Ok(self
+            .core()
+            .shards
+            .iter()
+            .flat_map(|sh| sh.index.read().damage.clone())
+            .collect())
     }
 
     /// A snapshot of the counters and the blob layout.

@@ -45,6 +45,20 @@ pub enum Error {
         offset: u64,
         detail: String,
     },
+    /// A data blob's log is damaged where its records were known durable (not a torn tail).
+    /// Open refuses it under the default recovery mode; `offset` and `len` are bytes of blob
+    /// `blob` (its id) in shard `shard`.
+    #[error(
+        "damaged log in shard {shard}, blob {blob:#x}, offset {offset} ({len} bytes): durable \
+         records no longer validate; run `blobcask check`, then `repair`, or open with \
+         RecoveryMode::Salvage"
+    )]
+    DamagedLog {
+        shard: usize,
+        blob: u64,
+        offset: u64,
+        len: u64,
+    },
     /// The device does not hold an SPDK blobstore (no signature / bad super block).
     #[error("not a blobstore: {0}")]
     NotABlobstore(String),
@@ -84,7 +98,9 @@ impl Error {
             Error::Busy(_) | Error::Locked(_) => -libc::EBUSY,
             Error::ReadOnly(_) => -libc::EPERM,
             Error::BadHandle => -libc::EBADF,
-            Error::Corruption { .. } | Error::NotABlobstore(_) => -libc::EILSEQ,
+            Error::Corruption { .. } | Error::DamagedLog { .. } | Error::NotABlobstore(_) => {
+                -libc::EILSEQ
+            }
             Error::BstypeMismatch { .. } => -libc::ENXIO,
             Error::Io(_) | Error::Poisoned | Error::Closed => -libc::EIO,
             Error::Unsupported(_) => -libc::ENOTSUP,

@@ -150,6 +150,7 @@ pub fn parse_header(buf: &[u8], blob: u64) -> Result<Header> {
 }
 
 /// A verified hint.
+#[derive(Debug, Clone)]
 pub struct Hint {
     pub header: Header,
     /// `bc.seq` of the blob the hint was written for.

@@ -14,6 +14,8 @@ mod options;
 pub mod record;
 mod recovery;
 mod reply;
+pub mod salvage;
+pub mod scan;
 mod shard;
 mod stats;
 
@@ -22,3 +24,4 @@ pub use db::{
     SyncPolicy, WriteBatch,
 };
 pub use error::{Error, Result};
+pub use options::RecoveryMode;

@@ -461,9 +461,9 @@ fn copy_live<S: BlobStore>(
     let sh = &core.shards[s];
     let store = &core.store;
     let mut moved: Vec<(Vec<u8>, Loc, Loc, u64)> = Vec::new();
-    for (in_slot, h, _, _) in inputs {
+    for (in_slot, h, written, _) in inputs {
         let mut err: Option<Error> = None;
-        recovery::scan_blob(store, &core.cfg, ch, &h.blob, h.salt, |off, rec| {
+        recovery::scan_blob(store, &core.cfg, ch, h, *written, |off, rec| {
             if err.is_some() || rec.header.kind() != Kind::Put {
                 return;
             }

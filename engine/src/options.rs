@@ -33,6 +33,25 @@ pub enum SyncPolicy {
     Never,
 }
 
+/// What open does with a data blob's log that does not validate to its end (`scan.rs` says
+/// how the engine tells the cases apart).
+///
+/// A careful user wants to hear about damage before anything is served: a silently shortened
+/// log turns into older values and deleted keys coming back. So the default opens only a store
+/// whose logs are whole or end in a torn tail, and `Salvage` is a deliberate second step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecoveryMode {
+    /// Drop a torn tail — bytes past a blob's last flush that a crash left half-written — and
+    /// nothing else. Damage to durable records fails open with [`Error::DamagedLog`], naming
+    /// shard, blob and offset, and the device is left as it was.
+    #[default]
+    TolerateTornTail,
+    /// Skip damaged ranges: resume at the next valid record and keep every valid record after
+    /// the damage. Keys whose newest record lay in a skipped range come back with an older
+    /// value, or come back from deletion; [`crate::Db::damage`] lists the ranges skipped.
+    Salvage,
+}
+
 /// Merge triggers (Basho-style). A triggered merge rewrites every sealed data blob of the
 /// shard; see `merge.rs`.
 #[derive(Debug, Clone)]
@@ -95,6 +114,8 @@ pub struct Options {
     /// runs in memory only, and every write (put, delete, batch, sync, merge) fails
     /// [`Error::ReadOnly`]. Nothing reaches the device, not even at close.
     pub read_only: bool,
+    /// What open does with damaged records.
+    pub recovery: RecoveryMode,
 }
 
 impl Default for Options {
@@ -115,6 +136,7 @@ impl Default for Options {
             cache_bytes: 64 << 20,
             bstype: "BLOBCASK".to_string(),
             read_only: false,
+            recovery: RecoveryMode::default(),
         }
     }
 }

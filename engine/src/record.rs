@@ -10,20 +10,26 @@
 //! | 12     | 2         | flags     | [`TOMBSTONE`], [`BATCH`], [`COMMIT`]; other bits zero    |
 //! | 14     | 2         | key_len   | bytes of key                                             |
 //! | 16     | 4         | value_len | bytes of value (0 for a tombstone)                       |
-//! | 20     | 8 if BATCH| batch_id  | only with [`BATCH`]: the batch this record belongs to    |
+//! | 20     | 4         | durable   | bytes `[0, durable)` of this blob were flushed before this |
+//! |        |           |           | record was written; at most the record's own offset      |
+//! | 24     | 8 if BATCH| batch_id  | only with [`BATCH`]: the batch this record belongs to    |
 //! | ..     | key_len   | key       |                                                          |
 //! | ..     | value_len | value     |                                                          |
 //!
 //! A [`COMMIT`] record has no key and an 8-byte value: the batch id it commits.
 //!
 //! The crc is seeded with the blob's random salt, so a stale record left in a reused cluster
-//! by a deleted blob never validates in its successor. A scan stops at the first record whose
-//! header is implausible or whose crc fails (the torn tail). See `engine/FORMAT.md`.
+//! by a deleted blob never validates in its successor.
+//!
+//! `durable` is what tells a torn tail from damage: after a power loss, unflushed writes may
+//! land in any subset, so a valid record behind a bad one proves nothing by itself; a valid
+//! record whose `durable` lies past the bad bytes proves they had been flushed, so they are
+//! damage. The recovery scan (`scan.rs`) applies that rule. See `engine/FORMAT.md`.
 
 use crate::error::{Error, Result};
 
 /// Bytes of the fixed header.
-pub const HEADER_LEN: usize = 20;
+pub const HEADER_LEN: usize = 24;
 /// Extra header bytes of a [`BATCH`] member (the batch id).
 pub const BATCH_EXT_LEN: usize = 8;
 
@@ -50,6 +56,8 @@ pub struct Header {
     pub flags: u16,
     pub key_len: u16,
     pub value_len: u32,
+    /// Bytes of the blob flushed before this record was written (≤ its own offset).
+    pub durable: u32,
     /// Batch id for [`BATCH`] members, else 0.
     pub batch_id: u64,
 }
@@ -95,12 +103,29 @@ fn crc(salt: u64, body: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(&salt.to_le_bytes()), body)
 }
 
-/// Append one record to `out`. The caller has checked `key.len() <= u16::MAX` and
-/// `value.len() <= u32::MAX`.
+/// Append one record to `out` that claims nothing durable (`durable` = 0): merge output,
+/// which its hint and commit protocol cover. See [`encode_claiming`].
 pub fn encode(
     out: &mut Vec<u8>,
     salt: u64,
     seq: u64,
+    flags: u16,
+    batch_id: u64,
+    key: &[u8],
+    value: &[u8],
+) {
+    encode_claiming(out, salt, seq, 0, flags, batch_id, key, value);
+}
+
+/// Append one record to `out`, claiming that bytes `[0, durable)` of its blob were flushed
+/// before it is written. The caller has checked `key.len() <= u16::MAX` and
+/// `value.len() <= u32::MAX`, and that `durable` is at most the record's offset.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_claiming(
+    out: &mut Vec<u8>,
+    salt: u64,
+    seq: u64,
+    durable: u32,
     flags: u16,
     batch_id: u64,
     key: &[u8],
@@ -115,6 +140,7 @@ pub fn encode(
     out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(&(key.len() as u16).to_le_bytes());
     out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    out.extend_from_slice(&durable.to_le_bytes());
     if flags & BATCH != 0 {
         out.extend_from_slice(&batch_id.to_le_bytes());
     }
@@ -134,6 +160,7 @@ pub fn parse_header(buf: &[u8]) -> Option<Header> {
     let flags = u16::from_le_bytes(buf[12..14].try_into().ok()?);
     let key_len = u16::from_le_bytes(buf[14..16].try_into().ok()?);
     let value_len = u32::from_le_bytes(buf[16..20].try_into().ok()?);
+    let durable = u32::from_le_bytes(buf[20..24].try_into().ok()?);
     if flags & !KNOWN_FLAGS != 0 || seq == 0 {
         return None;
     }
@@ -144,7 +171,7 @@ pub fn parse_header(buf: &[u8]) -> Option<Header> {
         return None;
     }
     let batch_id = if flags & BATCH != 0 {
-        u64::from_le_bytes(buf.get(20..28)?.try_into().ok()?)
+        u64::from_le_bytes(buf.get(24..32)?.try_into().ok()?)
     } else {
         0
     };
@@ -153,6 +180,7 @@ pub fn parse_header(buf: &[u8]) -> Option<Header> {
         flags,
         key_len,
         value_len,
+        durable,
         batch_id,
     })
 }
@@ -242,9 +270,8 @@ impl<'a> Iterator for Scan<'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         let rest = self.buf.get(self.pos..)?;
-        // No seq-order check: merge output holds records of several logs, and a blob is never
-        // appended to after the open that found its torn tail, so nothing stale of the same
-        // salt can follow a valid prefix except inside the torn write itself.
+        // No seq-order check: merge output holds records of several logs. This is the plain
+        // valid prefix; recovery's classification of what follows lives in `scan.rs`.
         let rec = decode(rest, self.salt)?;
         let at = self.pos;
         self.pos += rec.header.record_len();
@@ -290,7 +317,14 @@ mod tests {
         assert_eq!(&v[12..14], &0u16.to_le_bytes());
         assert_eq!(&v[14..16], &2u16.to_le_bytes());
         assert_eq!(&v[16..20], &3u32.to_le_bytes());
-        assert_eq!(&v[20..], b"abxyz");
+        assert_eq!(&v[20..24], &0u32.to_le_bytes());
+        assert_eq!(&v[24..], b"abxyz");
+        let mut b = Vec::new();
+        encode_claiming(&mut b, 42, 7, 4096, BATCH, 9, b"ab", b"");
+        assert_eq!(&b[20..24], &4096u32.to_le_bytes());
+        assert_eq!(&b[24..32], &9u64.to_le_bytes());
+        let h = parse_header(&b).unwrap();
+        assert_eq!((h.durable, h.batch_id, h.header_len()), (4096, 9, 32));
         let crc = crc32c::crc32c_append(crc32c::crc32c(&42u64.to_le_bytes()), &v[4..]);
         assert_eq!(&v[0..4], &crc.to_le_bytes());
     }

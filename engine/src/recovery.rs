@@ -10,7 +10,8 @@
 //!    dooms whatever of its inputs survived (post-merge state); hints of doomed blobs too;
 //! 3. each shard rebuilds its keydir, in parallel: from its newest valid keydir snapshot (all of
 //!    whose blobs still exist) plus the blobs written after it, or else blob by blob from a
-//!    valid merge hint or by scanning up to the first bad record. Records apply by seq (newest
+//!    valid merge hint or by scanning (`scan.rs`: a torn tail ends the log, damage to durable
+//!    records fails open unless `RecoveryMode::Salvage` skips it). Records apply by seq (newest
 //!    wins; deletes are remembered until the end). Batch members wait in a side list;
 //! 4. members whose batch has a commit record in any shard are applied.
 //!
@@ -39,7 +40,9 @@ use crate::error::{Error, Result};
 use crate::hint;
 use crate::keydir::{hash_key, Loc};
 use crate::options::Options;
+use crate::options::RecoveryMode;
 use crate::record::{self, Kind};
+use crate::scan::{self, Evidence, LogDamage};
 use crate::stats::BlobRole;
 
 pub(crate) const X_ROLE: &str = "bc.role";
@@ -49,10 +52,11 @@ pub(crate) const X_SALT: &str = "bc.salt";
 pub(crate) const X_MERGE: &str = "bc.merge";
 pub(crate) const X_INPUTS: &str = "bc.inputs";
 pub(crate) const X_FOR: &str = "bc.for";
+pub(crate) const X_LEN: &str = "bc.len";
 const X_FORMAT: &str = "bc.format";
 const X_SHARDS: &str = "bc.shards";
 const X_EPOCH: &str = "bc.epoch";
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 
 pub(crate) const ROLE_DATA: &[u8] = b"data";
 pub(crate) const ROLE_HINT: &[u8] = b"hint";
@@ -108,6 +112,8 @@ struct Meta<S: BlobStore> {
     merge: Option<Vec<u8>>,
     inputs: Vec<u64>,
     for_seq: u64,
+    /// `bc.len`: the log length recorded when the blob was sealed (0 if never).
+    len: u64,
 }
 
 fn read_meta<S: BlobStore>(store: &S, id: BlobId) -> Result<Option<Meta<S>>> {
@@ -128,6 +134,7 @@ fn read_meta<S: BlobStore>(store: &S, id: BlobId) -> Result<Option<Meta<S>>> {
         .filter_map(|c| c.try_into().ok().map(u64::from_le_bytes))
         .collect();
     let for_seq = le_u64(&x(X_FOR)?).unwrap_or(0);
+    let len = le_u64(&x(X_LEN)?).unwrap_or(0);
     Ok(Some(Meta {
         id,
         blob,
@@ -138,6 +145,7 @@ fn read_meta<S: BlobStore>(store: &S, id: BlobId) -> Result<Option<Meta<S>>> {
         merge,
         inputs,
         for_seq,
+        len,
     }))
 }
 
@@ -272,6 +280,7 @@ pub(crate) fn open_store<S: BlobStore>(store: S, opts: Options, io_path: IoPath)
         lease_clusters: ((4u64 << 20) / cluster).clamp(1, 16),
         merge_reserve: (store.total_data_clusters() / 32).max(4),
         read_only: opts.read_only,
+        recovery: opts.recovery,
     };
 
     // Catalog.
@@ -603,39 +612,17 @@ fn rebuild_shard<S: BlobStore>(store: &S, cfg: &Config, metas: Vec<Meta<S>>) -> 
         if from_hint {
             continue;
         }
-        let end = scan_blob(store, cfg, &ch, &m.blob, m.salt, |off, rec| {
-            out.max_seq = out.max_seq.max(rec.header.seq);
-            let batch = rec.header.flags & record::BATCH != 0;
-            let loc = match rec.header.kind() {
-                Kind::Commit => {
-                    if let Some(id) = rec.committed_batch() {
-                        out.commits.insert(id);
-                    }
-                    return;
-                }
-                Kind::Put => Some(Loc {
-                    blob: slot,
-                    offset: off as u32,
-                    value_len: rec.header.value_len
-                        | if batch { crate::db::LOC_BATCH_BIT } else { 0 },
-                }),
-                Kind::Delete => None,
-            };
-            if batch {
-                out.members.push(Member {
-                    batch: rec.header.batch_id,
-                    key: rec.key.to_vec(),
-                    seq: rec.header.seq,
-                    loc,
-                });
-            } else {
-                out.index
-                    .keydir
-                    .apply(rec.key, hash_key(rec.key), rec.header.seq, loc);
-            }
+        let ev = Evidence {
+            known_len: m.len,
+            whole: m.merge.as_deref() == Some(b"done"),
+        };
+        let mut src = blob_source(store, cfg, &ch, &m.blob);
+        let found = scan::scan_log(&mut src, m.salt, ev, cfg.recovery, |off, rec| {
+            apply_scanned(&mut out, slot, off, rec)
         })?;
+        note_scan(&mut out, cfg.recovery, m, &found)?;
         if let Some(e) = out.index.entry_mut(slot) {
-            e.written = end;
+            e.written = found.end;
         }
     }
     for (seq, h) in hints {
@@ -643,6 +630,96 @@ fn rebuild_shard<S: BlobStore>(store: &S, cfg: &Config, metas: Vec<Meta<S>>) -> 
         store.block_on(store.close(h.blob))?;
     }
     Ok(out)
+}
+
+/// Apply one record found by a scan to the shard being rebuilt.
+fn apply_scanned<S: BlobStore>(out: &mut Rebuilt<S>, slot: u16, off: u64, rec: record::Record<'_>) {
+    out.max_seq = out.max_seq.max(rec.header.seq);
+    let batch = rec.header.flags & record::BATCH != 0;
+    let loc = match rec.header.kind() {
+        Kind::Commit => {
+            if let Some(id) = rec.committed_batch() {
+                out.commits.insert(id);
+            }
+            return;
+        }
+        Kind::Put => Some(Loc {
+            blob: slot,
+            offset: off as u32,
+            value_len: rec.header.value_len | if batch { crate::db::LOC_BATCH_BIT } else { 0 },
+        }),
+        Kind::Delete => None,
+    };
+    if batch {
+        out.members.push(Member {
+            batch: rec.header.batch_id,
+            key: rec.key.to_vec(),
+            seq: rec.header.seq,
+            loc,
+        });
+    } else {
+        out.index
+            .keydir
+            .apply(rec.key, hash_key(rec.key), rec.header.seq, loc);
+    }
+}
+
+/// Refuse damage under the default mode; under `Salvage` remember and log what was skipped.
+fn note_scan<S: BlobStore>(
+    out: &mut Rebuilt<S>,
+    mode: RecoveryMode,
+    m: &Meta<S>,
+    found: &scan::LogScan,
+) -> Result<()> {
+    for d in &found.damaged {
+        if mode == RecoveryMode::TolerateTornTail {
+            return Err(Error::DamagedLog {
+                shard: m.shard,
+                blob: m.id,
+                offset: d.offset,
+                len: d.len,
+            });
+        }
+        log::warn!(
+            "blobcask: salvage skipped {} damaged bytes at offset {} of blob {:#x} (shard {}, seq {})",
+            d.len,
+            d.offset,
+            m.id,
+            m.shard,
+            m.seq
+        );
+        out.index.damage.push(LogDamage {
+            shard: m.shard,
+            blob: m.id,
+            blob_seq: m.seq,
+            offset: d.offset,
+            len: d.len,
+        });
+    }
+    if let Some(at) = found.torn_at {
+        log::info!(
+            "blobcask: torn tail at offset {at} of blob {:#x} (shard {}): {} unflushed records dropped",
+            m.id,
+            m.shard,
+            found.unflushed
+        );
+    }
+    Ok(())
+}
+
+/// A blob's bytes for [`scan::scan_log`], read through `ch`.
+fn blob_source<'a, S: BlobStore>(
+    store: &'a S,
+    cfg: &Config,
+    ch: &'a S::Channel,
+    blob: &'a S::Blob,
+) -> scan::Source<'a> {
+    let iou = cfg.io_unit;
+    scan::Source::new(blob.num_io_units() * iou, iou, move |off, len| {
+        let mut chunk = AlignedBuf::zeroed(len as usize);
+        store.block_on(ch.read(blob, off / iou, &mut chunk))?;
+        Ok(chunk[..].to_vec())
+    })
 }
 
 /// Read and verify a whole hint blob.
@@ -675,48 +752,34 @@ fn read_hint<S: BlobStore>(
     hint::decode(&buf, blob.id())
 }
 
-/// Scan a data blob's log from offset 0, calling `f(offset, record)` for each valid record;
-/// returns the length of the valid prefix.
+/// Scan a data blob's log for merge, calling `f(offset, record)` for each record; returns the
+/// log's end. `written` is the log length the keydir knows (all of it was valid when open or
+/// the shard established it). Damage (see `scan.rs`) is an error: a merge must never drop the
+/// records behind it and then delete the blob that held them.
 pub(crate) fn scan_blob<S: BlobStore>(
     store: &S,
     cfg: &Config,
     ch: &S::Channel,
-    blob: &S::Blob,
-    salt: u64,
-    mut f: impl FnMut(u64, record::Record<'_>),
+    handle: &BlobHandle<S>,
+    written: u64,
+    f: impl FnMut(u64, record::Record<'_>),
 ) -> Result<u64> {
-    const WINDOW: u64 = 4 << 20;
-    let iou = cfg.io_unit;
-    let total = blob.num_io_units() * iou;
-    let mut buf: Vec<u8> = Vec::new();
-    let mut win_start = 0u64; // blob offset of buf[0]
-    let mut read_pos = 0u64;
-    let mut pos = 0u64;
-    loop {
-        let rel = (pos - win_start) as usize;
-        if let Some(rec) = record::decode(&buf[rel..], salt) {
-            let len = rec.header.record_len() as u64;
-            f(pos, rec);
-            pos += len;
-            continue;
-        }
-        let need = record::parse_header(&buf[rel..])
-            .map_or(record::HEADER_LEN + record::BATCH_EXT_LEN, |h| {
-                h.record_len()
-            });
-        if buf.len() - rel >= need || read_pos >= total {
-            break;
-        }
-        buf.drain(..rel);
-        win_start = pos;
-        let want = (need as u64).max(WINDOW).div_ceil(iou) * iou;
-        let n = want.min(total - read_pos);
-        let mut chunk = AlignedBuf::zeroed(n as usize);
-        store.block_on(ch.read(blob, read_pos / iou, &mut chunk))?;
-        read_pos += n;
-        buf.extend_from_slice(&chunk);
+    let (blob, salt) = (&handle.blob, handle.salt);
+    let x = |name: &str| store.block_on(store.get_xattr(blob, name));
+    let ev = Evidence {
+        known_len: le_u64(&x(X_LEN)?).unwrap_or(0).max(written),
+        whole: x(X_MERGE)?.as_deref() == Some(b"done"),
+    };
+    let mut src = blob_source(store, cfg, ch, blob);
+    let found = scan::scan_log(&mut src, salt, ev, RecoveryMode::TolerateTornTail, f)?;
+    if let Some(d) = found.damaged.first() {
+        return Err(Error::Corruption {
+            blob: blob.id(),
+            offset: d.offset,
+            detail: format!("{} bytes of durable log fail validation", d.len),
+        });
     }
-    Ok(pos)
+    Ok(found.end)
 }
 
 /// Shrink every blob to the clusters holding records; delete empty ones.

@@ -140,6 +140,8 @@ struct Active<S: BlobStore> {
     dev_end: u64,
     /// Bytes of clusters whose metadata is durable.
     leased: u64,
+    /// End of what a completed flush covers: each record claims it (see `record.rs`).
+    durable: u64,
 }
 
 /// State of one shard thread.
@@ -412,6 +414,9 @@ impl<S: BlobStore> Shard<S> {
         }
         if result.is_ok() && flush && self.group_wrote || result.is_ok() && !syncs.is_empty() {
             result = self.core.store.block_on(self.chan.flush());
+            if let (Ok(()), Some(a)) = (&result, self.active.as_mut()) {
+                a.durable = a.dev_end;
+            }
         }
         match result {
             Ok(()) => self.publish(posts, syncs),
@@ -552,7 +557,17 @@ impl<S: BlobStore> Shard<S> {
         let a = self.active.as_ref().ok_or(Error::Closed)?;
         let seq = self.next_seq;
         self.next_seq += 1;
-        record::encode(&mut self.enc, a.handle.salt, seq, flags, batch, key, value);
+        let durable = u32::try_from(a.durable.min(pos)).unwrap_or(0);
+        record::encode_claiming(
+            &mut self.enc,
+            a.handle.salt,
+            seq,
+            durable,
+            flags,
+            batch,
+            key,
+            value,
+        );
         let slot = a.slot;
         if self.enc.len() >= MAX_ENCODED {
             self.commit_enc()?;
@@ -620,6 +635,7 @@ impl<S: BlobStore> Shard<S> {
             end: 0,
             dev_end: 0,
             leased: clusters * cfg.cluster,
+            durable: 0,
         });
         Ok(())
     }
@@ -777,11 +793,18 @@ impl<S: BlobStore> Shard<S> {
         };
         let cluster = self.core.cfg.cluster;
         let used = a.end.div_ceil(cluster).max(1);
+        let store = &self.core.store;
+        // The whole log durable, then its length recorded: a sealed blob's end is known.
+        store.block_on(self.chan.flush())?;
+        store.block_on(store.set_xattr(
+            &a.handle.blob,
+            crate::recovery::X_LEN,
+            &a.end.to_le_bytes(),
+        ))?;
         if used * cluster < a.leased {
-            let store = &self.core.store;
             store.block_on(store.resize(&a.handle.blob, used))?;
-            store.block_on(store.sync_md(&a.handle.blob))?;
         }
+        store.block_on(store.sync_md(&a.handle.blob))?;
         let mut ix = self.core.shards[self.id].index.write();
         if let Some(e) = ix.entry_mut(a.slot) {
             e.role = BlobRole::Sealed;

@@ -285,14 +285,50 @@ fn check_is_clean_on_a_healthy_store_and_repair_salvages_damage() {
     assert_eq!(o.status.code(), Some(1), "damage makes check fail");
     let report = String::from_utf8_lossy(&o.stdout);
     assert!(report.contains("PROBLEM"), "{report}");
-    assert!(report.contains("fail their CRC"), "{report}");
+    // The root cause, by blob and offset.
+    assert!(report.contains("damaged record at offset"), "{report}");
+    // The keydir snapshot is intact: open uses it, and only the damaged key fails.
+    assert_eq!(ok(&["get", &db, "key059"]), "value-059-padding-padding\n");
     // The damaged record is never returned as data.
     let o = run(&["get", &db, "key030"]);
     assert_ne!(o.status.code(), Some(0));
 
+    // Without its keydir snapshots, open must scan: the default refuses the damaged log,
+    // --salvage skips the damaged record and keeps everything after it.
+    let intact = std::fs::read(&db).unwrap();
+    let mut hintless = intact.clone();
+    let mut at = 0;
+    while let Some(p) = hintless[at..].windows(8).position(|w| w == b"BCHINT01") {
+        hintless[at + p] ^= 0xff;
+        at += p + 8;
+    }
+    std::fs::write(&db, &hintless).unwrap();
+    let o = run(&["get", &db, "key059"]);
+    assert_eq!(o.status.code(), Some(2), "open must refuse a damaged log");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("damaged log in shard"), "{err}");
+    let o = run(&["get", &db, "key059", "--salvage"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "value-059-padding-padding\n"
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("salvage: skipped"));
+    std::fs::write(&db, &intact).unwrap();
+
     let repaired = dir.path().join("repaired.img");
-    let out = ok(&["repair", &db, "--output", repaired.to_str().unwrap()]);
-    assert!(out.contains("lost: blob"), "{out}");
+    let json = dir.path().join("report.json");
+    let out = ok(&[
+        "repair",
+        &db,
+        "--output",
+        repaired.to_str().unwrap(),
+        "--report",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.contains("damaged: shard"), "{out}");
+    let rep: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(rep["counts"]["damaged_ranges"], 1, "{rep}");
+    assert_eq!(rep["keys_lost"], serde_json::json!(["key030"]), "{rep}");
     let r = repaired.to_str().unwrap();
     assert!(ok(&["check", r]).trim_end().ends_with("clean"));
     let keys = ok(&["keys", r]);

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
 
 use blobcask::device::ErrorAt;
-use blobcask::{catalog, hint, record, SyncPolicy};
+use blobcask::{catalog, hint, record, scan, RecoveryMode, SyncPolicy};
 
 use crate::harness::{self, Step};
 use crate::oracle::{self, Key, Op, Oracle};
@@ -37,8 +37,8 @@ pub fn record_decode(data: &[u8]) {
             "record at {off} runs past the buffer"
         );
         let mut again = Vec::new();
-        record::encode(
-            &mut again, salt, h.seq, h.flags, h.batch_id, rec.key, rec.value,
+        record::encode_claiming(
+            &mut again, salt, h.seq, h.durable, h.flags, h.batch_id, rec.key, rec.value,
         );
         assert_eq!(
             &again[..],
@@ -51,6 +51,29 @@ pub fn record_decode(data: &[u8]) {
     if let Some(rec) = record::decode(log, salt) {
         let _ = record::decode_for_read(log, salt, rec.key, 1, 0);
     }
+    // The recovery scan: in bounds, and salvage keeps at least what the default keeps.
+    let mut kept = [0u64; 2];
+    for (i, mode) in [RecoveryMode::TolerateTornTail, RecoveryMode::Salvage]
+        .into_iter()
+        .enumerate()
+    {
+        let mut src = scan::Source::from_bytes(log);
+        let ev = scan::Evidence {
+            known_len: u64_at(data, 1) % (log.len() as u64 + 1),
+            whole: data.first().is_some_and(|b| b & 1 == 1),
+        };
+        let s = scan::scan_log(&mut src, salt, ev, mode, |off, rec| {
+            assert!(off as usize + rec.header.record_len() <= log.len());
+            kept[i] += 1;
+        })
+        .expect("an in-memory scan cannot fail");
+        assert!(s.end as usize <= log.len());
+        assert!(s
+            .damaged
+            .iter()
+            .all(|d| d.offset + d.len <= log.len() as u64));
+    }
+    assert!(kept[1] >= kept[0], "salvage kept less than the default");
 }
 
 /// Hint decoder: decoding arbitrary bytes never panics (nor allocates without bound), and a

@@ -1,6 +1,7 @@
 //! Bit flips and latent sector errors in data records, hint/snapshot blobs, md pages and the
 //! masks of a store image. Rules:
-//! - never a wrong value: every value a read returns is one that was written for that key;
+//! - never a wrong value: every value a read returns is one that was written for that key,
+//!   and after damage to records it is the newest one (or an error);
 //! - a rotten hint or snapshot is rejected as a whole and open heals by scanning: the store
 //!   then reads back exactly as before the flip;
 //! - everything else is a clean error (`Corruption`, `Io`, a refused open), never a panic.
@@ -182,6 +183,13 @@ fn case(b: &Base, rng: &mut rand_chacha::ChaCha8Rng, ctx: &str) -> String {
             Ok(Some(v)) => {
                 if b.state.get(k) != Some(&v) {
                     exact = false;
+                    // Damaged records are reported, never read around: no older value.
+                    if region == Region::Records {
+                        panic!(
+                            "{ctx}: get {} returned an older value after damage to records",
+                            oracle::show(k)
+                        );
+                    }
                     if !b.history.get(k).is_some_and(|h| h.contains(&v)) {
                         panic!(
                             "{ctx}: get {} returned a value never written for it: {}",
@@ -191,7 +199,16 @@ fn case(b: &Base, rng: &mut rand_chacha::ChaCha8Rng, ctx: &str) -> String {
                     }
                 }
             }
-            Ok(None) => exact &= !b.state.contains_key(k),
+            Ok(None) => {
+                let missing = b.state.contains_key(k);
+                if missing && region == Region::Records {
+                    panic!(
+                        "{ctx}: get {} finds nothing after damage to records",
+                        oracle::show(k)
+                    );
+                }
+                exact &= !missing;
+            }
             Err(Error::Corruption { .. } | Error::Io(_)) => exact = false,
             Err(e) => panic!(
                 "{ctx}: get {} failed with an unexpected error: {e}",

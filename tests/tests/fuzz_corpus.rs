@@ -106,11 +106,23 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let mut log = salt.to_le_bytes().to_vec();
     record::encode(&mut log, salt, 1, 0, 0, b"key1", b"value one");
     record::encode(&mut log, salt, 2, record::TOMBSTONE, 0, b"key1", b"");
-    record::encode(&mut log, salt, 3, record::BATCH, 77, b"k2", &[9; 300]);
-    record::encode(
+    // Later records claim the earlier ones durable (format 2's `durable` field).
+    let flushed = (log.len() - 8) as u32;
+    record::encode_claiming(
+        &mut log,
+        salt,
+        3,
+        flushed,
+        record::BATCH,
+        77,
+        b"k2",
+        &[9; 300],
+    );
+    record::encode_claiming(
         &mut log,
         salt,
         4,
+        flushed,
         record::COMMIT,
         0,
         b"",

@@ -418,15 +418,16 @@ pub fn check(path: &Path) -> CliResult {
 ///
 /// The salvaged records are first written to `<device>.salvage.tsv` (and synced), so a crash
 /// during the rebuild loses nothing: `blobcask load` restores them.
-pub fn repair(path: &Path, output: Option<&Path>) -> CliResult {
+pub fn repair(path: &Path, output: Option<&Path>, report: Option<&Path>) -> CliResult {
     let rep = blobcask::fsck::salvage(open_ro(path)?).map_err(blobcask::fsck::unsalvageable)?;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "salvaged {} live keys from {} readable records ({} found past damage, {} records of uncommitted batches dropped)",
+        "salvaged {} live keys from {} readable records ({} found past damage, {} unflushed records past a torn tail and {} records of uncommitted batches dropped)",
         rep.live.len(),
         rep.records,
         rep.beyond_damage,
+        rep.unflushed,
         rep.uncommitted
     )?;
     for r in &rep.restored {
@@ -435,12 +436,28 @@ pub fn repair(path: &Path, output: Option<&Path>) -> CliResult {
     for d in &rep.damaged {
         writeln!(
             out,
-            "lost: blob {:#x} bytes {}..{} ({} bytes unreadable)",
+            "damaged: shard {} blob {:#x} (seq {}) bytes {}..{} ({} bytes unreadable)",
+            d.shard,
             d.blob,
-            d.start,
-            d.end,
-            d.end - d.start
+            d.blob_seq,
+            d.offset,
+            d.offset + d.len,
+            d.len
         )?;
+    }
+    writeln!(
+        out,
+        "{} keys lost (newest version damaged; left out), {} keys may be stale (older value, back from deletion, or missing)",
+        rep.lost.len(),
+        rep.suspect.len()
+    )?;
+    if let Some(r) = report {
+        let json = blobcask::salvage::report_json(&rep);
+        let f = std::fs::File::create(r)?;
+        serde_json::to_writer_pretty(std::io::BufWriter::new(&f), &json)
+            .map_err(std::io::Error::other)?;
+        f.sync_all()?;
+        writeln!(out, "report written to {}", r.display())?;
     }
     let backup = {
         let mut p = path.as_os_str().to_owned();

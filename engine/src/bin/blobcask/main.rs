@@ -51,6 +51,10 @@ struct StoreArgs {
     /// Durability of writes.
     #[arg(long, value_enum, default_value = "always")]
     sync: SyncArg,
+    /// Open even if a data log is damaged: skip the damaged ranges and keep every valid record
+    /// after them (older values may come back; the ranges skipped are printed).
+    #[arg(long)]
+    salvage: bool,
 }
 
 #[derive(Subcommand)]
@@ -126,6 +130,9 @@ enum Cmd {
         /// Write the repaired store to a new image instead of rebuilding in place.
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Write a JSON report: damaged ranges, keys lost, keys that may be stale, counts.
+        #[arg(long)]
+        report: Option<PathBuf>,
     },
     /// List the blobs of any SPDK blobstore image (read-only).
     Blobs {
@@ -172,7 +179,17 @@ fn open(store: &StoreArgs) -> Result<Db, blobcask::Error> {
     let mut opts = Options::new(DeviceSpec::Path(store.device.clone()));
     opts.create = false;
     opts.sync = store.sync.into();
-    Db::open(opts)
+    if store.salvage {
+        opts.recovery = blobcask::RecoveryMode::Salvage;
+    }
+    let db = Db::open(opts)?;
+    for d in db.damage()? {
+        eprintln!(
+            "salvage: skipped {} damaged bytes at offset {} of blob {:#x} (shard {})",
+            d.len, d.offset, d.blob, d.shard
+        );
+    }
+    Ok(db)
 }
 
 /// Open for a command that changes nothing: the device is never written, not even at close.
@@ -273,7 +290,11 @@ fn run(cmd: Cmd) -> CliResult {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Check { device } => inspect::check(&device),
-        Cmd::Repair { device, output } => inspect::repair(&device, output.as_deref()),
+        Cmd::Repair {
+            device,
+            output,
+            report,
+        } => inspect::repair(&device, output.as_deref(), report.as_deref()),
         Cmd::Blobs { device, json } => inspect::blobs(&device, json),
         Cmd::Blob {
             device,
