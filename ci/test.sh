@@ -60,7 +60,7 @@ if [ -z "$SPDK_PREFIX_PC" ]; then
 fi
 
 section "clippy (default features)"
-cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --quiet --workspace --all-targets -- -D warnings && echo "no warnings"
 
 section "tests (default features)"
 run_tests default --workspace
@@ -76,7 +76,7 @@ if [ -z "$SPDK_PREFIX_PC" ]; then
 fi
 
 section "clippy (--features spdk)"
-cargo clippy --workspace --all-targets --features spdk -- -D warnings
+cargo clippy --quiet --workspace --all-targets --features spdk -- -D warnings && echo "no warnings"
 
 section "tests (--features spdk)"
 export BLOBCASK_REQUIRE_SPDK=1
