@@ -47,7 +47,8 @@ run_tests() {
 }
 
 section "fmt"
-cargo fmt --all -- --check && echo "formatted"
+cargo fmt --all -- --check
+echo "formatted"
 
 section "SPDK"
 find_spdk "$PWD"
@@ -60,7 +61,8 @@ if [ -z "$SPDK_PREFIX_PC" ]; then
 fi
 
 section "clippy (default features)"
-cargo clippy --quiet --workspace --all-targets -- -D warnings && echo "no warnings"
+cargo clippy --quiet --workspace --all-targets -- -D warnings
+echo "no warnings"
 
 section "tests (default features)"
 run_tests default --workspace
@@ -76,7 +78,8 @@ if [ -z "$SPDK_PREFIX_PC" ]; then
 fi
 
 section "clippy (--features spdk)"
-cargo clippy --quiet --workspace --all-targets --features spdk -- -D warnings && echo "no warnings"
+cargo clippy --quiet --workspace --all-targets --features spdk -- -D warnings
+echo "no warnings"
 
 section "tests (--features spdk)"
 export BLOBCASK_REQUIRE_SPDK=1
