@@ -72,7 +72,7 @@ if [ -z "$SPDK_PREFIX_PC" ]; then
     echo "why: $SPDK_WHY_NOT"
     # What the suites themselves print (they pass as skipped; already built above).
     cargo test -q -p blobcask-tests --test spdk_backend --test spdk_engine --test spdk_interop \
-        -- --nocapture 2>&1 | grep -E '^skipped' | sort | uniq -c
+        -- --nocapture 2>&1 | grep -E '^skipped' | sort | uniq -c || true
     echo "total: $passed passed, $failed failed"
     exit 0
 fi
