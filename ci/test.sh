@@ -27,7 +27,8 @@ run_tests() {
     echo "cargo test $* (log: $logs/$name.log)"
     cargo test "$@" >"$logs/$name.log" 2>&1 || status=$?
     # One line per test binary: its name and its result.
-    awk '/^ *Running /  { bin = $2 }
+    awk '/^ *Running /  { bin = $NF; gsub(/[()]/, "", bin); sub(/.*\//, "", bin)
+                          sub(/-[0-9a-f]+$/, "", bin); if ($2 == "unittests") bin = bin " (unit)" }
          /^ *Doc-tests / { bin = "doc-tests " $2 }
          /^test result:/ { sub(/; finished in.*/, ""); printf "  %-40s %s\n", bin, $0 }' \
         "$logs/$name.log"
