@@ -503,3 +503,63 @@ shim_bdev_flush(struct spdk_bdev_desc *desc, struct spdk_io_channel *ch, void *r
 		ffi_shim_complete(rec, rc, 0, NULL);
 	}
 }
+
+/* ---- zeroing a whole bdev ------------------------------------------------------------------ */
+
+/* Lets a test reuse a bdev as if it had just been created: a blobstore abandoned on it keeps
+ * its descriptor open, so the bdev cannot be deleted, but its blocks can be cleared. */
+struct zero_ctx {
+	struct spdk_bdev_desc *desc;
+	struct spdk_io_channel *ch;
+	void *rec;
+};
+
+static void
+zero_done(struct spdk_bdev_io *io, bool success, void *arg)
+{
+	struct zero_ctx *z = arg;
+
+	spdk_bdev_free_io(io);
+	spdk_put_io_channel(z->ch);
+	spdk_bdev_close(z->desc);
+	ffi_shim_complete(z->rec, success ? 0 : -EIO, 0, NULL);
+	free(z);
+}
+
+/* Write zeroes over every block of bdev `name` (emulated by SPDK where the bdev lacks
+ * write-zeroes). Completes `rec`; returns nothing, every failure goes through `rec`. */
+void
+shim_bdev_zero_all(const char *name, void *rec)
+{
+	struct zero_ctx *z = calloc(1, sizeof(*z));
+	struct spdk_bdev *bdev;
+	int rc;
+
+	if (z == NULL) {
+		ffi_shim_complete(rec, -ENOMEM, 0, NULL);
+		return;
+	}
+	z->rec = rec;
+	rc = spdk_bdev_open_ext(name, true, bdev_event, NULL, &z->desc);
+	if (rc != 0) {
+		free(z);
+		ffi_shim_complete(rec, rc, 0, NULL);
+		return;
+	}
+	z->ch = spdk_bdev_get_io_channel(z->desc);
+	if (z->ch == NULL) {
+		spdk_bdev_close(z->desc);
+		free(z);
+		ffi_shim_complete(rec, -ENOMEM, 0, NULL);
+		return;
+	}
+	bdev = spdk_bdev_desc_get_bdev(z->desc);
+	rc = spdk_bdev_write_zeroes_blocks(z->desc, z->ch, 0, spdk_bdev_get_num_blocks(bdev),
+					   zero_done, z);
+	if (rc != 0) {
+		spdk_put_io_channel(z->ch);
+		spdk_bdev_close(z->desc);
+		free(z);
+		ffi_shim_complete(rec, rc, 0, NULL);
+	}
+}

@@ -60,6 +60,10 @@ impl Env {
     pub fn bdev_geometry(&self, _name: &str) -> Option<(u32, u64)> {
         match self.0 {}
     }
+    /// Zero every block of a bdev.
+    pub async fn zero_bdev(&self, _name: &str) -> Result<()> {
+        match self.0 {}
+    }
 }
 
 impl Blobstore {

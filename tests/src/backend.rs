@@ -119,6 +119,54 @@ impl Backend for NativeMem {
     }
 }
 
+/// Set (to anything but `0`) where SPDK was built, as CI does: an SPDK suite that cannot
+/// start SPDK then fails instead of printing `skipped`.
+pub const REQUIRE_SPDK_ENV: &str = "BLOBCASK_REQUIRE_SPDK";
+
+/// Passes on why SPDK is unavailable, as the reason of a skip; panics instead when
+/// [`REQUIRE_SPDK_ENV`] is set.
+pub fn skip_reason(why: String) -> String {
+    let required = std::env::var_os(REQUIRE_SPDK_ENV).is_some_and(|v| !v.is_empty() && v != "0");
+    assert!(!required, "{REQUIRE_SPDK_ENV} is set, yet {why}");
+    why
+}
+
+/// The native blobstore on an image file (what the SPDK interop tests hand to SPDK).
+pub struct NativeFile {
+    path: std::path::PathBuf,
+}
+
+impl NativeFile {
+    /// A sparse, zeroed image of `size` bytes at `path` (replacing any file there).
+    pub fn new(path: impl Into<std::path::PathBuf>, size: u64) -> std::io::Result<Self> {
+        let path = path.into();
+        std::fs::File::create(&path)?.set_len(size)?;
+        Ok(NativeFile { path })
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Backend for NativeFile {
+    type Store = blobcask::blobstore::native::NativeBlobStore<AnyDevice>;
+
+    fn name(&self) -> String {
+        format!("native/file {}", self.path.display())
+    }
+    fn io_path(&self) -> IoPath {
+        IoPath::Pread
+    }
+    fn load(&self, opts: &Options) -> Result<Self::Store> {
+        let dev = blobcask::device::FileDevice::open(&self.path)?;
+        blobcask::native_store(AnyDevice::from(dev), false, opts)
+    }
+    fn forget(&self) {
+        // As for memory: the switch already stops every write; the file keeps what got out.
+    }
+}
+
 #[cfg(feature = "spdk")]
 pub use with_spdk::{spdk_available, SpdkAio, SpdkMalloc};
 
@@ -136,10 +184,11 @@ mod with_spdk {
 
     use super::Backend;
 
-    /// Whether SPDK runs in this process; `Err` says why not. Starts it once.
+    /// Whether SPDK runs in this process; `Err` says why not (see
+    /// [`skip_reason`](super::skip_reason)). Starts it once.
     pub fn spdk_available() -> std::result::Result<(), String> {
         static UP: OnceLock<std::result::Result<(), String>> = OnceLock::new();
-        UP.get_or_init(|| {
+        let up = UP.get_or_init(|| {
             if !blobcask::blobstore::spdk::SPDK_LINKED {
                 return Err("this build found no SPDK (set PKG_CONFIG_PATH to SPDK's \
                             lib/pkgconfig and rebuild)"
@@ -155,9 +204,11 @@ mod with_spdk {
             .map_err(|e| format!("SPDK cannot start here: {e}"))?;
             s.block_on(s.unload())
                 .map_err(|e| format!("SPDK probe unload: {e}"))?;
+            SpdkBlobStore::load_config(&SpdkConfig::malloc_delete("SuiteProbe"))
+                .map_err(|e| format!("SPDK probe bdev delete: {e}"))?;
             Ok(())
-        })
-        .clone()
+        });
+        up.clone().map_err(super::skip_reason)
     }
 
     fn unique(prefix: &str) -> String {
@@ -188,18 +239,66 @@ mod with_spdk {
         }
     }
 
-    /// A malloc bdev (SPDK's RAM disk) of its own.
-    pub struct SpdkMalloc(Bdev);
+    /// Malloc bdevs of dropped backends, by size, for the next backend of that size.
+    ///
+    /// SPDK's `no_huge` memory (1 GiB) holds a few dozen malloc bdevs, and a suite makes
+    /// many more. A bdev cannot be deleted while a store abandoned on it (a kill) still
+    /// holds it open, so a bdev is zeroed and reused instead: the suites then hold only as
+    /// many as they run at once.
+    static FREE_MALLOC: Mutex<Vec<(u64, String)>> = Mutex::new(Vec::new());
+
+    /// A malloc bdev (SPDK's RAM disk) of its own, blank when handed out.
+    pub struct SpdkMalloc(Bdev, u64);
 
     impl SpdkMalloc {
         pub fn new(size: u64) -> Self {
-            let name = unique("SuiteMalloc");
-            SpdkMalloc(Bdev {
-                config: SpdkConfig::malloc(&name, size, 4096),
-                name,
-                loaded: Mutex::new(None),
-                abandoned: AtomicBool::new(false),
-            })
+            let reused = {
+                let mut free = FREE_MALLOC.lock().unwrap_or_else(|p| p.into_inner());
+                free.iter()
+                    .position(|(s, _)| *s == size)
+                    .map(|i| free.swap_remove(i).1)
+            };
+            let name = match reused {
+                Some(name) => {
+                    SpdkBlobStore::zero_bdev(&name)
+                        .unwrap_or_else(|e| panic!("zeroing malloc bdev {name}: {e}"));
+                    name
+                }
+                None => unique("SuiteMalloc"),
+            };
+            SpdkMalloc(
+                Bdev {
+                    config: SpdkConfig::malloc(&name, size, 4096),
+                    name,
+                    loaded: Mutex::new(None),
+                    abandoned: AtomicBool::new(false),
+                },
+                size,
+            )
+        }
+    }
+
+    impl Drop for SpdkMalloc {
+        fn drop(&mut self) {
+            // After a failed test a store may still be in use on the bdev: never reuse it then.
+            if std::thread::panicking() {
+                return;
+            }
+            // A store still loaded would unload itself when dropped, writing into the bdev
+            // after its next user zeroed it; closed stores ignore this.
+            if let Some(s) = self
+                .0
+                .loaded
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+            {
+                s.abandon();
+            }
+            FREE_MALLOC
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((self.1, self.0.name.clone()));
         }
     }
 

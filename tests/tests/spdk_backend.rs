@@ -16,7 +16,7 @@ fn spdk_backend() {
 mod with_spdk {
     use std::future::Future;
     use std::path::{Path, PathBuf};
-    use std::sync::{Arc, Mutex, OnceLock};
+    use std::sync::{Arc, Mutex};
     use std::task::{Context, Poll, Wake, Waker};
 
     use blobcask::blobstore::native::NativeBlobStore;
@@ -29,30 +29,9 @@ mod with_spdk {
     const MIB: u64 = 1 << 20;
     const UNIT: usize = 4096;
 
-    /// Whether SPDK runs in this process; `Err` says why not. Starts it once, on a tiny
-    /// malloc bdev.
+    /// Whether SPDK runs in this process; `Err` says why not.
     fn spdk() -> Result<(), String> {
-        static UP: OnceLock<Result<(), String>> = OnceLock::new();
-        UP.get_or_init(|| {
-            if !blobcask::blobstore::spdk::SPDK_LINKED {
-                return Err("this build found no SPDK (set PKG_CONFIG_PATH to SPDK's \
-                            lib/pkgconfig and rebuild)"
-                    .into());
-            }
-            let cfg = SpdkConfig::malloc("Probe0", 16 * MIB, 4096);
-            let opts = InitOpts::default();
-            let s = SpdkBlobStore::start_with(
-                &SpdkEnvOpts::default(),
-                &cfg,
-                "Probe0",
-                SpdkStart::Init(opts),
-            )
-            .map_err(|e| format!("SPDK cannot start here: {e}"))?;
-            s.block_on(s.unload())
-                .map_err(|e| format!("SPDK probe unload: {e}"))?;
-            Ok(())
-        })
-        .clone()
+        blobcask_tests::backend::spdk_available()
     }
 
     macro_rules! need_spdk {
@@ -399,6 +378,8 @@ mod with_spdk {
             SpdkConfig::malloc("TestMalloc0", 64 * MIB, 4096),
             "TestMalloc0",
         );
+        SpdkBlobStore::load_config(&SpdkConfig::malloc_delete("TestMalloc0"))
+            .expect("malloc delete");
         println!("SPDK {:?}: malloc bdev ok", SpdkBlobStore::spdk_version());
     }
 
@@ -815,6 +796,9 @@ mod with_spdk {
             w.join().expect("worker");
         }
         s.block_on(s.unload()).expect("unload");
+        drop(s);
+        SpdkBlobStore::load_config(&SpdkConfig::malloc_delete("Concurrent0"))
+            .expect("malloc delete");
     }
 
     /// A store on a malloc bdev: create, fill, close, reopen in the same process.
@@ -836,6 +820,7 @@ mod with_spdk {
             assert_eq!(db.get(&key(i)).expect("get"), Some(value(i, 0)), "key {i}");
         }
         db.close().expect("close");
+        SpdkBlobStore::load_config(&SpdkConfig::malloc_delete("DbMalloc0")).expect("malloc delete");
     }
 
     /// Blob-level throughput through the `BlobStore` trait on both backends over the same

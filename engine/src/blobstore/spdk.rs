@@ -205,6 +205,14 @@ impl SpdkBlobStore {
             ffi_shim::Env::get().ok_or_else(|| Error::Unsupported("SPDK is not running".into()))?;
         ffi_shim::block_on(env.load_config(config)).map_err(map_err)
     }
+
+    /// Write zeroes over the whole of bdev `name` in the running SPDK (tests reuse bdevs
+    /// this way: a bdev still held by an abandoned store cannot be deleted).
+    pub fn zero_bdev(name: &str) -> Result<()> {
+        let env =
+            ffi_shim::Env::get().ok_or_else(|| Error::Unsupported("SPDK is not running".into()))?;
+        ffi_shim::block_on(env.zero_bdev(name)).map_err(map_err)
+    }
 }
 
 impl crate::Db<SpdkBlobStore> {

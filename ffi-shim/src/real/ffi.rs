@@ -101,4 +101,5 @@ extern "C" {
     pub fn shim_bdev_block_size(name: *const c_char) -> u32;
     pub fn shim_bdev_num_blocks(name: *const c_char) -> u64;
     pub fn shim_bdev_flush(desc: *mut c_void, ch: *mut c_void, rec: *mut c_void);
+    pub fn shim_bdev_zero_all(name: *const c_char, rec: *mut c_void);
 }

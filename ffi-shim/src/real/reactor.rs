@@ -228,6 +228,23 @@ impl Env {
         check("loading SPDK JSON config", done.rc)
     }
 
+    /// Write zeroes over every block of bdev `name`, so that it reads as a bdev just
+    /// created. Unlike deleting it, this works while blobstores abandoned on it still hold
+    /// it open.
+    pub async fn zero_bdev(&self, name: &str) -> Result<()> {
+        let name = CString::new(name)
+            .map_err(|_| Error::InvalidArgument("bdev name holds a NUL byte".into()))?;
+        let rec = Record::new();
+        let r = Arc::clone(&rec);
+        self.run(self.md, move || {
+            // SAFETY: on the metadata thread (run() sets it); the shim only reads `name`
+            // during the call, and `r` is handed over as cb_arg exactly once.
+            unsafe { ffi::shim_bdev_zero_all(name.as_ptr(), r.into_cb_arg()) };
+        });
+        let done = rec.wait().await;
+        check("zeroing a bdev", done.rc)
+    }
+
     /// Block size and block count of a bdev, if it exists.
     pub fn bdev_geometry(&self, name: &str) -> Option<(u32, u64)> {
         let name = CString::new(name).ok()?;
