@@ -176,13 +176,27 @@ fn main() -> ExitCode {
 type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
 
 fn open(store: &StoreArgs) -> Result<Db, blobcask::Error> {
+    let mut opts = store_options(store);
+    opts.sync = store.sync.into();
+    report_damage(Db::open(opts)?)
+}
+
+/// Open for a command that changes nothing: the device is never written, not even at close.
+fn open_read_only(store: &StoreArgs) -> Result<Db, blobcask::Error> {
+    report_damage(Db::open_read_only(store_options(store))?)
+}
+
+fn store_options(store: &StoreArgs) -> Options {
     let mut opts = Options::new(DeviceSpec::Path(store.device.clone()));
     opts.create = false;
-    opts.sync = store.sync.into();
     if store.salvage {
         opts.recovery = blobcask::RecoveryMode::Salvage;
     }
-    let db = Db::open(opts)?;
+    opts
+}
+
+/// Say what a salvage open skipped.
+fn report_damage(db: Db) -> Result<Db, blobcask::Error> {
     for d in db.damage()? {
         eprintln!(
             "salvage: skipped {} damaged bytes at offset {} of blob {:#x} (shard {})",
@@ -190,11 +204,6 @@ fn open(store: &StoreArgs) -> Result<Db, blobcask::Error> {
         );
     }
     Ok(db)
-}
-
-/// Open for a command that changes nothing: the device is never written, not even at close.
-fn open_read_only(store: &StoreArgs) -> Result<Db, blobcask::Error> {
-    Db::open_read_only(Options::new(DeviceSpec::Path(store.device.clone())))
 }
 
 fn run(cmd: Cmd) -> CliResult {
