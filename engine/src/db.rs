@@ -153,6 +153,8 @@ pub(crate) struct ShardShared<S: BlobStore> {
     pub unwritten: RwLock<Unwritten>,
     /// Bytes in `unwritten` beyond what is on the device.
     pub pending_bytes: AtomicU64,
+    /// The merge worker asks the shard to seal its active blob (too much of it is dead).
+    pub seal_wanted: AtomicBool,
 }
 
 /// The write-behind buffer of a shard: the active blob's bytes from `start` (a page boundary)
@@ -178,6 +180,8 @@ pub(crate) struct Config {
     pub page: u64,
     pub cluster: u64,
     pub lease_clusters: u64,
+    /// Free clusters one merge step needs; deletes leave them free.
+    pub merge_unit: u64,
     /// Clusters puts leave free for deletes and merge (see `Shard::check_reserve`).
     pub merge_reserve: u64,
 }
@@ -806,6 +810,7 @@ impl Db {
                 if p.exists() {
                     (AnyDevice::open_path(&p)?, false)
                 } else if opts.create {
+                    opts.check_new_store(opts.device_size)?;
                     (AnyDevice::create_path(&p, opts.device_size)?, true)
                 } else {
                     return Err(Error::invalid(format!(

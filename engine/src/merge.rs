@@ -1,22 +1,27 @@
-//! Merge: rewrite a shard's live records into one new blob and drop the old blobs.
+//! Merge: rewrite a shard's sealed blobs one at a time, dropping dead records, and free them.
 //!
 //! One worker thread per store; it merges on demand ([`crate::Db::merge`]) and when a trigger
 //! fires (Basho-style: a sealed blob's dead fraction or dead bytes, or too many small sealed
-//! blobs; optionally only inside a UTC hour window). Reads and writes go on meanwhile: the
-//! worker reads and writes blobs through its own I/O channel, the shard keeps appending to
-//! its active blob, and moved keys are switched over only if the keydir still points at the
-//! copied record (`KeyDir::replace_if`).
+//! blobs; optionally only inside a UTC hour window). An active blob whose dead fraction passes
+//! the trigger is sealed first (the shard does it at its next turn), so dead space is
+//! reclaimable wherever it is. Reads and writes go on meanwhile: the worker reads and writes
+//! blobs through its own I/O channel, the shard keeps appending to its active blob, and moved
+//! keys are switched over only if the keydir still points at the copied record
+//! (`KeyDir::replace_if`).
 //!
-//! A merge takes **every sealed blob** of the shard (the inputs are chosen under the batch gate,
-//! so no write_batch is half-published). Every record outside the inputs is newer than every
-//! record inside them, so the output may drop tombstones and commit records: no older value a
-//! tombstone hides survives outside the inputs (the Bitcask #82 class of resurrection).
+//! A merge pass takes **every sealed blob** of the shard (chosen under the batch gate, so no
+//! write_batch is half-published) and rewrites them **one per step, oldest records first**
+//! (see [`merge_ordered`]): a step copies one input's live records into a new blob, commits,
+//! and deletes the input before the next step starts. A full store therefore only needs room
+//! for one blob's live data and its hint (the reserve, see `options::Geometry`), whatever the
+//! fraction deleted.
 //!
-//! Crash safety: the output carries `bc.merge = pending` and the list of input seqs. It is
+//! Crash safety, per step: the output carries `bc.merge = pending` and its input's seq. It is
 //! written, flushed, its hint written and flushed, and only then marked `done` (one `sync_md`,
-//! then a flush): the commit point. Open deletes a `pending` output (pre-merge state) and the
-//! surviving inputs of a `done` one (post-merge state); both hold the same records with the
-//! same seqs, so the keydir comes out the same either way.
+//! then a flush): the commit point. Open deletes a `pending` output (pre-step state) and the
+//! surviving input of a `done` one (post-step state); both hold the same live records with
+//! the same seqs, so the keydir comes out the same either way, and a dropped tombstone never
+//! uncovers an older record (every blob with older records finished its step earlier).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -146,10 +151,20 @@ pub(crate) fn triggered<S: BlobStore>(core: &Core<S>, s: usize) -> bool {
     let ix = core.shards[s].index.read();
     let mut small = 0usize;
     for e in ix.blobs.iter().flatten() {
+        let dead = e.written.saturating_sub(e.live);
+        if e.role == BlobRole::Active {
+            // Past a quarter of a blob, an active blob as dead as a sealed one would have to
+            // be is sealed (by its shard) and merged at the next check.
+            let big = e.written >= (core.cfg.max_blob_size / 4).max(core.cfg.cluster);
+            let frag = dead * 100 >= e.written * u64::from(m.frag_trigger_pct);
+            if big && dead > 0 && (frag || dead >= m.dead_bytes_trigger) {
+                core.shards[s].seal_wanted.store(true, Ordering::Release);
+            }
+            continue;
+        }
         if e.role != BlobRole::Sealed {
             continue;
         }
-        let dead = e.written.saturating_sub(e.live);
         if e.written > 0 && dead * 100 >= e.written * u64::from(m.frag_trigger_pct) && dead > 0 {
             return true;
         }
@@ -231,7 +246,10 @@ impl<S: BlobStore> Out<'_, S> {
     }
 }
 
-/// Merge every sealed blob of shard `s` into one.
+/// A sealed input of a merge: (slot, handle, written, live).
+type Input<S> = (u16, Arc<BlobHandle<S>>, u64, u64);
+
+/// Merge the sealed blobs of shard `s`, one at a time, oldest records first.
 pub(crate) fn merge_shard<S: BlobStore>(core: &Core<S>, ch: &S::Channel, s: usize) -> Result<()> {
     let sh = &core.shards[s];
     let _m = sh.merge_lock.lock();
@@ -241,7 +259,7 @@ pub(crate) fn merge_shard<S: BlobStore>(core: &Core<S>, ch: &S::Channel, s: usiz
     if core.closed.load(Ordering::Acquire) {
         return Err(Error::Closed);
     }
-    let inputs: Vec<(u16, Arc<BlobHandle<S>>, u64, u64)> = {
+    let inputs: Vec<Input<S>> = {
         let _gate = core.batch_gate.write();
         let ix = sh.index.read();
         ix.blobs
@@ -252,16 +270,16 @@ pub(crate) fn merge_shard<S: BlobStore>(core: &Core<S>, ch: &S::Channel, s: usiz
             .map(|(i, e)| (i as u16, e.handle.clone(), e.written, e.live))
             .collect()
     };
-    if inputs.is_empty() || (inputs.len() == 1 && inputs[0].2 == inputs[0].3) {
+    if inputs.iter().all(|(_, _, written, live)| written == live) {
         return Ok(());
     }
-    let res = merge_inputs(core, ch, s, inputs);
+    let res = merge_ordered(core, ch, s, inputs);
     if let Err(e) = &res {
-        // Out of space or metadata: the merge backed out (or left a consistent pending output
+        // Out of space or metadata: the step backed out (or left a consistent pending output
         // that open discards); anything else is a device failure.
         if !matches!(
             e,
-            Error::Unsupported(_) | Error::Full | Error::NoMetadataSpace(_)
+            Error::Unsupported(_) | Error::Full | Error::NoMetadataSpace(_) | Error::Closed
         ) {
             core.poison();
         }
@@ -269,11 +287,113 @@ pub(crate) fn merge_shard<S: BlobStore>(core: &Core<S>, ch: &S::Channel, s: usiz
     res
 }
 
+/// Rewrite `inputs` one blob per step, in log order (by their first record's seq; the seq
+/// ranges of a shard's blobs never overlap). By the time a blob is merged, every blob holding
+/// older records has been merged in this pass and lost its dead records, so the step may drop
+/// the blob's tombstones: no older value they hide survives anywhere (the Bitcask #82 class of
+/// resurrection). Each step commits and frees its input before the next starts, so a merge
+/// needs room for one blob's live data and hint only.
+fn merge_ordered<S: BlobStore>(
+    core: &Core<S>,
+    ch: &S::Channel,
+    s: usize,
+    inputs: Vec<Input<S>>,
+) -> Result<()> {
+    let mut ordered = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let first = if input.2 == 0 {
+            0
+        } else {
+            first_seq(core, ch, &input.1)?
+        };
+        ordered.push((first, input));
+    }
+    ordered.sort_by_key(|(first, input)| (*first, input.1.seq));
+    for (_, input) in ordered {
+        if core.closed.load(Ordering::Acquire) {
+            // Closing: every finished step is committed; the rest waits for the next merge.
+            return Ok(());
+        }
+        let (_, _, written, live) = input;
+        if written == live && written > 0 {
+            // Nothing dead: no older dead record hides here, so later steps stay correct.
+            continue;
+        }
+        if live == 0 {
+            drop_blob(core, s, input)?;
+        } else {
+            merge_inputs(core, ch, s, vec![input])?;
+        }
+    }
+    Ok(())
+}
+
+/// Seq of the first record of a sealed blob.
+fn first_seq<S: BlobStore>(core: &Core<S>, ch: &S::Channel, h: &BlobHandle<S>) -> Result<u64> {
+    let store = &core.store;
+    let mut head = AlignedBuf::zeroed(core.cfg.page as usize);
+    store.block_on(ch.read(&h.blob, 0, &mut head))?;
+    record::parse_header(&head)
+        .map(|hd| hd.seq)
+        .ok_or_else(|| Error::Corruption {
+            blob: h.id,
+            offset: 0,
+            detail: "a merge input's first record header is unreadable".into(),
+        })
+}
+
+/// Delete a sealed blob none of whose records is live (a step with an empty output).
+fn drop_blob<S: BlobStore>(core: &Core<S>, s: usize, input: Input<S>) -> Result<()> {
+    let sh = &core.shards[s];
+    let store = &core.store;
+    let (slot, handle, ..) = input;
+    {
+        let mut ix = sh.index.write();
+        if ix
+            .blobs
+            .get(usize::from(slot))
+            .and_then(Option::as_ref)
+            .is_some_and(|e| e.live > 0)
+        {
+            // A write raced in? Never: only the shard's active blob gains records.
+            return Ok(());
+        }
+        let taken = ix.blobs.get_mut(usize::from(slot)).and_then(Option::take);
+        drop(taken);
+    }
+    // Snapshots name every blob; one naming this blob is of no use after it is gone.
+    let old_snaps: Vec<_> = std::mem::take(&mut *sh.snapshots.lock());
+    for id in old_snaps {
+        store.block_on(store.delete(id))?;
+    }
+    if let Some(id) = sh.hints.lock().remove(&handle.seq) {
+        store.block_on(store.delete(id))?;
+    }
+    let inner = unwrap_handle(handle);
+    store.block_on(store.close(inner.blob))?;
+    store.block_on(store.delete(inner.id))?;
+    sh.ctr.merges.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The handle once its last reader let go (readers hold a clone for one read only).
+fn unwrap_handle<S: BlobStore>(mut h: Arc<BlobHandle<S>>) -> BlobHandle<S> {
+    loop {
+        match Arc::try_unwrap(h) {
+            Ok(inner) => return inner,
+            Err(back) => {
+                h = back;
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+    }
+}
+
 fn merge_inputs<S: BlobStore>(
     core: &Core<S>,
     ch: &S::Channel,
     s: usize,
-    inputs: Vec<(u16, Arc<BlobHandle<S>>, u64, u64)>,
+    inputs: Vec<Input<S>>,
 ) -> Result<()> {
     let sh = &core.shards[s];
     let store = &core.store;
@@ -416,17 +536,7 @@ fn merge_inputs<S: BlobStore>(
         store.block_on(store.delete(id))?;
     }
     for h in dropped {
-        let mut h = h;
-        // Readers hold a clone only for the duration of one read.
-        let inner = loop {
-            match Arc::try_unwrap(h) {
-                Ok(inner) => break inner,
-                Err(back) => {
-                    h = back;
-                    std::thread::sleep(Duration::from_micros(50));
-                }
-            }
-        };
+        let inner = unwrap_handle(h);
         store.block_on(store.close(inner.blob))?;
         store.block_on(store.delete(inner.id))?;
     }
@@ -449,7 +559,7 @@ fn copy_live<S: BlobStore>(
     core: &Core<S>,
     ch: &S::Channel,
     s: usize,
-    inputs: &[(u16, Arc<BlobHandle<S>>, u64, u64)],
+    inputs: &[Input<S>],
     out: &mut Out<'_, S>,
 ) -> Result<Vec<(Vec<u8>, Loc, Loc, u64)>> {
     let sh = &core.shards[s];

@@ -120,6 +120,100 @@ pub const MAX_VALUE_LIMIT: usize = (1 << 31) - 1;
 pub const MAX_BLOB_LIMIT: u64 = u32::MAX as u64 + 1;
 pub const MAX_SHARDS: usize = 1024;
 
+/// Space a store sets aside, derived from its size so that a merge always has room.
+///
+/// A merge rewrites one sealed blob at a time, so the largest unit it needs is one blob's live
+/// data, its hint and a cluster of slack; data blobs are capped at 1/32 of the store so this
+/// unit stays small. Puts leave the whole reserve free, deletes the merge unit (the rest is
+/// room for their tombstones: one cluster per shard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    /// Data blob size past which the active blob is sealed.
+    pub max_blob_size: u64,
+    /// Clusters the active blob is grown by at a time.
+    pub lease_clusters: u64,
+    /// Free clusters one merge step needs (one blob's live data + hint + slack).
+    pub merge_unit: u64,
+    /// Free clusters puts must leave.
+    pub merge_reserve: u64,
+}
+
+impl Geometry {
+    /// The geometry of a store of `total` data clusters of `cluster` bytes with `shards`.
+    pub fn new(total: u64, cluster: u64, shards: usize, max_blob_size: u64) -> Geometry {
+        let blob_cl = (max_blob_size / cluster).clamp(1, (total / 32).max(1));
+        let hint_cl = blob_cl.div_ceil(2);
+        let merge_unit = blob_cl + hint_cl + 1;
+        Geometry {
+            max_blob_size: blob_cl * cluster,
+            lease_clusters: ((4u64 << 20) / cluster).clamp(1, 16).min(blob_cl),
+            merge_unit,
+            merge_reserve: merge_unit + shards as u64,
+        }
+    }
+
+    /// Whether `total` data clusters hold a working store: the reserve, and per shard an
+    /// active blob, a keydir snapshot being replaced (two) and a cluster of data.
+    fn fits(&self, total: u64, shards: usize) -> bool {
+        total >= self.merge_reserve + 4 * shards as u64
+    }
+}
+
+/// The smallest number of data clusters that holds a working store of `shards`.
+pub(crate) fn min_data_clusters(cluster: u64, shards: usize, max_blob_size: u64) -> u64 {
+    (1..)
+        .find(|&t| Geometry::new(t, cluster, shards, max_blob_size).fits(t, shards))
+        .unwrap_or(u64::MAX)
+}
+
+/// Refuse a store of `total` data clusters that cannot hold `shards`, naming the minimum.
+pub(crate) fn check_space(
+    total: u64,
+    cluster: u64,
+    shards: usize,
+    max_blob_size: u64,
+) -> Result<()> {
+    let min = min_data_clusters(cluster, shards, max_blob_size);
+    if total >= min {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument(format!(
+        "the store is too small: {shards} shards with {} KiB clusters need at least {min} data \
+         clusters ({}), the device has {total}; use fewer shards, smaller clusters or a bigger \
+         device",
+        cluster >> 10,
+        human(min_device_size(cluster, shards, max_blob_size)),
+    )))
+}
+
+/// The smallest device (a multiple of the cluster size) whose native blobstore holds a
+/// working store of `shards`.
+fn min_device_size(cluster: u64, shards: usize, max_blob_size: u64) -> u64 {
+    let min = min_data_clusters(cluster, shards, max_blob_size);
+    let Ok(cs) = u32::try_from(cluster) else {
+        return u64::MAX;
+    };
+    let init = crate::blobstore::InitOpts {
+        cluster_size: cs,
+        ..Default::default()
+    };
+    (min..min * 2 + 64)
+        .map(|n| n * cluster)
+        .find(|&size| {
+            crate::blobstore::native::layout::Layout::for_init(size, 4096, &init)
+                .is_ok_and(|l| u64::from(l.total_data_clusters()) >= min)
+        })
+        .unwrap_or(u64::MAX)
+}
+
+fn human(bytes: u64) -> String {
+    if bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{} KiB", bytes.div_ceil(1 << 10))
+    }
+}
+
 impl Options {
     /// Defaults on `device`.
     pub fn new(device: DeviceSpec) -> Self {
@@ -127,6 +221,33 @@ impl Options {
             device,
             ..Options::default()
         }
+    }
+
+    /// The smallest device on which a new native store with these options works (its
+    /// cluster size and shard count).
+    pub fn min_device_size(&self) -> u64 {
+        min_device_size(
+            u64::from(self.cluster_size),
+            self.shards,
+            self.max_blob_size,
+        )
+    }
+
+    /// Refuse a new native store of `size` bytes that cannot hold these options' shards (a
+    /// typed [`Error::InvalidArgument`] naming the minimum), before anything is written.
+    pub fn check_new_store(&self, size: u64) -> Result<()> {
+        let init = crate::blobstore::InitOpts {
+            cluster_size: self.cluster_size,
+            ..Default::default()
+        };
+        let total = crate::blobstore::native::layout::Layout::for_init(size, 4096, &init)
+            .map_or(0, |l| u64::from(l.total_data_clusters()));
+        check_space(
+            total,
+            u64::from(self.cluster_size),
+            self.shards,
+            self.max_blob_size,
+        )
     }
 
     /// Check every option; a clear error names the bad one.
