@@ -122,17 +122,19 @@ pub const MAX_SHARDS: usize = 1024;
 
 /// Space a store sets aside, derived from its size so that a merge always has room.
 ///
-/// A merge rewrites one sealed blob at a time, so the largest unit it needs is one blob's live
-/// data, its hint and a cluster of slack; data blobs are capped at 1/32 of the store so this
-/// unit stays small. Puts leave the whole reserve free, deletes the merge unit (the rest is
-/// room for their tombstones: one cluster per shard).
+/// A merge rewrites one sealed blob at a time into an output of at most two data blobs' worth
+/// (so that half-dead blobs pack), so the largest unit it needs is one output's worth of live
+/// data, its hint and a cluster of slack; outputs are capped at 1/32 of the store so this unit
+/// stays small, and at four clusters at least (blobs of one cluster each would run out of md
+/// pages, one per cluster, before clusters). Puts leave the whole reserve free, deletes the
+/// merge unit (the rest is room for their tombstones: 512 KiB or a cluster per shard).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Geometry {
-    /// Data blob size past which the active blob is sealed.
+    /// Data blob size past which the active blob is sealed (half a merge output).
     pub max_blob_size: u64,
     /// Clusters the active blob is grown by at a time.
     pub lease_clusters: u64,
-    /// Free clusters one merge step needs (one blob's live data + hint + slack).
+    /// Free clusters one merge step needs (one output's live data + hint + slack).
     pub merge_unit: u64,
     /// Free clusters puts must leave.
     pub merge_reserve: u64,
@@ -141,14 +143,20 @@ pub(crate) struct Geometry {
 impl Geometry {
     /// The geometry of a store of `total` data clusters of `cluster` bytes with `shards`.
     pub fn new(total: u64, cluster: u64, shards: usize, max_blob_size: u64) -> Geometry {
-        let blob_cl = (max_blob_size / cluster).clamp(1, (total / 32).max(1));
-        let hint_cl = blob_cl.div_ceil(2);
-        let merge_unit = blob_cl + hint_cl + 1;
+        let out_cl = (max_blob_size / cluster).clamp(1, (total / 32).max(4));
+        let blob_cl = (out_cl / 2).max(1);
+        let out_cl = blob_cl * 2;
+        let hint_cl = if out_cl >= crate::merge::HINT_MIN_CLUSTERS {
+            out_cl.div_ceil(2)
+        } else {
+            0
+        };
+        let merge_unit = out_cl + hint_cl + 1;
         Geometry {
             max_blob_size: blob_cl * cluster,
             lease_clusters: ((4u64 << 20) / cluster).clamp(1, 16).min(blob_cl),
             merge_unit,
-            merge_reserve: merge_unit + shards as u64,
+            merge_reserve: merge_unit + shards as u64 * ((512 << 10) / cluster).max(1),
         }
     }
 

@@ -575,6 +575,9 @@ impl<S: BlobStore> Shard<S> {
         self.ensure_active()?;
         let pos = self.staged_end()?;
         if pos + len > self.core.cfg.max_blob_size && pos > 0 {
+            // The next blob must fit before this group's records go out: a `Full` after them
+            // could not be backed out.
+            self.check_reserve(1)?;
             self.write_out()?;
             self.rotate()?;
             self.ensure_active()?;
@@ -618,9 +621,10 @@ impl<S: BlobStore> Shard<S> {
                 crate::recovery::data_xattrs(self.id, seq, salt),
             )
         };
-        // A nearly full store still takes a blob of one cluster.
+        // A nearly full store still takes a blob of one cluster; deletes take no lease ahead
+        // (each shard's tombstones get a cluster of the room set aside for them).
         self.check_reserve(1)?;
-        let clusters = if self.check_reserve(clusters).is_ok() {
+        let clusters = if self.group_puts && self.check_reserve(clusters).is_ok() {
             clusters
         } else {
             1
@@ -727,7 +731,12 @@ impl<S: BlobStore> Shard<S> {
         }
         let need = end.div_ceil(cfg.cluster);
         let max_cl = cfg.max_blob_size.div_ceil(cfg.cluster);
-        let target = (need + cfg.lease_clusters - 1).min(max_cl).max(need);
+        let ahead = if self.group_puts {
+            cfg.lease_clusters - 1
+        } else {
+            0
+        };
+        let target = (need + ahead).min(max_cl).max(need);
         let have = a.leased / cfg.cluster;
         let store = &self.core.store;
         let free = store.free_clusters();

@@ -94,8 +94,7 @@ fn format_refuses_an_existing_store_unless_forced_and_force_reformats() {
     assert!(out.contains("3 shards"), "{out}");
     assert_eq!(std::fs::metadata(&img).unwrap().len(), 64 << 20);
     assert_eq!(run(&["get", db, "k"]).status.code(), Some(1));
-    let v: serde_json::Value =
-        serde_json::from_str(&ok(&["stats", db, "--json"])).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ok(&["stats", db, "--json"])).unwrap();
     assert_eq!(v["shards"].as_array().map(Vec::len), Some(3), "{v}");
     ok(&["put", db, "k2", "v2"]);
     assert_eq!(ok(&["get", db, "k2"]), "v2\n");
@@ -120,12 +119,25 @@ fn format_refuses_a_geometry_that_cannot_work_and_leaves_no_file() {
             ],
             "at least",
         );
-        assert!(!img.exists(), "a failed format left {} behind", img.display());
+        assert!(
+            !img.exists(),
+            "a failed format left {} behind",
+            img.display()
+        );
     }
     // The minimum it names works: put, get and reopen.
     let img = dir.path().join("min.img");
     let p = img.to_str().unwrap();
-    let o = run(&["format", p, "--size", "4M", "--shards", "8", "--cluster-size", "64K"]);
+    let o = run(&[
+        "format",
+        p,
+        "--size",
+        "4M",
+        "--shards",
+        "8",
+        "--cluster-size",
+        "64K",
+    ]);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     let min = err
         .split('(')
@@ -134,7 +146,16 @@ fn format_refuses_a_geometry_that_cannot_work_and_leaves_no_file() {
         .unwrap_or_else(|| panic!("no minimum named: {err}"))
         .replace(" MiB", "M")
         .replace(" KiB", "K");
-    ok(&["format", p, "--size", &min, "--shards", "8", "--cluster-size", "64K"]);
+    ok(&[
+        "format",
+        p,
+        "--size",
+        &min,
+        "--shards",
+        "8",
+        "--cluster-size",
+        "64K",
+    ]);
     for i in 0..40 {
         ok(&["put", p, &format!("k{i}"), "v"]);
     }

@@ -619,7 +619,10 @@ pub fn a_kill_anywhere_inside_merge_loses_nothing<B: Backend>(mk: impl Fn(u64) -
         db.merge().unwrap();
         let n = r.switch().writes() - before;
         let steps = db.stats().unwrap().merges;
-        assert!(steps >= 3, "the merge took {steps} steps, not one per sealed blob");
+        assert!(
+            steps >= 3,
+            "the merge took {steps} steps, not one per sealed blob"
+        );
         db.close().unwrap();
         n
     };
