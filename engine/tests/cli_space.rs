@@ -94,8 +94,13 @@ fn format_refuses_an_existing_store_unless_forced_and_force_reformats() {
     assert!(out.contains("3 shards"), "{out}");
     assert_eq!(std::fs::metadata(&img).unwrap().len(), 64 << 20);
     assert_eq!(run(&["get", db, "k"]).status.code(), Some(1));
-    let v: serde_json::Value = serde_json::from_str(&ok(&["stats", db, "--json"])).unwrap();
-    assert_eq!(v["shards"].as_array().map(Vec::len), Some(3), "{v}");
+    let stats = ok(&["stats", db]);
+    assert!(
+        stats
+            .lines()
+            .any(|l| l.split_whitespace().eq(["shards", "3"])),
+        "{stats}"
+    );
     ok(&["put", db, "k2", "v2"]);
     assert_eq!(ok(&["get", db, "k2"]), "v2\n");
 }
@@ -162,6 +167,6 @@ fn format_refuses_a_geometry_that_cannot_work_and_leaves_no_file() {
     assert_eq!(ok(&["keys", p]).lines().count(), 40);
     // A default shard count shrinks to what the device holds.
     let img = dir.path().join("small.img");
-    let out = ok(&["format", img.to_str().unwrap(), "--size", "10M"]);
+    let out = ok(&["format", img.to_str().unwrap(), "--size", "12M"]);
     assert!(out.contains("formatted"), "{out}");
 }
