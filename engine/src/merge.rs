@@ -363,9 +363,6 @@ fn merge_ordered<S: BlobStore>(
     }
 }
 
-/// Merge outputs smaller than this many clusters get no hint.
-pub(crate) const HINT_MIN_CLUSTERS: u64 = 8;
-
 /// Inputs one output takes at most (their seqs are an xattr of one md page).
 const MAX_INPUTS: usize = 64;
 
@@ -523,9 +520,12 @@ impl<'a, S: BlobStore> Output<'a, S> {
         }
         let bytes = w.finish(core.cfg.page as usize);
         // Without room for the hint the output still stands; open then scans it. A small
-        // output is scanned anyway: its hint would cost a cluster and an md page for little.
-        let small = end.div_ceil(core.cfg.cluster) < HINT_MIN_CLUSTERS;
-        let hint_id = if small {
+        // output gets one only on a roomy store: it costs a cluster and an md page, which a
+        // nearly full store needs for data.
+        let hint_cl = (bytes.len() as u64).div_ceil(core.cfg.cluster);
+        let small = end.div_ceil(core.cfg.cluster) < crate::options::HINT_MIN_CLUSTERS;
+        let roomy = core.store.free_clusters() >= hint_cl + 2 * core.cfg.merge_reserve;
+        let hint_id = if small && !roomy {
             None
         } else {
             match recovery::write_hint_blob(

@@ -120,6 +120,10 @@ pub const MAX_VALUE_LIMIT: usize = (1 << 31) - 1;
 pub const MAX_BLOB_LIMIT: u64 = u32::MAX as u64 + 1;
 pub const MAX_SHARDS: usize = 1024;
 
+/// Merge outputs smaller than this many clusters get a hint only on a roomy store (else open
+/// scans them).
+pub(crate) const HINT_MIN_CLUSTERS: u64 = 8;
+
 /// Space a store sets aside, derived from its size so that a merge always has room.
 ///
 /// A merge rewrites one sealed blob at a time into an output of at most two data blobs' worth
@@ -146,7 +150,7 @@ impl Geometry {
         let out_cl = (max_blob_size / cluster).clamp(1, (total / 32).max(4));
         let blob_cl = (out_cl / 2).max(1);
         let out_cl = blob_cl * 2;
-        let hint_cl = if out_cl >= crate::merge::HINT_MIN_CLUSTERS {
+        let hint_cl = if out_cl >= HINT_MIN_CLUSTERS {
             out_cl.div_ceil(2)
         } else {
             0
@@ -325,6 +329,50 @@ impl Options {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reserve_holds_a_merge_step_and_blobs_stay_small() {
+        for (total, cluster, shards) in [(30, 1 << 20, 1), (126, 64 << 10, 8), (1019, 1 << 20, 2)] {
+            let g = Geometry::new(total, cluster, shards, 256 << 20);
+            let out_cl = 2 * g.max_blob_size / cluster;
+            assert!(g.merge_unit > out_cl, "{g:?}: a step's output does not fit");
+            assert!(
+                g.merge_reserve > g.merge_unit,
+                "{g:?}: no room for tombstones"
+            );
+            assert!(g.lease_clusters * cluster <= g.max_blob_size, "{g:?}");
+            assert!(
+                out_cl <= (total / 32).max(4),
+                "{g:?}: blobs too big for the store"
+            );
+        }
+        // The user's smaller blob size wins.
+        let g = Geometry::new(1019, 64 << 10, 2, 256 << 10);
+        assert_eq!(g.max_blob_size, 128 << 10);
+    }
+
+    #[test]
+    fn the_minimum_size_is_exact_and_named() {
+        for (cluster, shards) in [(1u32 << 20, 1), (1 << 20, 2), (64 << 10, 8), (4096, 3)] {
+            let mut o = Options::default();
+            o.cluster_size = cluster;
+            o.shards = shards;
+            let min = o.min_device_size();
+            assert!(o.check_new_store(min).is_ok(), "{cluster} {shards}: {min}");
+            match o.check_new_store(min - u64::from(cluster)) {
+                Err(Error::InvalidArgument(m)) => {
+                    assert!(
+                        m.contains("at least") && m.contains(&format!("{shards} shards")),
+                        "{m}"
+                    )
+                }
+                other => panic!("{cluster} {shards}: {other:?}"),
+            }
+        }
+        // More shards need more room.
+        let min = |shards| min_data_clusters(1 << 20, shards, 256 << 20);
+        assert!(min(1) < min(2) && min(2) < min(8));
+    }
 
     #[test]
     fn defaults_validate_and_bad_values_are_named() {
