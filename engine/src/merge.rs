@@ -434,8 +434,12 @@ impl<'a, S: BlobStore> Output<'a, S> {
             entries: Vec::new(),
         };
         if let Err(e) = o.step(input) {
-            // Nothing points into the output yet: drop it, the store is as before.
-            o.abandon()?;
+            if o.seqs.is_empty() {
+                // The step never reached freeing its input: dropping the output leaves the
+                // store as before (recovery does the same with a `pending` output).
+                o.abandon()?;
+            }
+            // Otherwise the output holds the only copy of a freed input: it stays.
             return Err(e);
         }
         Ok(o)
@@ -479,10 +483,19 @@ impl<'a, S: BlobStore> Output<'a, S> {
         seqs.push(input.1.seq);
         let list: Vec<u8> = seqs.iter().flat_map(|q| q.to_le_bytes()).collect();
         let blob = &self.out.handle.blob;
-        store.block_on(store.set_xattr(blob, X_INPUTS, &list))?;
-        store.block_on(store.set_xattr(blob, X_MERGE, b"done"))?;
-        store.block_on(store.sync_md(blob))?;
-        store.block_on(self.out.ch.flush())?;
+        let commit = (|| {
+            store.block_on(store.set_xattr(blob, X_INPUTS, &list))?;
+            store.block_on(store.set_xattr(blob, X_MERGE, b"done"))?;
+            store.block_on(store.sync_md(blob))?;
+            store.block_on(self.out.ch.flush())
+        })();
+        if let Err(e) = commit {
+            // Readers already follow the output: whatever the error, stop serving until a
+            // reopen settles the step from what reached the device.
+            core.poison();
+            return Err(e);
+        }
+        // Committed: from here on the input may be gone, and the output must never be.
         self.seqs = seqs;
         self.committed = end;
         for (k, _, new, seq) in moved {
