@@ -354,9 +354,11 @@ mod tests {
     #[test]
     fn the_minimum_size_is_exact_and_named() {
         for (cluster, shards) in [(1u32 << 20, 1), (1 << 20, 2), (64 << 10, 8), (4096, 3)] {
-            let mut o = Options::default();
-            o.cluster_size = cluster;
-            o.shards = shards;
+            let o = Options {
+                cluster_size: cluster,
+                shards,
+                ..Options::default()
+            };
             let min = o.min_device_size();
             assert!(o.check_new_store(min).is_ok(), "{cluster} {shards}: {min}");
             match o.check_new_store(min - u64::from(cluster)) {

@@ -215,7 +215,7 @@ fn a_full_32_mib_store_merges_after_80_percent_deleted() {
 #[test]
 fn the_smallest_store_comes_back_too() {
     for (shards, cluster) in [(1, 1u32 << 20), (2, 1 << 20), (8, 64 << 10)] {
-        let mut o = options(Path::new("unused"), 0, cluster, shards);
+        let o = options(Path::new("unused"), 0, cluster, shards);
         let min = o.min_device_size();
         o.check_new_store(min).unwrap();
         assert!(
