@@ -194,7 +194,10 @@ pub(crate) fn check_space(
          clusters ({}), the device has {total}; use fewer shards, smaller clusters or a bigger \
          device",
         cluster >> 10,
-        human(min_device_size(cluster, shards, max_blob_size)),
+        match min_device_size(cluster, shards, max_blob_size) {
+            u64::MAX => "no device size fits them with this cluster size".to_string(),
+            size => human(size),
+        },
     )))
 }
 
@@ -209,7 +212,7 @@ fn min_device_size(cluster: u64, shards: usize, max_blob_size: u64) -> u64 {
         cluster_size: cs,
         ..Default::default()
     };
-    (min..min * 2 + 64)
+    (min..min * 4 + 64)
         .map(|n| n * cluster)
         .find(|&size| {
             crate::blobstore::native::layout::Layout::for_init(size, 4096, &init)
@@ -353,7 +356,7 @@ mod tests {
 
     #[test]
     fn the_minimum_size_is_exact_and_named() {
-        for (cluster, shards) in [(1u32 << 20, 1), (1 << 20, 2), (64 << 10, 8), (4096, 3)] {
+        for (cluster, shards) in [(1u32 << 20, 1), (1 << 20, 2), (64 << 10, 8), (16 << 10, 3)] {
             let o = Options {
                 cluster_size: cluster,
                 shards,
