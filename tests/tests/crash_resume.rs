@@ -49,6 +49,9 @@ fn a_kill_anywhere_while_continuing_the_active_blob_loses_nothing() {
             let db = r.open(opts(SyncPolicy::Always)).unwrap();
             ops(&db, &mut rng, &mut model, 60, 0).unwrap();
             let db = r.kill_and_reopen(db, opts(SyncPolicy::Always));
+            ops(&db, &mut rng, &mut model, 10, 500).unwrap();
+            db.close().unwrap();
+            let db = r.open(opts(SyncPolicy::Always)).unwrap();
             let before = r.switch().writes();
             ops(&db, &mut rng, &mut model, 30, 1000).unwrap();
             let n = r.switch().writes() - before;
@@ -71,7 +74,16 @@ fn a_kill_anywhere_while_continuing_the_active_blob_loses_nothing() {
                 assert_eq!(got, model, "seed {seed}: first recovery");
             }
             model = got;
-            // The second life continues the blob and is killed at write `at`.
+            // The second life continues the blob and closes cleanly (a keydir snapshot
+            // records the blob's length); the third continues it again and is killed at
+            // write `at`.
+            ops(&db, &mut rng, &mut model, 10, 500).unwrap();
+            db.close().unwrap();
+            db = r.open(opts(SyncPolicy::Always)).unwrap();
+            assert!(
+                db.stats().unwrap().recovery_used_hints,
+                "seed {seed}: no snapshot"
+            );
             r.switch().arm(at);
             let second = ops(&db, &mut rng, &mut model, 30, 1000);
             db = r.kill_and_reopen(db, opts(SyncPolicy::Always));
@@ -83,7 +95,7 @@ fn a_kill_anywhere_while_continuing_the_active_blob_loses_nothing() {
                 ),
                 Ok(()) => assert_eq!(got, model, "seed {seed}, kill at {at}: after all acked"),
             }
-            // A third life writes on, closes, and a clean reopen agrees.
+            // A last life writes on, closes, and a clean reopen agrees.
             let mut model = got;
             ops(&db, &mut rng, &mut model, 20, 2000).unwrap();
             db.close().unwrap();
