@@ -286,11 +286,16 @@ pub(crate) fn merge_shard<S: BlobStore>(core: &Core<S>, ch: &S::Channel, s: usiz
     }
     let res = merge_ordered(core, ch, s, inputs);
     if let Err(e) = &res {
-        // Out of space or metadata: the step backed out (or left a consistent pending output
-        // that open discards); anything else is a device failure.
+        // Out of space or metadata, or a damaged input: the step backed out (or left a
+        // consistent pending output that open discards; a failed commit poisons by itself);
+        // anything else is a device failure.
         if !matches!(
             e,
-            Error::Unsupported(_) | Error::Full | Error::NoMetadataSpace(_) | Error::Closed
+            Error::Unsupported(_)
+                | Error::Full
+                | Error::NoMetadataSpace(_)
+                | Error::Closed
+                | Error::Corruption { .. }
         ) {
             core.poison();
         }
