@@ -156,6 +156,8 @@ pub(crate) struct ShardShared<S: BlobStore> {
     pub unwritten: RwLock<Unwritten>,
     /// Bytes in `unwritten` beyond what is on the device.
     pub pending_bytes: AtomicU64,
+    /// The merge worker asks the shard to seal its active blob (too much of it is dead).
+    pub seal_wanted: AtomicBool,
 }
 
 /// The write-behind buffer of a shard: the active blob's bytes from `start` (a page boundary)
@@ -181,6 +183,8 @@ pub(crate) struct Config {
     pub page: u64,
     pub cluster: u64,
     pub lease_clusters: u64,
+    /// Free clusters one merge step needs; deletes leave them free.
+    pub merge_unit: u64,
     /// Clusters puts leave free for deletes and merge (see `Shard::check_reserve`).
     pub merge_reserve: u64,
     /// Opened read-only: writes are refused and close writes nothing.
@@ -841,6 +845,7 @@ impl Db {
                 if p.exists() {
                     (AnyDevice::open_path(&p)?, false)
                 } else if opts.create && !opts.read_only {
+                    opts.check_new_store(opts.device_size)?;
                     (AnyDevice::create_path(&p, opts.device_size)?, true)
                 } else {
                     return Err(Error::invalid(format!(

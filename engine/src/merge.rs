@@ -1,22 +1,31 @@
-//! Merge: rewrite a shard's live records into one new blob and drop the old blobs.
+//! Merge: rewrite a shard's sealed blobs one at a time, dropping dead records, and free them.
 //!
 //! One worker thread per store; it merges on demand ([`crate::Db::merge`]) and when a trigger
 //! fires (Basho-style: a sealed blob's dead fraction or dead bytes, or too many small sealed
-//! blobs; optionally only inside a UTC hour window). Reads and writes go on meanwhile: the
-//! worker reads and writes blobs through its own I/O channel, the shard keeps appending to
-//! its active blob, and moved keys are switched over only if the keydir still points at the
-//! copied record (`KeyDir::replace_if`).
+//! blobs; optionally only inside a UTC hour window). An active blob whose dead fraction passes
+//! the trigger is sealed first (the shard does it at its next turn), so dead space is
+//! reclaimable wherever it is. Reads and writes go on meanwhile: the worker reads and writes
+//! blobs through its own I/O channel, the shard keeps appending to its active blob, and moved
+//! keys are switched over only if the keydir still points at the copied record
+//! (`KeyDir::replace_if`).
 //!
-//! A merge takes **every sealed blob** of the shard (the inputs are chosen under the batch gate,
-//! so no write_batch is half-published). Every record outside the inputs is newer than every
-//! record inside them, so the output may drop tombstones and commit records: no older value a
-//! tombstone hides survives outside the inputs (the Bitcask #82 class of resurrection).
+//! A merge pass takes **every sealed blob** of the shard (chosen under the batch gate, so no
+//! write_batch is half-published) and rewrites them **one per step, oldest records first**
+//! (see [`merge_ordered`]): a step appends one input's live records to the current output
+//! (consecutive inputs are packed into one output up to the blob size), commits, and deletes
+//! the input before the next step starts. A full store therefore only needs room for one
+//! blob's live data and its hint (the reserve, see `options::Geometry`), whatever the fraction
+//! deleted.
 //!
-//! Crash safety: the output carries `bc.merge = pending` and the list of input seqs. It is
-//! written, flushed, its hint written and flushed, and only then marked `done` (one `sync_md`,
-//! then a flush): the commit point. Open deletes a `pending` output (pre-merge state) and the
-//! surviving inputs of a `done` one (post-merge state); both hold the same records with the
-//! same seqs, so the keydir comes out the same either way.
+//! Crash safety, per step: a new output carries `bc.merge = pending`; a step's records are
+//! written and flushed, then the output's `bc.inputs` gains the input's seq and `bc.merge`
+//! becomes `done` (one `sync_md`, then a flush): the step's commit point. Open deletes a
+//! `pending` output (nothing committed) and every listed input of a `done` one that survived
+//! (post-step state); copies a killed step left past the committed ones duplicate records of
+//! an input that still exists, with the same seqs and values, so the keydir comes out the same.
+//! The output's hint, written when it is complete, covers only committed steps. A dropped
+//! tombstone never uncovers an older record: every blob with older records finished its step
+//! earlier in the pass.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -146,10 +155,20 @@ pub(crate) fn triggered<S: BlobStore>(core: &Core<S>, s: usize) -> bool {
     let ix = core.shards[s].index.read();
     let mut small = 0usize;
     for e in ix.blobs.iter().flatten() {
+        let dead = e.written.saturating_sub(e.live);
+        if e.role == BlobRole::Active {
+            // Past a quarter of a blob, an active blob as dead as a sealed one would have to
+            // be is sealed (by its shard) and merged at the next check.
+            let big = e.written >= (core.cfg.max_blob_size / 4).max(core.cfg.cluster);
+            let frag = dead * 100 >= e.written * u64::from(m.frag_trigger_pct);
+            if big && dead > 0 && (frag || dead >= m.dead_bytes_trigger) {
+                core.shards[s].seal_wanted.store(true, Ordering::Release);
+            }
+            continue;
+        }
         if e.role != BlobRole::Sealed {
             continue;
         }
-        let dead = e.written.saturating_sub(e.live);
         if e.written > 0 && dead * 100 >= e.written * u64::from(m.frag_trigger_pct) && dead > 0 {
             return true;
         }
@@ -225,13 +244,23 @@ impl<S: BlobStore> Out<'_, S> {
         let iou = self.core.cfg.io_unit;
         store.block_on(self.ch.write(&self.handle.blob, self.enc_base / iou, &buf))?;
         self.written += n as u64;
-        self.enc.drain(..m);
-        self.enc_base += n as u64;
+        if last {
+            // Keep the partial last page: the next step's records continue it.
+            let keep_from = self.end / page as u64 * page as u64;
+            self.enc.drain(..(keep_from - self.enc_base) as usize);
+            self.enc_base = keep_from;
+        } else {
+            self.enc.drain(..m);
+            self.enc_base += n as u64;
+        }
         Ok(())
     }
 }
 
-/// Merge every sealed blob of shard `s` into one.
+/// A sealed input of a merge: (slot, handle, written, live).
+type Input<S> = (u16, Arc<BlobHandle<S>>, u64, u64);
+
+/// Merge the sealed blobs of shard `s`, one at a time, oldest records first.
 pub(crate) fn merge_shard<S: BlobStore>(core: &Core<S>, ch: &S::Channel, s: usize) -> Result<()> {
     let sh = &core.shards[s];
     let _m = sh.merge_lock.lock();
@@ -241,7 +270,7 @@ pub(crate) fn merge_shard<S: BlobStore>(core: &Core<S>, ch: &S::Channel, s: usiz
     if core.closed.load(Ordering::Acquire) {
         return Err(Error::Closed);
     }
-    let inputs: Vec<(u16, Arc<BlobHandle<S>>, u64, u64)> = {
+    let inputs: Vec<Input<S>> = {
         let _gate = core.batch_gate.write();
         let ix = sh.index.read();
         ix.blobs
@@ -252,10 +281,10 @@ pub(crate) fn merge_shard<S: BlobStore>(core: &Core<S>, ch: &S::Channel, s: usiz
             .map(|(i, e)| (i as u16, e.handle.clone(), e.written, e.live))
             .collect()
     };
-    if inputs.is_empty() || (inputs.len() == 1 && inputs[0].2 == inputs[0].3) {
+    if inputs.iter().all(|(_, _, written, live)| written == live) {
         return Ok(());
     }
-    let res = merge_inputs(core, ch, s, inputs);
+    let res = merge_ordered(core, ch, s, inputs);
     if res.is_ok() {
         // The catalog names blobs for open and check; a failure here loses no data.
         if let Err(e) = crate::recovery::write_catalog(&core.store, core.cfg.cluster) {
@@ -263,11 +292,16 @@ pub(crate) fn merge_shard<S: BlobStore>(core: &Core<S>, ch: &S::Channel, s: usiz
         }
     }
     if let Err(e) = &res {
-        // Out of space or metadata: the merge backed out (or left a consistent pending output
-        // that open discards); anything else is a device failure.
+        // Out of space or metadata, or a damaged input: the step backed out (or left a
+        // consistent pending output that open discards; a failed commit poisons by itself);
+        // anything else is a device failure.
         if !matches!(
             e,
-            Error::Unsupported(_) | Error::Full | Error::NoMetadataSpace(_)
+            Error::Unsupported(_)
+                | Error::Full
+                | Error::NoMetadataSpace(_)
+                | Error::Closed
+                | Error::Corruption { .. }
         ) {
             core.poison();
         }
@@ -275,177 +309,343 @@ pub(crate) fn merge_shard<S: BlobStore>(core: &Core<S>, ch: &S::Channel, s: usiz
     res
 }
 
-fn merge_inputs<S: BlobStore>(
+/// Rewrite `inputs` one blob per step, in log order (by their first record's seq; the seq
+/// ranges of a shard's blobs never overlap, except for the uncommitted copies a killed step
+/// leaves in its output, whose range starts earlier). By the time a blob is merged, every blob
+/// holding older records has been merged in this pass and lost its dead records, so the step
+/// may drop the blob's tombstones: no older value they hide survives anywhere (the Bitcask #82
+/// class of resurrection). Consecutive inputs are packed into one output up to the blob size;
+/// each step commits and frees its input before the next starts, so a merge needs room for
+/// one blob's live data and its hint only.
+fn merge_ordered<S: BlobStore>(
     core: &Core<S>,
     ch: &S::Channel,
     s: usize,
-    inputs: Vec<(u16, Arc<BlobHandle<S>>, u64, u64)>,
+    inputs: Vec<Input<S>>,
 ) -> Result<()> {
-    let sh = &core.shards[s];
-    let store = &core.store;
-    let out_seq = sh.next_blob_seq.fetch_add(1, Ordering::SeqCst);
-    let salt: u64 = rand::random();
-    let mut xattrs = data_xattrs(s, out_seq, salt);
-    xattrs.push((X_MERGE.into(), b"pending".to_vec()));
-    let seqs: Vec<u8> = inputs
-        .iter()
-        .flat_map(|(_, h, _, _)| h.seq.to_le_bytes())
-        .collect();
-    xattrs.push((X_INPUTS.into(), seqs));
-    // One cluster to start with: a merge is what frees space on a full store.
-    let clusters = 1;
-    let id = recovery::create_blob(store, clusters, xattrs)?;
-    let blob = store.block_on(store.open(id))?;
-    let handle = Arc::new(BlobHandle {
-        blob,
-        id,
-        seq: out_seq,
-        salt,
-    });
-    let slot = sh.index.write().add_blob(BlobEntry {
-        handle: handle.clone(),
-        written: 0,
-        live: 0,
-        role: BlobRole::Merging,
-    })?;
-    let mut out = Out {
-        core,
-        ch,
-        handle: handle.clone(),
-        slot,
-        end: 0,
-        enc_base: 0,
-        enc: Vec::new(),
-        clusters,
-        written: 0,
-    };
-    let copied = copy_live(core, ch, s, &inputs, &mut out);
-    let moved = match copied {
-        Ok(m) => m,
-        Err(e) => {
-            // Nothing points into the output yet: drop it, the store is as before.
-            let slot_entry = sh
-                .index
-                .write()
-                .blobs
-                .get_mut(usize::from(slot))
-                .and_then(Option::take);
-            drop(slot_entry);
-            drop(out);
-            if let Ok(h) = Arc::try_unwrap(handle) {
-                store.block_on(store.close(h.blob))?;
-                store.block_on(store.delete(h.id))?;
+    let mut ordered = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let first = if input.2 == 0 {
+            0
+        } else {
+            first_seq(core, ch, &input.1)?
+        };
+        ordered.push((first, input));
+    }
+    ordered.sort_by_key(|(first, input)| (*first, input.1.seq));
+    let mut cur: Option<Output<'_, S>> = None;
+    let res = (|| {
+        for (_, input) in ordered {
+            if core.closed.load(Ordering::Acquire) {
+                // Closing: every finished step is committed; the rest waits for the next merge.
+                break;
             }
+            let (_, _, written, live) = input;
+            if written == live && written >= core.cfg.max_blob_size {
+                // Nothing dead and nothing to pack: no older dead record hides here either.
+                if let Some(o) = cur.take() {
+                    o.finish()?;
+                }
+                continue;
+            }
+            if live == 0 {
+                drop_input(core, s, input)?;
+                continue;
+            }
+            if cur
+                .as_ref()
+                .is_some_and(|o| o.full(live) || o.seqs.len() >= MAX_INPUTS)
+            {
+                if let Some(o) = cur.take() {
+                    o.finish()?;
+                }
+            }
+            match cur.as_mut() {
+                Some(o) => o.step(input)?,
+                None => cur = Some(Output::start(core, ch, s, input)?),
+            }
+        }
+        Ok(())
+    })();
+    match cur {
+        // Whatever stopped the pass, the steps done so far are committed: seal them.
+        Some(o) => o.finish().and(res),
+        None => res,
+    }
+}
+
+/// Inputs one output takes at most (their seqs are an xattr of one md page).
+const MAX_INPUTS: usize = 64;
+
+/// A merge output being packed: its committed steps, and the hint entries of its records.
+struct Output<'a, S: BlobStore> {
+    out: Out<'a, S>,
+    s: usize,
+    /// Seqs of the inputs whose step committed.
+    seqs: Vec<u64>,
+    /// Log bytes of the committed steps.
+    committed: u64,
+    entries: Vec<(Vec<u8>, u64, u32, u32)>,
+}
+
+impl<'a, S: BlobStore> Output<'a, S> {
+    /// Create the output (`pending`) and merge `input` into it as its first step.
+    fn start(core: &'a Core<S>, ch: &'a S::Channel, s: usize, input: Input<S>) -> Result<Self> {
+        let sh = &core.shards[s];
+        let store = &core.store;
+        let out_seq = sh.next_blob_seq.fetch_add(1, Ordering::SeqCst);
+        let salt: u64 = rand::random();
+        let mut xattrs = data_xattrs(s, out_seq, salt);
+        xattrs.push((X_MERGE.into(), b"pending".to_vec()));
+        xattrs.push((X_INPUTS.into(), input.1.seq.to_le_bytes().to_vec()));
+        // One cluster to start with: a merge is what frees space on a full store.
+        let id = recovery::create_blob(store, 1, xattrs)?;
+        let blob = match store.block_on(store.open(id)) {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = store.block_on(store.delete(id));
+                return Err(e);
+            }
+        };
+        let handle = Arc::new(BlobHandle {
+            blob,
+            id,
+            seq: out_seq,
+            salt,
+        });
+        let slot = sh.index.write().add_blob(BlobEntry {
+            handle: handle.clone(),
+            written: 0,
+            live: 0,
+            role: BlobRole::Merging,
+        });
+        let slot = match slot {
+            Ok(slot) => slot,
+            Err(e) => {
+                store.block_on(store.close(handle.blob.clone()))?;
+                store.block_on(store.delete(id))?;
+                return Err(e);
+            }
+        };
+        let mut o = Output {
+            out: Out {
+                core,
+                ch,
+                handle,
+                slot,
+                end: 0,
+                enc_base: 0,
+                enc: Vec::new(),
+                clusters: 1,
+                written: 0,
+            },
+            s,
+            seqs: Vec::new(),
+            committed: 0,
+            entries: Vec::new(),
+        };
+        if let Err(e) = o.step(input) {
+            if o.seqs.is_empty() {
+                // The step never reached freeing its input: dropping the output leaves the
+                // store as before (recovery does the same with a `pending` output).
+                o.abandon()?;
+            }
+            // Otherwise the output holds the only copy of a freed input: it stays.
             return Err(e);
         }
-    };
-    let end = out.end;
+        Ok(o)
+    }
 
-    // Switch readers over to the copies that are still current.
-    for chunk in moved.chunks(1024) {
-        let mut ix = sh.index.write();
-        for (k, old, new, _) in chunk {
-            if ix.keydir.replace_if(k, hash_key(k), *old, *new) {
-                let len = record_len(k.len(), *old);
-                ix.kill(old.blob, len);
-                ix.add_live(new.blob, record_len(k.len(), *new));
+    /// Whether `live` more bytes would overflow a merge output (two data blobs' worth, so
+    /// that half-dead blobs pack; see `options::Geometry`).
+    fn full(&self, live: u64) -> bool {
+        self.out.end + live > 2 * self.out.core.cfg.max_blob_size
+    }
+
+    /// One step: copy `input`'s live records after the committed ones, switch readers over,
+    /// commit (`done` with the input's seq added: the commit point), then free the input.
+    fn step(&mut self, input: Input<S>) -> Result<()> {
+        let core = self.out.core;
+        let store = &core.store;
+        let sh = &core.shards[self.s];
+        let slot = self.out.slot;
+        let moved = copy_live(
+            core,
+            self.out.ch,
+            self.s,
+            std::slice::from_ref(&input),
+            &mut self.out,
+        )?;
+        let end = self.out.end;
+        for chunk in moved.chunks(1024) {
+            let mut ix = sh.index.write();
+            for (k, old, new, _) in chunk {
+                if ix.keydir.replace_if(k, hash_key(k), *old, *new) {
+                    let len = record_len(k.len(), *old);
+                    ix.kill(old.blob, len);
+                    ix.add_live(new.blob, record_len(k.len(), *new));
+                }
+            }
+            if let Some(e) = ix.entry_mut(slot) {
+                e.written = end;
             }
         }
-        if let Some(e) = ix.entry_mut(slot) {
-            e.written = end;
+        let mut seqs = self.seqs.clone();
+        seqs.push(input.1.seq);
+        let list: Vec<u8> = seqs.iter().flat_map(|q| q.to_le_bytes()).collect();
+        let blob = &self.out.handle.blob;
+        let commit = (|| {
+            store.block_on(store.set_xattr(blob, X_INPUTS, &list))?;
+            store.block_on(store.set_xattr(blob, X_MERGE, b"done"))?;
+            store.block_on(store.sync_md(blob))?;
+            store.block_on(self.out.ch.flush())
+        })();
+        if let Err(e) = commit {
+            // Readers already follow the output: whatever the error, stop serving until a
+            // reopen settles the step from what reached the device.
+            core.poison();
+            return Err(e);
         }
+        // Committed: from here on the input may be gone, and the output must never be.
+        self.seqs = seqs;
+        self.committed = end;
+        for (k, _, new, seq) in moved {
+            self.entries.push((k, seq, new.offset, new.value_len));
+        }
+        drop_input(core, self.s, input)
     }
 
-    // Hint, then the commit point.
-    let hint_seq = sh.next_blob_seq.fetch_add(1, Ordering::SeqCst);
-    let mut w = hint::Writer::new(hint_seq, &[(out_seq, end)]);
-    for (k, _, new, seq) in &moved {
-        w.push(out_seq, *seq, new.offset, new.value_len, k);
+    /// Drop an output none of whose steps committed.
+    fn abandon(self) -> Result<()> {
+        let core = self.out.core;
+        let store = &core.store;
+        let taken = core.shards[self.s]
+            .index
+            .write()
+            .blobs
+            .get_mut(usize::from(self.out.slot))
+            .and_then(Option::take);
+        drop(taken);
+        let inner = unwrap_handle(self.out.handle);
+        store.block_on(store.close(inner.blob))?;
+        store.block_on(store.delete(inner.id))
     }
-    let bytes = w.finish(core.cfg.page as usize);
-    // Without room for the hint the merge still commits; open then scans the output.
-    let hint_id = match recovery::write_hint_blob(
-        core,
-        ch,
-        s,
-        recovery::ROLE_HINT,
-        hint_seq,
-        out_seq,
-        &bytes,
-    ) {
-        Ok(id) => Some(id),
-        Err(e @ (Error::Full | Error::NoMetadataSpace(_))) => {
-            log::warn!("blobcask: merge of shard {s} writes no hint: {e}");
+
+    /// Write the hint of the committed steps and hand the output to the shard as sealed.
+    fn finish(self) -> Result<()> {
+        let core = self.out.core;
+        let sh = &core.shards[self.s];
+        let out_seq = self.out.handle.seq;
+        let end = self.committed;
+        let hint_seq = sh.next_blob_seq.fetch_add(1, Ordering::SeqCst);
+        let mut w = hint::Writer::new(hint_seq, &[(out_seq, end)]);
+        for (k, seq, offset, value_len) in &self.entries {
+            w.push(out_seq, *seq, *offset, *value_len, k);
+        }
+        let bytes = w.finish(core.cfg.page as usize);
+        // Without room for the hint the output still stands; open then scans it. A small
+        // output gets one only on a roomy store: it costs a cluster and an md page, which a
+        // nearly full store needs for data.
+        let hint_cl = (bytes.len() as u64).div_ceil(core.cfg.cluster);
+        let small = end.div_ceil(core.cfg.cluster) < crate::options::HINT_MIN_CLUSTERS;
+        let roomy = core.store.free_clusters() >= hint_cl + 2 * core.cfg.merge_reserve;
+        let hint_id = if small && !roomy {
             None
-        }
-        Err(e) => return Err(e),
-    };
-    store.block_on(store.set_xattr(&handle.blob, X_MERGE, b"done"))?;
-    store.block_on(store.sync_md(&handle.blob))?;
-    store.block_on(ch.flush())?;
-
-    // Post-merge: drop the inputs (after their last reader), their hints and old snapshots.
-    let n_inputs = inputs.len();
-    let in_slots: Vec<u16> = inputs.into_iter().map(|(slot, ..)| slot).collect();
-    let mut dropped = Vec::new();
-    {
-        let mut ix = sh.index.write();
-        for in_slot in &in_slots {
-            if let Some(e) = ix
-                .blobs
-                .get_mut(usize::from(*in_slot))
-                .and_then(Option::take)
-            {
-                dropped.push(e.handle);
+        } else {
+            match recovery::write_hint_blob(
+                core,
+                self.out.ch,
+                self.s,
+                recovery::ROLE_HINT,
+                hint_seq,
+                out_seq,
+                &bytes,
+            ) {
+                Ok(id) => Some(id),
+                Err(e @ (Error::Full | Error::NoMetadataSpace(_))) => {
+                    log::warn!("blobcask: merge of shard {} writes no hint: {e}", self.s);
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        {
+            let mut ix = sh.index.write();
+            if let Some(e) = ix.entry_mut(self.out.slot) {
+                e.role = BlobRole::Sealed;
+                e.written = end;
             }
         }
-        if let Some(e) = ix.entry_mut(slot) {
-            e.role = BlobRole::Sealed;
+        if let Some(id) = hint_id {
+            sh.hints.lock().insert(out_seq, id);
         }
+        let ctr = &sh.ctr;
+        ctr.merged_bytes.fetch_add(end, Ordering::Relaxed);
+        ctr.device_bytes
+            .fetch_add(self.out.written, Ordering::Relaxed);
+        log::info!(
+            "blobcask: merged {} blobs of shard {} into {out_seq} ({end} bytes, {} keys)",
+            self.seqs.len(),
+            self.s,
+            self.entries.len()
+        );
+        Ok(())
     }
+}
+
+/// Seq of the first record of a sealed blob.
+fn first_seq<S: BlobStore>(core: &Core<S>, ch: &S::Channel, h: &BlobHandle<S>) -> Result<u64> {
+    let store = &core.store;
+    let mut head = AlignedBuf::zeroed(core.cfg.page as usize);
+    store.block_on(ch.read(&h.blob, 0, &mut head))?;
+    record::parse_header(&head)
+        .map(|hd| hd.seq)
+        .ok_or_else(|| Error::Corruption {
+            blob: h.id,
+            offset: 0,
+            detail: "a merge input's first record header is unreadable".into(),
+        })
+}
+
+/// Delete a merged input (its step committed, or none of its records is live), its hint, and
+/// the shard's snapshots (which name it).
+fn drop_input<S: BlobStore>(core: &Core<S>, s: usize, input: Input<S>) -> Result<()> {
+    let sh = &core.shards[s];
+    let store = &core.store;
+    let (slot, handle, ..) = input;
+    let taken = sh
+        .index
+        .write()
+        .blobs
+        .get_mut(usize::from(slot))
+        .and_then(Option::take);
+    drop(taken);
+    // Snapshots name every blob; one naming this blob is of no use after it is gone.
     let old_snaps: Vec<_> = std::mem::take(&mut *sh.snapshots.lock());
     for id in old_snaps {
         store.block_on(store.delete(id))?;
     }
-    let old_hints: Vec<_> = {
-        let mut hints = sh.hints.lock();
-        let v = dropped
-            .iter()
-            .filter_map(|h| hints.remove(&h.seq))
-            .collect::<Vec<_>>();
-        if let Some(id) = hint_id {
-            hints.insert(out_seq, id);
-        }
-        v
-    };
-    for id in old_hints {
+    if let Some(id) = sh.hints.lock().remove(&handle.seq) {
         store.block_on(store.delete(id))?;
     }
-    for h in dropped {
-        let mut h = h;
-        // Readers hold a clone only for the duration of one read.
-        let inner = loop {
-            match Arc::try_unwrap(h) {
-                Ok(inner) => break inner,
-                Err(back) => {
-                    h = back;
-                    std::thread::sleep(Duration::from_micros(50));
-                }
-            }
-        };
-        store.block_on(store.close(inner.blob))?;
-        store.block_on(store.delete(inner.id))?;
-    }
-    let ctr = &sh.ctr;
-    ctr.merges.fetch_add(1, Ordering::Relaxed);
-    ctr.merged_bytes.fetch_add(end, Ordering::Relaxed);
-    ctr.device_bytes.fetch_add(out.written, Ordering::Relaxed);
-    log::info!(
-        "blobcask: merged {} blobs of shard {s} into {out_seq} ({end} bytes, {} keys moved)",
-        n_inputs,
-        moved.len()
-    );
+    let inner = unwrap_handle(handle);
+    store.block_on(store.close(inner.blob))?;
+    store.block_on(store.delete(inner.id))?;
+    sh.ctr.merges.fetch_add(1, Ordering::Relaxed);
     Ok(())
+}
+
+/// The handle once its last reader let go (readers hold a clone for one read only).
+fn unwrap_handle<S: BlobStore>(mut h: Arc<BlobHandle<S>>) -> BlobHandle<S> {
+    loop {
+        match Arc::try_unwrap(h) {
+            Ok(inner) => return inner,
+            Err(back) => {
+                h = back;
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+    }
 }
 
 /// Copy the records of `inputs` the keydir still points at into `out`, flushed. Returns
@@ -455,7 +655,7 @@ fn copy_live<S: BlobStore>(
     core: &Core<S>,
     ch: &S::Channel,
     s: usize,
-    inputs: &[(u16, Arc<BlobHandle<S>>, u64, u64)],
+    inputs: &[Input<S>],
     out: &mut Out<'_, S>,
 ) -> Result<Vec<(Vec<u8>, Loc, Loc, u64)>> {
     let sh = &core.shards[s];
@@ -493,7 +693,6 @@ fn copy_live<S: BlobStore>(
             return Err(e);
         }
     }
-    out.write(true)?;
     out.write(true)?;
     let used = out.end.div_ceil(core.cfg.cluster).max(1);
     if used != out.clusters {

@@ -147,6 +147,115 @@ pub const MAX_VALUE_LIMIT: usize = (1 << 31) - 1;
 pub const MAX_BLOB_LIMIT: u64 = u32::MAX as u64 + 1;
 pub const MAX_SHARDS: usize = 1024;
 
+/// Merge outputs smaller than this many clusters get a hint only on a roomy store (else open
+/// scans them).
+pub(crate) const HINT_MIN_CLUSTERS: u64 = 8;
+
+/// Space a store sets aside, derived from its size so that a merge always has room.
+///
+/// A merge rewrites one sealed blob at a time into an output of at most two data blobs' worth
+/// (so that half-dead blobs pack), so the largest unit it needs is one output's worth of live
+/// data, its hint and a cluster of slack; outputs are capped at 1/32 of the store so this unit
+/// stays small, and at four clusters at least (blobs of one cluster each would run out of md
+/// pages, one per cluster, before clusters). Puts leave the whole reserve free, deletes the
+/// merge unit (the rest is room for their tombstones: 512 KiB or a cluster per shard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    /// Data blob size past which the active blob is sealed (half a merge output).
+    pub max_blob_size: u64,
+    /// Clusters the active blob is grown by at a time.
+    pub lease_clusters: u64,
+    /// Free clusters one merge step needs (one output's live data + hint + slack).
+    pub merge_unit: u64,
+    /// Free clusters puts must leave.
+    pub merge_reserve: u64,
+}
+
+impl Geometry {
+    /// The geometry of a store of `total` data clusters of `cluster` bytes with `shards`.
+    pub fn new(total: u64, cluster: u64, shards: usize, max_blob_size: u64) -> Geometry {
+        let out_cl = (max_blob_size / cluster).clamp(1, (total / 32).max(4));
+        let blob_cl = (out_cl / 2).max(1);
+        let out_cl = blob_cl * 2;
+        let hint_cl = if out_cl >= HINT_MIN_CLUSTERS {
+            out_cl.div_ceil(2)
+        } else {
+            0
+        };
+        let merge_unit = out_cl + hint_cl + 1;
+        Geometry {
+            max_blob_size: blob_cl * cluster,
+            lease_clusters: ((4u64 << 20) / cluster).clamp(1, 16).min(blob_cl),
+            merge_unit,
+            merge_reserve: merge_unit + shards as u64 * ((512 << 10) / cluster).max(1),
+        }
+    }
+
+    /// Whether `total` data clusters hold a working store: the reserve, and per shard an
+    /// active blob, a keydir snapshot being replaced (two) and a cluster of data.
+    fn fits(&self, total: u64, shards: usize) -> bool {
+        total >= self.merge_reserve + 4 * shards as u64
+    }
+}
+
+/// The smallest number of data clusters that holds a working store of `shards`.
+pub(crate) fn min_data_clusters(cluster: u64, shards: usize, max_blob_size: u64) -> u64 {
+    (1..)
+        .find(|&t| Geometry::new(t, cluster, shards, max_blob_size).fits(t, shards))
+        .unwrap_or(u64::MAX)
+}
+
+/// Refuse a store of `total` data clusters that cannot hold `shards`, naming the minimum.
+pub(crate) fn check_space(
+    total: u64,
+    cluster: u64,
+    shards: usize,
+    max_blob_size: u64,
+) -> Result<()> {
+    let min = min_data_clusters(cluster, shards, max_blob_size);
+    if total >= min {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument(format!(
+        "the store is too small: {shards} shards with {} KiB clusters need at least {min} data \
+         clusters ({}), the device has {total}; use fewer shards, smaller clusters or a bigger \
+         device",
+        cluster >> 10,
+        match min_device_size(cluster, shards, max_blob_size) {
+            u64::MAX => "no device size fits them with this cluster size".to_string(),
+            size => human(size),
+        },
+    )))
+}
+
+/// The smallest device (a multiple of the cluster size) whose native blobstore holds a
+/// working store of `shards`.
+fn min_device_size(cluster: u64, shards: usize, max_blob_size: u64) -> u64 {
+    let min = min_data_clusters(cluster, shards, max_blob_size);
+    let Ok(cs) = u32::try_from(cluster) else {
+        return u64::MAX;
+    };
+    let init = crate::blobstore::InitOpts {
+        cluster_size: cs,
+        ..Default::default()
+    };
+    (min..min * 4 + 64)
+        .map(|n| n * cluster)
+        .find(|&size| {
+            crate::blobstore::native::layout::Layout::for_init(size, 4096, &init)
+                .is_ok_and(|l| u64::from(l.total_data_clusters()) >= min)
+        })
+        .unwrap_or(u64::MAX)
+}
+
+fn human(bytes: u64) -> String {
+    if bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{} KiB", bytes.div_ceil(1 << 10))
+    }
+}
+
 impl Options {
     /// Defaults on `device`.
     pub fn new(device: DeviceSpec) -> Self {
@@ -154,6 +263,33 @@ impl Options {
             device,
             ..Options::default()
         }
+    }
+
+    /// The smallest device on which a new native store with these options works (its
+    /// cluster size and shard count).
+    pub fn min_device_size(&self) -> u64 {
+        min_device_size(
+            u64::from(self.cluster_size),
+            self.shards,
+            self.max_blob_size,
+        )
+    }
+
+    /// Refuse a new native store of `size` bytes that cannot hold these options' shards (a
+    /// typed [`Error::InvalidArgument`] naming the minimum), before anything is written.
+    pub fn check_new_store(&self, size: u64) -> Result<()> {
+        let init = crate::blobstore::InitOpts {
+            cluster_size: self.cluster_size,
+            ..Default::default()
+        };
+        let total = crate::blobstore::native::layout::Layout::for_init(size, 4096, &init)
+            .map_or(0, |l| u64::from(l.total_data_clusters()));
+        check_space(
+            total,
+            u64::from(self.cluster_size),
+            self.shards,
+            self.max_blob_size,
+        )
     }
 
     /// Check every option; a clear error names the bad one.
@@ -223,6 +359,52 @@ impl Options {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reserve_holds_a_merge_step_and_blobs_stay_small() {
+        for (total, cluster, shards) in [(30, 1 << 20, 1), (126, 64 << 10, 8), (1019, 1 << 20, 2)] {
+            let g = Geometry::new(total, cluster, shards, 256 << 20);
+            let out_cl = 2 * g.max_blob_size / cluster;
+            assert!(g.merge_unit > out_cl, "{g:?}: a step's output does not fit");
+            assert!(
+                g.merge_reserve > g.merge_unit,
+                "{g:?}: no room for tombstones"
+            );
+            assert!(g.lease_clusters * cluster <= g.max_blob_size, "{g:?}");
+            assert!(
+                out_cl <= (total / 32).max(4),
+                "{g:?}: blobs too big for the store"
+            );
+        }
+        // The user's smaller blob size wins.
+        let g = Geometry::new(1019, 64 << 10, 2, 256 << 10);
+        assert_eq!(g.max_blob_size, 128 << 10);
+    }
+
+    #[test]
+    fn the_minimum_size_is_exact_and_named() {
+        for (cluster, shards) in [(1u32 << 20, 1), (1 << 20, 2), (64 << 10, 8), (16 << 10, 3)] {
+            let o = Options {
+                cluster_size: cluster,
+                shards,
+                ..Options::default()
+            };
+            let min = o.min_device_size();
+            assert!(o.check_new_store(min).is_ok(), "{cluster} {shards}: {min}");
+            match o.check_new_store(min - u64::from(cluster)) {
+                Err(Error::InvalidArgument(m)) => {
+                    assert!(
+                        m.contains("at least") && m.contains(&format!("{shards} shards")),
+                        "{m}"
+                    )
+                }
+                other => panic!("{cluster} {shards}: {other:?}"),
+            }
+        }
+        // More shards need more room.
+        let min = |shards| min_data_clusters(1 << 20, shards, 256 << 20);
+        assert!(min(1) < min(2) && min(2) < min(8));
+    }
 
     #[test]
     fn defaults_validate_and_bad_values_are_named() {

@@ -20,7 +20,8 @@
 //!    earlier run's (or the super blob is created on a new store);
 //! 6. doomed merge blobs and superseded hints are deleted;
 //! 7. every blob is sealed: shrunk to the clusters that hold records (returning the unused part
-//!    of a free-space lease); empty ones are deleted. The next write starts a new blob.
+//!    of a free-space lease); empty ones are deleted; the newest data blob of each shard is
+//!    continued by the shard's next write (see `seal_all`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -265,11 +266,25 @@ pub(crate) fn open_store<S: BlobStore>(store: S, opts: Options, io_path: IoPath)
     let sup = read_super(&store, &opts)?;
     let (shards, epoch) = (sup.shards, sup.epoch);
     let cluster = u64::from(store.cluster_size());
+    if sup.id.is_none() {
+        // A new store: refuse a shard count the device cannot hold before writing anything.
+        crate::options::check_space(
+            store.total_data_clusters(),
+            cluster,
+            opts.shards,
+            opts.max_blob_size,
+        )?;
+    }
     let io_unit = u64::from(store.io_unit_size());
-    let max_blob_size = opts.max_blob_size.max(cluster);
+    let geo = crate::options::Geometry::new(
+        store.total_data_clusters(),
+        cluster,
+        shards,
+        opts.max_blob_size.max(cluster),
+    );
     let cfg = Config {
         shards,
-        max_blob_size,
+        max_blob_size: geo.max_blob_size,
         sync: opts.sync,
         merge: opts.merge.clone(),
         max_key_size: opts.max_key_size,
@@ -277,8 +292,9 @@ pub(crate) fn open_store<S: BlobStore>(store: S, opts: Options, io_path: IoPath)
         io_unit,
         page: io_unit.max(4096),
         cluster,
-        lease_clusters: ((4u64 << 20) / cluster).clamp(1, 16),
-        merge_reserve: (store.total_data_clusters() / 32).max(4),
+        lease_clusters: geo.lease_clusters,
+        merge_unit: geo.merge_unit,
+        merge_reserve: geo.merge_reserve,
         read_only: opts.read_only,
         recovery: opts.recovery,
     };
@@ -375,6 +391,7 @@ pub(crate) fn open_store<S: BlobStore>(store: S, opts: Options, io_path: IoPath)
             snapshots: Mutex::new(r.snapshots),
             unwritten: RwLock::new(Default::default()),
             pending_bytes: AtomicU64::new(0),
+            seal_wanted: AtomicBool::new(false),
         });
     }
     let (ctx, crx) = crossbeam_channel::bounded(64);
@@ -782,10 +799,35 @@ pub(crate) fn scan_blob<S: BlobStore>(
     Ok(found.end)
 }
 
-/// Shrink every blob to the clusters holding records; delete empty ones.
+/// Shrink every blob to the clusters holding records; delete empty ones. The shard's newest
+/// data blob, unless it is a merge output or full, is kept as it is and marked active: the
+/// shard continues its log (see `shard::resume_active`), so a process that writes a little and
+/// exits does not leave a blob of at least one cluster behind each time.
 fn seal_all<S: BlobStore>(store: &S, cfg: &Config, index: &mut Index<S>) -> Result<()> {
+    let newest = index
+        .blobs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| e.as_ref().map(|e| (i, e)))
+        .max_by_key(|(_, e)| e.handle.seq)
+        .map(|(i, _)| i);
+    let mut resume = None;
+    if let Some(i) = newest {
+        if let Some(e) = &index.blobs[i] {
+            let merged = store.block_on(store.get_xattr(&e.handle.blob, X_MERGE))?;
+            if merged.is_none() && e.written > 0 && e.written < cfg.max_blob_size {
+                resume = Some(i);
+            }
+        }
+    }
     for i in 0..index.blobs.len() {
-        let Some(e) = &index.blobs[i] else { continue };
+        let Some(e) = &mut index.blobs[i] else {
+            continue;
+        };
+        if Some(i) == resume {
+            e.role = BlobRole::Active;
+            continue;
+        }
         let h = e.handle.clone();
         if e.written == 0 && e.live == 0 {
             index.blobs[i] = None;

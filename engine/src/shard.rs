@@ -142,6 +142,9 @@ struct Active<S: BlobStore> {
     leased: u64,
     /// End of what a completed flush covers: each record claims it (see `record.rs`).
     durable: u64,
+    /// A blob continued after a reopen whose space past the log may still hold a torn or
+    /// stale tail: cleared (and the shard's snapshots dropped) before the first append.
+    resumed: bool,
 }
 
 /// State of one shard thread.
@@ -159,6 +162,8 @@ pub(crate) struct Shard<S: BlobStore> {
     group_wrote: bool,
     /// The current group holds puts (which may not eat into the merge reserve).
     group_puts: bool,
+    /// Something was written since open: close writes a fresh keydir snapshot.
+    wrote: bool,
 }
 
 /// A shard: its state under a mutex, and its queue.
@@ -205,13 +210,14 @@ pub(crate) fn spawn<S: BlobStore>(
     next_seq: u64,
 ) -> Result<(Arc<ShardCell<S>>, std::thread::JoinHandle<()>)> {
     let chan = core.store.channel()?;
+    let active = resume_active(&core, id, &chan)?;
     let (tx, rx) = crossbeam_channel::bounded(4096);
     let cell = Arc::new(ShardCell {
         state: Mutex::new(Shard {
             id,
             core,
             chan,
-            active: None,
+            active,
             next_seq: next_seq.max(1),
             enc: Vec::new(),
             wbuf: AlignedBuf::zeroed(0),
@@ -219,6 +225,7 @@ pub(crate) fn spawn<S: BlobStore>(
             last_group: 0,
             group_wrote: false,
             group_puts: false,
+            wrote: false,
         }),
         tx,
         rx,
@@ -260,6 +267,12 @@ fn run<S: BlobStore>(cell: &ShardCell<S>) {
             Err(RecvTimeoutError::Timeout) => {
                 if cell.closed.load(Ordering::Acquire) {
                     return;
+                }
+                {
+                    let mut st = cell.state.lock();
+                    if !cell.closed.load(Ordering::Acquire) {
+                        st.seal_if_wanted();
+                    }
                 }
                 if cell.pending.load(Ordering::Relaxed) {
                     let mut st = cell.state.lock();
@@ -429,7 +442,25 @@ impl<S: BlobStore> Shard<S> {
             reply.send(self.close());
             return true;
         }
+        self.seal_if_wanted();
         false
+    }
+
+    /// Seal the active blob if the merge worker asked (its dead fraction passed the trigger).
+    fn seal_if_wanted(&mut self) {
+        let sh = &self.core.shards[self.id];
+        if !sh.seal_wanted.swap(false, Ordering::AcqRel)
+            || self.core.poisoned.load(Ordering::Acquire)
+        {
+            return;
+        }
+        if let Err(e) = self.write_out().and_then(|()| self.rotate()) {
+            log::error!(
+                "blobcask: shard {} failed to seal its active blob: {e}",
+                self.id
+            );
+            self.core.poison();
+        }
     }
 
     fn fail_group(&mut self, e: Error, posts: Vec<Post>, syncs: Vec<reply::Sender<()>>) {
@@ -549,6 +580,9 @@ impl<S: BlobStore> Shard<S> {
         self.ensure_active()?;
         let pos = self.staged_end()?;
         if pos + len > self.core.cfg.max_blob_size && pos > 0 {
+            // The next blob must fit before this group's records go out: a `Full` after them
+            // could not be backed out.
+            self.check_reserve(1)?;
             self.write_out()?;
             self.rotate()?;
             self.ensure_active()?;
@@ -580,8 +614,11 @@ impl<S: BlobStore> Shard<S> {
         Ok(a.end + self.enc.len() as u64)
     }
 
-    /// Create the active blob if there is none.
+    /// Create the active blob if there is none (or ready a continued one).
     fn ensure_active(&mut self) -> Result<()> {
+        if self.active.as_ref().is_some_and(|a| a.resumed) {
+            return self.ready_resumed();
+        }
         if self.active.is_some() {
             return Ok(());
         }
@@ -599,9 +636,10 @@ impl<S: BlobStore> Shard<S> {
                 crate::recovery::data_xattrs(self.id, seq, salt),
             )
         };
-        // A nearly full store still takes a blob of one cluster.
+        // A nearly full store still takes a blob of one cluster; deletes take no lease ahead
+        // (each shard's tombstones get a cluster of the room set aside for them).
         self.check_reserve(1)?;
-        let clusters = if self.check_reserve(clusters).is_ok() {
+        let clusters = if self.group_puts && self.check_reserve(clusters).is_ok() {
             clusters
         } else {
             1
@@ -636,7 +674,47 @@ impl<S: BlobStore> Shard<S> {
             dev_end: 0,
             leased: clusters * cfg.cluster,
             durable: 0,
+            resumed: false,
         });
+        Ok(())
+    }
+
+    /// Before the first append to a continued blob: drop the shard's keydir snapshots (they
+    /// record the blob's old length, and open would ignore records past it) and zero the
+    /// blob's space past its log (a torn or stale tail there must never line up behind new
+    /// records as if it were log), then flush.
+    fn ready_resumed(&mut self) -> Result<()> {
+        let core = self.core.clone();
+        let store = &core.store;
+        let sh = &core.shards[self.id];
+        let snaps: Vec<_> = std::mem::take(&mut *sh.snapshots.lock());
+        for id in snaps {
+            store.block_on(store.delete(id))?;
+        }
+        let page = core.cfg.page;
+        let iou = core.cfg.io_unit;
+        let Some(a) = self.active.as_mut() else {
+            return Ok(());
+        };
+        let start = a.end / page * page;
+        if a.end > start {
+            // The partial last page, with zeroes after the log.
+            let mut buf = AlignedBuf::zeroed(page as usize);
+            let n = (a.end - start) as usize;
+            buf[..n].copy_from_slice(&sh.unwritten.read().bytes[..n]);
+            store.block_on(self.chan.write(&a.handle.blob, start / iou, &buf))?;
+        }
+        let mut at = a.end.div_ceil(page) * page;
+        if at < a.leased {
+            let zeros = AlignedBuf::zeroed((1 << 20).min(a.leased - at) as usize);
+            while at < a.leased {
+                let n = (a.leased - at).min(zeros.len() as u64) as usize;
+                store.block_on(self.chan.write(&a.handle.blob, at / iou, &zeros[..n]))?;
+                at += n as u64;
+            }
+        }
+        store.block_on(self.chan.flush())?;
+        a.resumed = false;
         Ok(())
     }
 
@@ -649,14 +727,13 @@ impl<S: BlobStore> Shard<S> {
         Ok(())
     }
 
-    /// Free clusters this group must leave: the whole reserve for puts, half for deletes
-    /// (the other half is the merge's).
+    /// Free clusters this group must leave: the whole reserve for puts, one merge step's
+    /// worth for deletes.
     fn reserve_floor(&self) -> u64 {
-        let r = self.core.cfg.merge_reserve;
         if self.group_puts {
-            r
+            self.core.cfg.merge_reserve
         } else {
-            r / 2
+            self.core.cfg.merge_unit
         }
     }
 
@@ -670,7 +747,12 @@ impl<S: BlobStore> Shard<S> {
         }
         let need = end.div_ceil(cfg.cluster);
         let max_cl = cfg.max_blob_size.div_ceil(cfg.cluster);
-        let target = (need + cfg.lease_clusters - 1).min(max_cl).max(need);
+        let ahead = if self.group_puts {
+            cfg.lease_clusters - 1
+        } else {
+            0
+        };
+        let target = (need + ahead).min(max_cl).max(need);
         let have = a.leased / cfg.cluster;
         let store = &self.core.store;
         let free = store.free_clusters();
@@ -706,6 +788,7 @@ impl<S: BlobStore> Shard<S> {
             .fetch_add(self.enc.len() as u64, Ordering::Relaxed);
         a.end = end;
         self.enc.clear();
+        self.wrote = true;
         // These bytes will reach the device with some later write: past this point a failure
         // cannot simply drop the group.
         self.group_wrote = true;
@@ -788,6 +871,10 @@ impl<S: BlobStore> Shard<S> {
     /// Seal the active blob: shrink it to the clusters that hold records.
     fn rotate(&mut self) -> Result<()> {
         self.write_out()?;
+        if self.active.as_ref().is_some_and(|a| a.resumed) {
+            // Its tail is cleared before its clusters may go back to the allocator.
+            self.ready_resumed()?;
+        }
         let Some(a) = self.active.take() else {
             return Ok(());
         };
@@ -819,9 +906,27 @@ impl<S: BlobStore> Shard<S> {
             return Ok(());
         }
         self.write_out()?;
-        self.rotate()?;
+        if self.active.as_ref().is_some_and(|a| a.resumed) {
+            // Continued but never written: left as it is, the next open continues it again.
+            self.active = None;
+        } else {
+            self.rotate()?;
+        }
         self.core.store.block_on(self.chan.flush())?;
-        crate::recovery::write_snapshot(&self.core, self.id, &self.chan, self.next_seq - 1)
+        let sh = &self.core.shards[self.id];
+        if !self.wrote && !sh.snapshots.lock().is_empty() {
+            // Nothing changed since the snapshot was written: it is still current.
+            return Ok(());
+        }
+        match crate::recovery::write_snapshot(&self.core, self.id, &self.chan, self.next_seq - 1) {
+            // A snapshot only speeds up open (which scans without one): a full store still
+            // closes cleanly.
+            Err(e @ (Error::Full | Error::NoMetadataSpace(_))) => {
+                log::warn!("blobcask: shard {} writes no keydir snapshot: {e}", self.id);
+                Ok(())
+            }
+            r => r,
+        }
     }
 }
 
@@ -841,4 +946,53 @@ fn apply<S: BlobStore>(ix: &mut Index<S>, eff: Effect) {
             }
         }
     }
+}
+
+/// The active blob `seal_all` kept for shard `id` to continue after a reopen, if any: its log
+/// continues at its valid end, whose partial last page goes into the write-behind buffer (it
+/// is rewritten with the next write).
+fn resume_active<S: BlobStore>(
+    core: &Core<S>,
+    id: usize,
+    chan: &S::Channel,
+) -> Result<Option<Active<S>>> {
+    use crate::blobstore::Blob as _;
+    let sh = &core.shards[id];
+    let found = {
+        let ix = sh.index.read();
+        ix.blobs.iter().enumerate().find_map(|(i, e)| {
+            e.as_ref()
+                .filter(|e| e.role == BlobRole::Active)
+                .map(|e| (i as u16, e.handle.clone(), e.written))
+        })
+    };
+    let Some((slot, handle, end)) = found else {
+        return Ok(None);
+    };
+    let page = core.cfg.page;
+    let start = end / page * page;
+    let mut head = Vec::new();
+    if end > start {
+        let mut buf = AlignedBuf::zeroed(page as usize);
+        let store = &core.store;
+        store.block_on(chan.read(&handle.blob, start / core.cfg.io_unit, &mut buf))?;
+        head.extend_from_slice(&buf[..(end - start) as usize]);
+    }
+    {
+        let mut uw = sh.unwritten.write();
+        uw.salt = handle.salt;
+        uw.start = start;
+        uw.bytes = head;
+    }
+    let leased = handle.blob.num_clusters() * core.cfg.cluster;
+    Ok(Some(Active {
+        slot,
+        handle,
+        end,
+        dev_end: end,
+        leased,
+        // `ready_resumed` flushes the log before the first append claims it.
+        durable: end,
+        resumed: true,
+    }))
 }

@@ -68,9 +68,12 @@ enum Cmd {
         /// Blobstore cluster size, e.g. 1M, 64K.
         #[arg(long, default_value = "1M", value_parser = parse_size)]
         cluster_size: u64,
-        /// Number of shards (default: number of cores).
+        /// Number of shards (default: number of cores, fewer if the device cannot hold them).
         #[arg(long)]
         shards: Option<usize>,
+        /// Reformat a device that already holds data (it is lost), with the new geometry.
+        #[arg(long)]
+        force: bool,
     },
     /// Store a value.
     Put {
@@ -213,7 +216,8 @@ fn run(cmd: Cmd) -> CliResult {
             size,
             cluster_size,
             shards,
-        } => format(&device, size, cluster_size, shards),
+            force,
+        } => format(&device, size, cluster_size, shards, force),
         Cmd::Put { store, key, value } => {
             let db = open(&store)?;
             db.put(key.as_bytes(), value.as_bytes())?;
@@ -323,19 +327,69 @@ fn run(cmd: Cmd) -> CliResult {
     }
 }
 
-fn format(device: &Path, size: u64, cluster_size: u64, shards: Option<usize>) -> CliResult {
+/// Format `device`: check the geometry before touching anything, refuse a device holding data
+/// unless `force`, and leave no file behind when formatting a new path fails.
+fn format(
+    device: &Path,
+    size: u64,
+    cluster_size: u64,
+    shards: Option<usize>,
+    force: bool,
+) -> CliResult {
     let cluster_size = u32::try_from(cluster_size)
         .map_err(|_| blobcask::Error::invalid("cluster size does not fit 32 bits"))?;
     let mut opts = Options::new(DeviceSpec::Path(device.to_path_buf()));
     opts.create = true;
     opts.device_size = size;
     opts.cluster_size = cluster_size;
-    if let Some(s) = shards {
-        opts.shards = s;
+    let block = is_block_device(device);
+    let dev_size = if block { device_bytes(device)? } else { size };
+    match shards {
+        Some(s) => opts.shards = s,
+        // The default shrinks to what the device holds (the error then names 1 shard).
+        None => {
+            while opts.shards > 1 && opts.check_new_store(dev_size).is_err() {
+                opts.shards -= 1;
+            }
+        }
     }
-    let db = Db::open(opts)?;
-    let stats = db.stats()?;
-    db.close()?;
+    opts.validate()?;
+    opts.check_new_store(dev_size)?;
+    let existed = device.exists();
+    if existed && !holds_nothing(device)? {
+        if !force {
+            return Err(blobcask::Error::invalid(format!(
+                "{} already holds data; `format --force` reformats it (its data is lost)",
+                device.display()
+            ))
+            .into());
+        }
+        if block {
+            // Zeroed at its start, the device is formatted afresh.
+            let mut f = std::fs::OpenOptions::new().write(true).open(device)?;
+            f.write_all(&[0u8; 4096])?;
+            f.sync_all()?;
+        }
+    }
+    if existed && !block {
+        // A new image file of the new size.
+        std::fs::remove_file(device)?;
+    }
+    let made = || -> Result<blobcask::Stats, blobcask::Error> {
+        let db = Db::open(opts)?;
+        let stats = db.stats()?;
+        db.close()?;
+        Ok(stats)
+    };
+    let stats = match made() {
+        Ok(s) => s,
+        Err(e) => {
+            if !block {
+                let _ = std::fs::remove_file(device);
+            }
+            return Err(e.into());
+        }
+    };
     println!(
         "formatted {}: {} shards, io path {}",
         device.display(),
@@ -343,6 +397,24 @@ fn format(device: &Path, size: u64, cluster_size: u64, shards: Option<usize>) ->
         stats.io_path
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn is_block_device(p: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(p).is_ok_and(|m| m.file_type().is_block_device())
+}
+
+fn device_bytes(p: &Path) -> Result<u64, io::Error> {
+    use std::io::Seek;
+    std::fs::File::open(p)?.seek(io::SeekFrom::End(0))
+}
+
+/// Whether the first 4 KiB of an existing device are all zero (nothing to lose).
+fn holds_nothing(p: &Path) -> Result<bool, io::Error> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(4096);
+    std::fs::File::open(p)?.take(4096).read_to_end(&mut head)?;
+    Ok(head.iter().all(|&b| b == 0))
 }
 
 fn load(store: &StoreArgs, input: &str) -> CliResult {
