@@ -101,6 +101,14 @@ pub fn check<D: Device>(open: impl Fn() -> Result<D>) -> Result<CheckReport> {
     pollster::block_on(normal.device().base().read(0, &mut sb))?;
     rep.clean_shutdown = crate::blobstore::native::superblock::SuperBlock::decode(&sb)?.is_clean();
     check_masks(&normal, &rebuilt, &mut rep)?;
+    if super_shards(&rebuilt).is_none() {
+        // An empty or foreign blobstore is not a clean blobcask store: open refuses it.
+        rep.problems.push(
+            "the device holds a blobstore but no blobcask store (no readable super blob with \
+             `bc.shards`)"
+                .into(),
+        );
+    }
     check_engine(&rebuilt, &mut rep)?;
     Ok(rep)
 }
@@ -291,9 +299,26 @@ pub fn salvage<D: Device>(dev: D) -> Result<SalvageReport> {
         },
     ))?;
     restored.extend(crate::catalog::restore_lost_blobs(&store, clean_close)?);
-    let mut rep = salvage::fold(&salvage::analyze(&store)?);
+    let an = salvage::analyze(&store)?;
+    let mut rep = salvage::fold(&an);
     rep.restored = restored;
+    let seen = an.logs.iter().map(|l| l.shard + 1).max().unwrap_or(1);
+    rep.shape = Some(salvage::StoreShape {
+        cluster_size: store.cluster_size(),
+        io_unit_size: store.io_unit_size(),
+        size: store.layout().size,
+        shards: super_shards(&store).unwrap_or(seen),
+    });
     Ok(rep)
+}
+
+/// The super blob's `bc.shards`, if readable.
+fn super_shards<S: BlobStore>(store: &S) -> Option<usize> {
+    let b = store.block_on(store.open(store.super_blob()?)).ok()?;
+    let v = store.block_on(store.get_xattr(&b, "bc.shards"));
+    let _ = store.block_on(store.close(b));
+    let n = u32::from_le_bytes(v.ok()??.try_into().ok()?) as usize;
+    (n >= 1).then_some(n)
 }
 
 /// A clear error for a store that cannot be salvaged at all.

@@ -222,7 +222,14 @@ pub(crate) fn check_space(
          device",
         cluster >> 10,
         match min_device_size(cluster, shards, max_blob_size) {
-            u64::MAX => "no device size fits them with this cluster size".to_string(),
+            // Only clusters no bigger than an md page get here: the blobstore keeps one md
+            // page per cluster, so its metadata alone fills any device.
+            u64::MAX => format!(
+                "no device size fits them: the blobstore keeps one 4 KiB md page per cluster, \
+                 so with {} KiB clusters its metadata fills the whole device; use clusters of \
+                 at least 8 KiB",
+                cluster >> 10
+            ),
             size => human(size),
         },
     )))

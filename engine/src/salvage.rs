@@ -282,6 +282,19 @@ pub struct SalvageReport {
     pub vouched: u64,
     /// Metadata rebuilt before salvaging (super block, md pages restored from the catalog).
     pub restored: Vec<String>,
+    /// The damaged store's geometry, which `repair` rebuilds with.
+    pub shape: Option<StoreShape>,
+}
+
+/// What a rebuilt store must be formatted with so that it is the damaged one's twin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreShape {
+    pub cluster_size: u32,
+    pub io_unit_size: u32,
+    /// Device size in bytes.
+    pub size: u64,
+    /// `bc.shards` of the super blob (or, if unreadable, one more than the highest shard seen).
+    pub shards: usize,
 }
 
 /// How a key's state was decided.

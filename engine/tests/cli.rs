@@ -376,3 +376,99 @@ fn help_names_every_subcommand() {
         assert!(out.contains(cmd), "help lacks {cmd}");
     }
 }
+
+fn shell_puts(db: &str, n: usize) {
+    let mut child = bin()
+        .args(["shell", db])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let cmds: String = (1..=n).map(|i| format!("put k{i} v{i}\n")).collect();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(cmds.as_bytes())
+        .unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+}
+
+#[test]
+fn repair_in_place_keeps_the_store_geometry_and_never_erases_a_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("r.img");
+    let db = img.to_str().unwrap().to_string();
+    ok(&[
+        "format",
+        &db,
+        "--size",
+        "8M",
+        "--cluster-size",
+        "16K",
+        "--shards",
+        "2",
+    ]);
+    shell_puts(&db, 50);
+    let before = ok(&["blobs", &db, "--json"]);
+    let sb = |s: &str| {
+        let v: serde_json::Value = serde_json::from_str(s).unwrap();
+        (
+            v["super_block"]["cluster_size"].clone(),
+            v["super_block"]["size"].clone(),
+        )
+    };
+    for round in 0..2 {
+        let out = ok(&["repair", &db]);
+        assert!(out.contains("rebuilt"), "round {round}: {out}");
+        assert!(ok(&["check", &db]).trim_end().ends_with("clean"));
+        assert_eq!(sb(&ok(&["blobs", &db, "--json"])), sb(&before));
+        assert_eq!(
+            ok(&["stats", &db]).lines().nth(1).unwrap().trim_end(),
+            "shards               2"
+        );
+        for i in [1, 25, 50] {
+            assert_eq!(ok(&["get", &db, &format!("k{i}")]), format!("v{i}\n"));
+        }
+    }
+    // A backup left by an earlier run is never truncated or removed.
+    let backup = format!("{db}.salvage.tsv");
+    std::fs::write(&backup, "k1\tv1\n").unwrap();
+    ok(&["repair", &db]);
+    assert_eq!(std::fs::read_to_string(&backup).unwrap(), "k1\tv1\n");
+    // An existing --output is refused, not overwritten.
+    let o = run(&["repair", &db, "--output", &backup]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(std::fs::read_to_string(&backup).unwrap(), "k1\tv1\n");
+}
+
+#[test]
+fn check_refuses_a_device_without_a_blobcask_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("z.img");
+    std::fs::write(&img, vec![0u8; 4 << 20]).unwrap();
+    let o = run(&["check", img.to_str().unwrap()]);
+    assert_ne!(o.status.code(), Some(0));
+}
+
+#[test]
+fn format_with_4k_clusters_explains_the_metadata_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    for size in ["24M", "32M"] {
+        let img = dir.path().join(format!("f{size}.img"));
+        let o = run(&[
+            "format",
+            img.to_str().unwrap(),
+            "--size",
+            size,
+            "--cluster-size",
+            "4K",
+            "--shards",
+            "1",
+        ]);
+        assert_eq!(o.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("md page"), "{err}");
+        assert!(!img.exists(), "a refused format leaves no file");
+    }
+}

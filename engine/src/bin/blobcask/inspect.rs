@@ -416,9 +416,19 @@ pub fn check(path: &Path) -> CliResult {
 
 /// `blobcask repair`: salvage every readable record, then rebuild the store from them.
 ///
-/// The salvaged records are first written to `<device>.salvage.tsv` (and synced), so a crash
-/// during the rebuild loses nothing: `blobcask load` restores them.
+/// The salvaged records are first written to `<device>.salvage.tsv` (a new name if that
+/// exists; synced), then a new store with the damaged one's own geometry (cluster size, shard
+/// count, size) is built and verified in a staging file beside the target, and only then
+/// replaces the target. A failure at any step leaves the original as it was and the backup in
+/// place; the backup is removed once the replacement is durable.
 pub fn repair(path: &Path, output: Option<&Path>, report: Option<&Path>) -> CliResult {
+    if let Some(o) = output.filter(|o| o.exists()) {
+        return Err(blobcask::Error::invalid(format!(
+            "{} exists; `repair --output` writes a new file and never overwrites one",
+            o.display()
+        ))
+        .into());
+    }
     let rep = blobcask::fsck::salvage(open_ro(path)?).map_err(blobcask::fsck::unsalvageable)?;
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -459,47 +469,28 @@ pub fn repair(path: &Path, output: Option<&Path>, report: Option<&Path>) -> CliR
         f.sync_all()?;
         writeln!(out, "report written to {}", r.display())?;
     }
-    let backup = {
-        let mut p = path.as_os_str().to_owned();
-        p.push(".salvage.tsv");
-        std::path::PathBuf::from(p)
-    };
-    {
-        let f = std::fs::File::create(&backup)?;
-        let mut w = std::io::BufWriter::new(&f);
-        for (k, v) in &rep.live {
-            writeln!(w, "{}\t{}", crate::tsv::escape(k), crate::tsv::escape(v))?;
+    let backup = write_backup(path, &rep.live)?;
+    writeln!(
+        out,
+        "salvaged records saved to {} (`blobcask load` restores them)",
+        backup.display()
+    )?;
+    let shape = rep.shape.ok_or_else(|| {
+        blobcask::Error::invalid("the damaged store's geometry is unknown; not rebuilding")
+    })?;
+    let target = output.unwrap_or(path).to_path_buf();
+    // Build and verify the new store beside the target; the original is untouched until then.
+    let staging = sibling(&target, ".repair-staging")?;
+    let built = build_store(&staging, &shape, &rep.live).and_then(|()| {
+        verify_store(&staging, &rep.live)?;
+        match output {
+            Some(o) => std::fs::rename(&staging, o)?,
+            None => copy_over(&staging, path)?,
         }
-        w.flush()?;
-        drop(w);
-        f.sync_all()?;
-    }
-    let (target, size) = match output {
-        Some(o) => (o.to_path_buf(), std::fs::metadata(path)?.len()),
-        None => {
-            // Rebuild in place: drop the old blobstore's signature, then format anew.
-            use blobcask::device::Device;
-            let dev = FileDevice::open(path)?;
-            let zero = blobcask::device::AlignedBuf::zeroed(dev.block_size().max(4096) as usize);
-            pollster::block_on(dev.write(0, &zero))?;
-            pollster::block_on(dev.flush())?;
-            (path.to_path_buf(), 0)
-        }
-    };
-    let mut opts = blobcask::Options::new(blobcask::DeviceSpec::Path(target.clone()));
-    opts.create = true;
-    if size > 0 {
-        opts.device_size = size;
-    }
-    opts.sync = blobcask::SyncPolicy::Never;
-    let db = blobcask::Db::open(opts)?;
-    let mut batch = crate::Batched::new(&db);
-    for (k, v) in &rep.live {
-        batch.put(k, v)?;
-    }
-    batch.finish()?;
-    db.sync()?;
-    db.close()?;
+        Ok(())
+    });
+    let _ = std::fs::remove_file(&staging);
+    built?;
     std::fs::remove_file(&backup)?;
     writeln!(
         out,
@@ -508,4 +499,121 @@ pub fn repair(path: &Path, output: Option<&Path>, report: Option<&Path>) -> CliR
         rep.live.len()
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A path beside `p` named `p` + `suffix` (+ `.N` if taken) that does not exist yet.
+fn sibling(p: &Path, suffix: &str) -> Result<std::path::PathBuf, blobcask::Error> {
+    for n in 0..1000u32 {
+        let mut name = p.as_os_str().to_owned();
+        name.push(suffix);
+        if n > 0 {
+            name.push(format!(".{n}"));
+        }
+        let c = std::path::PathBuf::from(name);
+        if !c.exists() {
+            return Ok(c);
+        }
+    }
+    Err(blobcask::Error::invalid(format!(
+        "no free name beside {} for {suffix}",
+        p.display()
+    )))
+}
+
+/// Write the salvaged records to a new backup file (an existing one is never overwritten).
+fn write_backup(
+    path: &Path,
+    live: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+) -> Result<std::path::PathBuf, blobcask::Error> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".salvage");
+    let stem = std::path::PathBuf::from(name);
+    for n in 0..1000u32 {
+        let mut p = stem.clone().into_os_string();
+        if n > 0 {
+            p.push(format!(".{n}"));
+        }
+        p.push(".tsv");
+        let p = std::path::PathBuf::from(p);
+        let f = match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&p)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let mut w = std::io::BufWriter::new(&f);
+        for (k, v) in live {
+            writeln!(w, "{}\t{}", crate::tsv::escape(k), crate::tsv::escape(v))?;
+        }
+        w.flush()?;
+        drop(w);
+        f.sync_all()?;
+        return Ok(p);
+    }
+    Err(blobcask::Error::invalid(format!(
+        "no free backup name beside {}",
+        path.display()
+    )))
+}
+
+/// Format a new store on `at` with `shape` and write `live` into it.
+fn build_store(
+    at: &Path,
+    shape: &blobcask::salvage::StoreShape,
+    live: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+) -> Result<(), blobcask::Error> {
+    let mut opts = blobcask::Options::new(blobcask::DeviceSpec::Path(at.to_path_buf()));
+    opts.create = true;
+    opts.device_size = shape.size;
+    opts.cluster_size = shape.cluster_size;
+    opts.shards = shape.shards;
+    opts.sync = blobcask::SyncPolicy::Never;
+    let db = blobcask::Db::open(opts)?;
+    let mut batch = crate::Batched::new(&db);
+    for (k, v) in live {
+        batch.put(k, v)?;
+    }
+    batch.finish()?;
+    db.sync()?;
+    db.close()
+}
+
+/// Open the built store read-only and compare it with `live`, key by key.
+fn verify_store(
+    at: &Path,
+    live: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+) -> Result<(), blobcask::Error> {
+    let mut opts = blobcask::Options::new(blobcask::DeviceSpec::Path(at.to_path_buf()));
+    opts.create = false;
+    opts.read_only = true;
+    let db = blobcask::Db::open_read_only(opts)?;
+    let keys = db.keys()?;
+    if keys.len() != live.len() {
+        return Err(blobcask::Error::invalid(format!(
+            "the rebuilt store holds {} keys, {} were salvaged; not replacing",
+            keys.len(),
+            live.len()
+        )));
+    }
+    for (k, v) in live {
+        if db.get(k)?.as_deref() != Some(v.as_slice()) {
+            return Err(blobcask::Error::invalid(format!(
+                "the rebuilt store does not hold key {:?} as salvaged; not replacing",
+                String::from_utf8_lossy(k)
+            )));
+        }
+    }
+    db.close()
+}
+
+/// Copy the finished image `from` over `to` in place and make it durable.
+fn copy_over(from: &Path, to: &Path) -> Result<(), blobcask::Error> {
+    let mut src = std::fs::File::open(from)?;
+    let mut dst = std::fs::OpenOptions::new().write(true).open(to)?;
+    std::io::copy(&mut src, &mut dst)?;
+    dst.sync_all()?;
+    Ok(())
 }
