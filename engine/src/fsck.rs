@@ -33,7 +33,10 @@ pub struct CheckReport {
     pub clean_shutdown: bool,
     pub blobs: usize,
     pub data_blobs: usize,
+    /// Merge hint blobs.
     pub hint_blobs: usize,
+    /// Keydir snapshot blobs.
+    pub snapshot_blobs: usize,
     /// Records that passed their CRC.
     pub records: u64,
     /// Hint entries verified against their records.
@@ -174,7 +177,8 @@ fn check_engine<S: BlobStore>(store: &S, rep: &mut CheckReport) -> Result<()> {
     let an = salvage::analyze(store)?;
     let folded = salvage::fold(&an);
     rep.data_blobs = an.logs.len();
-    rep.hint_blobs = an.hint_blobs;
+    rep.hint_blobs = an.hint_blobs - an.snapshot_blobs;
+    rep.snapshot_blobs = an.snapshot_blobs;
     for l in &an.logs {
         rep.records += l.records.len() as u64 + l.commits.len() as u64;
         let consequence = if an.covers(l.shard, l.seq) {
@@ -185,6 +189,15 @@ fn check_engine<S: BlobStore>(store: &S, rep: &mut CheckReport) -> Result<()> {
         };
         for d in &l.scan.damaged {
             let after = l.records.iter().filter(|r| r.offset > d.offset).count();
+            if let Some((batch, members)) = damaged_commit(&an, l, d.offset) {
+                rep.problems.push(format!(
+                    "blob {:#x} (shard {}, seq {}): damaged batch commit record at offset {} \
+                     ({} bytes; batch {batch}); {members} members depend on it (their own \
+                     records are intact), {after} valid records follow; {consequence}",
+                    l.id, l.shard, l.seq, d.offset, d.len
+                ));
+                continue;
+            }
             rep.problems.push(format!(
                 "blob {:#x} (shard {}, seq {}): damaged record at offset {}: {} bytes of durable \
                  log fail validation, {after} valid records follow; {consequence}; `repair` \
@@ -257,6 +270,32 @@ fn check_engine<S: BlobStore>(store: &S, rep: &mut CheckReport) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// If the damaged range at `off` of `l` is the commit record of a batch whose members lie just
+/// before it (the newest valid record before the range is a member of a batch that no
+/// surviving commit record commits), that batch and its member count.
+fn damaged_commit(an: &salvage::Analysis, l: &salvage::BlobLog, off: u64) -> Option<(u64, usize)> {
+    let last = l.records.iter().rev().find(|r| r.offset < off)?;
+    let batch = last.batch?;
+    let committed = an.logs.iter().any(|x| x.commits.contains(&batch));
+    if committed {
+        return None;
+    }
+    // The range must not start with a readable header of another kind.
+    let at = usize::try_from(off).ok()?;
+    if let Some(h) = l.bytes.get(at..).and_then(crate::record::parse_header) {
+        if h.flags & crate::record::COMMIT == 0 {
+            return None;
+        }
+    }
+    let members = an
+        .logs
+        .iter()
+        .flat_map(|x| &x.records)
+        .filter(|r| r.batch == Some(batch))
+        .count();
+    Some((batch, members))
 }
 
 /// If the super block does not decode, derive it from the layout (in the overlay only).

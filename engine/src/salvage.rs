@@ -147,7 +147,10 @@ pub struct Analysis {
     pub hints: Vec<(usize, hint::Hint)>,
     /// The newest usable keydir snapshot per shard.
     pub snapshots: BTreeMap<usize, hint::Hint>,
+    /// Hint and snapshot blobs found (usable or not).
     pub hint_blobs: usize,
+    /// Of those, keydir snapshots.
+    pub snapshot_blobs: usize,
 }
 
 impl Analysis {
@@ -180,6 +183,7 @@ pub(crate) fn analyze_catalog(cat: Vec<(Meta, Vec<u8>)>) -> Result<Analysis> {
             continue;
         }
         an.hint_blobs += 1;
+        an.snapshot_blobs += usize::from(snapshot);
         let bad = |why: String| BadHint {
             id: m.id,
             role: String::from_utf8_lossy(&m.role).into_owned(),
@@ -331,11 +335,13 @@ pub fn fold(an: &Analysis) -> SalvageReport {
             if r.offset > first_damage {
                 rep.beyond_damage += 1;
             }
+            // A snapshot or hint that names a batch member vouches for its commit even when
+            // the commit record is damaged (open keeps it), so every record is addressable.
+            at.insert((r.shard, r.blob_seq, r.offset), r);
             if r.batch.is_some_and(|b| !commits.contains(&b)) {
                 rep.uncommitted += 1;
                 continue;
             }
-            at.insert((r.shard, r.blob_seq, r.offset), r);
             let e = newest.entry(r.key.as_slice()).or_insert(r);
             if r.seq > e.seq {
                 *e = r;

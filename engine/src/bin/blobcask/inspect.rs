@@ -387,10 +387,11 @@ pub fn check(path: &Path) -> CliResult {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{} blobs ({} data, {} hint), {} records and {} hint entries verified, {}",
+        "{} blobs ({} data, {} hint, {} snapshot), {} records and {} hint entries verified, {}",
         rep.blobs,
         rep.data_blobs,
         rep.hint_blobs,
+        rep.snapshot_blobs,
         rep.records,
         rep.hint_entries,
         if rep.clean_shutdown {
