@@ -425,6 +425,54 @@ pub fn restore_lost_blobs<D: Device>(
     Ok(done)
 }
 
+/// Every catalogued data blob that is still missing after [`restore_lost_blobs`] and whose
+/// root md page is damaged (non-zero, failing its CRC). Each is restored from the catalog
+/// when every cluster the catalog lists for it is still free; such a catalog may be stale
+/// (the blob may have grown since), so the restored log is only a prefix and the fold treats
+/// what follows it as damaged. Writes go wherever `store` writes (`repair` uses an overlay).
+pub fn restore_stale_blobs<D: Device>(
+    store: &NativeBlobStore<D>,
+) -> Result<Vec<crate::salvage::LostBlob>> {
+    let Some(cat) = read_newest(store) else {
+        return Ok(Vec::new());
+    };
+    let present: std::collections::HashSet<BlobId> =
+        store.block_on(store.blob_ids())?.into_iter().collect();
+    let l = store.layout().clone();
+    let mut out = Vec::new();
+    for e in cat.entries.iter().filter(|e| e.role == Role::Data) {
+        if present.contains(&e.blob_id) {
+            continue;
+        }
+        let Some(idx) = root_index(e.blob_id).filter(|&i| i < l.md_len) else {
+            continue;
+        };
+        let mut page = vec![0u8; l.md_page_size as usize];
+        store.block_on(store.device().read(l.md_offset(idx), &mut page))?;
+        if MdPage::crc_ok(&page) || page.iter().all(|&b| b == 0) {
+            continue; // deleted since the catalog was written, or reused: not lost
+        }
+        let xattrs = vec![
+            (X_ROLE.to_string(), Role::Data.xattr().to_vec()),
+            ("bc.shard".to_string(), e.shard.to_le_bytes().to_vec()),
+            ("bc.seq".to_string(), e.seq.to_le_bytes().to_vec()),
+            ("bc.salt".to_string(), e.salt.to_le_bytes().to_vec()),
+        ];
+        let restored = !e.clusters.is_empty()
+            && store
+                .block_on(store.restore_blob_md(e.blob_id, xattrs, e.clusters.clone()))
+                .is_ok();
+        out.push(crate::salvage::LostBlob {
+            blob: e.blob_id,
+            shard: e.shard as usize,
+            seq: e.seq,
+            what: e.describe(),
+            restored_prefix: restored,
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

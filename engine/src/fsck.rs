@@ -338,7 +338,8 @@ pub fn salvage<D: Device>(dev: D) -> Result<SalvageReport> {
         },
     ))?;
     restored.extend(crate::catalog::restore_lost_blobs(&store, clean_close)?);
-    let an = salvage::analyze(&store)?;
+    let lost = crate::catalog::restore_stale_blobs(&store)?;
+    let an = salvage::analyze_with_lost(&store, lost)?;
     let mut rep = salvage::fold(&an);
     rep.restored = restored;
     let seen = an.logs.iter().map(|l| l.shard + 1).max().unwrap_or(1);

@@ -127,6 +127,8 @@ pub struct BlobLog {
     pub commits: Vec<u64>,
     /// The blob's bytes.
     pub bytes: Vec<u8>,
+    /// A merge output (its records are not in seq order, and are older than later blobs').
+    pub merged: bool,
 }
 
 /// A hint or snapshot blob that failed a check open applies.
@@ -151,6 +153,8 @@ pub struct Analysis {
     pub hint_blobs: usize,
     /// Of those, keydir snapshots.
     pub snapshot_blobs: usize,
+    /// Data blobs with a damaged md page (see [`LostBlob`]).
+    pub lost: Vec<LostBlob>,
 }
 
 impl Analysis {
@@ -164,15 +168,22 @@ impl Analysis {
 
 /// Read and judge every engine blob of `store` (nothing is written).
 pub fn analyze<S: BlobStore>(store: &S) -> Result<Analysis> {
-    analyze_catalog(catalog(store)?)
+    analyze_catalog(catalog(store)?, Vec::new())
 }
 
-pub(crate) fn analyze_catalog(cat: Vec<(Meta, Vec<u8>)>) -> Result<Analysis> {
+/// [`analyze`], knowing that the data blobs `lost` have damaged md pages.
+pub fn analyze_with_lost<S: BlobStore>(store: &S, lost: Vec<LostBlob>) -> Result<Analysis> {
+    analyze_catalog(catalog(store)?, lost)
+}
+
+pub(crate) fn analyze_catalog(cat: Vec<(Meta, Vec<u8>)>, lost: Vec<LostBlob>) -> Result<Analysis> {
     let mut an = Analysis::default();
+    // A lost blob still existed: a snapshot naming it is not stale.
     let data: HashSet<(usize, u64)> = cat
         .iter()
         .filter(|(m, _)| m.role == b"data")
         .map(|(m, _)| (m.shard, m.seq))
+        .chain(lost.iter().map(|b| (b.shard, b.seq)))
         .collect();
     // Lengths that hints and snapshots know, per (shard, blob seq).
     let mut known: HashMap<(usize, u64), u64> = HashMap::new();
@@ -228,8 +239,19 @@ pub(crate) fn analyze_catalog(cat: Vec<(Meta, Vec<u8>)>) -> Result<Analysis> {
                 .max(known.get(&(m.shard, m.seq)).copied().unwrap_or(0)),
             whole: m.merge.as_deref() == Some(b"done"),
         };
-        an.logs.push(scan_one(m, bytes, ev)?);
+        let mut log = scan_one(m, bytes, ev)?;
+        if lost.iter().any(|b| b.restored_prefix && b.blob == m.id) {
+            // Restored from a stale catalog: the log may have gone on past its clusters.
+            let end = log.scan.end;
+            log.scan.damaged.retain(|d| d.offset < end);
+            log.scan.damaged.push(scan::DamagedRange {
+                offset: end,
+                len: (bytes.len() as u64).saturating_sub(end),
+            });
+        }
+        an.logs.push(log);
     }
+    an.lost = lost;
     Ok(an)
 }
 
@@ -261,7 +283,22 @@ fn scan_one(m: &Meta, bytes: &[u8], ev: Evidence) -> Result<BlobLog> {
         records,
         commits,
         bytes: bytes.to_vec(),
+        merged: m.merge.is_some(),
     })
+}
+
+/// A data blob whose md page is damaged and could not be restored exactly (named from the
+/// catalog).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LostBlob {
+    pub blob: BlobId,
+    pub shard: usize,
+    pub seq: u64,
+    /// What the catalog says it was ("data blob of shard 0, seq 3 (5 clusters)").
+    pub what: String,
+    /// Its md page was rebuilt from a stale catalog: its log is known only up to where the
+    /// catalog's clusters end (the rest is treated as damaged).
+    pub restored_prefix: bool,
 }
 
 /// What [`fold`] recovered and what it could not.
@@ -288,6 +325,8 @@ pub struct SalvageReport {
     pub restored: Vec<String>,
     /// The damaged store's geometry, which `repair` rebuilds with.
     pub shape: Option<StoreShape>,
+    /// Data blobs whose md page is damaged and was not restored exactly.
+    pub damaged_blobs: Vec<LostBlob>,
 }
 
 /// What a rebuilt store must be formatted with so that it is the damaged one's twin.
@@ -373,6 +412,7 @@ pub fn fold(an: &Analysis) -> SalvageReport {
             rep.live.insert(k, v);
         }
     }
+    rep.damaged_blobs = an.lost.clone();
     rep
 }
 
@@ -466,8 +506,8 @@ fn mark_suspects(
         let plain = l.records.windows(2).all(|w| w[0].seq < w[1].seq);
         let (lo, hi) = match (plain, before, after) {
             (true, b, Some(a)) => (b.map_or(0, |r| r.seq), a.seq),
-            (true, Some(b), None) => (b.seq, u64::MAX),
-            _ => (0, u64::MAX),
+            (true, Some(b), None) => (b.seq, next_seq(an, l.shard, l.seq)),
+            _ => (0, next_seq(an, l.shard, l.seq)),
         };
         for (k, dk) in decided {
             if dk.shard == d.shard && hi.saturating_sub(1) > dk.seq.max(lo) {
@@ -476,6 +516,27 @@ fn mark_suspects(
         }
         out.extend(probable_keys(&l.bytes, d));
     }
+    // A blob with no md page left could have held any record up to the next blob's first.
+    for b in an.lost.iter().filter(|b| !b.restored_prefix) {
+        let hi = next_seq(an, b.shard, b.seq);
+        for (k, dk) in decided {
+            if dk.shard == b.shard && hi.saturating_sub(1) > dk.seq {
+                out.insert(k.clone());
+            }
+        }
+    }
+}
+
+/// The first record seq of the plain data blob of `shard` that followed blob `blob_seq` (a
+/// bound on every seq that blob held: it was sealed before the next one started), or
+/// `u64::MAX` if none survives.
+fn next_seq(an: &Analysis, shard: usize, blob_seq: u64) -> u64 {
+    an.logs
+        .iter()
+        .filter(|l| l.shard == shard && l.seq > blob_seq && !l.merged)
+        .min_by_key(|l| l.seq)
+        .and_then(|l| l.records.first())
+        .map_or(u64::MAX, |r| r.seq)
 }
 
 /// Keys the damaged range probably held: where its records' headers still parse, their key
@@ -512,11 +573,13 @@ pub fn report_json(rep: &SalvageReport) -> serde_json::Value {
     };
     serde_json::json!({
         "damaged": rep.damaged,
+        "damaged_blobs": rep.damaged_blobs,
         "keys_lost": rep.lost.iter().map(key).collect::<Vec<_>>(),
         "keys_suspect": rep.suspect.iter().map(key).collect::<Vec<_>>(),
         "counts": {
             "damaged_ranges": rep.damaged.len(),
             "damaged_bytes": rep.damaged.iter().map(|d| d.len).sum::<u64>(),
+            "damaged_blobs": rep.damaged_blobs.len(),
             "records": rep.records,
             "records_beyond_damage": rep.beyond_damage,
             "unflushed_records_dropped": rep.unflushed,
@@ -598,7 +661,7 @@ mod tests {
     #[test]
     fn an_intact_store_folds_to_its_live_keys() {
         let (cat, _) = store(OPS, true);
-        let rep = fold(&analyze_catalog(cat).unwrap());
+        let rep = fold(&analyze_catalog(cat, Vec::new()).unwrap());
         let live: Vec<_> = rep.live.keys().cloned().collect();
         assert_eq!(live, vec![b"a".to_vec(), b"c".to_vec()]);
         assert_eq!(rep.live[&b"a".to_vec()], b"a2");
@@ -610,7 +673,7 @@ mod tests {
         for (victim, key) in [(3usize, "b"), (2, "a")] {
             let (mut cat, offs) = store(OPS, true);
             cat[0].1[offs[victim] as usize + 4] ^= 0x20;
-            let rep = fold(&analyze_catalog(cat).unwrap());
+            let rep = fold(&analyze_catalog(cat, Vec::new()).unwrap());
             assert_eq!(rep.damaged.len(), 1, "{key}");
             assert!(
                 !rep.live.contains_key(key.as_bytes()),
@@ -630,7 +693,7 @@ mod tests {
     fn without_hints_keys_older_than_the_damage_are_suspect() {
         let (mut cat, offs) = store(OPS, false);
         cat[0].1[offs[3] as usize + 4] ^= 0x20; // b's tombstone
-        let rep = fold(&analyze_catalog(cat).unwrap());
+        let rep = fold(&analyze_catalog(cat, Vec::new()).unwrap());
         assert_eq!(rep.damaged.len(), 1);
         assert!(rep.suspect.contains(b"b".as_slice()), "{:?}", rep.suspect);
         assert!(
@@ -644,5 +707,25 @@ mod tests {
             .unwrap()
             .iter()
             .any(|k| k == "b"));
+    }
+
+    #[test]
+    fn a_data_blob_whose_md_page_is_lost_makes_the_keys_it_held_lost_not_absent() {
+        let (mut cat, _) = store(OPS, true);
+        cat.remove(0); // the data blob: its md page is damaged and not restorable
+        let lost = vec![LostBlob {
+            blob: 0x101,
+            shard: 0,
+            seq: 1,
+            what: "data blob of shard 0, seq 1 (1 cluster)".into(),
+            restored_prefix: false,
+        }];
+        let an = analyze_catalog(cat, lost).unwrap();
+        assert!(an.bad_hints.is_empty(), "the snapshot is not stale");
+        let rep = fold(&an);
+        assert!(rep.live.is_empty());
+        let lost: Vec<_> = rep.lost.iter().cloned().collect();
+        assert_eq!(lost, vec![b"a".to_vec(), b"c".to_vec()]);
+        assert_eq!(report_json(&rep)["counts"]["damaged_blobs"], 1);
     }
 }

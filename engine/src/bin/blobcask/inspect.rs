@@ -444,6 +444,19 @@ pub fn repair(path: &Path, output: Option<&Path>, report: Option<&Path>) -> CliR
     for r in &rep.restored {
         writeln!(out, "{r}")?;
     }
+    for b in &rep.damaged_blobs {
+        writeln!(
+            out,
+            "damaged md page: blob {:#x} (per the catalog, the {}): {}",
+            b.blob,
+            b.what,
+            if b.restored_prefix {
+                "restored from an older catalog; its log past the restored clusters is treated as damaged"
+            } else {
+                "not restorable; its records are lost"
+            }
+        )?;
+    }
     for d in &rep.damaged {
         writeln!(
             out,
