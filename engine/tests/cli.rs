@@ -450,6 +450,29 @@ fn check_refuses_a_device_without_a_blobcask_store() {
     std::fs::write(&img, vec![0u8; 4 << 20]).unwrap();
     let o = run(&["check", img.to_str().unwrap()]);
     assert_ne!(o.status.code(), Some(0));
+    // An empty blobstore (what a format that failed halfway leaves) is not a clean store.
+    use blobcask::blobstore::BlobStore;
+    std::fs::remove_file(&img).unwrap();
+    let dev = blobcask::device::FileDevice::create(&img, 4 << 20, 4096).unwrap();
+    let opts = blobcask::blobstore::InitOpts {
+        cluster_size: 64 << 10,
+        ..Default::default()
+    };
+    let bs = pollster::block_on(blobcask::blobstore::native::NativeBlobStore::init(
+        dev, opts,
+    ))
+    .unwrap();
+    bs.block_on(bs.unload()).unwrap();
+    drop(bs);
+    let o = run(&["check", img.to_str().unwrap()]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("no blobcask store"));
 }
 
 #[test]
