@@ -52,9 +52,15 @@ fn case(seed: u64) {
     let total = dev.io_counts().total();
 
     let verbose = std::env::var("TORTURE_VERBOSE").is_ok();
+    // Replay one crash: `CRASH_POINT=j` runs only point j, `CRASH_AT=n` moves it to I/O n.
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| seed::parse_seed(&v));
     for j in 0..POINTS {
         let tj = Instant::now();
         let at = rng.gen_range(0..total);
+        if env("CRASH_POINT").is_some_and(|p| p != j) {
+            continue;
+        }
+        let at = env("CRASH_AT").unwrap_or(at);
         let dev = harness::device(harness::template(shards), seed::mix(seed, j));
         dev.stop_after(at);
         let mut oracle = Oracle::new(shards);
