@@ -402,7 +402,10 @@ pub fn check_enumerated(
             first.blob_id,
             first.describe(),
             if missing.len() > 1 {
-                format!(", and {} more catalogued blobs are missing", missing.len() - 1)
+                format!(
+                    ", and {} more catalogued blobs are missing",
+                    missing.len() - 1
+                )
             } else {
                 String::new()
             }

@@ -152,9 +152,10 @@ fn check_masks<D: Device>(
         ));
     }
     for c in unmarked.iter().take(8) {
-        let who = owner
-            .get(c)
-            .map_or_else(|| "the metadata".to_string(), |b| format!("live blob {b:#x}"));
+        let who = owner.get(c).map_or_else(
+            || "the metadata".to_string(),
+            |b| format!("live blob {b:#x}"),
+        );
         rep.problems.push(format!(
             "used-cluster mask bit {c} is clear for device cluster {c} of {who}: a later \
              allocation would overwrite it; open refuses (`repair` rebuilds the masks)"

@@ -291,7 +291,11 @@ impl<D: Device> NativeBlobStore<D> {
             return Ok(None);
         }
         let (m, c, b) = read_masks(&self.inner.dev, &self.inner.layout).await?;
-        Ok(Some([m.ones().collect(), c.ones().collect(), b.ones().collect()]))
+        Ok(Some([
+            m.ones().collect(),
+            c.ones().collect(),
+            b.ones().collect(),
+        ]))
     }
 
     /// The device cluster behind every blob cluster (0 = unallocated), for checks and tools.
@@ -363,6 +367,10 @@ impl<D: Device> Inner<D> {
             let seq = pages.len() as u32;
             if p.id != id || p.sequence_num != seq {
                 if seq == 0 {
+                    // A valid page of another blob: the id's used bit is stray (a leak, or
+                    // damage). Forget it in memory so the next clean unload drops it.
+                    self.st.lock().blobids.clear(root);
+                    log::warn!("blobstore: blob id {id:#x} is marked used but has no root page");
                     return Err(Error::NotFound(format!(
                         "blob {id:#x}: root owned by {:#x}",
                         p.id

@@ -755,8 +755,15 @@ fn clean_with_blob() -> (Vec<u8>, BlobId, Vec<u32>, Vec<u32>) {
     b(s.close(blob)).unwrap();
     let (_, chain) = b(s.inner.read_blob(id)).unwrap();
     let root = root_index(id).unwrap();
-    let pages: Vec<u32> = s.used_md_pages().into_iter().filter(|&p| p >= root).collect();
-    assert!(chain.len() >= 2 && pages.len() > chain.len(), "chain and extent pages");
+    let pages: Vec<u32> = s
+        .used_md_pages()
+        .into_iter()
+        .filter(|&p| p >= root)
+        .collect();
+    assert!(
+        chain.len() >= 2 && pages.len() > chain.len(),
+        "chain and extent pages"
+    );
     b(s.unload()).unwrap();
     (s.into_device().unwrap().to_bytes(), id, pages, clusters)
 }
@@ -830,4 +837,35 @@ fn a_cleared_root_page_bit_is_rebuilt_in_memory_and_never_reused() {
     let blob = b(s.open(id)).unwrap();
     assert_eq!(s.cluster_map(&blob), clusters);
     b(s.close(blob)).unwrap();
+}
+
+#[test]
+fn a_stray_blob_id_bit_on_another_blobs_page_is_forgotten_and_not_persisted() {
+    let (image, id, pages, _) = clean_with_blob();
+    let root = root_index(id).unwrap();
+    let load = |bytes: Vec<u8>| {
+        b(NativeBlobStore::load(
+            MemoryDevice::from_bytes(bytes, 4096).unwrap(),
+            LoadOpts::default(),
+        ))
+        .unwrap()
+    };
+    let l = load(image.clone()).layout().clone();
+    let stray = pages.into_iter().find(|&p| p != root).unwrap();
+    let mut bytes = image;
+    let at = (l.page_offset(l.blobid_mask_start) + super::mask::MASK_HEADER) as usize;
+    bytes[at + stray as usize / 8] |= 1 << (stray % 8);
+    let s = load(bytes);
+    let ghost = super::blobmd::blob_id(stray);
+    assert!(b(s.blob_ids()).unwrap().contains(&ghost));
+    assert!(matches!(b(s.open(ghost)), Err(Error::NotFound(_))));
+    assert_eq!(b(s.blob_ids()).unwrap(), vec![id]);
+    let blob = b(s.open(id)).unwrap();
+    b(s.close(blob)).unwrap();
+    let s = reload(s);
+    assert_eq!(
+        b(s.blob_ids()).unwrap(),
+        vec![id],
+        "the clean unload dropped the bit"
+    );
 }
