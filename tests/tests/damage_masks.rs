@@ -47,7 +47,7 @@ fn key(i: usize) -> Vec<u8> {
 
 fn put_round(db: &Db, model: &mut Model, round: usize, n: usize) {
     for i in 0..n {
-        if (i + round) % 5 == 0 && round > 0 {
+        if (i + round).is_multiple_of(5) && round > 0 {
             db.delete(&key(i)).unwrap();
             model.remove(&key(i));
         } else {
