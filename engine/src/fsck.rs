@@ -203,6 +203,23 @@ fn check_masks<D: Device>(
     Ok(())
 }
 
+/// What rebuilding the masks from the metadata (`repair`'s load) changed in the used-blob-id
+/// mask of a cleanly closed store: blobs a cleared bit hid are back.
+fn mask_repairs<D: Device>(store: &NativeBlobStore<Overlay<D>>) -> Result<Vec<String>> {
+    let Some([_, _, on_disk]) = store.block_on(store.disk_masks())? else {
+        return Ok(Vec::new());
+    };
+    Ok(diff(&store.used_blob_ids(), &on_disk)
+        .into_iter()
+        .map(|i| {
+            format!(
+                "brought back blob {:#x}, hidden by a clear used-blob-id mask bit {i}",
+                crate::blobstore::native::blobmd::blob_id(i)
+            )
+        })
+        .collect())
+}
+
 fn check_engine<S: BlobStore>(store: &S, rep: &mut CheckReport) -> Result<()> {
     let an = salvage::analyze(store)?;
     let folded = salvage::fold(&an);
@@ -332,6 +349,9 @@ pub fn salvage<D: Device>(dev: D) -> Result<SalvageReport> {
         },
     ))?;
     restored.extend(crate::catalog::restore_lost_blobs(&store, clean_close)?);
+    if clean_close {
+        restored.extend(mask_repairs(&store)?);
+    }
     let mut rep = salvage::fold(&salvage::analyze(&store)?);
     rep.restored = restored;
     Ok(rep)

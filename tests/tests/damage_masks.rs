@@ -157,11 +157,12 @@ fn check(image: &[u8]) -> Vec<String> {
 }
 
 /// `repair`'s salvage finds every key with its newest value.
-fn assert_repair_brings_back(image: &[u8], model: &Model, what: &str) {
+fn assert_repair_brings_back(image: &[u8], model: &Model, what: &str) -> Vec<String> {
     let dev = MemoryDevice::from_bytes(image.to_vec(), 4096).unwrap();
     let rep = blobcask::fsck::salvage(dev).unwrap();
     assert_eq!(&rep.live, model, "{what}: repair salvages every key");
     assert!(rep.lost.is_empty() && rep.suspect.is_empty(), "{what}");
+    rep.restored
 }
 
 fn cli() -> Option<PathBuf> {
@@ -217,7 +218,14 @@ fn assert_refused(dir: &Path, image: &[u8], model: &Model, kind: Kind, i: u32, w
         );
         assert_eq!(sha(&img), before, "{what}: read-only commands wrote");
     }
-    assert_repair_brings_back(image, model, what);
+    let restored = assert_repair_brings_back(image, model, what);
+    if let Kind::BlobIds = kind {
+        let said = format!("hidden by a clear used-blob-id mask bit {i}");
+        assert!(
+            restored.iter().any(|r| r.contains(&said)),
+            "{what}: {restored:?}"
+        );
+    }
 }
 
 /// The store opens, serves the model, and writing (new blobs, a merge) never lands on live
