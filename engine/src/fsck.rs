@@ -121,45 +121,10 @@ fn check_masks<D: Device>(
     rebuilt: &NativeBlobStore<Overlay<D>>,
     rep: &mut CheckReport,
 ) -> Result<()> {
-    let (md_a, cl_a) = masks(normal);
-    let (md_b, cl_b) = masks(rebuilt);
-    if rep.clean_shutdown {
-        let leaked = diff(&cl_a, &cl_b);
-        let unmarked = diff(&cl_b, &cl_a);
-        if !leaked.is_empty() {
-            rep.problems.push(format!(
-                "cluster mask marks {} clusters no blob owns (leak): {}",
-                leaked.len(),
-                sample(&leaked)
-            ));
-        }
-        if !unmarked.is_empty() {
-            rep.problems.push(format!(
-                "{} clusters owned by blobs are free in the cluster mask (double allocation): {}",
-                unmarked.len(),
-                sample(&unmarked)
-            ));
-        }
-        let md_leaked = diff(&md_a, &md_b);
-        let md_unmarked = diff(&md_b, &md_a);
-        if !md_leaked.is_empty() || !md_unmarked.is_empty() {
-            rep.problems.push(format!(
-                "md page mask differs from the metadata: {} extra, {} missing",
-                md_leaked.len(),
-                md_unmarked.len()
-            ));
-        }
-    } else {
-        rep.notes.push(
-            "the store was not closed cleanly: its masks are rebuilt from metadata on open \
-             (normal after a crash)"
-                .into(),
-        );
-    }
     let mut owner: HashMap<u32, BlobId> = HashMap::new();
     let ids = rebuilt.block_on(rebuilt.blob_ids())?;
     rep.blobs = ids.len();
-    for id in ids {
+    for &id in &ids {
         let blob = rebuilt.block_on(rebuilt.open(id))?;
         for c in rebuilt.cluster_map(&blob).into_iter().filter(|&c| c != 0) {
             if let Some(other) = owner.insert(c, id) {
@@ -170,7 +135,100 @@ fn check_masks<D: Device>(
         }
         rebuilt.block_on(rebuilt.close(blob))?;
     }
+    if !rep.clean_shutdown {
+        rep.notes.push(
+            "the store was not closed cleanly: its masks are rebuilt from metadata on open \
+             (normal after a crash)"
+                .into(),
+        );
+        return Ok(());
+    }
+    // The masks as on disk: a load that finds them inconsistent rebuilds them in memory.
+    let [md_a, cl_a, id_a] = match rebuilt.block_on(normal.disk_masks())? {
+        Some(m) => m,
+        None => {
+            let (m, c) = masks(normal);
+            [m, c, rebuilt.used_blob_ids()]
+        }
+    };
+    let (md_b, cl_b) = masks(rebuilt);
+    let id_b = rebuilt.used_blob_ids();
+    let leaked = diff(&cl_a, &cl_b);
+    let unmarked = diff(&cl_b, &cl_a);
+    if !leaked.is_empty() {
+        rep.problems.push(format!(
+            "used-cluster mask marks {} clusters no blob owns (leak): {}",
+            leaked.len(),
+            sample(&leaked)
+        ));
+    }
+    for c in unmarked.iter().take(8) {
+        let who = owner.get(c).map_or_else(
+            || "the metadata".to_string(),
+            |b| format!("live blob {b:#x}"),
+        );
+        rep.problems.push(format!(
+            "used-cluster mask bit {c} is clear for device cluster {c} of {who}: a later \
+             allocation would overwrite it; open refuses (`repair` rebuilds the masks)"
+        ));
+    }
+    if unmarked.len() > 8 {
+        rep.problems.push(format!(
+            "... {} more used-cluster mask bits clear for live clusters",
+            unmarked.len() - 8
+        ));
+    }
+    let md_leaked = diff(&md_a, &md_b);
+    let md_unmarked = diff(&md_b, &md_a);
+    if !md_leaked.is_empty() {
+        rep.problems.push(format!(
+            "used-md-page mask marks {} md pages no blob uses (leak): {}",
+            md_leaked.len(),
+            sample(&md_leaked)
+        ));
+    }
+    if !md_unmarked.is_empty() {
+        rep.problems.push(format!(
+            "used-md-page mask bits clear for {} md pages of live blobs: {}; a later blob \
+             would overwrite their metadata; open refuses or rebuilds the masks (`repair` \
+             rebuilds them)",
+            md_unmarked.len(),
+            sample(&md_unmarked)
+        ));
+    }
+    for i in diff(&id_b, &id_a) {
+        rep.problems.push(format!(
+            "used-blob-id mask bit {i} is clear for live blob {:#x} (its root md page {i} is \
+             valid): the blob is hidden and its keys read as absent; open refuses when the \
+             catalog lists it (`repair` brings it back)",
+            crate::blobstore::native::blobmd::blob_id(i)
+        ));
+    }
+    for i in diff(&id_a, &id_b) {
+        rep.problems.push(format!(
+            "used-blob-id mask bit {i} is set but md page {i} holds no valid root of blob {:#x} \
+             (a leak, no data lost)",
+            crate::blobstore::native::blobmd::blob_id(i)
+        ));
+    }
     Ok(())
+}
+
+/// What rebuilding the masks from the metadata (`repair`'s load) changed in the used-blob-id
+/// mask of a cleanly closed store: blobs a cleared bit hid are back.
+fn mask_repairs<D: Device>(store: &NativeBlobStore<Overlay<D>>) -> Result<Vec<String>> {
+    let Some([_, _, on_disk]) = store.block_on(store.disk_masks())? else {
+        return Ok(Vec::new());
+    };
+    Ok(diff(&store.used_blob_ids(), &on_disk)
+        .into_iter()
+        .map(|i| {
+            format!(
+                "brought back blob {:#x}, hidden by a clear used-blob-id mask bit {i}",
+                crate::blobstore::native::blobmd::blob_id(i)
+            )
+        })
+        .collect())
 }
 
 fn check_engine<S: BlobStore>(store: &S, rep: &mut CheckReport) -> Result<()> {
@@ -338,6 +396,9 @@ pub fn salvage<D: Device>(dev: D) -> Result<SalvageReport> {
         },
     ))?;
     restored.extend(crate::catalog::restore_lost_blobs(&store, clean_close)?);
+    if clean_close {
+        restored.extend(mask_repairs(&store)?);
+    }
     let lost = crate::catalog::restore_stale_blobs(&store)?;
     let an = salvage::analyze_with_lost(&store, lost)?;
     let mut rep = salvage::fold(&an);

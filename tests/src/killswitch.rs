@@ -159,6 +159,9 @@ impl<S: BlobStore> BlobStore for KillSwitch<S> {
     fn super_blob(&self) -> Option<BlobId> {
         self.inner.super_blob()
     }
+    fn loaded_clean(&self) -> bool {
+        self.inner.loaded_clean()
+    }
     fn block_on<F: Future>(&self, f: F) -> F::Output {
         self.inner.block_on(f)
     }

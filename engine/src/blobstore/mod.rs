@@ -209,6 +209,11 @@ pub trait BlobStore: Send + Sync + 'static {
     fn device_clusters(&self, _blob: &Self::Blob) -> Option<Vec<u32>> {
         None
     }
+    /// The store was loaded from a clean shutdown, where the backend can tell (the native
+    /// one): the engine's catalog written by that shutdown then lists exactly its blobs.
+    fn loaded_clean(&self) -> bool {
+        false
+    }
     /// An I/O channel for the calling thread.
     fn channel(&self) -> Result<Self::Channel>;
     /// Write the masks and a clean super block. Fails `Busy` while blobs are open; the store

@@ -130,6 +130,9 @@ impl<D: Device> BlobStore for NativeBlobStore<D> {
     fn device_clusters(&self, blob: &NativeBlob) -> Option<Vec<u32>> {
         Some(self.cluster_map(blob))
     }
+    fn loaded_clean(&self) -> bool {
+        self.inner.loaded_clean
+    }
     async fn blob_ids(&self) -> Result<Vec<BlobId>> {
         self.inner.check_open()?;
         Ok(self

@@ -40,6 +40,9 @@ pub(crate) struct Inner<D> {
     pub layout: Layout,
     pub gate: Gate,
     pub st: Mutex<MdState>,
+    /// The super block said `clean = 1` at load: the masks came from the disk (or were
+    /// rebuilt because they disagreed) and the engine's catalog of that close is exact.
+    pub loaded_clean: bool,
 }
 
 pub(crate) struct MdState {
@@ -157,16 +160,17 @@ impl<D: Device> NativeBlobStore<D> {
             closed: false,
             md_failed: false,
         };
-        Ok(Self::from_parts(dev, layout, st))
+        Ok(Self::from_parts(dev, layout, st, false))
     }
 
-    fn from_parts(dev: D, layout: Layout, st: MdState) -> Self {
+    fn from_parts(dev: D, layout: Layout, st: MdState, loaded_clean: bool) -> Self {
         NativeBlobStore {
             inner: Arc::new(Inner {
                 dev,
                 layout,
                 gate: Gate::default(),
                 st: Mutex::new(st),
+                loaded_clean,
             }),
         }
     }
@@ -221,6 +225,7 @@ impl<D: Device> NativeBlobStore<D> {
         for c in 0..layout.num_md_clusters {
             clusters.set(c);
         }
+        let loaded_clean = sb.is_clean();
         let st = MdState {
             disk_clean: sb.is_clean(),
             sb,
@@ -231,7 +236,7 @@ impl<D: Device> NativeBlobStore<D> {
             closed: false,
             md_failed: false,
         };
-        Ok(Self::from_parts(dev, layout, st))
+        Ok(Self::from_parts(dev, layout, st, loaded_clean))
     }
 
     /// See `Inner::restore_blob_md`: `repair`'s way back for a blob whose md page is lost.
@@ -271,6 +276,26 @@ impl<D: Device> NativeBlobStore<D> {
     /// Md page mask bits set, for checks.
     pub fn used_md_pages(&self) -> Vec<u32> {
         self.inner.st.lock().md_pages.ones().collect()
+    }
+
+    /// Blob-id mask bits set, for checks.
+    pub fn used_blob_ids(&self) -> Vec<u32> {
+        self.inner.st.lock().blobids.ones().collect()
+    }
+
+    /// The three masks as the device holds them (md pages, clusters, blob ids), whatever the
+    /// load did with them; `None` on a store without a blob-id mask. For checks: a load that
+    /// found them inconsistent rebuilt them in memory, hiding what is on disk.
+    pub async fn disk_masks(&self) -> Result<Option<[Vec<u32>; 3]>> {
+        if self.inner.layout.blobid_mask_len == 0 {
+            return Ok(None);
+        }
+        let (m, c, b) = read_masks(&self.inner.dev, &self.inner.layout).await?;
+        Ok(Some([
+            m.ones().collect(),
+            c.ones().collect(),
+            b.ones().collect(),
+        ]))
     }
 
     /// The device cluster behind every blob cluster (0 = unallocated), for checks and tools.
@@ -336,11 +361,16 @@ impl<D: Device> Inner<D> {
         let mut pages = Vec::new();
         let mut idx = root;
         loop {
+            self.md_page_marked(id, idx)?;
             let b = self.read_page(idx).await?;
             let p = MdPage::decode(&b, l.md_offset(idx)).map_err(|e| corrupt(format!("{e}")))?;
             let seq = pages.len() as u32;
             if p.id != id || p.sequence_num != seq {
                 if seq == 0 {
+                    // A valid page of another blob: the id's used bit is stray (a leak, or
+                    // damage). Forget it in memory so the next clean unload drops it.
+                    self.st.lock().blobids.clear(root);
+                    log::warn!("blobstore: blob id {id:#x} is marked used but has no root page");
                     return Err(Error::NotFound(format!(
                         "blob {id:#x}: root owned by {:#x}",
                         p.id
@@ -381,6 +411,7 @@ impl<D: Device> Inner<D> {
                     clusters.resize(clusters.len() + want, 0);
                     continue;
                 }
+                self.md_page_marked(id, ep)?;
                 let b = self.read_page(ep).await?;
                 let p = MdPage::decode(&b, l.md_offset(ep)).map_err(|e| corrupt(format!("{e}")))?;
                 clusters.extend(parse_extent_page(id, &p, slot, want, l.total_clusters)?);
@@ -392,13 +423,33 @@ impl<D: Device> Inner<D> {
         }
         let st = self.st.lock();
         for &c in md.clusters.iter().filter(|&&c| c != 0) {
-            if c < l.num_md_clusters || !st.clusters.get(c) {
+            if c < l.num_md_clusters {
+                return Err(corrupt(format!("cluster {c} is a metadata cluster")));
+            }
+            if !st.clusters.get(c) {
+                // The next allocation would hand this cluster out again, over live data.
                 return Err(corrupt(format!(
-                    "cluster {c} is metadata or not marked used"
+                    "used-cluster mask bit {c} is clear for device cluster {c} of live blob \
+                     {id:#x} (damaged mask; `blobcask repair` rebuilds it)"
                 )));
             }
         }
         Ok((md, chain))
+    }
+
+    /// A live blob's md page must be marked used, or the next md allocation takes it.
+    fn md_page_marked(&self, id: BlobId, idx: u32) -> Result<()> {
+        if self.st.lock().md_pages.get(idx) {
+            return Ok(());
+        }
+        Err(Error::Corruption {
+            blob: id,
+            offset: self.layout.md_offset(idx),
+            detail: format!(
+                "used-md-page mask bit {idx} is clear for md page {idx} of live blob {id:#x} \
+                 (damaged mask; `blobcask repair` rebuilds it)"
+            ),
+        })
     }
 
     /// Persist a blob's metadata (§10.2, with our flushes). Caller holds the gate.

@@ -1,5 +1,6 @@
 //! Behaviour tests of the native blobstore on memory and sim devices.
 
+use super::blobmd::root_index;
 use super::mdpage::MdPage;
 use super::superblock::{read_u32, SuperBlock};
 use super::*;
@@ -729,4 +730,142 @@ fn a_zeroed_super_block_is_rebuilt_from_the_layout() {
     .unwrap();
     assert_eq!(got.clean, 0, "the masks are rebuilt, not trusted");
     assert_eq!(SuperBlock { clean: 1, ..got }, want);
+}
+
+/// Clear bit `i` of the mask whose first page is `start` in a device image.
+fn clear_mask_bit(bytes: &mut [u8], l: &super::layout::Layout, start: u32, i: u32) {
+    let at = (l.page_offset(start) + super::mask::MASK_HEADER) as usize + i as usize / 8;
+    assert!(bytes[at] & (1 << (i % 8)) != 0, "bit {i} was set");
+    bytes[at] &= !(1 << (i % 8));
+}
+
+/// A clean store holding one extent-table blob with 3 clusters and a 2-page xattr chain:
+/// its image, id, md pages (chain and extent pages) and device clusters.
+fn clean_with_blob() -> (Vec<u8>, BlobId, Vec<u32>, Vec<u32>) {
+    let s = small(64 << 10);
+    let id = b(s.create(CreateOpts {
+        num_clusters: 3,
+        xattrs: vec![("a".into(), vec![7u8; 3000]), ("b".into(), vec![8u8; 3000])],
+        use_extent_table: true,
+        ..CreateOpts::default()
+    }))
+    .unwrap();
+    let blob = b(s.open(id)).unwrap();
+    let clusters = s.cluster_map(&blob);
+    b(s.close(blob)).unwrap();
+    let (_, chain) = b(s.inner.read_blob(id)).unwrap();
+    let root = root_index(id).unwrap();
+    let pages: Vec<u32> = s
+        .used_md_pages()
+        .into_iter()
+        .filter(|&p| p >= root)
+        .collect();
+    assert!(
+        chain.len() >= 2 && pages.len() > chain.len(),
+        "chain and extent pages"
+    );
+    b(s.unload()).unwrap();
+    (s.into_device().unwrap().to_bytes(), id, pages, clusters)
+}
+
+#[test]
+fn a_live_blob_whose_cluster_or_md_page_bit_is_clear_does_not_open() {
+    let (image, id, pages, clusters) = clean_with_blob();
+    let l = {
+        let s = b(NativeBlobStore::load(
+            MemoryDevice::from_bytes(image.clone(), 4096).unwrap(),
+            LoadOpts::default(),
+        ))
+        .unwrap();
+        s.layout().clone()
+    };
+    let root = root_index(id).unwrap();
+    let mut cases: Vec<(u32, u32, &str)> = clusters
+        .iter()
+        .map(|&c| (l.cluster_mask_start, c, "used-cluster mask bit"))
+        .collect();
+    cases.extend(
+        pages
+            .iter()
+            .filter(|&&p| p != root)
+            .map(|&p| (l.page_mask_start, p, "used-md-page mask bit")),
+    );
+    for (start, i, want) in cases {
+        let mut bytes = image.clone();
+        clear_mask_bit(&mut bytes, &l, start, i);
+        let dev = MemoryDevice::from_bytes(bytes.clone(), 4096).unwrap();
+        let s = b(NativeBlobStore::load(dev, LoadOpts::default())).unwrap();
+        match b(s.open(id)) {
+            Err(Error::Corruption { blob, detail, .. }) => {
+                assert_eq!(blob, id);
+                assert!(detail.contains(&format!("{want} {i} is clear")), "{detail}");
+            }
+            Err(e) => panic!("{want} {i}: {e}"),
+            Ok(_) => panic!("{want} {i}: a blob the mask does not protect opened"),
+        }
+        // Never allocate over it: nothing else can be created in its place before a reload.
+        assert_eq!(s.device().to_bytes(), bytes, "a refused open wrote nothing");
+    }
+}
+
+#[test]
+fn a_cleared_root_page_bit_is_rebuilt_in_memory_and_never_reused() {
+    let (image, id, _, clusters) = clean_with_blob();
+    let mut bytes = image.clone();
+    let s = b(NativeBlobStore::load(
+        MemoryDevice::from_bytes(image, 4096).unwrap(),
+        LoadOpts::default(),
+    ))
+    .unwrap();
+    let l = s.layout().clone();
+    drop(s);
+    clear_mask_bit(&mut bytes, &l, l.page_mask_start, root_index(id).unwrap());
+    let s = b(NativeBlobStore::load(
+        MemoryDevice::from_bytes(bytes, 4096).unwrap(),
+        LoadOpts::default(),
+    ))
+    .unwrap();
+    assert!(s.used_md_pages().contains(&root_index(id).unwrap()));
+    for _ in 0..8 {
+        let other = b(s.create(CreateOpts {
+            num_clusters: 1,
+            ..CreateOpts::default()
+        }))
+        .unwrap();
+        assert_ne!(other, id);
+    }
+    let blob = b(s.open(id)).unwrap();
+    assert_eq!(s.cluster_map(&blob), clusters);
+    b(s.close(blob)).unwrap();
+}
+
+#[test]
+fn a_stray_blob_id_bit_on_another_blobs_page_is_forgotten_and_not_persisted() {
+    let (image, id, pages, _) = clean_with_blob();
+    let root = root_index(id).unwrap();
+    let load = |bytes: Vec<u8>| {
+        b(NativeBlobStore::load(
+            MemoryDevice::from_bytes(bytes, 4096).unwrap(),
+            LoadOpts::default(),
+        ))
+        .unwrap()
+    };
+    let l = load(image.clone()).layout().clone();
+    let stray = pages.into_iter().find(|&p| p != root).unwrap();
+    let mut bytes = image;
+    let at = (l.page_offset(l.blobid_mask_start) + super::mask::MASK_HEADER) as usize;
+    bytes[at + stray as usize / 8] |= 1 << (stray % 8);
+    let s = load(bytes);
+    let ghost = super::blobmd::blob_id(stray);
+    assert!(b(s.blob_ids()).unwrap().contains(&ghost));
+    assert!(matches!(b(s.open(ghost)), Err(Error::NotFound(_))));
+    assert_eq!(b(s.blob_ids()).unwrap(), vec![id]);
+    let blob = b(s.open(id)).unwrap();
+    b(s.close(blob)).unwrap();
+    let s = reload(s);
+    assert_eq!(
+        b(s.blob_ids()).unwrap(),
+        vec![id],
+        "the clean unload dropped the bit"
+    );
 }
