@@ -218,8 +218,7 @@ pub(crate) fn check_space(
     }
     Err(Error::InvalidArgument(format!(
         "the store is too small: {shards} shards with {} KiB clusters need at least {min} data \
-         clusters ({}), the device has {total}; use fewer shards, smaller clusters or a bigger \
-         device",
+         clusters ({}), the device has {total}; {}",
         cluster >> 10,
         match min_device_size(cluster, shards, max_blob_size) {
             // Only clusters no bigger than an md page get here: the blobstore keeps one md
@@ -231,6 +230,15 @@ pub(crate) fn check_space(
                 cluster >> 10
             ),
             size => human(size),
+        },
+        match (
+            shards > 1,
+            min_device_size(cluster, shards, max_blob_size) == u64::MAX
+        ) {
+            (true, true) => "use fewer shards or a bigger cluster size",
+            (false, true) => "use a bigger cluster size",
+            (true, false) => "use fewer shards, smaller clusters or a bigger device",
+            (false, false) => "use smaller clusters or a bigger device",
         },
     )))
 }
@@ -275,6 +283,9 @@ impl Options {
     /// The smallest device on which a new native store with these options works (its
     /// cluster size and shard count).
     pub fn min_device_size(&self) -> u64 {
+        if self.cluster_size < 4096 {
+            return u64::MAX;
+        }
         min_device_size(
             u64::from(self.cluster_size),
             self.shards,
@@ -285,6 +296,10 @@ impl Options {
     /// Refuse a new native store of `size` bytes that cannot hold these options' shards (a
     /// typed [`Error::InvalidArgument`] naming the minimum), before anything is written.
     pub fn check_new_store(&self, size: u64) -> Result<()> {
+        if self.cluster_size < 4096 || !self.cluster_size.is_multiple_of(4096) {
+            // The geometry below divides by it.
+            return self.validate();
+        }
         let init = crate::blobstore::InitOpts {
             cluster_size: self.cluster_size,
             ..Default::default()

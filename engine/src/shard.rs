@@ -811,10 +811,9 @@ impl<S: BlobStore> Shard<S> {
     /// Write everything not yet on the device (from the page holding the device end, whose
     /// bytes are rewritten unchanged) in one device write.
     pub(crate) fn write_out(&mut self) -> Result<()> {
-        if self.active.as_ref().is_some_and(|a| a.end > a.dev_end) {
-            // Acknowledged bytes are pending: a failure from here on is not recoverable.
-            self.group_wrote = true;
-        }
+        // Writing out earlier groups' acknowledged bytes does not make this group's `Full`
+        // unrecoverable: only its own records (committed by `commit_enc`) do; a failed
+        // device write is no `Full` and poisons anyway.
         self.commit_enc()?;
         let page = self.core.cfg.page;
         let iou = self.core.cfg.io_unit;
@@ -825,7 +824,6 @@ impl<S: BlobStore> Shard<S> {
         if a.end == a.dev_end {
             return Ok(());
         }
-        self.group_wrote = true;
         let base = a.dev_end / page * page;
         let total = {
             let uw = sh.unwritten.read();

@@ -62,9 +62,9 @@ enum Cmd {
     /// Create a store: format an image file (created with --size) or a block device.
     Format {
         device: PathBuf,
-        /// Size of a new image file, e.g. 1G, 512M.
-        #[arg(long, default_value = "1G", value_parser = parse_size)]
-        size: u64,
+        /// Size of a new image file, e.g. 1G, 512M (default: an existing image's size, else 1G).
+        #[arg(long, value_parser = parse_size)]
+        size: Option<u64>,
         /// Blobstore cluster size, e.g. 1M, 64K.
         #[arg(long, default_value = "1M", value_parser = parse_size)]
         cluster_size: u64,
@@ -169,11 +169,38 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.cmd) {
         Ok(code) => code,
+        // A reader that went away (`keys | head`) is not an error of ours.
+        Err(e) if broken_pipe(e.as_ref()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
+            if let Some(blobcask::Error::NotABlobstore(_)) = e.downcast_ref::<blobcask::Error>() {
+                eprintln!(
+                    "hint: if this device held a store whose metadata is damaged, `blobcask \
+                     check` diagnoses it and `blobcask repair` recovers its records"
+                );
+            }
             ExitCode::from(2)
         }
     }
+}
+
+/// Whether `e` or one of its sources is an EPIPE on our output.
+fn broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if e.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+        {
+            return true;
+        }
+        if let Some(blobcask::Error::Io(io)) = e.downcast_ref::<blobcask::Error>() {
+            if io.kind() == io::ErrorKind::BrokenPipe {
+                return true;
+            }
+        }
+        cur = e.source();
+    }
+    false
 }
 
 type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
@@ -328,66 +355,90 @@ fn run(cmd: Cmd) -> CliResult {
 }
 
 /// Format `device`: check the geometry before touching anything, refuse a device holding data
-/// unless `force`, and leave no file behind when formatting a new path fails.
+/// unless `force`, and never replace anything but a regular file. An image is built beside the
+/// target and renamed over it only once complete, so a failed format leaves the old file as it
+/// was; a block device is formatted in place.
 fn format(
     device: &Path,
-    size: u64,
+    size: Option<u64>,
     cluster_size: u64,
     shards: Option<usize>,
     force: bool,
 ) -> CliResult {
     let cluster_size = u32::try_from(cluster_size)
         .map_err(|_| blobcask::Error::invalid("cluster size does not fit 32 bits"))?;
+    let target = classify(device)?;
+    let dev_size = match &target {
+        Target::Block(p) => device_bytes(p)?,
+        Target::File(p) => match size {
+            Some(s) => s,
+            // Reformatting keeps the image's size.
+            None => std::fs::metadata(p)?.len().max(1),
+        },
+        Target::New => size.unwrap_or(1 << 30),
+    };
     let mut opts = Options::new(DeviceSpec::Path(device.to_path_buf()));
     opts.create = true;
-    opts.device_size = size;
+    opts.device_size = dev_size;
     opts.cluster_size = cluster_size;
-    let block = is_block_device(device);
-    let dev_size = if block { device_bytes(device)? } else { size };
-    match shards {
-        Some(s) => opts.shards = s,
+    if let Some(s) = shards {
+        opts.shards = s;
+    }
+    // Before the geometry checks: they divide by the cluster size.
+    opts.validate()?;
+    if shards.is_none() {
         // The default shrinks to what the device holds (the error then names 1 shard).
-        None => {
-            while opts.shards > 1 && opts.check_new_store(dev_size).is_err() {
-                opts.shards -= 1;
-            }
+        while opts.shards > 1 && opts.check_new_store(dev_size).is_err() {
+            opts.shards -= 1;
         }
     }
-    opts.validate()?;
     opts.check_new_store(dev_size)?;
-    let existed = device.exists();
-    if existed && !holds_nothing(device)? {
-        if !force {
+    let existing = match &target {
+        Target::Block(p) | Target::File(p) => Some(p.clone()),
+        Target::New => None,
+    };
+    if let Some(p) = &existing {
+        if !force && !all_zero(p)? {
             return Err(blobcask::Error::invalid(format!(
                 "{} already holds data; `format --force` reformats it (its data is lost)",
                 device.display()
             ))
             .into());
         }
-        if block {
-            // Zeroed at its start, the device is formatted afresh.
-            let mut f = std::fs::OpenOptions::new().write(true).open(device)?;
-            f.write_all(&[0u8; 4096])?;
-            f.sync_all()?;
-        }
     }
-    if existed && !block {
-        // A new image file of the new size.
-        std::fs::remove_file(device)?;
-    }
-    let made = || -> Result<blobcask::Stats, blobcask::Error> {
+    let made = |opts: Options| -> Result<blobcask::Stats, blobcask::Error> {
         let db = Db::open(opts)?;
         let stats = db.stats()?;
         db.close()?;
         Ok(stats)
     };
-    let stats = match made() {
-        Ok(s) => s,
-        Err(e) => {
-            if !block {
-                let _ = std::fs::remove_file(device);
+    let stats = match &target {
+        Target::Block(p) => {
+            if force {
+                // Zeroed at its start, the device is formatted afresh.
+                let mut f = std::fs::OpenOptions::new().write(true).open(p)?;
+                f.write_all(&[0u8; 4096])?;
+                f.sync_all()?;
             }
-            return Err(e.into());
+            made(opts)?
+        }
+        Target::File(_) | Target::New => {
+            let dest = existing.unwrap_or_else(|| device.to_path_buf());
+            let tmp = beside(&dest);
+            opts.device = DeviceSpec::Path(tmp.clone());
+            let built = made(opts).and_then(|s| {
+                std::fs::File::open(&tmp)?.sync_all()?;
+                std::fs::rename(&tmp, &dest)?;
+                sync_dir(&dest)?;
+                Ok(s)
+            });
+            match built {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e.into());
+                }
+            }
         }
     };
     println!(
@@ -399,9 +450,71 @@ fn format(
     Ok(ExitCode::SUCCESS)
 }
 
-fn is_block_device(p: &Path) -> bool {
+/// What `format` would write to.
+enum Target {
+    /// Nothing exists at the path.
+    New,
+    /// An existing regular file (a symlink resolved to it).
+    File(PathBuf),
+    /// A block device (a symlink resolved to it).
+    Block(PathBuf),
+}
+
+/// Refuse anything `format` must never replace: directories, character devices, FIFOs,
+/// sockets, dangling symlinks.
+fn classify(device: &Path) -> Result<Target, blobcask::Error> {
     use std::os::unix::fs::FileTypeExt;
-    std::fs::metadata(p).is_ok_and(|m| m.file_type().is_block_device())
+    match std::fs::symlink_metadata(device) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Target::New),
+        Err(e) => return Err(e.into()),
+        Ok(_) => {}
+    }
+    let meta = std::fs::metadata(device).map_err(|e| {
+        blobcask::Error::invalid(format!(
+            "{}: cannot follow it ({e}); refusing to format it",
+            device.display()
+        ))
+    })?;
+    let ft = meta.file_type();
+    let real = || std::fs::canonicalize(device);
+    if ft.is_file() {
+        Ok(Target::File(real()?))
+    } else if ft.is_block_device() {
+        Ok(Target::Block(real()?))
+    } else {
+        let kind = if ft.is_dir() {
+            "a directory"
+        } else if ft.is_char_device() {
+            "a character device"
+        } else if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        };
+        Err(blobcask::Error::invalid(format!(
+            "{} is {kind}; `format` writes only to an image file or a block device",
+            device.display()
+        )))
+    }
+}
+
+/// A fresh path in `dest`'s directory to build its new image in.
+fn beside(dest: &Path) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dest.with_file_name(format!(".{name}.format-{}", std::process::id()))
+}
+
+/// Make a rename in `p`'s directory durable.
+fn sync_dir(p: &Path) -> Result<(), io::Error> {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => std::fs::File::open(d)?.sync_all(),
+        _ => std::fs::File::open(".")?.sync_all(),
+    }
 }
 
 fn device_bytes(p: &Path) -> Result<u64, io::Error> {
@@ -409,12 +522,20 @@ fn device_bytes(p: &Path) -> Result<u64, io::Error> {
     std::fs::File::open(p)?.seek(io::SeekFrom::End(0))
 }
 
-/// Whether the first 4 KiB of an existing device are all zero (nothing to lose).
-fn holds_nothing(p: &Path) -> Result<bool, io::Error> {
+/// Whether an existing device is empty or entirely zero (nothing to lose).
+fn all_zero(p: &Path) -> Result<bool, io::Error> {
     use std::io::Read;
-    let mut head = Vec::with_capacity(4096);
-    std::fs::File::open(p)?.take(4096).read_to_end(&mut head)?;
-    Ok(head.iter().all(|&b| b == 0))
+    let mut f = std::fs::File::open(p)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+    }
 }
 
 fn load(store: &StoreArgs, input: &str) -> CliResult {
