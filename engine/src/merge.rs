@@ -543,13 +543,13 @@ impl<'a, S: BlobStore> Output<'a, S> {
             w.push(out_seq, *seq, *offset, *value_len, k);
         }
         let bytes = w.finish(core.cfg.page as usize);
-        // Without room for the hint the output still stands; open then scans it. A small
-        // output gets one only on a roomy store: it costs a cluster and an md page, which a
-        // nearly full store needs for data.
+        // Without room for the hint the output still stands; open then scans it. An output
+        // gets one only on a roomy store: a hint only speeds up open, and on a nearly full
+        // store its clusters would make a merge of blobs with little dead data free nothing,
+        // or less than it takes.
         let hint_cl = (bytes.len() as u64).div_ceil(core.cfg.cluster);
-        let small = end.div_ceil(core.cfg.cluster) < crate::options::HINT_MIN_CLUSTERS;
         let roomy = core.store.free_clusters() >= hint_cl + 2 * core.cfg.merge_reserve;
-        let hint_id = if small && !roomy {
+        let hint_id = if !roomy {
             None
         } else {
             match recovery::write_hint_blob(

@@ -936,6 +936,12 @@ pub(crate) fn write_snapshot<S: BlobStore>(
         w.note_seq(max_seq);
         w.finish(core.cfg.page as usize)
     };
+    // A snapshot only speeds up open; the reserve is what lets deletes and merge run on a full
+    // store, and a snapshot grows with the key count, so it never takes the reserve.
+    let need = (bytes.len() as u64).div_ceil(core.cfg.cluster).max(1);
+    if core.store.free_clusters() < need + core.cfg.merge_reserve {
+        return Err(Error::Full);
+    }
     let id = write_hint_blob(core, ch, shard, ROLE_SNAPSHOT, seq, 0, &bytes)?;
     let old: Vec<BlobId> = std::mem::replace(&mut *sh.snapshots.lock(), vec![id]);
     for o in old {

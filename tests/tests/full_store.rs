@@ -286,3 +286,86 @@ fn dead_space_in_the_active_blob_gets_merged() {
     check(&db, &oracle, "after the merge");
     db.close().unwrap();
 }
+
+/// Small values written in batches (as `blobcask load` does) with automatic merges, closed
+/// between phases so that keydir snapshots and merge hints are written: neither may take the
+/// room deletes and merge need, so the store must come back.
+fn small_values_in_batches(size: u64, shards: usize) {
+    let ctx = format!("{} MiB, {shards} shards, 100-byte values", size / MIB);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("small.img");
+    let open = || {
+        let mut o = options(&path, size, 64 << 10, shards);
+        o.merge.auto = true;
+        o.merge.check_interval = Duration::from_millis(5);
+        Db::open(o).unwrap_or_else(|e| panic!("{ctx}: open: {e}"))
+    };
+    let small = |i: u32, gen: u32| format!("{i}:{gen}:{}", "v".repeat(90)).into_bytes();
+    let mut oracle = Oracle::new();
+    let db = open();
+    let mut next = 0u32;
+    'fill: loop {
+        let mut b = blobcask::WriteBatch::new();
+        let ids: Vec<u32> = (next..next + 256).collect();
+        for &i in &ids {
+            b.put(&key(i), &small(i, 0));
+        }
+        match db.write_batch(b) {
+            Ok(()) => {
+                for &i in &ids {
+                    oracle.insert(key(i), Some(small(i, 0)));
+                }
+                next += 256;
+            }
+            Err(Error::Full) => break 'fill,
+            Err(e) => panic!("{ctx}: fill: {e}"),
+        }
+    }
+    assert!(next > 0, "{ctx}: nothing fitted");
+    db.close().unwrap();
+
+    // Delete 80 % in batches; a `Full` delete is cured by a merge, which must then succeed.
+    let db = open();
+    let doomed: Vec<u32> = (0..next).filter(|i| i % 5 != 0).collect();
+    for chunk in doomed.chunks(256) {
+        let mut b = blobcask::WriteBatch::new();
+        for &i in chunk {
+            b.delete(&key(i));
+        }
+        let mut tries = 0;
+        loop {
+            match db.write_batch(b.clone()) {
+                Ok(()) => break,
+                Err(Error::Full) if tries < 3 => {
+                    tries += 1;
+                    db.merge()
+                        .unwrap_or_else(|e| panic!("{ctx}: merge after a full delete: {e}"));
+                }
+                Err(e) => panic!("{ctx}: delete: {e}"),
+            }
+        }
+        for &i in chunk {
+            oracle.insert(key(i), None);
+        }
+    }
+    db.close().unwrap();
+    let db = open();
+    db.merge().unwrap_or_else(|e| panic!("{ctx}: merge: {e}"));
+    check(&db, &oracle, &format!("{ctx}: after delete and merge"));
+    let before = next;
+    fill(&db, &mut oracle, &mut next, 1, &ctx);
+    assert!(
+        next > before,
+        "{ctx}: no put fits after deleting 80 % and merging"
+    );
+    db.close().unwrap();
+    let db = open();
+    check(&db, &oracle, &format!("{ctx}: after reopen"));
+    db.close().unwrap();
+}
+
+#[test]
+fn small_values_written_in_batches_leave_room_to_delete_and_merge() {
+    small_values_in_batches(16 * MIB, 2);
+    small_values_in_batches(32 * MIB, 4);
+}
