@@ -27,7 +27,9 @@ fn options(auto: bool) -> blobcask::Options {
 fn batch(keys: &[Vec<u8>], round: u32, model: &mut Model) -> WriteBatch {
     let mut b = WriteBatch::new();
     for (i, k) in keys.iter().enumerate() {
-        let v = format!("r{round}k{i}-").into_bytes().repeat(1 + (i % 4) * 800);
+        let v = format!("r{round}k{i}-")
+            .into_bytes()
+            .repeat(1 + (i % 4) * 800);
         b.put(k, &v);
         model.insert(k.clone(), v);
     }
@@ -68,7 +70,10 @@ fn a_merge_beside_a_batch_that_spans_blobs_loses_nothing() {
         db.close().unwrap();
         n
     };
-    assert!(writes > 4, "the batch must span blobs ({writes} device writes)");
+    assert!(
+        writes > 4,
+        "the batch must span blobs ({writes} device writes)"
+    );
     for at in 1..writes {
         let mut r = Rig::new(NativeMem::new(16 * MIB));
         let mut model = Model::new();
