@@ -164,6 +164,10 @@ pub(crate) struct Shard<S: BlobStore> {
     group_puts: bool,
     /// Something was written since open: close writes a fresh keydir snapshot.
     wrote: bool,
+    /// Blobs this shard sealed that may hold records not yet in the keydir (a group or a
+    /// prepared batch that spans a rotation): they stay out of merges until published, or a
+    /// merge would take those records for dead and drop them, blob and all.
+    unpublished: Vec<u16>,
 }
 
 /// A shard: its state under a mutex, and its queue.
@@ -226,6 +230,7 @@ pub(crate) fn spawn<S: BlobStore>(
             group_wrote: false,
             group_puts: false,
             wrote: false,
+            unpublished: Vec::new(),
         }),
         tx,
         rx,
@@ -454,7 +459,10 @@ impl<S: BlobStore> Shard<S> {
         {
             return;
         }
-        if let Err(e) = self.write_out().and_then(|()| self.rotate()) {
+        let res = self.write_out().and_then(|()| self.rotate());
+        let core = self.core.clone();
+        self.release_sealed(&mut core.shards[self.id].index.write());
+        if let Err(e) = res {
             log::error!(
                 "blobcask: shard {} failed to seal its active blob: {e}",
                 self.id
@@ -485,13 +493,16 @@ impl<S: BlobStore> Shard<S> {
         for s in syncs {
             s.send(Err(Error::Poisoned));
         }
+        let core = self.core.clone();
+        self.release_sealed(&mut core.shards[self.id].index.write());
     }
 
     /// Publish the group's keydir changes under one write-lock, then reply.
     fn publish(&mut self, posts: Vec<Post>, syncs: Vec<reply::Sender<()>>) {
         let mut replies = Vec::with_capacity(posts.len());
+        let core = self.core.clone();
         {
-            let sh = &self.core.shards[self.id];
+            let sh = &core.shards[self.id];
             let mut ix = sh.index.write();
             if let Some(a) = &self.active {
                 if let Some(e) = ix.entry_mut(a.slot) {
@@ -518,6 +529,7 @@ impl<S: BlobStore> Shard<S> {
                     }
                 }
             }
+            self.release_sealed(&mut ix);
         }
         for r in replies {
             r.send(Ok(()));
@@ -892,10 +904,24 @@ impl<S: BlobStore> Shard<S> {
         store.block_on(store.sync_md(&a.handle.blob))?;
         let mut ix = self.core.shards[self.id].index.write();
         if let Some(e) = ix.entry_mut(a.slot) {
-            e.role = BlobRole::Sealed;
+            // Still `Active` to merges until every record in it is published.
             e.written = a.end;
         }
+        self.unpublished.push(a.slot);
         Ok(())
+    }
+
+    /// Hand the blobs sealed since the last publish to merges, once no record written into
+    /// them waits for its group or batch to be published.
+    fn release_sealed(&mut self, ix: &mut Index<S>) {
+        if !self.pending.is_empty() {
+            return;
+        }
+        for slot in self.unpublished.drain(..) {
+            if let Some(e) = ix.entry_mut(slot) {
+                e.role = BlobRole::Sealed;
+            }
+        }
     }
 
     /// Clean close: everything durable, active blob sealed, keydir snapshot written.

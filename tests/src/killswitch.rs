@@ -11,14 +11,14 @@
 use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering::SeqCst};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use blobcask::blobstore::{BlobId, BlobIo, BlobStore, Bstype, CreateOpts, IoChannel};
 use blobcask::{Error, Result};
 
 /// Shared by a [`KillSwitch`] store and its channels.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Switch {
     dead: AtomicBool,
     in_flight: AtomicUsize,
@@ -26,7 +26,12 @@ pub struct Switch {
     left: AtomicI64,
     /// Device-changing calls that went through.
     writes: AtomicU64,
+    /// Run on the calling thread just before the device-changing call with this count.
+    hook: Mutex<Option<(u64, Hook)>>,
 }
+
+/// See [`Switch::on_write`].
+pub type Hook = Box<dyn FnOnce() + Send>;
 
 /// Held while a call runs inside the store.
 struct Pass(Arc<Switch>);
@@ -53,6 +58,12 @@ impl Switch {
     pub fn arm(&self, n: u64) {
         self.left
             .store(i64::try_from(n).unwrap_or(i64::MAX), SeqCst);
+    }
+
+    /// Run `f` on the writing thread just before the device-changing call that makes
+    /// [`Switch::writes`] pass `n` (the writer stays inside its operation meanwhile).
+    pub fn on_write(&self, n: u64, f: Hook) {
+        *self.hook.lock().unwrap_or_else(|e| e.into_inner()) = Some((n, f));
     }
 
     /// Whether the switch has been thrown.
@@ -87,6 +98,16 @@ impl Switch {
             return Err(killed());
         }
         if changes_device {
+            let due = {
+                let mut h = self.hook.lock().unwrap_or_else(|e| e.into_inner());
+                match h.as_ref() {
+                    Some((n, _)) if self.writes.load(SeqCst) >= *n => h.take().map(|(_, f)| f),
+                    _ => None,
+                }
+            };
+            if let Some(f) = due {
+                f();
+            }
             if self.left.load(SeqCst) >= 0 && self.left.fetch_sub(1, SeqCst) == 0 {
                 self.dead.store(true, SeqCst);
                 return Err(killed());
