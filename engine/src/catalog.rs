@@ -14,7 +14,7 @@
 //! | offset | size | field      | meaning                                                 |
 //! |--------|------|------------|---------------------------------------------------------|
 //! | 0      | 8    | magic      | `b"BCCATL01"`                                           |
-//! | 8      | 8    | epoch      | the super blob's `bc.epoch` when written                |
+//! | 8      | 8    | epoch      | the super blob's `bc.epoch` at a close; 0 after a merge |
 //! | 16     | 4    | entries    | number of entries                                       |
 //! | 20     | 4    | body_len   | bytes after the header                                  |
 //! | 24     | 4    | body_crc   | crc32c of the body                                      |
@@ -352,7 +352,12 @@ pub fn name_damaged<S: BlobStore>(store: &S, id: BlobId, e: Error) -> Error {
             format!("; per the catalog, blob {id:#x} is the {}", ent.describe())
         }
         Some(ent) => format!(
-            "; per the catalog of an earlier run (it may be stale), blob {id:#x} was the {}",
+            "; per the catalog {} (it may be stale), blob {id:#x} was the {}",
+            if cat.as_ref().is_some_and(|c| c.epoch == 0) {
+                "written after a merge"
+            } else {
+                "of an earlier run"
+            },
             ent.describe()
         ),
         None if cat.is_some() => format!("; the catalog does not list blob {id:#x}"),

@@ -287,7 +287,7 @@ pub(crate) fn merge_shard<S: BlobStore>(core: &Core<S>, ch: &S::Channel, s: usiz
     let res = merge_ordered(core, ch, s, inputs);
     if res.is_ok() {
         // The catalog names blobs for open and check; a failure here loses no data.
-        if let Err(e) = crate::recovery::write_catalog(&core.store, core.cfg.cluster) {
+        if let Err(e) = crate::recovery::write_catalog(&core.store, core.cfg.cluster, false) {
             log::warn!("blobcask: catalog after the merge of shard {s}: {e}");
         }
     }

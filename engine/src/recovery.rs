@@ -980,7 +980,10 @@ fn catalog_entry<S: BlobStore>(
 /// Write a new catalog of every engine blob, then delete the older ones (see `catalog.rs`).
 /// On a store too full for it, the old catalog goes first (a stale catalog is worse than
 /// none); if there is still no room, the store closes without one.
-pub(crate) fn write_catalog<S: BlobStore>(store: &S, cluster: u64) -> Result<()> {
+/// `at_close`: written by a clean close as its last change before the unload, so open may
+/// hold the store to it; a catalog written after a merge records epoch 0 (blobs change after
+/// it: it only names blobs, it is never exact).
+pub(crate) fn write_catalog<S: BlobStore>(store: &S, cluster: u64, at_close: bool) -> Result<()> {
     let super_id = store.super_blob();
     let mut cat = catalog::Catalog::default();
     let mut old = Vec::new();
@@ -989,7 +992,7 @@ pub(crate) fn write_catalog<S: BlobStore>(store: &S, cluster: u64) -> Result<()>
         let res = if Some(id) == super_id {
             store
                 .block_on(store.get_xattr(&blob, X_EPOCH))
-                .map(|e| cat.epoch = le_u64(&e).unwrap_or(0))
+                .map(|e| cat.epoch = if at_close { le_u64(&e).unwrap_or(0) } else { 0 })
         } else {
             match store.block_on(store.get_xattr(&blob, X_ROLE)) {
                 Ok(Some(r)) if r == catalog::ROLE => {
@@ -1050,7 +1053,7 @@ fn write_catalog_blob<S: BlobStore>(store: &S, cluster: u64, bytes: &[u8]) -> Re
 pub(crate) fn close_all<S: BlobStore>(core: &Core<S>) -> Result<()> {
     let store = &core.store;
     let mut first: Option<Error> = None;
-    if let Err(e) = write_catalog(store, core.cfg.cluster) {
+    if let Err(e) = write_catalog(store, core.cfg.cluster, true) {
         first.get_or_insert(e);
     }
     for sh in &core.shards {
