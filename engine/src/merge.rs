@@ -41,7 +41,7 @@ use crate::error::{Error, Result};
 use crate::hint;
 use crate::keydir::{hash_key, Loc};
 use crate::record::{self, Kind};
-use crate::recovery::{self, data_xattrs, X_INPUTS, X_MERGE};
+use crate::recovery::{self, data_xattrs, X_INPUTS, X_LEN, X_MERGE};
 use crate::reply;
 use crate::stats::BlobRole;
 
@@ -496,6 +496,9 @@ impl<'a, S: BlobStore> Output<'a, S> {
         let blob = &self.out.handle.blob;
         let commit = (|| {
             store.block_on(store.set_xattr(blob, X_INPUTS, &list))?;
+            // The committed length: a later step's copies past it are unflushed until that
+            // step commits, so a crash may tear them (a torn tail, not damage).
+            store.block_on(store.set_xattr(blob, X_LEN, &end.to_le_bytes()))?;
             store.block_on(store.set_xattr(blob, X_MERGE, b"done"))?;
             store.block_on(store.sync_md(blob))?;
             store.block_on(self.out.ch.flush())

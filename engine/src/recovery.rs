@@ -648,10 +648,7 @@ fn rebuild_shard<S: BlobStore>(store: &S, cfg: &Config, metas: Vec<Meta<S>>) -> 
         if from_hint {
             continue;
         }
-        let ev = Evidence {
-            known_len: m.len,
-            whole: m.merge.as_deref() == Some(b"done"),
-        };
+        let ev = Evidence::of_blob(m.len, m.merge.as_deref(), 0);
         let mut src = blob_source(store, cfg, &ch, &m.blob);
         let found = scan::scan_log(&mut src, m.salt, ev, cfg.recovery, |off, rec| {
             apply_scanned(&mut out, slot, off, rec)
@@ -802,10 +799,11 @@ pub(crate) fn scan_blob<S: BlobStore>(
 ) -> Result<u64> {
     let (blob, salt) = (&handle.blob, handle.salt);
     let x = |name: &str| store.block_on(store.get_xattr(blob, name));
-    let ev = Evidence {
-        known_len: le_u64(&x(X_LEN)?).unwrap_or(0).max(written),
-        whole: x(X_MERGE)?.as_deref() == Some(b"done"),
-    };
+    let ev = Evidence::of_blob(
+        le_u64(&x(X_LEN)?).unwrap_or(0),
+        x(X_MERGE)?.as_deref(),
+        written,
+    );
     let mut src = blob_source(store, cfg, ch, blob);
     let found = scan::scan_log(&mut src, salt, ev, RecoveryMode::TolerateTornTail, f)?;
     if let Some(d) = found.damaged.first() {

@@ -233,12 +233,11 @@ pub(crate) fn analyze_catalog(cat: Vec<(Meta, Vec<u8>)>, lost: Vec<LostBlob>) ->
         an.snapshots.insert(shard, h);
     }
     for (m, bytes) in cat.iter().filter(|(m, _)| m.role == b"data") {
-        let ev = Evidence {
-            known_len: m
-                .len
-                .max(known.get(&(m.shard, m.seq)).copied().unwrap_or(0)),
-            whole: m.merge.as_deref() == Some(b"done"),
-        };
+        let ev = Evidence::of_blob(
+            m.len,
+            m.merge.as_deref(),
+            known.get(&(m.shard, m.seq)).copied().unwrap_or(0),
+        );
         let mut log = scan_one(m, bytes, ev)?;
         if lost.iter().any(|b| b.restored_prefix && b.blob == m.id) {
             // Restored from a stale catalog: the log may have gone on past its clusters.

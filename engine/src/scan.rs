@@ -8,8 +8,10 @@
 //! - **damage**: bytes known to have been durable. They are, if something proves `x` lies
 //!   below the blob's durable frontier: a valid record further on whose `durable` claim exceeds
 //!   `x`; the blob's length recorded by a hint, a keydir snapshot or `bc.len` (set when the
-//!   blob was sealed after a flush); or, for a committed merge output (flushed as a whole
-//!   before its commit point), any valid record further on.
+//!   blob was sealed after a flush, or, on a merge output, at each step's commit point: a
+//!   later step's copies past it are unflushed until that step commits); or, for a committed
+//!   merge output without `bc.len` (merged before it was recorded), any valid record further
+//!   on.
 //!
 //! Past damage, [`RecoveryMode::Salvage`] resumes at the next valid record (plausible header,
 //! crc under the blob's salt); [`RecoveryMode::TolerateTornTail`] stops and the caller fails.
@@ -31,8 +33,22 @@ const WINDOW: u64 = 4 << 20;
 pub struct Evidence {
     /// Bytes known durable: a hint's or snapshot's length of the blob, or its `bc.len`.
     pub known_len: u64,
-    /// A committed merge output: every record it holds was flushed before the commit.
+    /// A committed merge output without `bc.len`: every record it holds is trusted durable.
     pub whole: bool,
+}
+
+impl Evidence {
+    /// The evidence of a data blob's xattrs: `bc.len` (`len`, 0 if absent), `bc.merge`, and
+    /// `known`, a length a hint or keydir snapshot records. A committed merge output records
+    /// its committed length in `bc.len` at each step's commit point: copies a later step left
+    /// past it were never flushed. Only an output without one (written before merge set it)
+    /// falls back to trusting every valid record it holds.
+    pub fn of_blob(len: u64, merge: Option<&[u8]>, known: u64) -> Self {
+        Evidence {
+            known_len: len.max(known),
+            whole: merge == Some(b"done") && len == 0,
+        }
+    }
 }
 
 /// A byte range of a blob that held durable records and no longer validates.
@@ -330,6 +346,31 @@ mod tests {
         let (s, _) = run(&v, Evidence::default(), RecoveryMode::TolerateTornTail);
         assert!(s.damaged.is_empty());
         assert_eq!(s.torn_at, Some(offs[1] as u64));
+    }
+
+    #[test]
+    fn a_merge_output_is_durable_up_to_its_committed_length() {
+        // Steps 1 and 2 committed (`bc.len` = end of record 2); step 3's copies were torn.
+        let mut v = Vec::new();
+        let mut offs = Vec::new();
+        for s in 1..=5u64 {
+            offs.push(v.len() as u64);
+            encode(&mut v, SALT, s, 0, 0, b"k", b"vv");
+        }
+        v[offs[2] as usize + 5] ^= 4;
+        let ev = Evidence::of_blob(offs[2], Some(b"done"), 0);
+        let (s, seqs) = run(&v, ev, RecoveryMode::TolerateTornTail);
+        assert_eq!(seqs, vec![1, 2]);
+        assert!(s.damaged.is_empty());
+        assert_eq!((s.torn_at, s.unflushed), (Some(offs[2]), 2));
+        // Damage below the committed length is still damage.
+        v[offs[1] as usize + 5] ^= 4;
+        let (s, _) = run(&v, ev, RecoveryMode::TolerateTornTail);
+        assert_eq!(s.damaged[0].offset, offs[1]);
+        // An output without `bc.len` (merged before it was recorded) is trusted as a whole.
+        let legacy = Evidence::of_blob(0, Some(b"done"), 0);
+        assert!(legacy.whole);
+        assert!(!Evidence::of_blob(0, Some(b"pending"), 0).whole);
     }
 
     #[test]
