@@ -75,6 +75,22 @@ pub(crate) struct OpenBlob {
     pub released_eps: Vec<u32>,
 }
 
+impl OpenBlob {
+    /// A blob whose metadata exists only in memory so far (nothing of it on the device).
+    fn unpersisted(shared: Arc<BlobShared>, md: BlobMd) -> Self {
+        OpenBlob {
+            shared,
+            md,
+            clean: CleanState::default(),
+            dirty: true,
+            refs: 0,
+            md_ro: false,
+            released_clusters: Vec::new(),
+            released_eps: Vec::new(),
+        }
+    }
+}
+
 #[derive(Default, Clone)]
 pub(crate) struct CleanState {
     /// Md indexes of the chain on disk, root first; empty before the first persist.
@@ -883,16 +899,7 @@ impl<D: Device> Inner<D> {
                 DataMap::build(&md, false),
                 self.layout.units_per_cluster(),
             );
-            let mut ob = OpenBlob {
-                shared,
-                md,
-                clean: CleanState::default(),
-                dirty: true,
-                refs: 0,
-                md_ro: false,
-                released_clusters: Vec::new(),
-                released_eps: Vec::new(),
-            };
+            let mut ob = OpenBlob::unpersisted(shared, md);
             st.md_pages.set(idx);
             st.blobids.set(idx);
             if let Err(e) = Self::resize_md(st, &mut ob, opts.num_clusters) {
@@ -972,19 +979,7 @@ impl<D: Device> Inner<D> {
                 DataMap::build(&md, false),
                 self.layout.units_per_cluster(),
             );
-            st.open.insert(
-                id,
-                OpenBlob {
-                    shared,
-                    md,
-                    clean: CleanState::default(),
-                    dirty: true,
-                    refs: 0,
-                    md_ro: false,
-                    released_clusters: Vec::new(),
-                    released_eps: Vec::new(),
-                },
-            );
+            st.open.insert(id, OpenBlob::unpersisted(shared, md));
         }
         let r = self.persist_locked(id).await;
         let mut guard = self.st.lock();
