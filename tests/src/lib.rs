@@ -3,6 +3,7 @@
 //! ([`harness`]). See `tests/README.md` for the fault model and the suites.
 
 pub mod backend;
+pub mod damage;
 pub mod fsck;
 pub mod fuzz;
 pub mod harness;

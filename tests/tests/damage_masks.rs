@@ -12,7 +12,7 @@ use blobcask::blobstore::native::layout::Layout;
 use blobcask::blobstore::native::NativeBlobStore;
 use blobcask::blobstore::{Blob as _, BlobStore as _, LoadOpts};
 use blobcask::device::MemoryDevice;
-use blobcask::{Db, DeviceSpec, Error, MergeOptions, Options, SyncPolicy};
+use blobcask::{Db, DeviceSpec, Error, Options};
 use sha2::{Digest, Sha256};
 
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
@@ -21,28 +21,10 @@ const KEYS: usize = 200;
 /// Bytes before the bits of a mask page: type (1) and length (4).
 const MASK_HEADER: usize = 5;
 
-fn options(path: &Path) -> Options {
-    Options {
-        device: DeviceSpec::Path(path.to_path_buf()),
-        create: false,
-        device_size: 16 << 20,
-        cluster_size: 64 << 10,
-        shards: 2,
-        max_blob_size: 128 << 10,
-        sync: SyncPolicy::Never,
-        merge: MergeOptions {
-            auto: false,
-            ..MergeOptions::default()
-        },
-        max_key_size: 64,
-        max_value_size: 16 << 10,
-        cache_bytes: 0,
-        ..Options::default()
-    }
-}
+use blobcask_tests::damage::key;
 
-fn key(i: usize) -> Vec<u8> {
-    format!("key{i:04}").into_bytes()
+fn options(path: &Path) -> Options {
+    blobcask_tests::damage::options(DeviceSpec::Path(path.to_path_buf()))
 }
 
 fn put_round(db: &Db, model: &mut Model, round: usize, n: usize) {

@@ -12,36 +12,14 @@ use std::sync::Arc;
 use blobcask::blobstore::native::NativeBlobStore;
 use blobcask::blobstore::LoadOpts;
 use blobcask::device::{FileDevice, FileOptions, SimDevice};
-use blobcask::{Db, DeviceSpec, Error, MergeOptions, Options, SyncPolicy};
+use blobcask::{Db, DeviceSpec, Error};
 use sha2::{Digest, Sha256};
 
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 
 const KEYS: usize = 240;
 
-fn options(device: DeviceSpec) -> Options {
-    Options {
-        device,
-        create: false,
-        device_size: 16 << 20,
-        cluster_size: 64 << 10,
-        shards: 2,
-        max_blob_size: 128 << 10,
-        sync: SyncPolicy::Never,
-        merge: MergeOptions {
-            auto: false,
-            ..MergeOptions::default()
-        },
-        max_key_size: 64,
-        max_value_size: 16 << 10,
-        cache_bytes: 0,
-        ..Options::default()
-    }
-}
-
-fn key(i: usize) -> Vec<u8> {
-    format!("key{i:04}").into_bytes()
-}
+use blobcask_tests::damage::{key, options};
 
 /// Writes, overwrites, deletes, a merge and more writes; returns what the store must hold.
 fn fill(db: &Db) -> Model {
