@@ -33,14 +33,13 @@ features=()
 for e in $ENGINES; do
   case $e in
     blobcask) ;;
-    rocksdb)
-      # With ROCKSDB_LIB_DIR (e.g. Debian's librocksdb-dev), link it instead of building.
-      if [ -n "${ROCKSDB_LIB_DIR:-}" ]; then features+=(rocksdb-syslib); else features+=(rocksdb); fi ;;
-    sled|fjall|redb) features+=("$e") ;;
+    rocksdb|sled|fjall|redb) features+=("$e") ;;
     *) echo "unknown engine $e" >&2; exit 2 ;;
   esac
 done
 feat=$(IFS=,; echo "${features[*]:-}")
+# RocksDB is the bundled build; a system library (ROCKSDB_LIB_DIR) is not the baseline.
+unset ROCKSDB_LIB_DIR ROCKSDB_STATIC
 echo "== build (features: ${feat:-none})" >&2
 cargo build -q -p blobcask-bench --release ${feat:+--features "$feat"}
 BIN=$CARGO_TARGET_DIR/release/db_bench

@@ -147,6 +147,9 @@ impl<S: BlobStore> Engine for Blobcask<S> {
     fn get(&self, key: &[u8]) -> BenchResult<Option<Vec<u8>>> {
         Ok(self.db.get(key)?)
     }
+    fn multi_get(&self, keys: &[Vec<u8>]) -> BenchResult<Vec<Option<Vec<u8>>>> {
+        Ok(self.db.multi_get(keys)?)
+    }
     fn delete(&self, key: &[u8]) -> BenchResult<()> {
         Ok(self.db.delete(key)?)
     }

@@ -81,9 +81,10 @@ pub enum Backend {
     name = "db_bench",
     about = "db_bench-compatible benchmark for blobcask and its peers",
     long_about = "Runs RocksDB db_bench workloads in order on one store. Benchmarks: fillseq, \
-fillrandom, overwrite, readrandom, readmissing, readseq, readrandomwriterandom, \
-readwhilewriting, deleterandom, stats, reopen, merge (blobcask) / compact (peers), \
-rawdevice (the device's own limit) and blobraw (blob layer vs raw device)."
+fillrandom, overwrite, readrandom, multireadrandom, readmissing, readseq, \
+readrandomwriterandom, readwhilewriting, deleterandom, stats, reopen, merge (blobcask) / compact (peers), \
+rawdevice (the device's own limits), rawread (its random-read IOPS at queue depth 1 and 32) \
+and blobraw (blob layer vs raw device)."
 )]
 pub struct Config {
     /// Comma-separated list of benchmarks, run in order on the same store.
@@ -148,6 +149,12 @@ pub struct Config {
     /// (K/M/G suffixes; -1 = the engine's default; 0 = off / smallest).
     #[arg(long = "cache_size", default_value = "-1", allow_hyphen_values = true)]
     pub cache_size: String,
+    /// RocksDB: bits per key of a bloom filter (-1 = none, RocksDB's default).
+    #[arg(long = "bloom_bits", default_value_t = -1, allow_hyphen_values = true)]
+    pub bloom_bits: i32,
+    /// Keys per `multi_get` of multireadrandom.
+    #[arg(long = "batch_size", default_value_t = 32)]
+    pub batch_size: usize,
     /// RocksDB: `use_direct_reads` (and direct I/O for flush/compaction).
     #[arg(long = "use_direct_reads", default_value = "0", value_parser = parse_bool, num_args = 0..=1, default_missing_value = "1")]
     pub use_direct_reads: bool,
@@ -268,6 +275,7 @@ mod tests {
             "--device_size=2G",
             "--cache_size=0",
             "--engine=hashmap",
+            "--batch_size=8",
         ]);
         assert_eq!(c.benchmark_list(), vec!["fillseq", "readrandom"]);
         assert_eq!(c.num, 1000);
@@ -277,6 +285,9 @@ mod tests {
         assert_eq!(c.device_size, 2 << 30);
         assert_eq!(c.cache_bytes().unwrap(), Some(0));
         assert_eq!(c.engine, EngineKind::Hashmap);
+        assert_eq!(c.batch_size, 8);
+        assert_eq!(Config::defaults().batch_size, 32);
+        assert_eq!(Config::defaults().bloom_bits, -1);
     }
 
     #[test]

@@ -32,6 +32,11 @@ pub trait Engine: Send + Sync {
     fn put(&self, key: &[u8], value: &[u8]) -> BenchResult<()>;
     /// The value, or `None` if absent. `buf` may be used to avoid an allocation.
     fn get(&self, key: &[u8]) -> BenchResult<Option<Vec<u8>>>;
+    /// The values of `keys`, in order (db_bench `multireadrandom`). The default is a loop of
+    /// `get`s; engines with a batched read override it.
+    fn multi_get(&self, keys: &[Vec<u8>]) -> BenchResult<Vec<Option<Vec<u8>>>> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
     fn delete(&self, key: &[u8]) -> BenchResult<()>;
     /// Make every acknowledged write durable.
     fn sync(&self) -> BenchResult<()>;

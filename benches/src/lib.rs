@@ -98,6 +98,7 @@ const KV_BENCHMARKS: &[&str] = &[
     "overwrite",
     "fillsync",
     "readrandom",
+    "multireadrandom",
     "readmissing",
     "readseq",
     "readrandomwriterandom",
@@ -107,7 +108,7 @@ const KV_BENCHMARKS: &[&str] = &[
 
 const STORE_BENCHMARKS: &[&str] = &["stats", "reopen", "compact", "merge"];
 
-const RAW_BENCHMARKS: &[&str] = &["rawdevice", "blobraw"];
+const RAW_BENCHMARKS: &[&str] = &["rawdevice", "rawread", "blobraw"];
 
 /// Run every benchmark of `cfg` in order and print the db_bench report to stdout.
 pub fn run(cfg: &Config) -> BenchResult<Report> {
@@ -161,10 +162,10 @@ pub fn run(cfg: &Config) -> BenchResult<Report> {
             } else {
                 scratch_path(&pl.path)
             };
-            let figs = if name == "rawdevice" {
-                raw::rawdevice(cfg, &target)?
-            } else {
-                raw::blobraw(cfg, &target)?
+            let figs = match name {
+                "rawdevice" => raw::rawdevice(cfg, &target)?,
+                "rawread" => raw::rawread(cfg, &target)?,
+                _ => raw::blobraw(cfg, &target)?,
             };
             if target != pl.path && target.is_file() {
                 let _ = std::fs::remove_file(&target);

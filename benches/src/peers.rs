@@ -19,15 +19,9 @@ pub mod rocks {
     use std::path::{Path, PathBuf};
 
     use rocksdb::{
-        BlockBasedOptions, Cache, DBCompressionType, IteratorMode, Options, WriteOptions, DB,
+        BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, IteratorMode,
+        Options, WriteOptions, DB, DEFAULT_COLUMN_FAMILY_NAME,
     };
-
-    /// RocksDB 7.8's C API has no `rocksdb_write_buffer_manager_destroy` (the 11.x bindings
-    /// reference it from a destructor); the bench never creates a write buffer manager, so
-    /// the function is never reached with a real object.
-    #[cfg(feature = "rocksdb-syslib")]
-    #[no_mangle]
-    pub extern "C" fn rocksdb_write_buffer_manager_destroy(_wbm: *mut std::ffi::c_void) {}
 
     pub struct Rocks {
         db: DB,
@@ -36,32 +30,40 @@ pub mod rocks {
         direct: bool,
     }
 
+    /// RocksDB as its users run it: the documented defaults of `Options` and
+    /// `BlockBasedOptions` (RocksDB's own 32 MiB block cache, no bloom filter, its default
+    /// background jobs), apart from what every engine of the bench gets: compression off
+    /// (values are random) and the block cache that `--cache_size` gives. `--bloom_bits` and
+    /// `--use_direct_reads` are there for runs that ask for them.
     pub fn open(cfg: &Config, path: &Path, create: bool) -> BenchResult<Box<dyn Engine>> {
         if create && path.exists() {
             std::fs::remove_dir_all(path)?;
         }
         let mut o = Options::default();
         o.create_if_missing(create);
-        o.increase_parallelism(2);
-        o.set_max_background_jobs(2);
         o.set_compression_type(DBCompressionType::None);
-        o.set_use_direct_reads(cfg.use_direct_reads);
-        o.set_use_direct_io_for_flush_and_compaction(cfg.use_direct_reads);
-        let mut t = BlockBasedOptions::default();
-        // db_bench's default block cache is 8 MiB.
-        let cache = cfg.cache_bytes()?.unwrap_or(8 << 20) as usize;
-        if cache == 0 {
-            t.disable_cache();
-        } else {
-            t.set_block_cache(&Cache::new_lru_cache(cache));
+        if cfg.use_direct_reads {
+            o.set_use_direct_reads(true);
+            o.set_use_direct_io_for_flush_and_compaction(true);
         }
-        // What a user of point lookups configures (db_bench: --bloom_bits=10).
-        t.set_bloom_filter(10.0, false);
-        o.set_block_based_table_factory(&t);
-        let db = DB::open(&o, path)?;
+        let cache = cfg.cache_bytes()?;
+        if cache.is_some() || cfg.bloom_bits >= 0 {
+            let mut t = BlockBasedOptions::default();
+            match cache {
+                None => {}
+                Some(0) => t.disable_cache(),
+                Some(c) => t.set_block_cache(&Cache::new_lru_cache(usize::try_from(c)?)),
+            }
+            if cfg.bloom_bits >= 0 {
+                t.set_bloom_filter(f64::from(cfg.bloom_bits), false);
+            }
+            o.set_block_based_table_factory(&t);
+        }
+        // The default column family by name, so that `multi_get` can use the batched API.
+        let cf = ColumnFamilyDescriptor::new(DEFAULT_COLUMN_FAMILY_NAME, o.clone());
+        let db = DB::open_cf_descriptors(&o, path, [cf])?;
         let mut wo = WriteOptions::default();
         wo.set_sync(cfg.sync);
-        wo.disable_wal(false);
         Ok(Box::new(Rocks {
             db,
             wo,
@@ -83,6 +85,17 @@ pub mod rocks {
         }
         fn get(&self, key: &[u8]) -> BenchResult<Option<Vec<u8>>> {
             Ok(self.db.get_pinned(key)?.map(|v| v.to_vec()))
+        }
+        fn multi_get(&self, keys: &[Vec<u8>]) -> BenchResult<Vec<Option<Vec<u8>>>> {
+            let cf = self
+                .db
+                .cf_handle(DEFAULT_COLUMN_FAMILY_NAME)
+                .ok_or("rocksdb: the default column family has no handle")?;
+            self.db
+                .batched_multi_get_cf(cf, keys, false)
+                .into_iter()
+                .map(|r| Ok(r?.map(|v| v.to_vec())))
+                .collect()
         }
         fn delete(&self, key: &[u8]) -> BenchResult<()> {
             Ok(self.db.delete_opt(key, &self.wo)?)

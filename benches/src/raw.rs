@@ -271,6 +271,62 @@ pub fn rawdevice_on<D: Device>(cfg: &Config, dev: &D) -> BenchResult<Vec<RawFigu
     Ok(v)
 }
 
+/// `rawread` on an already open device: the region is first written with 1 MiB writes (a
+/// read of a never-written extent of an image file would not reach the disk), then read at
+/// random, 4 KiB at a time, at queue depth 1, 32 and `--batch_size`.
+pub fn rawread_on<D: Device>(cfg: &Config, dev: &D) -> BenchResult<Vec<RawFigure>> {
+    let region = region_bytes(cfg, dev.size());
+    if region < 16 * MIB {
+        return Err(format!(
+            "rawread needs at least 16 MiB, the device has {}",
+            dev.size()
+        )
+        .into());
+    }
+    say(&format!(
+        "rawread      : {} MiB region, io path {}",
+        region / MIB,
+        dev.io_path()
+    ));
+    let t = RawTarget { dev, base: 0 };
+    let b = "rawread";
+    let mut v = vec![figure(
+        b,
+        "seqwrite 1M (fill)",
+        "MB/s",
+        seq_write(&t, region, 1 << 20, 0)?,
+        None,
+    )];
+    let seed = cfg.effective_seed();
+    let mut qds = vec![1, 32, cfg.batch_size.max(1)];
+    qds.sort_unstable();
+    qds.dedup();
+    for q in qds {
+        let ops = if q == 1 { cfg.raw_ops } else { cfg.raw_ops * 2 };
+        v.push(figure(
+            b,
+            &format!("randread 4K QD{q}"),
+            "IOPS",
+            rand_io(&t, region, q, ops, false, seed ^ q as u64)?,
+            None,
+        ));
+    }
+    Ok(v)
+}
+
+/// `--benchmarks=rawread` on the configured backend at `path`.
+pub fn rawread(cfg: &Config, path: &Path) -> BenchResult<Vec<RawFigure>> {
+    match cfg.backend {
+        Backend::Memory => {
+            let dev = blobcask::device::MemoryDevice::new(cfg.device_bytes().min(1 << 30), 4096)?;
+            rawread_on(cfg, &dev)
+        }
+        Backend::Native | Backend::Spdk => {
+            crate::blobcask_engine::with_file_device(cfg, path, |dev| rawread_on(cfg, dev))
+        }
+    }
+}
+
 /// `--benchmarks=rawdevice` on the configured backend at `path`.
 pub fn rawdevice(cfg: &Config, path: &Path) -> BenchResult<Vec<RawFigure>> {
     match cfg.backend {

@@ -216,6 +216,8 @@ enum Kind {
     FillRandom,
     Overwrite,
     ReadRandom,
+    /// Random keys read `--batch_size` at a time through `multi_get`.
+    MultiReadRandom,
     ReadMissing,
     ReadRandomWriteRandom,
     DeleteRandom,
@@ -228,6 +230,9 @@ fn worker(
     threads: usize,
     total: u64,
 ) -> BenchResult<ThreadResult> {
+    if kind == Kind::MultiReadRandom {
+        return multi_worker(ctx, t, threads, total);
+    }
     let cfg = ctx.cfg;
     let (start, end) = share(total, threads, t);
     let mut rng = rng_for(ctx.seed, kind_name(kind), t);
@@ -282,6 +287,7 @@ fn worker(
                 make_key(rng.gen_range(0..num), cfg.key_size, &mut key);
                 ctx.engine.delete(&key)?;
             }
+            Kind::MultiReadRandom => unreachable!("multi_worker runs it"),
         }
         timer.stop(ts);
         r.ops += 1;
@@ -296,12 +302,62 @@ fn worker(
     Ok(r)
 }
 
+/// multireadrandom: the thread's share of `total` keys, drawn at random from `[0, num)` and
+/// read `--batch_size` per `multi_get` (the last batch may be shorter). An op is a key, as
+/// in RocksDB's db_bench; with `--histogram` the latency is a batch's.
+fn multi_worker(
+    ctx: &Ctx<'_>,
+    t: usize,
+    threads: usize,
+    total: u64,
+) -> BenchResult<ThreadResult> {
+    let cfg = ctx.cfg;
+    let (start, end) = share(total, threads, t);
+    let mut rng = rng_for(ctx.seed, kind_name(Kind::MultiReadRandom), t);
+    let batch = cfg.batch_size.max(1);
+    let mut keys: Vec<Vec<u8>> = (0..batch)
+        .map(|_| Vec::with_capacity(cfg.key_size + 1))
+        .collect();
+    let mut timer = Timer::new(cfg.histogram);
+    let mut r = ThreadResult::default();
+    let num = cfg.num.max(1);
+    let mut left = end - start;
+    while left > 0 && !ctx.stop.load(Ordering::Relaxed) {
+        let n = usize::try_from(left).map_or(batch, |l| l.min(batch));
+        for k in &mut keys[..n] {
+            make_key(rng.gen_range(0..num), cfg.key_size, k);
+        }
+        let ts = timer.start();
+        let values = ctx.engine.multi_get(&keys[..n])?;
+        timer.stop(ts);
+        if values.len() != n {
+            return Err(format!(
+                "multi_get of {n} keys returned {} values",
+                values.len()
+            )
+            .into());
+        }
+        for (k, v) in keys.iter().zip(&values) {
+            if let Some(v) = v {
+                r.found += 1;
+                r.bytes += (k.len() + v.len()) as u64;
+            }
+        }
+        r.ops += n as u64;
+        left -= n as u64;
+        ctx.tick(n as u64);
+    }
+    r.hist = timer.hist;
+    Ok(r)
+}
+
 fn kind_name(k: Kind) -> &'static str {
     match k {
         Kind::FillSeq => "fillseq",
         Kind::FillRandom => "fillrandom",
         Kind::Overwrite => "overwrite",
         Kind::ReadRandom => "readrandom",
+        Kind::MultiReadRandom => "multireadrandom",
         Kind::ReadMissing => "readmissing",
         Kind::ReadRandomWriteRandom => "readrandomwriterandom",
         Kind::DeleteRandom => "deleterandom",
@@ -410,7 +466,7 @@ fn run_kind(
     let mut out = merge_results(name, threads, elapsed, results, wb);
     if matches!(
         kind,
-        Kind::ReadRandom | Kind::ReadMissing | Kind::ReadRandomWriteRandom
+        Kind::ReadRandom | Kind::MultiReadRandom | Kind::ReadMissing | Kind::ReadRandomWriteRandom
     ) {
         out.message = if kind == Kind::ReadRandomWriteRandom {
             format!("( reads:{}% found:{found} )", cfg.readwritepercent)
@@ -572,6 +628,14 @@ pub fn run_named(
         "overwrite" => run_kind(cfg, engine, seed, name, Kind::Overwrite, cfg.writes()),
         "fillsync" => run_kind(cfg, engine, seed, name, Kind::FillRandom, cfg.num / 1000),
         "readrandom" => run_kind(cfg, engine, seed, name, Kind::ReadRandom, cfg.reads()),
+        "multireadrandom" => run_kind(
+            cfg,
+            engine,
+            seed,
+            name,
+            Kind::MultiReadRandom,
+            cfg.reads(),
+        ),
         "readmissing" => run_kind(cfg, engine, seed, name, Kind::ReadMissing, cfg.reads()),
         "readrandomwriterandom" => run_kind(
             cfg,
