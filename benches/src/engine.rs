@@ -219,3 +219,22 @@ impl Engine for HashMapEngine {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_multi_get_answers_each_key_in_order() {
+        let e = HashMapEngine::default();
+        e.put(b"a", b"1").unwrap();
+        e.put(b"c", b"3").unwrap();
+        let keys = [b"c".to_vec(), b"b".to_vec(), b"a".to_vec(), b"c".to_vec()];
+        let got = e.multi_get(&keys).unwrap();
+        assert_eq!(
+            got,
+            [Some(b"3".to_vec()), None, Some(b"1".to_vec()), Some(b"3".to_vec())]
+        );
+        assert!(e.multi_get(&[]).unwrap().is_empty());
+    }
+}

@@ -78,3 +78,85 @@ fn every_workload_on_blobcask_memory() {
     assert!(r.summary.reopen_seconds.is_some());
     assert!(r.summary.keydir_bytes_per_key.is_some());
 }
+
+#[test]
+fn multireadrandom_on_blobcask_memory_counts_keys_and_finds_them() {
+    let c = cfg(&[
+        "--backend=memory",
+        "--num=3000",
+        "--reads=1000",
+        "--batch_size=7",
+        "--shards=2",
+        "--device_size=64M",
+        "--histogram",
+        "--reopen=0",
+        "--benchmarks=fillseq,multireadrandom",
+    ]);
+    let r = run(&c).unwrap();
+    let m = r
+        .results
+        .iter()
+        .find(|o| o.name == "multireadrandom")
+        .unwrap();
+    // An op is a key (1000 = 142 batches of 7 and one of 6), every one of them present.
+    assert_eq!(m.ops, 1000);
+    assert_eq!(m.message, "(1000 of 1000 found)");
+    assert_eq!(m.bytes, 1000 * (16 + 100));
+    assert!(m.latency.is_some());
+}
+
+#[test]
+fn multireadrandom_counts_missing_keys() {
+    // Keys 0..500 written, then read at random from 0..1000 on the same memory store.
+    let db = "/smoke-multiread-missing";
+    let fill = cfg(&[
+        "--backend=memory",
+        "--num=500",
+        "--shards=2",
+        "--device_size=64M",
+        "--reopen=0",
+        "--benchmarks=fillseq",
+        &format!("--db={db}"),
+    ]);
+    run(&fill).unwrap();
+    let read = cfg(&[
+        "--backend=memory",
+        "--num=1000",
+        "--reads=2000",
+        "--shards=2",
+        "--device_size=64M",
+        "--reopen=0",
+        "--use_existing_db",
+        "--benchmarks=multireadrandom",
+        &format!("--db={db}"),
+    ]);
+    let r = run(&read).unwrap();
+    let m = &r.results[0];
+    assert_eq!(m.ops, 2000);
+    let found: u64 = m.message[1..].split(' ').next().unwrap().parse().unwrap();
+    assert!(found > 0 && found < 2000, "{}", m.message);
+    assert_eq!(m.bytes, found * (16 + 100));
+}
+
+#[test]
+fn rawread_on_memory_reports_qd1_qd32_and_the_batch() {
+    let c = cfg(&[
+        "--backend=memory",
+        "--benchmarks=rawread",
+        "--raw_bytes=16M",
+        "--raw_ops=64",
+        "--batch_size=8",
+    ]);
+    let r = run(&c).unwrap();
+    let names: Vec<&str> = r.raw.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "seqwrite 1M (fill)",
+            "randread 4K QD1",
+            "randread 4K QD8",
+            "randread 4K QD32"
+        ]
+    );
+    assert!(r.raw.iter().all(|f| f.raw > 0.0));
+}

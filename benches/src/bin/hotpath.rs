@@ -6,10 +6,11 @@
 //! of the process counts, so work a put hands to a background thread (group commit, write
 //! behind) is part of its figure. `get` is counted twice: with the default read cache
 //! (after the warm-up every key is in it) and with the cache off (every get reads the
-//! device).
+//! device). Under the default sync policy (group commit) every put on an idle store is a
+//! device write and a flush, so the file figures take a while (about a millisecond a put).
 //!
 //! ```sh
-//! cargo run --release -p blobcask-bench --bin hotpath -- --ops=100000
+//! cargo run --release -p blobcask-bench --bin hotpath -- --ops=20000
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -65,10 +66,10 @@ static GLOBAL: Counting = Counting;
 #[command(name = "hotpath", about = "allocations per put and per get of blobcask")]
 struct Args {
     /// Operations counted per figure.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 20_000)]
     ops: u64,
     /// Distinct keys (written and read once before counting).
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 5_000)]
     keys: u64,
     #[arg(long, default_value_t = 16)]
     key_size: usize,
