@@ -233,7 +233,12 @@ mod tests {
         let got = e.multi_get(&keys).unwrap();
         assert_eq!(
             got,
-            [Some(b"3".to_vec()), None, Some(b"1".to_vec()), Some(b"3".to_vec())]
+            [
+                Some(b"3".to_vec()),
+                None,
+                Some(b"1".to_vec()),
+                Some(b"3".to_vec())
+            ]
         );
         assert!(e.multi_get(&[]).unwrap().is_empty());
     }

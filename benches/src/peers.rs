@@ -19,8 +19,8 @@ pub mod rocks {
     use std::path::{Path, PathBuf};
 
     use rocksdb::{
-        BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, IteratorMode,
-        Options, WriteOptions, DB, DEFAULT_COLUMN_FAMILY_NAME,
+        BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, IteratorMode, Options,
+        WriteOptions, DB, DEFAULT_COLUMN_FAMILY_NAME,
     };
 
     pub struct Rocks {

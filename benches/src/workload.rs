@@ -305,12 +305,7 @@ fn worker(
 /// multireadrandom: the thread's share of `total` keys, drawn at random from `[0, num)` and
 /// read `--batch_size` per `multi_get` (the last batch may be shorter). An op is a key, as
 /// in RocksDB's db_bench; with `--histogram` the latency is a batch's.
-fn multi_worker(
-    ctx: &Ctx<'_>,
-    t: usize,
-    threads: usize,
-    total: u64,
-) -> BenchResult<ThreadResult> {
+fn multi_worker(ctx: &Ctx<'_>, t: usize, threads: usize, total: u64) -> BenchResult<ThreadResult> {
     let cfg = ctx.cfg;
     let (start, end) = share(total, threads, t);
     let mut rng = rng_for(ctx.seed, kind_name(Kind::MultiReadRandom), t);
@@ -331,11 +326,7 @@ fn multi_worker(
         let values = ctx.engine.multi_get(&keys[..n])?;
         timer.stop(ts);
         if values.len() != n {
-            return Err(format!(
-                "multi_get of {n} keys returned {} values",
-                values.len()
-            )
-            .into());
+            return Err(format!("multi_get of {n} keys returned {} values", values.len()).into());
         }
         for (k, v) in keys.iter().zip(&values) {
             if let Some(v) = v {
@@ -628,14 +619,7 @@ pub fn run_named(
         "overwrite" => run_kind(cfg, engine, seed, name, Kind::Overwrite, cfg.writes()),
         "fillsync" => run_kind(cfg, engine, seed, name, Kind::FillRandom, cfg.num / 1000),
         "readrandom" => run_kind(cfg, engine, seed, name, Kind::ReadRandom, cfg.reads()),
-        "multireadrandom" => run_kind(
-            cfg,
-            engine,
-            seed,
-            name,
-            Kind::MultiReadRandom,
-            cfg.reads(),
-        ),
+        "multireadrandom" => run_kind(cfg, engine, seed, name, Kind::MultiReadRandom, cfg.reads()),
         "readmissing" => run_kind(cfg, engine, seed, name, Kind::ReadMissing, cfg.reads()),
         "readrandomwriterandom" => run_kind(
             cfg,

@@ -63,7 +63,10 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 #[derive(Parser)]
-#[command(name = "hotpath", about = "allocations per put and per get of blobcask")]
+#[command(
+    name = "hotpath",
+    about = "allocations per put and per get of blobcask"
+)]
 struct Args {
     /// Operations counted per figure.
     #[arg(long, default_value_t = 20_000)]
