@@ -145,7 +145,6 @@ fn readers_racing_the_writer_at_the_log_end_never_see_stale_bytes() {
         r.join().unwrap();
     }
     assert!(reads.load(Ordering::Relaxed) >= 1500);
-    assert!(db.stats().unwrap().cache_misses > 0, "readers did read the device");
     for i in 0..1500 {
         assert_eq!(db.get(&key(i)).unwrap(), Some(value(i, 0)));
     }
