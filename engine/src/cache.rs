@@ -169,6 +169,11 @@ impl PageCache {
         Some(CachedRange::Gathered(out))
     }
 
+    /// Whether page `index` of the blob with `salt` is cached (not counted as a use).
+    pub fn holds(&self, salt: u64, index: u64) -> bool {
+        self.pages.peek(&(salt, index)).is_some()
+    }
+
     /// Bytes held (the weight of every entry).
     pub fn weight(&self) -> u64 {
         self.pages.weight()
