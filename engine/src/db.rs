@@ -209,14 +209,23 @@ impl<S: BlobStore> Core<S> {
 
     /// Run `f` with an I/O channel from the pool (created on demand).
     pub fn with_channel<T>(&self, f: impl FnOnce(&S::Channel) -> Result<T>) -> Result<T> {
-        let ch = match self.chans_rx.try_recv() {
-            Ok(c) => c,
-            Err(_) => self.store.channel()?,
-        };
+        let ch = self.take_channel()?;
         let r = f(&ch);
+        self.return_channel(ch);
+        r
+    }
+
+    /// An I/O channel from the pool (created on demand); give it back with `return_channel`.
+    pub fn take_channel(&self) -> Result<S::Channel> {
+        match self.chans_rx.try_recv() {
+            Ok(c) => Ok(c),
+            Err(_) => self.store.channel(),
+        }
+    }
+
+    pub fn return_channel(&self, ch: S::Channel) {
         // A full pool just drops the extra channel.
         let _ = self.chans.try_send(ch);
-        r
     }
 
     pub fn shard_of(&self, hash: u64) -> usize {
@@ -621,15 +630,21 @@ impl<S: BlobStore> Db<S> {
         async move { r?.await }
     }
 
-    /// [`Db::get`] as a future. Reads run on the calling thread (see the module doc), so the
-    /// read happens when the future is first polled.
+    /// [`Db::get`] as a future. What memory holds is answered in the first poll; a device read
+    /// on an image file or block device is queued on the device's reactor and the future
+    /// completes when it does, so one thread can keep many reads in flight (`join` them). On
+    /// SPDK the read still completes in the first poll (through the SPDK thread).
     pub fn get_async(
         &self,
         key: &[u8],
     ) -> impl std::future::Future<Output = Result<Option<Vec<u8>>>> + Send + 'static {
         let db = self.clone();
         let key = key.to_vec();
-        async move { db.get(&key) }
+        async move {
+            db.check_open()?;
+            db.check_key(&key)?;
+            crate::read::get_async(db.core(), &key).await
+        }
     }
 
     /// [`Db::write_batch`] as a future. A batch spanning shards runs its two rounds on a

@@ -200,6 +200,28 @@ pub(crate) fn get_with<S: BlobStore, T>(
     pending.finish(core, key, &buf, f).map(Some)
 }
 
+/// `key`'s value without blocking the calling thread on the device: a store that
+/// [drives itself](BlobStore::drives_itself) queues the read (on the file device's reactor)
+/// and the future completes when it does; others read in place.
+pub(crate) async fn get_async<S: BlobStore>(core: &Core<S>, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    if !core.store.drives_itself() {
+        return get_with(core, key, Mode::Point, <[u8]>::to_vec);
+    }
+    let pending = match lookup(core, key, Mode::Point, <[u8]>::to_vec)? {
+        Lookup::Absent => return Ok(None),
+        Lookup::Done(v) => return Ok(Some(v)),
+        Lookup::Read(p) => p,
+    };
+    let ch = core.take_channel()?;
+    let iou = core.cfg.io_unit;
+    let (buf, res) = ch
+        .read_owned(&pending.handle.blob, pending.start / iou, pending.buffer())
+        .await;
+    core.return_channel(ch);
+    res?;
+    pending.finish(core, key, &buf, <[u8]>::to_vec).map(Some)
+}
+
 /// The values of `keys`, in order: what memory holds first, then every device read in one
 /// submission.
 pub(crate) fn multi_get<S: BlobStore, K: AsRef<[u8]>>(
