@@ -720,7 +720,7 @@ fn copy_live<S: BlobStore>(
             let len = record::encoded_len(0, rec.key.len(), rec.value.len()) as u64;
             let was_cached = sh.cache.as_ref().is_some_and(|c| {
                 let page = core.cfg.page;
-                c.holds(h.salt, off as u64 / page)
+                c.holds(h.salt, off / page)
             });
             match out.push(rec.header.seq, rec.key, rec.value) {
                 Ok(at) => {

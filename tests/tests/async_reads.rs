@@ -32,7 +32,10 @@ type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// Poll every future on this thread until all are done. Returns the outputs and how many were
 /// still pending after their first poll.
 fn join_all<T>(mut futs: Vec<Boxed<T>>) -> (Vec<T>, usize) {
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current(), AtomicUsize::new(0))));
+    let waker = Waker::from(Arc::new(Unpark(
+        std::thread::current(),
+        AtomicUsize::new(0),
+    )));
     let mut cx = Context::from_waker(&waker);
     let mut out: Vec<Option<T>> = futs.iter().map(|_| None).collect();
     let mut pending_first = 0;
@@ -70,8 +73,15 @@ fn value(i: u32, version: u32) -> Vec<u8> {
 fn version_of(i: u32, v: &[u8]) -> u32 {
     let s = std::str::from_utf8(v).expect("utf-8 value");
     let mut parts = s.split(':');
-    assert_eq!(parts.next(), Some(i.to_string().as_str()), "value of another key");
-    parts.next().and_then(|p| p.parse().ok()).expect("a version")
+    assert_eq!(
+        parts.next(),
+        Some(i.to_string().as_str()),
+        "value of another key"
+    );
+    parts
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a version")
 }
 
 #[test]
@@ -106,7 +116,10 @@ fn device_reads_of_get_async_are_in_flight_together_on_one_thread() {
     }
     if io_uring {
         // Each read waited on the reactor, none on this thread.
-        assert!(pending_first >= 32, "{pending_first} of 64 were pending after one poll");
+        assert!(
+            pending_first >= 32,
+            "{pending_first} of 64 were pending after one poll"
+        );
     } else {
         eprintln!("note: io_uring unavailable, the pending check is left out (pread path)");
     }

@@ -32,7 +32,9 @@ fn key(i: u32) -> Vec<u8> {
 
 fn value(i: u32, round: u32) -> Vec<u8> {
     let n = 20 + (i as usize * 7 + round as usize) % 300;
-    (0..n).map(|j| (i as usize + j + round as usize) as u8).collect()
+    (0..n)
+        .map(|j| (i as usize + j + round as usize) as u8)
+        .collect()
 }
 
 #[test]
@@ -54,7 +56,11 @@ fn what_was_just_written_is_read_without_a_device_read() {
         for i in 0..3000 {
             assert_eq!(db.get(&key(i)).unwrap(), Some(value(i, 0)), "{sync:?}");
         }
-        assert_eq!(dev.io_counts().reads, before, "{sync:?}: a get went to the device");
+        assert_eq!(
+            dev.io_counts().reads,
+            before,
+            "{sync:?}: a get went to the device"
+        );
         let st = db.stats().unwrap();
         assert!(st.cache_hits >= 3000 && st.cache_misses == 0, "{st:?}");
         assert!(st.cache_bytes > 0 && st.cache_bytes <= st.cache_capacity);
@@ -136,7 +142,9 @@ fn readers_racing_the_writer_at_the_log_end_never_see_stale_bytes() {
         published.store(i + 1, Ordering::Release);
         // Keep the readers in step with the writer (at most a few seconds in all).
         let t0 = std::time::Instant::now();
-        while reads.load(Ordering::Relaxed) < u64::from(i) && t0.elapsed() < Duration::from_millis(5) {
+        while reads.load(Ordering::Relaxed) < u64::from(i)
+            && t0.elapsed() < Duration::from_millis(5)
+        {
             std::thread::yield_now();
         }
     }
@@ -202,7 +210,10 @@ fn multi_get_answers_like_a_loop_of_gets() {
     assert_eq!(got[3], None);
     assert_eq!(got[2], Some(value(450, 0)));
     assert!(db.multi_get::<&[u8]>(&[]).unwrap().is_empty());
-    assert!(db.multi_get(&[b"".as_slice()]).is_err(), "an empty key is refused");
+    assert!(
+        db.multi_get(&[b"".as_slice()]).is_err(),
+        "an empty key is refused"
+    );
     db.close().unwrap();
 }
 
@@ -213,9 +224,7 @@ fn get_with_hands_over_the_value_in_place() {
     db.put(b"k", b"hello").unwrap();
     assert_eq!(db.get_with(b"k", |v| v.len()).unwrap(), Some(5));
     assert_eq!(db.get_with(b"nope", |v| v.len()).unwrap(), None);
-    let sum = db
-        .fold(0usize, |acc, _k, v| acc + v.len())
-        .unwrap();
+    let sum = db.fold(0usize, |acc, _k, v| acc + v.len()).unwrap();
     assert_eq!(sum, 5);
     db.close().unwrap();
 }

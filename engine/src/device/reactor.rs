@@ -325,7 +325,8 @@ impl Loop {
 
     fn fail_all(self, why: &str) {
         for r in self.rx.try_iter() {
-            r.shared.complete((r.buf, Err(io::Error::other(why.to_string()))));
+            r.shared
+                .complete((r.buf, Err(io::Error::other(why.to_string()))));
         }
     }
 }
