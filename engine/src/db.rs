@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::blobstore::{Blob as _, BlobId, BlobStore, IoChannel as _};
+use crate::blobstore::{BlobId, BlobStore};
 use crate::device::{AlignedBuf, IoPath};
 use crate::error::{Error, Result};
 use crate::keydir::{hash_key, KeyDir, Loc};
@@ -114,17 +114,6 @@ impl<S: BlobStore> Index<S> {
     }
 }
 
-#[derive(Clone)]
-pub(crate) struct ValueWeighter;
-
-impl quick_cache::Weighter<(u64, u32), Arc<[u8]>> for ValueWeighter {
-    fn weight(&self, _k: &(u64, u32), v: &Arc<[u8]>) -> u64 {
-        v.len() as u64 + 48
-    }
-}
-
-pub(crate) type ValueCache = quick_cache::sync::Cache<(u64, u32), Arc<[u8]>, ValueWeighter>;
-
 /// Counters of one shard (relaxed atomics; read by `stats`).
 #[derive(Default)]
 pub(crate) struct Counters {
@@ -143,7 +132,8 @@ pub(crate) struct Counters {
 /// A shard's state shared between its thread, readers and merge.
 pub(crate) struct ShardShared<S: BlobStore> {
     pub index: RwLock<Index<S>>,
-    pub cache: Option<ValueCache>,
+    /// Pages of this shard's data blobs (see `cache.rs`); `None` when the budget is 0.
+    pub cache: Option<crate::cache::PageCache>,
     pub next_blob_seq: AtomicU64,
     pub ctr: Counters,
     /// Serializes merges of this shard (and the close-time snapshot).
@@ -219,40 +209,23 @@ impl<S: BlobStore> Core<S> {
 
     /// Run `f` with an I/O channel from the pool (created on demand).
     pub fn with_channel<T>(&self, f: impl FnOnce(&S::Channel) -> Result<T>) -> Result<T> {
-        let ch = match self.chans_rx.try_recv() {
-            Ok(c) => c,
-            Err(_) => self.store.channel()?,
-        };
+        let ch = self.take_channel()?;
         let r = f(&ch);
-        // A full pool just drops the extra channel.
-        let _ = self.chans.try_send(ch);
+        self.return_channel(ch);
         r
     }
 
-    /// Read `len` bytes at byte `offset` of `blob`; returns the buffer and where the range
-    /// starts in it.
-    pub fn read_bytes(
-        &self,
-        ch: &S::Channel,
-        blob: &S::Blob,
-        offset: u64,
-        len: u64,
-    ) -> Result<(AlignedBuf, usize)> {
-        let iou = self.cfg.io_unit;
-        let blob_bytes = blob.num_io_units() * iou;
-        let start = offset / iou * iou;
-        let end = (offset + len).div_ceil(iou) * iou;
-        let end = end.min(blob_bytes);
-        if end <= start {
-            return Err(Error::Corruption {
-                blob: blob.id(),
-                offset,
-                detail: "record lies past the end of its blob".into(),
-            });
+    /// An I/O channel from the pool (created on demand); give it back with `return_channel`.
+    pub fn take_channel(&self) -> Result<S::Channel> {
+        match self.chans_rx.try_recv() {
+            Ok(c) => Ok(c),
+            Err(_) => self.store.channel(),
         }
-        let mut buf = AlignedBuf::zeroed((end - start) as usize);
-        self.store.block_on(ch.read(blob, start / iou, &mut buf))?;
-        Ok((buf, (offset - start) as usize))
+    }
+
+    pub fn return_channel(&self, ch: S::Channel) {
+        // A full pool just drops the extra channel.
+        let _ = self.chans.try_send(ch);
     }
 
     pub fn shard_of(&self, hash: u64) -> usize {
@@ -412,13 +385,25 @@ impl<S: BlobStore> Db<S> {
 
     /// The latest value of `key`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.get_shared(key)?.map(|v| v.to_vec()))
+        self.get_with(key, <[u8]>::to_vec)
+    }
+
+    /// Run `f` on the latest value of `key` without copying it out: the slice is the cached
+    /// page (or the buffer the record was read into) itself.
+    pub fn get_with<T>(&self, key: &[u8], f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>> {
+        self.check_open()?;
+        self.check_key(key)?;
+        crate::read::get_with(self.core(), key, crate::read::Mode::Point, f)
     }
 
     /// The latest values of `keys`, in the same order; the device reads of the keys not in
     /// memory are issued together (one submission, queue depth = their number).
     pub fn multi_get<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Vec<u8>>>> {
-        keys.iter().map(|k| self.get(k.as_ref())).collect()
+        self.check_open()?;
+        for k in keys {
+            self.check_key(k.as_ref())?;
+        }
+        crate::read::multi_get(self.core(), keys)
     }
 
     /// Whether `key` has a value (keydir only, no I/O).
@@ -428,65 +413,6 @@ impl<S: BlobStore> Db<S> {
         let h = hash_key(key);
         let sh = &self.core().shards[self.core().shard_of(h)];
         Ok(sh.index.read().keydir.get(key, h).is_some())
-    }
-
-    fn get_shared(&self, key: &[u8]) -> Result<Option<Arc<[u8]>>> {
-        self.check_open()?;
-        self.check_key(key)?;
-        let core = self.core();
-        let h = hash_key(key);
-        let sh = &core.shards[core.shard_of(h)];
-        // Merge may move the key between our keydir probe and the read; it deletes the old
-        // blob only after every reader has dropped its handle, so one retry loop suffices.
-        let (handle, loc) = {
-            let ix = sh.index.read();
-            let Some(loc) = ix.keydir.get(key, h) else {
-                return Ok(None);
-            };
-            match ix.blobs.get(usize::from(loc.blob)).and_then(Option::as_ref) {
-                Some(e) => (e.handle.clone(), loc),
-                None => {
-                    return Err(Error::Corruption {
-                        blob: 0,
-                        offset: u64::from(loc.offset),
-                        detail: format!("keydir points at missing blob slot {}", loc.blob),
-                    })
-                }
-            }
-        };
-        let ckey = (handle.salt, loc.offset);
-        if let Some(c) = &sh.cache {
-            if let Some(v) = c.get(&ckey) {
-                sh.ctr.cache_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(Some(v));
-            }
-            sh.ctr.cache_misses.fetch_add(1, Ordering::Relaxed);
-        }
-        let len = record_len(key.len(), loc);
-        let offset = u64::from(loc.offset);
-        {
-            let uw = sh.unwritten.read();
-            if uw.salt == handle.salt && offset >= uw.start {
-                let at = (offset - uw.start) as usize;
-                let rec = record::decode_for_read(
-                    uw.bytes.get(at..).unwrap_or(&[]),
-                    handle.salt,
-                    key,
-                    handle.id,
-                    offset,
-                )?;
-                return Ok(Some(Arc::from(rec.value)));
-            }
-        }
-        let value: Arc<[u8]> = core.with_channel(|ch| {
-            let (buf, at) = core.read_bytes(ch, &handle.blob, offset, len)?;
-            let rec = record::decode_for_read(&buf[at..], handle.salt, key, handle.id, offset)?;
-            Ok(Arc::from(rec.value))
-        })?;
-        if let Some(c) = &sh.cache {
-            c.insert(ckey, value.clone());
-        }
-        Ok(Some(value))
     }
 
     /// Apply `batch` atomically: after a crash either all of it or none of it is there.
@@ -599,21 +525,26 @@ impl<S: BlobStore> Db<S> {
         Ok(out)
     }
 
-    /// Fold over every live key and value (a consistent view per key, not across keys).
+    /// Fold over every live key and value (a consistent view per key, not across keys). A fold
+    /// reads through the cache without filling it, so it does not evict what point reads use.
     pub fn fold<T>(&self, init: T, mut f: impl FnMut(T, &[u8], &[u8]) -> T) -> Result<T> {
-        let mut acc = init;
+        let mut acc = Some(init);
         for sh in &self.core().shards {
             let keys: Vec<Vec<u8>> = {
                 let ix = sh.index.read();
                 ix.keydir.iter().map(|(k, _)| k.to_vec()).collect()
             };
             for k in keys {
-                if let Some(v) = self.get_shared(&k)? {
-                    acc = f(acc, &k, &v);
+                // The closure runs only for a key still present; `acc` stays put otherwise.
+                let r = crate::read::get_with(self.core(), &k, crate::read::Mode::Scan, |v| {
+                    acc.take().map(|a| f(a, &k, v))
+                })?;
+                if let Some(Some(a)) = r {
+                    acc = Some(a);
                 }
             }
         }
-        Ok(acc)
+        acc.ok_or(Error::Closed)
     }
 
     /// Make every acknowledged write durable.
@@ -699,15 +630,21 @@ impl<S: BlobStore> Db<S> {
         async move { r?.await }
     }
 
-    /// [`Db::get`] as a future. Reads run on the calling thread (see the module doc), so the
-    /// read happens when the future is first polled.
+    /// [`Db::get`] as a future. What memory holds is answered in the first poll; a device read
+    /// on an image file or block device is queued on the device's reactor and the future
+    /// completes when it does, so one thread can keep many reads in flight (`join` them). On
+    /// SPDK the read still completes in the first poll (through the SPDK thread).
     pub fn get_async(
         &self,
         key: &[u8],
     ) -> impl std::future::Future<Output = Result<Option<Vec<u8>>>> + Send + 'static {
         let db = self.clone();
         let key = key.to_vec();
-        async move { db.get(&key) }
+        async move {
+            db.check_open()?;
+            db.check_key(&key)?;
+            crate::read::get_async(db.core(), &key).await
+        }
     }
 
     /// [`Db::write_batch`] as a future. A batch spanning shards runs its two rounds on a

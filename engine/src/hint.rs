@@ -162,6 +162,62 @@ pub struct Hint {
 
 /// Decode a whole hint (`buf` holds at least `header.total_len()` bytes).
 pub fn decode(buf: &[u8], blob: u64) -> Result<Hint> {
+    let h = decode_ref(buf, blob)?;
+    let entries = h.entries().map(|e| e.to_owned()).collect();
+    Ok(Hint {
+        header: h.header,
+        owner_seq: h.owner_seq,
+        blobs: h.blobs,
+        entries,
+    })
+}
+
+/// One entry of a hint, its key borrowed from the hint's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryRef<'a> {
+    pub blob_seq: u64,
+    pub seq: u64,
+    pub offset: u32,
+    pub value_len: u32,
+    pub key: &'a [u8],
+}
+
+impl EntryRef<'_> {
+    pub fn to_owned(&self) -> Entry {
+        Entry {
+            blob_seq: self.blob_seq,
+            seq: self.seq,
+            offset: self.offset,
+            value_len: self.value_len,
+            key: self.key.to_vec(),
+        }
+    }
+}
+
+/// A verified hint whose entries are decoded as they are walked: open applies them straight
+/// into the keydir, with no allocation per entry.
+#[derive(Debug, Clone)]
+pub struct HintRef<'a> {
+    pub header: Header,
+    pub owner_seq: u64,
+    pub blobs: Vec<(u64, u64)>,
+    /// The entries' bytes (already checked to hold exactly `header.entries` entries).
+    entries: &'a [u8],
+}
+
+impl<'a> HintRef<'a> {
+    /// The entries, in order.
+    pub fn entries(&self) -> impl Iterator<Item = EntryRef<'a>> + 'a {
+        let mut r = Reader {
+            b: self.entries,
+            pos: 0,
+        };
+        std::iter::from_fn(move || r.entry())
+    }
+}
+
+/// Verify a hint (`buf` holds at least `header.total_len()` bytes) without copying its entries.
+pub fn decode_ref(buf: &[u8], blob: u64) -> Result<HintRef<'_>> {
     let header = parse_header(buf, blob)?;
     let end = usize::try_from(header.total_len()).map_err(|_| bad(blob, 0, "too long"))?;
     let body = buf
@@ -180,21 +236,19 @@ pub fn decode(buf: &[u8], blob: u64) -> Result<Hint> {
         let l = r.u64().ok_or_else(|| bad(blob, 0, "blob list"))?;
         blobs.push((s, l));
     }
-    let mut entries =
-        Vec::with_capacity(header.entries.min((body.len() / ENTRY_FIXED) as u64) as usize);
+    let start = r.pos;
     for _ in 0..header.entries {
         let at = (HEADER_LEN + r.pos) as u64;
-        let e = r.entry().ok_or_else(|| bad(blob, at, "truncated entry"))?;
-        entries.push(e);
+        r.entry().ok_or_else(|| bad(blob, at, "truncated entry"))?;
     }
     if r.pos != body.len() {
         return Err(bad(blob, 0, "trailing bytes"));
     }
-    Ok(Hint {
+    Ok(HintRef {
         header,
         owner_seq,
         blobs,
-        entries,
+        entries: &body[start..],
     })
 }
 
@@ -203,8 +257,8 @@ struct Reader<'a> {
     pos: usize,
 }
 
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         let s = self.b.get(self.pos..self.pos + n)?;
         self.pos += n;
         Some(s)
@@ -218,7 +272,7 @@ impl Reader<'_> {
     fn u16(&mut self) -> Option<u16> {
         Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
     }
-    fn entry(&mut self) -> Option<Entry> {
+    fn entry(&mut self) -> Option<EntryRef<'a>> {
         if self.b.len() - self.pos < ENTRY_FIXED {
             return None;
         }
@@ -227,8 +281,8 @@ impl Reader<'_> {
         let offset = self.u32()?;
         let value_len = self.u32()?;
         let klen = usize::from(self.u16()?);
-        let key = self.take(klen)?.to_vec();
-        Some(Entry {
+        let key = self.take(klen)?;
+        Some(EntryRef {
             blob_seq,
             seq,
             offset,
@@ -263,5 +317,8 @@ mod tests {
             assert!(decode(&b, 1).is_err(), "flip at {i} accepted");
         }
         assert!(decode(&buf[..total - 1], 1).is_err());
+        let r = decode_ref(&buf, 1).unwrap();
+        let walked: Vec<Entry> = r.entries().map(|e| e.to_owned()).collect();
+        assert_eq!(walked, h.entries);
     }
 }

@@ -2,6 +2,7 @@
 //! blobstore.
 
 pub mod blobstore;
+mod cache;
 pub mod catalog;
 pub mod db;
 pub mod device;
@@ -11,6 +12,7 @@ pub mod hint;
 pub mod keydir;
 mod merge;
 mod options;
+mod read;
 pub mod record;
 mod recovery;
 mod reply;

@@ -195,6 +195,10 @@ struct Out<'a, S: BlobStore> {
     enc: Vec<u8>,
     clusters: u64,
     written: u64,
+    shard: usize,
+    /// Output pages holding a record whose old page was in the read cache: they go into the
+    /// cache as they are written, so what was hot before the merge stays in memory.
+    hot: std::collections::BTreeSet<u64>,
 }
 
 impl<S: BlobStore> Out<'_, S> {
@@ -243,6 +247,7 @@ impl<S: BlobStore> Out<'_, S> {
         buf[..m].copy_from_slice(&self.enc[..m]);
         let iou = self.core.cfg.io_unit;
         store.block_on(self.ch.write(&self.handle.blob, self.enc_base / iou, &buf))?;
+        self.cache_hot(&buf, m);
         self.written += n as u64;
         if last {
             // Keep the partial last page: the next step's records continue it.
@@ -254,6 +259,36 @@ impl<S: BlobStore> Out<'_, S> {
             self.enc_base += n as u64;
         }
         Ok(())
+    }
+}
+
+impl<S: BlobStore> Out<'_, S> {
+    /// Note that the record at `at` was in the read cache at its old place.
+    fn mark_hot(&mut self, at: u32, len: u64) {
+        let page = self.core.cfg.page;
+        let (first, last) = (u64::from(at) / page, (u64::from(at) + len - 1) / page);
+        self.hot.extend(first..=last);
+    }
+
+    /// Cache the hot pages of `buf` (written at `enc_base`; its first `log` bytes are log).
+    fn cache_hot(&mut self, buf: &[u8], log: usize) {
+        let Some(cache) = &self.core.shards[self.shard].cache else {
+            return;
+        };
+        let page = self.core.cfg.page;
+        let first = self.enc_base / page;
+        let pages = (buf.len() as u64).div_ceil(page);
+        for index in self.hot.range(first..first + pages) {
+            let at = ((index - first) * page) as usize;
+            let end = (at + page as usize).min(buf.len());
+            let valid = log.saturating_sub(at).min(end - at);
+            if valid > 0 {
+                cache.insert_run(self.handle.salt, index * page, &buf[at..end], valid);
+            }
+        }
+        // Pages before the one the next write starts at are final.
+        let keep = (self.enc_base + log as u64) / page;
+        self.hot = self.hot.split_off(&keep);
     }
 }
 
@@ -438,6 +473,8 @@ impl<'a, S: BlobStore> Output<'a, S> {
                 enc: Vec::new(),
                 clusters: 1,
                 written: 0,
+                shard: s,
+                hot: Default::default(),
             },
             s,
             seqs: Vec::new(),
@@ -680,8 +717,16 @@ fn copy_live<S: BlobStore>(
             if !live {
                 return;
             }
+            let len = record::encoded_len(0, rec.key.len(), rec.value.len()) as u64;
+            let was_cached = sh.cache.as_ref().is_some_and(|c| {
+                let page = core.cfg.page;
+                c.holds(h.salt, off / page)
+            });
             match out.push(rec.header.seq, rec.key, rec.value) {
                 Ok(at) => {
+                    if was_cached {
+                        out.mark_hot(at, len);
+                    }
                     let new = Loc {
                         blob: out.slot,
                         offset: at,

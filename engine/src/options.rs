@@ -106,7 +106,9 @@ pub struct Options {
     pub max_key_size: usize,
     /// At most 2 GiB - 1, and must fit a data blob.
     pub max_value_size: usize,
-    /// Read cache bytes over all shards; 0 disables it.
+    /// Read cache bytes over all shards; 0 disables it. The cache holds device pages of data
+    /// blobs, filled as they are written and as reads miss. Default: a sixteenth of the
+    /// machine's memory, at least 32 MiB and at most 1 GiB.
     pub cache_bytes: usize,
     /// Blobstore type tag (at most 16 bytes).
     pub bstype: String,
@@ -133,7 +135,7 @@ impl Default for Options {
             merge: MergeOptions::default(),
             max_key_size: 1024,
             max_value_size: 16 << 20,
-            cache_bytes: 64 << 20,
+            cache_bytes: crate::cache::default_budget(),
             bstype: "BLOBCASK".to_string(),
             read_only: false,
             recovery: RecoveryMode::default(),

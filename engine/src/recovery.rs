@@ -34,7 +34,6 @@ use crate::blobstore::{Blob as _, BlobId, BlobStore, CreateOpts, IoChannel as _}
 use crate::catalog;
 use crate::db::{
     record_len, BlobEntry, BlobHandle, Config, Core, Counters, Db, Index, Inner, ShardShared,
-    ValueCache, ValueWeighter,
 };
 use crate::device::{AlignedBuf, IoPath};
 use crate::error::{Error, Result};
@@ -392,13 +391,8 @@ pub(crate) fn open_store<S: BlobStore>(store: S, opts: Options, io_path: IoPath)
     let mut shard_state = Vec::with_capacity(shards);
     let mut next_seqs = Vec::with_capacity(shards);
     for r in rebuilt {
-        let cache = (cap_per_shard > 0).then(|| {
-            ValueCache::with_weighter(
-                (cap_per_shard / 1024).max(64),
-                cap_per_shard as u64,
-                ValueWeighter,
-            )
-        });
+        let cache = (cap_per_shard > 0)
+            .then(|| crate::cache::PageCache::new(cap_per_shard as u64, cfg.page));
         next_seqs.push(r.max_seq + 1);
         shard_state.push(ShardShared {
             index: RwLock::new(r.index),

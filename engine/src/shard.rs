@@ -859,6 +859,11 @@ impl<S: BlobStore> Shard<S> {
         sh.ctr
             .device_bytes
             .fetch_add(padded as u64, Ordering::Relaxed);
+        if let Some(c) = &sh.cache {
+            // Before the buffer lets go of these bytes, so a reader finds them in one or the
+            // other (see `cache.rs`).
+            c.insert_run(a.handle.salt, base, &self.wbuf[..padded], total);
+        }
         sh.pending_bytes.fetch_sub(
             (a.end - a.dev_end).min(sh.pending_bytes.load(Ordering::Relaxed)),
             Ordering::Relaxed,

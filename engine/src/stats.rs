@@ -73,8 +73,12 @@ pub struct Stats {
     pub mean_group_size: f64,
     /// Histogram of group sizes: buckets 1, 2-3, 4-7, ..., 64-127, >= 128.
     pub group_size_histogram: [u64; 8],
+    /// Reads served from memory (the page cache or the write-behind buffer) and from the device.
     pub cache_hits: u64,
     pub cache_misses: u64,
+    /// Bytes the read cache holds now, and the most it may hold.
+    pub cache_bytes: u64,
+    pub cache_capacity: u64,
     /// Submission path of the device (io_uring, pread/pwrite, memory).
     pub io_path: String,
     /// How long the last open spent rebuilding keydirs.
@@ -105,6 +109,8 @@ pub(crate) fn collect<S: BlobStore>(core: &Core<S>) -> Stats {
         group_size_histogram: [0; 8],
         cache_hits: 0,
         cache_misses: 0,
+        cache_bytes: 0,
+        cache_capacity: 0,
         io_path: core.io_path.to_string(),
         recovery_time: Duration::ZERO,
         recovery_used_hints: false,
@@ -152,6 +158,10 @@ pub(crate) fn collect<S: BlobStore>(core: &Core<S>) -> Stats {
         st.group_ops += ss.group_ops;
         st.cache_hits += ss.cache_hits;
         st.cache_misses += ss.cache_misses;
+        if let Some(cache) = &sh.cache {
+            st.cache_bytes += cache.weight();
+            st.cache_capacity += cache.capacity();
+        }
         st.merged_bytes += c.merged_bytes.load(Ordering::Relaxed);
         st.user_bytes += c.user_bytes.load(Ordering::Relaxed);
         st.device_bytes += c.device_bytes.load(Ordering::Relaxed);

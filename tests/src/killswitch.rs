@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use blobcask::blobstore::{BlobId, BlobIo, BlobStore, Bstype, CreateOpts, IoChannel};
+use blobcask::device::AlignedBuf;
 use blobcask::{Error, Result};
 
 /// Shared by a [`KillSwitch`] store and its channels.
@@ -186,6 +187,9 @@ impl<S: BlobStore> BlobStore for KillSwitch<S> {
     fn block_on<F: Future>(&self, f: F) -> F::Output {
         self.inner.block_on(f)
     }
+    fn drives_itself(&self) -> bool {
+        self.inner.drives_itself()
+    }
     fn create(&self, opts: CreateOpts) -> impl Future<Output = Result<BlobId>> + Send {
         gate(&self.switch, true, move || self.inner.create(opts))
     }
@@ -260,6 +264,26 @@ impl<S: BlobStore> BlobStore for KillSwitch<S> {
 
 impl<C: IoChannel> IoChannel for KillChannel<C> {
     type Blob = C::Blob;
+
+    fn read_owned(
+        &self,
+        blob: &Self::Blob,
+        offset: u64,
+        buf: AlignedBuf,
+    ) -> impl Future<Output = (AlignedBuf, Result<()>)> + Send {
+        let pass = self.switch.enter(false);
+        let fut = match pass {
+            Ok(_) => Ok(self.inner.read_owned(blob, offset, buf)),
+            Err(_) => Err(buf),
+        };
+        async move {
+            let _pass = pass;
+            match fut {
+                Ok(f) => f.await,
+                Err(buf) => (buf, Err(killed())),
+            }
+        }
+    }
 
     fn read(
         &self,

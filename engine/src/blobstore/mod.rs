@@ -165,6 +165,13 @@ pub trait BlobStore: Send + Sync + 'static {
     /// has one (SPDK threads are polled here).
     fn block_on<F: Future>(&self, f: F) -> F::Output;
 
+    /// Whether the backend's futures complete without [`BlobStore::block_on`] driving an event
+    /// loop (the native one: they complete in place or from the device's own reactor), so
+    /// they may be awaited on any executor. SPDK's need its thread polled.
+    fn drives_itself(&self) -> bool {
+        false
+    }
+
     /// Create (and persist) a blob; it is not left open.
     fn create(&self, opts: CreateOpts) -> impl Future<Output = Result<BlobId>> + Send;
     /// Open a blob; opening an open blob returns the same handle with one more reference.
@@ -247,6 +254,15 @@ pub trait IoChannel: Send + 'static {
         offset: u64,
         buf: &mut [u8],
     ) -> impl Future<Output = Result<()>> + Send;
+    /// Read into an owned buffer, handed back with the outcome; dropping the future early is
+    /// safe (see [`crate::device::Device::read_owned`]). Only a store that
+    /// [drives itself](BlobStore::drives_itself) needs to complete it off `block_on`.
+    fn read_owned(
+        &self,
+        blob: &Self::Blob,
+        offset: u64,
+        buf: crate::device::AlignedBuf,
+    ) -> impl Future<Output = (crate::device::AlignedBuf, Result<()>)> + Send;
     /// Write; the first write to an unallocated cluster of a thin blob allocates it and
     /// persists the cluster map before the data write.
     fn write(

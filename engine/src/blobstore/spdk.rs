@@ -24,6 +24,7 @@ pub use ffi_shim::{Config as SpdkConfig, EnvOpts as SpdkEnvOpts, LogLevel as Spd
 use super::{
     Blob, BlobId, BlobIo, BlobStore, Bstype, ClearMethod, CreateOpts, InitOpts, IoChannel, LoadOpts,
 };
+use crate::device::AlignedBuf;
 use crate::error::{Error, Result};
 
 /// Format or load.
@@ -377,6 +378,22 @@ impl BlobStore for SpdkBlobStore {
 
 impl IoChannel for SpdkChannel {
     type Blob = SpdkBlob;
+
+    /// SPDK's completions need its thread polled by `block_on`; the engine reads SPDK stores
+    /// there (the store does not [drive itself](BlobStore::drives_itself)).
+    fn read_owned(
+        &self,
+        _blob: &SpdkBlob,
+        _offset: u64,
+        buf: AlignedBuf,
+    ) -> impl Future<Output = (AlignedBuf, Result<()>)> + Send {
+        std::future::ready((
+            buf,
+            Err(Error::Unsupported(
+                "owned-buffer reads on SPDK run through block_on".into(),
+            )),
+        ))
+    }
 
     async fn read(&self, blob: &SpdkBlob, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.0.read(&blob.0, offset, buf).await.map_err(map_err)

@@ -130,6 +130,14 @@ impl Device for AnyDevice {
         dispatch!(self, d => d.write(offset, buf).await)
     }
 
+    async fn read_owned(
+        &self,
+        offset: u64,
+        buf: super::AlignedBuf,
+    ) -> (super::AlignedBuf, Result<()>) {
+        dispatch!(self, d => d.read_owned(offset, buf).await)
+    }
+
     async fn submit(&self, reqs: &mut [IoRequest<'_>]) -> Result<()> {
         dispatch!(self, d => d.submit(reqs).await)
     }

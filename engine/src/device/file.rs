@@ -104,6 +104,9 @@ pub struct FileDevice {
     discard: bool,
     read_only: bool,
     io_path: IoPath,
+    /// The completion thread of async reads, started by the first one (`None` inside: it
+    /// could not start, and async reads are done in place).
+    reactor: std::sync::OnceLock<Option<super::reactor::Reactor>>,
 }
 
 impl FileDevice {
@@ -204,7 +207,30 @@ impl FileDevice {
             discard: opts.discard,
             read_only: opts.read_only,
             io_path,
+            reactor: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The reactor of async reads, started on first use (on the io_uring path only).
+    fn reactor(&self) -> Option<&super::reactor::Reactor> {
+        self.reactor
+            .get_or_init(|| {
+                if self.io_path != IoPath::IoUring {
+                    return None;
+                }
+                let started = self
+                    .file
+                    .try_clone()
+                    .and_then(super::reactor::Reactor::start);
+                match started {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        log::warn!("blobcask: no async reactor ({e}); async reads run in place");
+                        None
+                    }
+                }
+            })
+            .as_ref()
     }
 
     fn check_writable(&self) -> Result<()> {
@@ -343,6 +369,27 @@ impl Device for FileDevice {
 
     async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.submit_sync(&mut [IoRequest::Read { offset, buf }])
+    }
+
+    async fn read_owned(&self, offset: u64, buf: AlignedBuf) -> (AlignedBuf, Result<()>) {
+        let mut buf = buf;
+        if let Err(e) = check_range(self.block_size, self.size, offset, buf.len() as u64) {
+            return (buf, Err(e));
+        }
+        match self.reactor() {
+            Some(r) => {
+                let (buf, res) = r.read(offset, buf).await;
+                let res = res.map_err(|e| io_ctx(&self.path, "async read", e));
+                (buf, res)
+            }
+            None => {
+                let r = self.submit_sync(&mut [IoRequest::Read {
+                    offset,
+                    buf: &mut buf,
+                }]);
+                (buf, r)
+            }
+        }
     }
 
     async fn write(&self, offset: u64, buf: &[u8]) -> Result<()> {

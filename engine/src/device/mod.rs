@@ -27,6 +27,7 @@ mod buf;
 mod file;
 mod memory;
 mod overlay;
+mod reactor;
 pub mod sim;
 pub use any::AnyDevice;
 pub use buf::AlignedBuf;
@@ -81,6 +82,22 @@ pub trait Device: Send + Sync + 'static {
 
     /// Read `buf.len()` bytes at `offset`.
     fn read(&self, offset: u64, buf: &mut [u8]) -> impl Future<Output = Result<()>> + Send;
+    /// Read into an owned buffer, handed back with the outcome. The default reads in place
+    /// (completing in its first poll); the file device queues the read on its reactor and
+    /// completes the future from the reactor's thread, so an async caller never blocks and can
+    /// keep many reads in flight. The buffer stays with the I/O until it ends: dropping the
+    /// future early is safe.
+    fn read_owned(
+        &self,
+        offset: u64,
+        buf: AlignedBuf,
+    ) -> impl Future<Output = (AlignedBuf, Result<()>)> + Send {
+        async move {
+            let mut buf = buf;
+            let r = self.read(offset, &mut buf).await;
+            (buf, r)
+        }
+    }
     /// Write `buf` at `offset`. Not durable until a later [`Device::flush`] completes.
     fn write(&self, offset: u64, buf: &[u8]) -> impl Future<Output = Result<()>> + Send;
     /// Submit every request at once (queue depth = `reqs.len()`), complete all of them.
@@ -115,6 +132,14 @@ impl<T: Device> Device for Arc<T> {
 
     fn write(&self, offset: u64, buf: &[u8]) -> impl Future<Output = Result<()>> + Send {
         (**self).write(offset, buf)
+    }
+
+    fn read_owned(
+        &self,
+        offset: u64,
+        buf: AlignedBuf,
+    ) -> impl Future<Output = (AlignedBuf, Result<()>)> + Send {
+        (**self).read_owned(offset, buf)
     }
 
     fn submit(&self, reqs: &mut [IoRequest<'_>]) -> impl Future<Output = Result<()>> + Send {

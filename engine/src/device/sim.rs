@@ -32,6 +32,10 @@
 //!   machine died right after the N-th I/O. A sweep test runs a workload once to learn the
 //!   total, then once per crash point, and checks recovery of each `crash_image`.
 //! - **Unmap** does nothing but count: old bytes stay, as on an image file.
+//! - **Delayed, reordered reads.** An async read ([`Device::read_owned`]) stays in flight for
+//!   a seeded number of polls (0 to 3; the future wakes itself) and reads the medium only when
+//!   it completes, so writes issued after it by other callers may land first and concurrent
+//!   async reads complete out of order, as on a real queue.
 //!
 //! Every random choice comes from a ChaCha8 generator seeded by the device seed (and, for
 //! crash images, the number of crash images drawn so far), so a failure replays from its seed.
@@ -44,7 +48,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{check_range, Device, IoPath, IoRequest};
+use super::{check_range, AlignedBuf, Device, IoPath, IoRequest};
 use crate::error::{Error, Result};
 
 /// Granularity of torn writes: the atomic unit of the medium.
@@ -183,6 +187,8 @@ struct State {
     draws: u64,
     /// For `flip_random_bits`.
     rng: ChaCha8Rng,
+    /// How long each async read stays in flight.
+    delays: ChaCha8Rng,
 }
 
 /// A memory device with a seeded fault plan. `Send + Sync`; share it with `Arc` to keep a
@@ -254,6 +260,7 @@ impl SimDevice {
                 crashed: false,
                 draws: 0,
                 rng: ChaCha8Rng::seed_from_u64(mix(seed, u64::MAX)),
+                delays: ChaCha8Rng::seed_from_u64(mix(seed, u64::MAX - 1)),
             }),
         })
     }
@@ -618,6 +625,19 @@ impl Device for SimDevice {
         self.write_sync(&mut st, offset, buf)
     }
 
+    async fn read_owned(&self, offset: u64, buf: AlignedBuf) -> (AlignedBuf, Result<()>) {
+        let polls = self.state.lock().delays.gen_range(0..=3u32);
+        for _ in 0..polls {
+            YieldOnce(false).await;
+        }
+        let mut buf = buf;
+        let r = {
+            let mut st = self.state.lock();
+            self.read_sync(&mut st, offset, &mut buf)
+        };
+        (buf, r)
+    }
+
     /// Requests run in order, each on its own (a failure does not stop the others, as with a
     /// real queue); the first error is returned.
     async fn submit(&self, reqs: &mut [IoRequest<'_>]) -> Result<()> {
@@ -643,6 +663,24 @@ impl Device for SimDevice {
     async fn unmap(&self, offset: u64, len: u64) -> Result<()> {
         check_range(self.block_size, self.size, offset, len)?;
         self.state.lock().begin(Kind::Unmap).map(|_| ())
+    }
+}
+
+/// Pending once (waking itself), then ready: one step of an in-flight delay.
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
     }
 }
 

@@ -50,6 +50,7 @@ pub use store::NativeBlobStore;
 use crate::blobstore::{
     Blob, BlobId, BlobIo, BlobStore, Bstype, CreateOpts, IoChannel, INVALID_BLOB_ID,
 };
+use crate::device::AlignedBuf;
 use crate::device::{Device, IoRequest};
 use crate::error::{Error, Result};
 use datamap::{BlobShared, DataMap};
@@ -111,6 +112,10 @@ impl<D: Device> BlobStore for NativeBlobStore<D> {
 
     fn block_on<F: Future>(&self, f: F) -> F::Output {
         pollster::block_on(f)
+    }
+
+    fn drives_itself(&self) -> bool {
+        true
     }
 
     async fn create(&self, opts: CreateOpts) -> Result<BlobId> {
@@ -322,6 +327,38 @@ impl<D: Device> NativeChannel<D> {
 
 impl<D: Device> IoChannel for NativeChannel<D> {
     type Blob = NativeBlob;
+
+    async fn read_owned(
+        &self,
+        blob: &NativeBlob,
+        offset: u64,
+        buf: AlignedBuf,
+    ) -> (AlignedBuf, Result<()>) {
+        let mut buf = buf;
+        // One allocated cluster holds the whole range: one device read, queued without
+        // blocking. Anything else (a range across clusters, a thin hole) reads in place.
+        let upc = blob.shared.units_per_cluster;
+        let single = match self.units(blob, buf.len()) {
+            Ok(len) => {
+                let map = blob.shared.map.load();
+                let ps = pieces(offset, len, upc);
+                match (Self::check_range(&map, upc, offset, len), ps.as_slice()) {
+                    (Ok(()), [(ci, u, _)]) if map.get(*ci) != 0 => {
+                        Some(self.dev_offset(map.get(*ci), *u))
+                    }
+                    _ => None,
+                }
+            }
+            Err(_) => None,
+        };
+        match single {
+            Some(at) => self.inner.dev.read_owned(at, buf).await,
+            None => {
+                let r = self.read(blob, offset, &mut buf).await;
+                (buf, r)
+            }
+        }
+    }
 
     async fn read(&self, blob: &NativeBlob, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.run(&mut [BlobIo::Read { blob, offset, buf }]).await
