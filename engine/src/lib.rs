@@ -1,6 +1,8 @@
 //! blobcask: a Bitcask-style key-value store whose data files are blobs on an SPDK-format
 //! blobstore.
 
+mod blob_scan;
+mod blobs;
 pub mod blobstore;
 pub mod catalog;
 pub mod db;
@@ -17,6 +19,8 @@ mod reply;
 pub mod salvage;
 pub mod scan;
 mod shard;
+mod snapshot;
+mod state;
 mod stats;
 
 pub use db::{

@@ -16,7 +16,7 @@
 //!
 //! **Write-behind under `SyncPolicy::Never`.** Acknowledging only after a direct-I/O write
 //! costs a device round trip per put (~400 µs on these VMs). Under `Never` the records are
-//! acknowledged once they are in the shard's write-behind buffer ([`crate::db::Unwritten`]),
+//! acknowledged once they are in the shard's write-behind buffer ([`crate::state::Unwritten`]),
 //! which readers consult before the device; it goes out when it holds 1 MiB, on `sync`, seal,
 //! close and batch rounds, and after 2 ms idle (the shard thread). A crash loses a suffix of
 //! the shard's log: what is left is still a prefix.
@@ -40,14 +40,13 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
 use crate::blobstore::{BlobStore, IoChannel as _};
-use crate::db::{record_len, BlobEntry, BlobHandle, Core, Index, LOC_BATCH_BIT};
 use crate::device::AlignedBuf;
 use crate::error::{Error, Result};
 use crate::keydir::{hash_key, Loc};
 use crate::options::SyncPolicy;
 use crate::record;
 use crate::reply;
-use crate::stats::BlobRole;
+use crate::state::{record_len, BlobEntry, BlobHandle, BlobRole, Core, Index, LOC_BATCH_BIT};
 
 /// One mutation.
 #[derive(Debug, Clone)]
@@ -281,7 +280,7 @@ fn run<S: BlobStore>(cell: &ShardCell<S>) {
                 }
                 if cell.pending.load(Ordering::Relaxed) {
                     let mut st = cell.state.lock();
-                    if st.core.poisoned.load(Ordering::Acquire) {
+                    if st.core.is_poisoned() {
                         cell.pending.store(false, Ordering::Relaxed);
                         continue;
                     }
@@ -354,7 +353,7 @@ impl<S: BlobStore> Shard<S> {
         let mut result = Ok(());
         self.group_wrote = false;
         self.group_puts = false;
-        if self.core.poisoned.load(Ordering::Acquire) {
+        if self.core.is_poisoned() {
             for req in it {
                 match req {
                     Req::Close { reply } => close = Some(reply),
@@ -454,9 +453,7 @@ impl<S: BlobStore> Shard<S> {
     /// Seal the active blob if the merge worker asked (its dead fraction passed the trigger).
     fn seal_if_wanted(&mut self) {
         let sh = &self.core.shards[self.id];
-        if !sh.seal_wanted.swap(false, Ordering::AcqRel)
-            || self.core.poisoned.load(Ordering::Acquire)
-        {
+        if !sh.seal_wanted.swap(false, Ordering::AcqRel) || self.core.is_poisoned() {
             return;
         }
         let res = self.write_out().and_then(|()| self.rotate());
@@ -642,10 +639,10 @@ impl<S: BlobStore> Shard<S> {
         let max_cl = cfg.max_blob_size.div_ceil(cfg.cluster);
         let clusters = cfg.lease_clusters.min(max_cl).max(1);
         let create = |n: u64| {
-            crate::recovery::create_blob(
+            crate::blobs::create_blob(
                 &core.store,
                 n,
-                crate::recovery::data_xattrs(self.id, seq, salt),
+                crate::blobs::data_xattrs(self.id, seq, salt),
             )
         };
         // A nearly full store still takes a blob of one cluster; deletes take no lease ahead
@@ -895,7 +892,7 @@ impl<S: BlobStore> Shard<S> {
         store.block_on(self.chan.flush())?;
         store.block_on(store.set_xattr(
             &a.handle.blob,
-            crate::recovery::X_LEN,
+            crate::blobs::X_LEN,
             &a.end.to_le_bytes(),
         ))?;
         if used * cluster < a.leased {
@@ -926,7 +923,7 @@ impl<S: BlobStore> Shard<S> {
 
     /// Clean close: everything durable, active blob sealed, keydir snapshot written.
     fn close(&mut self) -> Result<()> {
-        if self.core.poisoned.load(Ordering::Acquire) || self.core.cfg.read_only {
+        if self.core.is_poisoned() || self.core.cfg.read_only {
             return Ok(());
         }
         self.write_out()?;
@@ -942,7 +939,7 @@ impl<S: BlobStore> Shard<S> {
             // Nothing changed since the snapshot was written: it is still current.
             return Ok(());
         }
-        match crate::recovery::write_snapshot(&self.core, self.id, &self.chan, self.next_seq - 1) {
+        match crate::snapshot::write_snapshot(&self.core, self.id, &self.chan, self.next_seq - 1) {
             // A snapshot only speeds up open (which scans without one): a full store still
             // closes cleanly.
             Err(e @ (Error::Full | Error::NoMetadataSpace(_))) => {

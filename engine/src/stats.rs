@@ -4,18 +4,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::blobstore::{BlobId, BlobStore};
-use crate::db::Core;
-
-/// What a data blob is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlobRole {
-    /// The shard is appending to it.
-    Active,
-    /// Immutable; a merge input candidate.
-    Sealed,
-    /// Being written by a merge.
-    Merging,
-}
+pub use crate::state::BlobRole;
+use crate::state::Core;
 
 /// One data blob.
 #[derive(Debug, Clone)]
@@ -105,7 +95,7 @@ pub(crate) fn collect<S: BlobStore>(core: &Core<S>) -> Stats {
         group_size_histogram: [0; 8],
         cache_hits: 0,
         cache_misses: 0,
-        io_path: core.io_path.to_string(),
+        io_path: core.io_path().to_string(),
         recovery_time: Duration::ZERO,
         recovery_used_hints: false,
         free_clusters: core.store.free_clusters(),
@@ -170,7 +160,7 @@ pub(crate) fn collect<S: BlobStore>(core: &Core<S>) -> Stats {
     if st.groups > 0 {
         st.mean_group_size = st.group_ops as f64 / st.groups as f64;
     }
-    let (t, h) = *core.recovery.lock();
+    let (t, h) = core.recovery_info();
     st.recovery_time = t;
     st.recovery_used_hints = h;
     st
