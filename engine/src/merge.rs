@@ -391,42 +391,7 @@ struct Output<'a, S: BlobStore> {
 impl<'a, S: BlobStore> Output<'a, S> {
     /// Create the output (`pending`) and merge `input` into it as its first step.
     fn start(core: &'a Core<S>, ch: &'a S::Channel, s: usize, input: Input<S>) -> Result<Self> {
-        let sh = &core.shards[s];
-        let store = &core.store;
-        let out_seq = sh.next_blob_seq.fetch_add(1, Ordering::SeqCst);
-        let salt: u64 = rand::random();
-        let mut xattrs = data_xattrs(s, out_seq, salt);
-        xattrs.push((X_MERGE.into(), b"pending".to_vec()));
-        xattrs.push((X_INPUTS.into(), input.1.seq.to_le_bytes().to_vec()));
-        // One cluster to start with: a merge is what frees space on a full store.
-        let id = create_blob(store, 1, xattrs)?;
-        let blob = match store.block_on(store.open(id)) {
-            Ok(b) => b,
-            Err(e) => {
-                let _ = store.block_on(store.delete(id));
-                return Err(e);
-            }
-        };
-        let handle = Arc::new(BlobHandle {
-            blob,
-            id,
-            seq: out_seq,
-            salt,
-        });
-        let slot = sh.index.write().add_blob(BlobEntry {
-            handle: handle.clone(),
-            written: 0,
-            live: 0,
-            role: BlobRole::Merging,
-        });
-        let slot = match slot {
-            Ok(slot) => slot,
-            Err(e) => {
-                store.block_on(store.close(handle.blob.clone()))?;
-                store.block_on(store.delete(id))?;
-                return Err(e);
-            }
-        };
+        let (handle, slot) = new_output_blob(core, s, input.1.seq)?;
         let mut o = Output {
             out: Out {
                 core,
@@ -594,6 +559,52 @@ impl<'a, S: BlobStore> Output<'a, S> {
         );
         Ok(())
     }
+}
+
+/// Create merge output blob (marked `pending`, input `input_seq`) of shard `s` and give it a
+/// slot in the shard's blob table.
+fn new_output_blob<S: BlobStore>(
+    core: &Core<S>,
+    s: usize,
+    input_seq: u64,
+) -> Result<(Arc<BlobHandle<S>>, u16)> {
+    let sh = &core.shards[s];
+    let store = &core.store;
+    let out_seq = sh.next_blob_seq.fetch_add(1, Ordering::SeqCst);
+    let salt: u64 = rand::random();
+    let mut xattrs = data_xattrs(s, out_seq, salt);
+    xattrs.push((X_MERGE.into(), b"pending".to_vec()));
+    xattrs.push((X_INPUTS.into(), input_seq.to_le_bytes().to_vec()));
+    // One cluster to start with: a merge is what frees space on a full store.
+    let id = create_blob(store, 1, xattrs)?;
+    let blob = match store.block_on(store.open(id)) {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = store.block_on(store.delete(id));
+            return Err(e);
+        }
+    };
+    let handle = Arc::new(BlobHandle {
+        blob,
+        id,
+        seq: out_seq,
+        salt,
+    });
+    let slot = sh.index.write().add_blob(BlobEntry {
+        handle: handle.clone(),
+        written: 0,
+        live: 0,
+        role: BlobRole::Merging,
+    });
+    let slot = match slot {
+        Ok(slot) => slot,
+        Err(e) => {
+            store.block_on(store.close(handle.blob.clone()))?;
+            store.block_on(store.delete(id))?;
+            return Err(e);
+        }
+    };
+    Ok((handle, slot))
 }
 
 /// Seq of the first record of a sealed blob.
