@@ -2,17 +2,7 @@
 //! shard and sequence, creating a blob, reading a blob's xattrs back ([`Meta`]), and writing the
 //! catalog blob that lists them all (its format is in `catalog.rs`).
 //!
-//! | xattr | on | value |
-//! |---|---|---|
-//! | `bc.role` | every engine blob | `data`, `hint`, `snapshot`, `super` or the catalog's role |
-//! | `bc.shard` | data, hint, snapshot | shard number, u32 LE |
-//! | `bc.seq` | data, hint, snapshot | shard-local blob sequence, u64 LE |
-//! | `bc.salt` | data | record salt of the blob, u64 LE |
-//! | `bc.merge` | merge outputs | `pending` until the merge commits, then `done` |
-//! | `bc.inputs` | merge outputs | the merged blobs' seqs, u64 LE each |
-//! | `bc.for` | hint | seq of the data blob it describes, u64 LE |
-//! | `bc.len` | sealed data | log length at sealing, u64 LE |
-//! | `bc.format`, `bc.shards`, `bc.epoch` | super | format version, shard count, run epoch |
+//! `engine/FORMAT.md` ("Blobs and their xattrs") has the table of every xattr and its encoding.
 
 use crate::blobstore::{Blob as _, BlobId, BlobStore, CreateOpts, IoChannel as _};
 use crate::catalog;
