@@ -244,13 +244,12 @@ fn resolve_config<S: BlobStore>(store: &S, opts: &Options, sup: &SuperInfo) -> R
     })
 }
 
+/// Blobs to keep, and doomed blobs (see [`settle_merges`]).
+type Settled<S> = (Vec<Meta<S>>, Vec<Meta<S>>);
+
 /// Read every blob's xattrs, hold the enumeration to the last clean close's catalog, and
 /// settle merges: returns the blobs to keep and the doomed ones (deleted only by the commit).
-fn read_catalog<S: BlobStore>(
-    store: &S,
-    sup: &SuperInfo,
-    shards: usize,
-) -> Result<(Vec<Meta<S>>, Vec<Meta<S>>)> {
+fn read_catalog<S: BlobStore>(store: &S, sup: &SuperInfo, shards: usize) -> Result<Settled<S>> {
     let super_id = store.super_blob();
     let ids = store.block_on(store.blob_ids())?;
     let mut metas: Vec<Meta<S>> = Vec::new();
@@ -364,7 +363,7 @@ fn commit_open<S: BlobStore>(
 
 /// Decide how merges roll back (pending output) or forward (done output with surviving
 /// inputs): returns the blobs to keep and the doomed ones, which only the commit phase deletes.
-fn settle_merges<S: BlobStore>(metas: Vec<Meta<S>>) -> (Vec<Meta<S>>, Vec<Meta<S>>) {
+fn settle_merges<S: BlobStore>(metas: Vec<Meta<S>>) -> Settled<S> {
     let mut doomed: HashSet<(usize, u64)> = HashSet::new();
     for m in &metas {
         if m.role != ROLE_DATA {

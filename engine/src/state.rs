@@ -55,6 +55,7 @@ pub(crate) struct BlobEntry<S: BlobStore> {
 /// What readers share with the shard thread.
 pub(crate) struct Index<S: BlobStore> {
     pub keydir: KeyDir,
+    /// Data blobs by slot ([`Loc::blob`]); a freed slot is `None` until reused.
     pub blobs: Vec<Option<BlobEntry<S>>>,
     /// Damaged ranges a salvaging open skipped in this shard's logs.
     pub damage: Vec<LogDamage>,
@@ -130,8 +131,11 @@ pub(crate) struct Counters {
 
 /// A shard's state shared between its thread, readers and merge.
 pub(crate) struct ShardShared<S: BlobStore> {
+    /// Keydir and blob table: read by every `get`, written once per group and by merge.
     pub index: RwLock<Index<S>>,
+    /// Values read from the device (none when `Options::cache_bytes` is 0).
     pub cache: Option<ValueCache>,
+    /// Seq of the shard's next blob (data, hint or snapshot alike).
     pub next_blob_seq: AtomicU64,
     pub ctr: Counters,
     /// Serializes merges of this shard (and the close-time snapshot).
