@@ -65,18 +65,21 @@ impl WriteBatch {
     }
 }
 
-pub(crate) struct Inner<S: BlobStore> {
-    pub core: Arc<Core<S>>,
-    pub cells: Vec<Arc<crate::shard::ShardCell<S>>>,
-    pub threads: Mutex<Vec<JoinHandle<()>>>,
-    pub merge: Mutex<Option<crate::merge::Worker>>,
-    pub close_result: Mutex<Option<bool>>,
+/// What every clone of a [`Db`] shares: the running store.
+struct Inner<S: BlobStore> {
+    core: Arc<Core<S>>,
+    cells: Vec<Arc<crate::shard::ShardCell<S>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// `None` once close stopped it, and on a read-only store.
+    merge: Mutex<Option<crate::merge::Worker>>,
+    /// `Some` once close began: a second close gets `Error::Closed`.
+    close_result: Mutex<Option<bool>>,
 }
 
 /// A blobcask store. Cheap to clone; every clone is the same store. Blocking methods may be
 /// called from any thread.
 pub struct Db<S: BlobStore = crate::blobstore::native::NativeBlobStore<crate::device::AnyDevice>> {
-    pub(crate) inner: Arc<Inner<S>>,
+    inner: Arc<Inner<S>>,
 }
 
 impl<S: BlobStore> Clone for Db<S> {
