@@ -46,7 +46,7 @@ use crate::blobstore::{Blob as _, BlobId, BlobStore, IoChannel as _};
 use crate::device::{AlignedBuf, Device};
 use crate::error::{Error, Result};
 
-/// `bc.role` of the catalog blob (the engine's xattr names are listed in `recovery.rs`).
+/// `bc.role` of the catalog blob (the engine's xattr names are listed in `blobs.rs`).
 pub const ROLE: &[u8] = b"catalog";
 const X_ROLE: &str = "bc.role";
 const X_EPOCH: &str = "bc.epoch";

@@ -15,223 +15,24 @@
 //!
 //! Routing is `hash(key) % shards`, the same hash the keydir uses.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 
-use crate::blobstore::{BlobId, BlobStore};
+use crate::blobs::write_catalog;
+use crate::blobstore::BlobStore;
 use crate::device::{AlignedBuf, IoPath};
 use crate::error::{Error, Result};
-use crate::keydir::{hash_key, KeyDir, Loc};
-use crate::record;
+use crate::keydir::hash_key;
+use crate::recovery::Recovered;
 use crate::reply;
 use crate::shard::{Op, Req};
+use crate::state::{Core, ShardShared};
 
 pub use crate::options::{DeviceSpec, MergeOptions, Options, SyncPolicy};
 pub use crate::stats::{BlobRole, BlobStats, ShardStats, Stats};
-
-/// Top bit of [`Loc::value_len`]: the record is a batch member (longer header).
-pub(crate) const LOC_BATCH_BIT: u32 = 1 << 31;
-
-/// Length of the record a keydir location points at.
-pub(crate) fn record_len(key_len: usize, loc: Loc) -> u64 {
-    let flags = if loc.value_len & LOC_BATCH_BIT != 0 {
-        record::BATCH
-    } else {
-        0
-    };
-    record::encoded_len(flags, key_len, (loc.value_len & !LOC_BATCH_BIT) as usize) as u64
-}
-
-/// An open data blob of a shard.
-pub(crate) struct BlobHandle<S: BlobStore> {
-    pub blob: S::Blob,
-    pub id: BlobId,
-    pub seq: u64,
-    pub salt: u64,
-}
-
-/// Accounting of one data blob, kept under the shard's index lock.
-pub(crate) struct BlobEntry<S: BlobStore> {
-    pub handle: Arc<BlobHandle<S>>,
-    /// Bytes of valid log.
-    pub written: u64,
-    /// Bytes of records the keydir points at.
-    pub live: u64,
-    pub role: BlobRole,
-}
-
-/// What readers share with the shard thread.
-pub(crate) struct Index<S: BlobStore> {
-    pub keydir: KeyDir,
-    pub blobs: Vec<Option<BlobEntry<S>>>,
-    /// Damaged ranges a salvaging open skipped in this shard's logs.
-    pub damage: Vec<crate::scan::LogDamage>,
-}
-
-impl<S: BlobStore> Index<S> {
-    pub fn new() -> Self {
-        Index {
-            keydir: KeyDir::new(),
-            blobs: Vec::new(),
-            damage: Vec::new(),
-        }
-    }
-
-    /// Put a blob into the first free slot.
-    pub fn add_blob(&mut self, e: BlobEntry<S>) -> Result<u16> {
-        if let Some(i) = self.blobs.iter().position(Option::is_none) {
-            self.blobs[i] = Some(e);
-            return Ok(i as u16);
-        }
-        if self.blobs.len() >= usize::from(u16::MAX) {
-            return Err(Error::Full);
-        }
-        self.blobs.push(Some(e));
-        Ok((self.blobs.len() - 1) as u16)
-    }
-
-    pub fn entry_mut(&mut self, slot: u16) -> Option<&mut BlobEntry<S>> {
-        self.blobs
-            .get_mut(usize::from(slot))
-            .and_then(Option::as_mut)
-    }
-
-    /// Move `len` live bytes off a blob (a record became dead).
-    pub fn kill(&mut self, slot: u16, len: u64) {
-        if let Some(e) = self.entry_mut(slot) {
-            e.live = e.live.saturating_sub(len);
-        }
-    }
-
-    pub fn add_live(&mut self, slot: u16, len: u64) {
-        if let Some(e) = self.entry_mut(slot) {
-            e.live += len;
-        }
-    }
-}
-
-/// Counters of one shard (relaxed atomics; read by `stats`).
-#[derive(Default)]
-pub(crate) struct Counters {
-    pub user_bytes: AtomicU64,
-    pub device_bytes: AtomicU64,
-    pub groups: AtomicU64,
-    pub group_ops: AtomicU64,
-    /// Group sizes: 1, 2-3, 4-7, ..., >= 128.
-    pub group_hist: [AtomicU64; 8],
-    pub merges: AtomicU64,
-    pub merged_bytes: AtomicU64,
-    pub cache_hits: AtomicU64,
-    pub cache_misses: AtomicU64,
-}
-
-/// A shard's state shared between its thread, readers and merge.
-pub(crate) struct ShardShared<S: BlobStore> {
-    pub index: RwLock<Index<S>>,
-    /// Pages of this shard's data blobs (see `cache.rs`); `None` when the budget is 0.
-    pub cache: Option<crate::cache::PageCache>,
-    pub next_blob_seq: AtomicU64,
-    pub ctr: Counters,
-    /// Serializes merges of this shard (and the close-time snapshot).
-    pub merge_lock: Mutex<()>,
-    /// Hint blobs of this shard: data blob seq → hint blob id.
-    pub hints: Mutex<std::collections::HashMap<u64, BlobId>>,
-    /// Keydir snapshot blobs of this shard (normally at most one).
-    pub snapshots: Mutex<Vec<BlobId>>,
-    /// Records of the active blob not yet on the device (see `shard.rs`).
-    pub unwritten: RwLock<Unwritten>,
-    /// Bytes in `unwritten` beyond what is on the device.
-    pub pending_bytes: AtomicU64,
-    /// The merge worker asks the shard to seal its active blob (too much of it is dead).
-    pub seal_wanted: AtomicBool,
-}
-
-/// The write-behind buffer of a shard: the active blob's bytes from `start` (a page boundary)
-/// to the end of the published log. Readers look here first for records of that blob.
-#[derive(Default)]
-pub(crate) struct Unwritten {
-    /// Salt of the blob the buffer belongs to (identifies it; slots are reused).
-    pub salt: u64,
-    pub start: u64,
-    pub bytes: Vec<u8>,
-}
-
-/// Options resolved against the store.
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub shards: usize,
-    pub max_blob_size: u64,
-    pub sync: SyncPolicy,
-    pub merge: MergeOptions,
-    pub max_key_size: usize,
-    pub max_value_size: usize,
-    pub io_unit: u64,
-    pub page: u64,
-    pub cluster: u64,
-    pub lease_clusters: u64,
-    /// Free clusters one merge step needs; deletes leave them free.
-    pub merge_unit: u64,
-    /// Clusters puts leave free for deletes and merge (see `Shard::check_reserve`).
-    pub merge_reserve: u64,
-    /// Opened read-only: writes are refused and close writes nothing.
-    pub read_only: bool,
-    /// What open does with damaged records.
-    pub recovery: crate::options::RecoveryMode,
-}
-
-/// State shared by the handle, the shard threads and the merge worker.
-pub(crate) struct Core<S: BlobStore> {
-    pub store: S,
-    pub cfg: Config,
-    pub shards: Vec<ShardShared<S>>,
-    pub chans: crossbeam_channel::Sender<S::Channel>,
-    pub chans_rx: crossbeam_channel::Receiver<S::Channel>,
-    pub poisoned: AtomicBool,
-    pub closed: AtomicBool,
-    /// Held shared by a `write_batch` across its shards, exclusively by merge while it picks
-    /// its inputs: a merge never sees a half-applied batch.
-    pub batch_gate: RwLock<()>,
-    pub next_batch: AtomicU64,
-    pub recovery: Mutex<(Duration, bool)>,
-    pub io_path: IoPath,
-}
-
-impl<S: BlobStore> Core<S> {
-    pub fn poison(&self) {
-        if !self.poisoned.swap(true, Ordering::SeqCst) {
-            log::error!("blobcask: a write or flush failed; refusing writes until reopened");
-        }
-    }
-
-    /// Run `f` with an I/O channel from the pool (created on demand).
-    pub fn with_channel<T>(&self, f: impl FnOnce(&S::Channel) -> Result<T>) -> Result<T> {
-        let ch = self.take_channel()?;
-        let r = f(&ch);
-        self.return_channel(ch);
-        r
-    }
-
-    /// An I/O channel from the pool (created on demand); give it back with `return_channel`.
-    pub fn take_channel(&self) -> Result<S::Channel> {
-        match self.chans_rx.try_recv() {
-            Ok(c) => Ok(c),
-            Err(_) => self.store.channel(),
-        }
-    }
-
-    pub fn return_channel(&self, ch: S::Channel) {
-        // A full pool just drops the extra channel.
-        let _ = self.chans.try_send(ch);
-    }
-
-    pub fn shard_of(&self, hash: u64) -> usize {
-        (hash % self.shards.len() as u64) as usize
-    }
-}
 
 /// A batch of puts and deletes applied all-or-nothing (also after a crash).
 #[derive(Debug, Default, Clone)]
@@ -262,18 +63,21 @@ impl WriteBatch {
     }
 }
 
-pub(crate) struct Inner<S: BlobStore> {
-    pub core: Arc<Core<S>>,
-    pub cells: Vec<Arc<crate::shard::ShardCell<S>>>,
-    pub threads: Mutex<Vec<JoinHandle<()>>>,
-    pub merge: Mutex<Option<crate::merge::Worker>>,
-    pub close_result: Mutex<Option<bool>>,
+/// What every clone of a [`Db`] shares: the running store.
+struct Inner<S: BlobStore> {
+    core: Arc<Core<S>>,
+    cells: Vec<Arc<crate::shard::ShardCell<S>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// `None` once close stopped it, and on a read-only store.
+    merge: Mutex<Option<crate::merge::Worker>>,
+    /// `Some` once close began: a second close gets `Error::Closed`.
+    close_result: Mutex<Option<bool>>,
 }
 
 /// A blobcask store. Cheap to clone; every clone is the same store. Blocking methods may be
 /// called from any thread.
 pub struct Db<S: BlobStore = crate::blobstore::native::NativeBlobStore<crate::device::AnyDevice>> {
-    pub(crate) inner: Arc<Inner<S>>,
+    inner: Arc<Inner<S>>,
 }
 
 impl<S: BlobStore> Clone for Db<S> {
@@ -298,7 +102,7 @@ impl<S: BlobStore> Db<S> {
     }
 
     fn check_open(&self) -> Result<()> {
-        if self.core().closed.load(Ordering::Acquire) {
+        if self.core().is_closed() {
             return Err(Error::Closed);
         }
         Ok(())
@@ -309,7 +113,7 @@ impl<S: BlobStore> Db<S> {
         if self.core().cfg.read_only {
             return Err(Error::ReadOnly("the store is open read-only".into()));
         }
-        if self.core().poisoned.load(Ordering::Acquire) {
+        if self.core().is_poisoned() {
             return Err(Error::Poisoned);
         }
         Ok(())
@@ -434,7 +238,7 @@ impl<S: BlobStore> Db<S> {
         if used.is_empty() {
             return Ok(BatchWait::Done);
         }
-        let id = self.core().next_batch.fetch_add(1, Ordering::Relaxed);
+        let id = self.core().next_batch_id();
         if used.len() == 1 {
             // One shard: members and commit go out in one group; its log order makes the
             // batch atomic without a second round.
@@ -464,7 +268,7 @@ impl<S: BlobStore> Db<S> {
     /// writes a commit record. Recovery applies members whose batch has a commit in any shard
     /// (see `recovery.rs`).
     fn run_multi(&self, id: u64, mut parts: Vec<Vec<Op>>, used: &[usize]) -> Result<()> {
-        let _gate = self.core().batch_gate.read();
+        let _gate = self.core().batch_gate_shared();
         let mut waits = Vec::new();
         for &s in used {
             let (tx, rx) = reply::channel();
@@ -714,11 +518,11 @@ impl<S: BlobStore> Inner<S> {
         *done = Some(true);
         let core = &self.core;
         let t0 = Instant::now();
-        core.closed.store(true, Ordering::Release);
+        core.mark_closed();
         if let Some(w) = self.merge.lock().take() {
             w.stop();
         }
-        let _gate = core.batch_gate.write();
+        let _gate = core.batch_gate_exclusive();
         let mut first_err: Option<Error> = None;
         let mut waits = Vec::new();
         for cell in &self.cells {
@@ -735,7 +539,7 @@ impl<S: BlobStore> Inner<S> {
         for t in self.threads.lock().drain(..) {
             let _ = t.join();
         }
-        if first_err.is_some() || core.poisoned.load(Ordering::Acquire) {
+        if first_err.is_some() || core.is_poisoned() {
             // A write or flush failed: the blobstore's in-memory metadata may claim what the
             // device does not hold (e.g. a delete whose root-zeroing flush failed). A clean
             // unload would persist that as clean masks; leave the store dirty instead, so the
@@ -744,7 +548,7 @@ impl<S: BlobStore> Inner<S> {
             first_err.get_or_insert(Error::Poisoned);
         } else if core.cfg.read_only {
             // Nothing to persist: the blobstore stays exactly as it was loaded.
-        } else if let Err(e) = crate::recovery::close_all(core) {
+        } else if let Err(e) = close_all(core) {
             first_err.get_or_insert(e);
         }
         log::info!("blobcask: closed in {:?}", t0.elapsed());
@@ -753,6 +557,30 @@ impl<S: BlobStore> Inner<S> {
             None => Ok(()),
         }
     }
+}
+
+/// Write the catalog, close every open blob and unload the blobstore.
+fn close_all<S: BlobStore>(core: &Core<S>) -> Result<()> {
+    let store = &core.store;
+    let mut first: Option<Error> = None;
+    if let Err(e) = write_catalog(store, core.cfg.cluster, true) {
+        first.get_or_insert(e);
+    }
+    for sh in &core.shards {
+        let mut ix = sh.index.write();
+        for e in ix.blobs.iter_mut() {
+            if let Some(e) = e.take() {
+                if let Err(err) = store.block_on(store.close(e.handle.blob.clone())) {
+                    first.get_or_insert(err);
+                }
+            }
+        }
+    }
+    core.drop_pooled_channels();
+    if let Err(e) = store.block_on(store.unload()) {
+        first.get_or_insert(e);
+    }
+    first.map_or(Ok(()), Err)
 }
 
 impl<S: BlobStore> Drop for Inner<S> {
@@ -812,7 +640,7 @@ impl Db {
             Err(e @ Error::Corruption { .. }) => return Err(name_load_damage(twin, path, e)),
             Err(e) => return Err(e),
         };
-        crate::recovery::open_store(store, opts, io_path)
+        start(crate::recovery::recover(store, &opts)?, &opts, io_path)
     }
 
     /// Open an existing store for reading only (see [`Options::read_only`]).
@@ -916,6 +744,61 @@ impl<S: BlobStore> Db<S> {
     /// Open a store on a blobstore the caller loaded or initialised (e.g. the SPDK backend).
     /// `opts.device` is ignored.
     pub fn open_on(store: S, opts: Options, io_path: IoPath) -> Result<Db<S>> {
-        crate::recovery::open_store(store, opts, io_path)
+        start(crate::recovery::recover(store, &opts)?, &opts, io_path)
     }
+}
+
+/// Turn a recovered store into a running one: the shared state (caches sized from
+/// `opts.cache_bytes`), one thread per shard and, unless read-only, the merge worker.
+fn start<S: BlobStore>(rec: Recovered<S>, opts: &Options, io_path: IoPath) -> Result<Db<S>> {
+    let shards = rec.cfg.shards;
+    let cap_per_shard = opts.cache_bytes / shards;
+    let mut shard_state = Vec::with_capacity(shards);
+    let mut next_seqs = Vec::with_capacity(shards);
+    for r in rec.shards {
+        let cache = (cap_per_shard > 0)
+            .then(|| crate::cache::PageCache::new(cap_per_shard as u64, rec.cfg.page));
+        next_seqs.push(r.next_seq);
+        shard_state.push(ShardShared::new(
+            r.index,
+            cache,
+            r.next_blob_seq,
+            r.hints,
+            r.snapshots,
+        ));
+    }
+    let used_hints = rec.used_hints;
+    let core = Arc::new(Core::new(
+        rec.store,
+        rec.cfg,
+        shard_state,
+        rec.epoch,
+        (rec.elapsed, used_hints),
+        io_path,
+    ));
+    log::info!(
+        "blobcask: opened {shards} shards in {:?} (hints used: {used_hints})",
+        rec.elapsed
+    );
+    let mut cells = Vec::with_capacity(shards);
+    let mut threads = Vec::with_capacity(shards);
+    for (i, ns) in next_seqs.into_iter().enumerate() {
+        let (cell, thread) = crate::shard::spawn(core.clone(), i, ns)?;
+        threads.push(thread);
+        cells.push(cell);
+    }
+    let worker = if opts.read_only {
+        None
+    } else {
+        Some(crate::merge::Worker::start(core.clone())?)
+    };
+    Ok(Db {
+        inner: Arc::new(Inner {
+            core,
+            cells,
+            threads: Mutex::new(threads),
+            merge: Mutex::new(worker),
+            close_result: Mutex::new(None),
+        }),
+    })
 }

@@ -1,6 +1,8 @@
 //! blobcask: a Bitcask-style key-value store whose data files are blobs on an SPDK-format
 //! blobstore.
 
+mod blob_scan;
+mod blobs;
 pub mod blobstore;
 mod cache;
 pub mod catalog;
@@ -19,6 +21,8 @@ mod reply;
 pub mod salvage;
 pub mod scan;
 mod shard;
+mod snapshot;
+mod state;
 mod stats;
 
 pub use db::{

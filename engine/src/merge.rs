@@ -34,16 +34,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use crate::blob_scan::scan_blob;
+use crate::blobs::{create_blob, data_xattrs, write_catalog, ROLE_HINT, X_INPUTS, X_LEN, X_MERGE};
 use crate::blobstore::{BlobStore, IoChannel as _};
-use crate::db::{record_len, BlobEntry, BlobHandle, Core, LOC_BATCH_BIT};
 use crate::device::AlignedBuf;
 use crate::error::{Error, Result};
 use crate::hint;
 use crate::keydir::{hash_key, Loc};
 use crate::record::{self, Kind};
-use crate::recovery::{self, data_xattrs, X_INPUTS, X_LEN, X_MERGE};
 use crate::reply;
-use crate::stats::BlobRole;
+use crate::snapshot::write_hint_blob;
+use crate::state::{record_len, BlobEntry, BlobHandle, BlobRole, Core, LOC_BATCH_BIT};
 
 enum Msg {
     MergeAll(reply::Sender<()>),
@@ -121,8 +122,7 @@ fn run<S: BlobStore>(core: Arc<Core<S>>, rx: Receiver<Msg>) {
                     continue;
                 }
                 for s in 0..core.shards.len() {
-                    if core.poisoned.load(Ordering::Acquire) || core.closed.load(Ordering::Acquire)
-                    {
+                    if core.is_poisoned() || core.is_closed() {
                         break;
                     }
                     if triggered(&core, s) {
@@ -299,14 +299,14 @@ type Input<S> = (u16, Arc<BlobHandle<S>>, u64, u64);
 pub(crate) fn merge_shard<S: BlobStore>(core: &Core<S>, ch: &S::Channel, s: usize) -> Result<()> {
     let sh = &core.shards[s];
     let _m = sh.merge_lock.lock();
-    if core.poisoned.load(Ordering::Acquire) {
+    if core.is_poisoned() {
         return Err(Error::Poisoned);
     }
-    if core.closed.load(Ordering::Acquire) {
+    if core.is_closed() {
         return Err(Error::Closed);
     }
     let inputs: Vec<Input<S>> = {
-        let _gate = core.batch_gate.write();
+        let _gate = core.batch_gate_exclusive();
         let ix = sh.index.read();
         ix.blobs
             .iter()
@@ -322,7 +322,7 @@ pub(crate) fn merge_shard<S: BlobStore>(core: &Core<S>, ch: &S::Channel, s: usiz
     let res = merge_ordered(core, ch, s, inputs);
     if res.is_ok() {
         // The catalog names blobs for open and check; a failure here loses no data.
-        if let Err(e) = crate::recovery::write_catalog(&core.store, core.cfg.cluster, false) {
+        if let Err(e) = write_catalog(&core.store, core.cfg.cluster, false) {
             log::warn!("blobcask: catalog after the merge of shard {s}: {e}");
         }
     }
@@ -371,7 +371,7 @@ fn merge_ordered<S: BlobStore>(
     let mut cur: Option<Output<'_, S>> = None;
     let res = (|| {
         for (_, input) in ordered {
-            if core.closed.load(Ordering::Acquire) {
+            if core.is_closed() {
                 // Closing: every finished step is committed; the rest waits for the next merge.
                 break;
             }
@@ -426,42 +426,7 @@ struct Output<'a, S: BlobStore> {
 impl<'a, S: BlobStore> Output<'a, S> {
     /// Create the output (`pending`) and merge `input` into it as its first step.
     fn start(core: &'a Core<S>, ch: &'a S::Channel, s: usize, input: Input<S>) -> Result<Self> {
-        let sh = &core.shards[s];
-        let store = &core.store;
-        let out_seq = sh.next_blob_seq.fetch_add(1, Ordering::SeqCst);
-        let salt: u64 = rand::random();
-        let mut xattrs = data_xattrs(s, out_seq, salt);
-        xattrs.push((X_MERGE.into(), b"pending".to_vec()));
-        xattrs.push((X_INPUTS.into(), input.1.seq.to_le_bytes().to_vec()));
-        // One cluster to start with: a merge is what frees space on a full store.
-        let id = recovery::create_blob(store, 1, xattrs)?;
-        let blob = match store.block_on(store.open(id)) {
-            Ok(b) => b,
-            Err(e) => {
-                let _ = store.block_on(store.delete(id));
-                return Err(e);
-            }
-        };
-        let handle = Arc::new(BlobHandle {
-            blob,
-            id,
-            seq: out_seq,
-            salt,
-        });
-        let slot = sh.index.write().add_blob(BlobEntry {
-            handle: handle.clone(),
-            written: 0,
-            live: 0,
-            role: BlobRole::Merging,
-        });
-        let slot = match slot {
-            Ok(slot) => slot,
-            Err(e) => {
-                store.block_on(store.close(handle.blob.clone()))?;
-                store.block_on(store.delete(id))?;
-                return Err(e);
-            }
-        };
+        let (handle, slot) = new_output_blob(core, s, input.1.seq)?;
         let mut o = Output {
             out: Out {
                 core,
@@ -592,11 +557,11 @@ impl<'a, S: BlobStore> Output<'a, S> {
         let hint_id = if !roomy {
             None
         } else {
-            match recovery::write_hint_blob(
+            match write_hint_blob(
                 core,
                 self.out.ch,
                 self.s,
-                recovery::ROLE_HINT,
+                ROLE_HINT,
                 hint_seq,
                 out_seq,
                 &bytes,
@@ -631,6 +596,52 @@ impl<'a, S: BlobStore> Output<'a, S> {
         );
         Ok(())
     }
+}
+
+/// Create merge output blob (marked `pending`, input `input_seq`) of shard `s` and give it a
+/// slot in the shard's blob table.
+fn new_output_blob<S: BlobStore>(
+    core: &Core<S>,
+    s: usize,
+    input_seq: u64,
+) -> Result<(Arc<BlobHandle<S>>, u16)> {
+    let sh = &core.shards[s];
+    let store = &core.store;
+    let out_seq = sh.next_blob_seq.fetch_add(1, Ordering::SeqCst);
+    let salt: u64 = rand::random();
+    let mut xattrs = data_xattrs(s, out_seq, salt);
+    xattrs.push((X_MERGE.into(), b"pending".to_vec()));
+    xattrs.push((X_INPUTS.into(), input_seq.to_le_bytes().to_vec()));
+    // One cluster to start with: a merge is what frees space on a full store.
+    let id = create_blob(store, 1, xattrs)?;
+    let blob = match store.block_on(store.open(id)) {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = store.block_on(store.delete(id));
+            return Err(e);
+        }
+    };
+    let handle = Arc::new(BlobHandle {
+        blob,
+        id,
+        seq: out_seq,
+        salt,
+    });
+    let slot = sh.index.write().add_blob(BlobEntry {
+        handle: handle.clone(),
+        written: 0,
+        live: 0,
+        role: BlobRole::Merging,
+    });
+    let slot = match slot {
+        Ok(slot) => slot,
+        Err(e) => {
+            store.block_on(store.close(handle.blob.clone()))?;
+            store.block_on(store.delete(id))?;
+            return Err(e);
+        }
+    };
+    Ok((handle, slot))
 }
 
 /// Seq of the first record of a sealed blob.
@@ -703,7 +714,7 @@ fn copy_live<S: BlobStore>(
     let mut moved: Vec<(Vec<u8>, Loc, Loc, u64)> = Vec::new();
     for (in_slot, h, written, _) in inputs {
         let mut err: Option<Error> = None;
-        recovery::scan_blob(store, &core.cfg, ch, h, *written, |off, rec| {
+        scan_blob(store, &core.cfg, ch, h, *written, |off, rec| {
             if err.is_some() || rec.header.kind() != Kind::Put {
                 return;
             }

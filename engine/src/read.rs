@@ -9,12 +9,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::blobstore::{Blob as _, BlobIo, BlobStore, IoChannel as _};
-use crate::db::{record_len, BlobHandle, Core, ShardShared};
+use crate::state::{record_len, BlobHandle, BlobRole, Core, ShardShared};
 use crate::device::AlignedBuf;
 use crate::error::{Error, Result};
 use crate::keydir::hash_key;
 use crate::record;
-use crate::stats::BlobRole;
 
 /// What a lookup found before any device I/O.
 pub(crate) enum Lookup<S: BlobStore, T> {

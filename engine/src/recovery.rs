@@ -1,5 +1,7 @@
-//! Open and close: the catalog of blobs (by xattrs), merge roll-back/roll-forward, keydir
-//! rebuild from hints or by scanning, and the close-time keydir snapshot.
+//! Recovery: what open finds on the blobstore, turned into a plain [`Recovered`] value (each
+//! shard's keydir and blob table, its next seqs, its hint and snapshot blobs). Merge
+//! roll-back/roll-forward, keydir rebuild from snapshots, hints or by scanning. Starting the
+//! shard threads and the merge worker is `db`'s job.
 //!
 //! Open runs in two phases so that a failed open writes nothing.
 //!
@@ -24,145 +26,22 @@
 //!    continued by the shard's next write (see `seal_all`).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use parking_lot::{Mutex, RwLock};
-
-use crate::blobstore::{Blob as _, BlobId, BlobStore, CreateOpts, IoChannel as _};
-use crate::catalog;
-use crate::db::{
-    record_len, BlobEntry, BlobHandle, Config, Core, Counters, Db, Index, Inner, ShardShared,
+use crate::blob_scan::{blob_source, read_hint};
+use crate::blobs::{
+    close_and_delete, le_u32, le_u64, read_meta, Meta, FORMAT_VERSION, ROLE_DATA, ROLE_HINT,
+    ROLE_SNAPSHOT, ROLE_SUPER, X_EPOCH, X_FORMAT, X_MERGE, X_ROLE, X_SHARDS,
 };
-use crate::device::{AlignedBuf, IoPath};
+use crate::blobstore::{Blob as _, BlobId, BlobStore, CreateOpts};
+use crate::catalog;
 use crate::error::{Error, Result};
-use crate::hint;
 use crate::keydir::{hash_key, Loc};
-use crate::options::Options;
-use crate::options::RecoveryMode;
+use crate::options::{Options, RecoveryMode};
 use crate::record::{self, Kind};
 use crate::scan::{self, Evidence, LogDamage};
-use crate::stats::BlobRole;
-
-pub(crate) const X_ROLE: &str = "bc.role";
-pub(crate) const X_SHARD: &str = "bc.shard";
-pub(crate) const X_SEQ: &str = "bc.seq";
-pub(crate) const X_SALT: &str = "bc.salt";
-pub(crate) const X_MERGE: &str = "bc.merge";
-pub(crate) const X_INPUTS: &str = "bc.inputs";
-pub(crate) const X_FOR: &str = "bc.for";
-pub(crate) const X_LEN: &str = "bc.len";
-const X_FORMAT: &str = "bc.format";
-const X_SHARDS: &str = "bc.shards";
-const X_EPOCH: &str = "bc.epoch";
-const FORMAT_VERSION: u32 = 2;
-
-pub(crate) const ROLE_DATA: &[u8] = b"data";
-pub(crate) const ROLE_HINT: &[u8] = b"hint";
-pub(crate) const ROLE_SNAPSHOT: &[u8] = b"snapshot";
-const ROLE_SUPER: &[u8] = b"super";
-
-/// Create an engine blob: run-length extents in the root page (see [`data_xattrs`]).
-pub(crate) fn create_blob<S: BlobStore>(
-    store: &S,
-    clusters: u64,
-    xattrs: Vec<(String, Vec<u8>)>,
-) -> Result<BlobId> {
-    store.block_on(store.create(CreateOpts {
-        num_clusters: clusters,
-        xattrs,
-        use_extent_table: false,
-        ..CreateOpts::default()
-    }))
-}
-
-/// Xattrs of a new data blob.
-/// Engine blobs use run-length extents in the root page (`use_extent_table: false`): one md
-/// page per blob instead of two, which matters on small stores where md pages run out first.
-pub(crate) fn data_xattrs(shard: usize, seq: u64, salt: u64) -> Vec<(String, Vec<u8>)> {
-    vec![
-        (X_ROLE.into(), ROLE_DATA.to_vec()),
-        (X_SHARD.into(), (shard as u32).to_le_bytes().to_vec()),
-        (X_SEQ.into(), seq.to_le_bytes().to_vec()),
-        (X_SALT.into(), salt.to_le_bytes().to_vec()),
-    ]
-}
-
-fn le_u64(v: &Option<Vec<u8>>) -> Option<u64> {
-    v.as_deref()
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_le_bytes)
-}
-
-fn le_u32(v: &Option<Vec<u8>>) -> Option<u32> {
-    v.as_deref()
-        .and_then(|b| b.try_into().ok())
-        .map(u32::from_le_bytes)
-}
-
-/// What the xattrs say about one blob.
-struct Meta<S: BlobStore> {
-    id: BlobId,
-    blob: S::Blob,
-    role: Vec<u8>,
-    shard: usize,
-    seq: u64,
-    salt: u64,
-    merge: Option<Vec<u8>>,
-    inputs: Vec<u64>,
-    for_seq: u64,
-    /// `bc.len`: the log length recorded when the blob was sealed (0 if never).
-    len: u64,
-}
-
-fn read_meta<S: BlobStore>(store: &S, id: BlobId) -> Result<Option<Meta<S>>> {
-    let blob = match store.block_on(store.open(id)) {
-        Ok(b) => b,
-        // Enumerated but no root page of its own: a stray blob-id mask bit (a leak that
-        // `check` reports), not a blob that holds anything.
-        Err(Error::NotFound(why)) => {
-            log::warn!("blobcask: skipping blob {id:#x}: {why}");
-            return Ok(None);
-        }
-        Err(e) => return Err(e),
-    };
-    let role = store.block_on(store.get_xattr(&blob, X_ROLE))?;
-    let Some(role) = role else {
-        store.block_on(store.close(blob))?;
-        return Ok(None);
-    };
-    let x = |name: &str| store.block_on(store.get_xattr(&blob, name));
-    let shard = le_u32(&x(X_SHARD)?).unwrap_or(u32::MAX) as usize;
-    let seq = le_u64(&x(X_SEQ)?).unwrap_or(0);
-    let salt = le_u64(&x(X_SALT)?).unwrap_or(0);
-    let merge = x(X_MERGE)?;
-    let inputs = x(X_INPUTS)?
-        .unwrap_or_default()
-        .chunks_exact(8)
-        .filter_map(|c| c.try_into().ok().map(u64::from_le_bytes))
-        .collect();
-    let for_seq = le_u64(&x(X_FOR)?).unwrap_or(0);
-    let len = le_u64(&x(X_LEN)?).unwrap_or(0);
-    Ok(Some(Meta {
-        id,
-        blob,
-        role,
-        shard,
-        seq,
-        salt,
-        merge,
-        inputs,
-        for_seq,
-        len,
-    }))
-}
-
-fn close_and_delete<S: BlobStore>(store: &S, blob: S::Blob) -> Result<()> {
-    let id = blob.id();
-    store.block_on(store.close(blob))?;
-    store.block_on(store.delete(id))
-}
+use crate::state::{record_len, BlobEntry, BlobHandle, BlobRole, Config, Index, LOC_BATCH_BIT};
 
 /// What the super blob says; `id` is `None` on a new store (the commit phase creates it).
 struct SuperInfo {
@@ -267,15 +146,72 @@ struct Member {
     loc: Option<Loc>,
 }
 
-/// Open a blobcask store on an already loaded or initialised blobstore.
-pub(crate) fn open_store<S: BlobStore>(store: S, opts: Options, io_path: IoPath) -> Result<Db<S>> {
+/// A store as open found it: every shard's rebuilt index and counters, validated and (unless
+/// read-only) committed, nothing running yet. `db` turns it into a running store.
+pub(crate) struct Recovered<S: BlobStore> {
+    pub store: S,
+    pub cfg: Config,
+    pub shards: Vec<RecoveredShard<S>>,
+    /// This run's epoch: batch ids of this run start at `epoch << 32`.
+    pub epoch: u64,
+    /// How long validation, rebuild and commit took.
+    pub elapsed: Duration,
+    /// Whether hints (snapshots or merge hints) served at least one shard.
+    pub used_hints: bool,
+}
+
+/// One shard of a [`Recovered`] store.
+pub(crate) struct RecoveredShard<S: BlobStore> {
+    pub index: Index<S>,
+    /// Seq of the shard's next record.
+    pub next_seq: u64,
+    /// Seq of the shard's next blob.
+    pub next_blob_seq: u64,
+    /// Merge hints: data blob seq → hint blob id.
+    pub hints: HashMap<u64, BlobId>,
+    /// Keydir snapshot blobs.
+    pub snapshots: Vec<BlobId>,
+}
+
+/// Recover a blobcask store on an already loaded or initialised blobstore: validate and
+/// rebuild everything first, then (unless read-only) commit; see the module doc.
+pub(crate) fn recover<S: BlobStore>(store: S, opts: &Options) -> Result<Recovered<S>> {
     opts.validate()?;
     let t0 = Instant::now();
-    let sup = read_super(&store, &opts)?;
-    let (shards, epoch) = (sup.shards, sup.epoch);
+    let sup = read_super(&store, opts)?;
+    let cfg = resolve_config(&store, opts, &sup)?;
+    let (metas, doomed) = read_catalog(&store, &sup, cfg.shards)?;
+    let mut rebuilt = rebuild_shards(&store, &cfg, metas)?;
+    let used_hints = apply_committed_batches(&mut rebuilt);
+    if !opts.read_only {
+        commit_open(&store, &cfg, &sup, doomed, &mut rebuilt)?;
+    }
+    let shards = rebuilt
+        .into_iter()
+        .map(|r| RecoveredShard {
+            index: r.index,
+            next_seq: r.max_seq + 1,
+            next_blob_seq: r.max_blob_seq + 1,
+            hints: r.hints,
+            snapshots: r.snapshots,
+        })
+        .collect();
+    Ok(Recovered {
+        store,
+        cfg,
+        shards,
+        epoch: sup.epoch,
+        elapsed: t0.elapsed(),
+        used_hints,
+    })
+}
+
+/// Resolve the options against the store (the super blob's shard count wins over the
+/// options'); refuses a new store's shard count the device cannot hold, before any write.
+fn resolve_config<S: BlobStore>(store: &S, opts: &Options, sup: &SuperInfo) -> Result<Config> {
+    let shards = sup.shards;
     let cluster = u64::from(store.cluster_size());
     if sup.id.is_none() {
-        // A new store: refuse a shard count the device cannot hold before writing anything.
         crate::options::check_space(
             store.total_data_clusters(),
             cluster,
@@ -290,7 +226,7 @@ pub(crate) fn open_store<S: BlobStore>(store: S, opts: Options, io_path: IoPath)
         shards,
         opts.max_blob_size.max(cluster),
     );
-    let cfg = Config {
+    Ok(Config {
         shards,
         max_blob_size: geo.max_blob_size,
         sync: opts.sync,
@@ -305,9 +241,15 @@ pub(crate) fn open_store<S: BlobStore>(store: S, opts: Options, io_path: IoPath)
         merge_reserve: geo.merge_reserve,
         read_only: opts.read_only,
         recovery: opts.recovery,
-    };
+    })
+}
 
-    // Catalog.
+/// Blobs to keep, and doomed blobs (see [`settle_merges`]).
+type Settled<S> = (Vec<Meta<S>>, Vec<Meta<S>>);
+
+/// Read every blob's xattrs, hold the enumeration to the last clean close's catalog, and
+/// settle merges: returns the blobs to keep and the doomed ones (deleted only by the commit).
+fn read_catalog<S: BlobStore>(store: &S, sup: &SuperInfo, shards: usize) -> Result<Settled<S>> {
     let super_id = store.super_blob();
     let ids = store.block_on(store.blob_ids())?;
     let mut metas: Vec<Meta<S>> = Vec::new();
@@ -316,8 +258,7 @@ pub(crate) fn open_store<S: BlobStore>(store: S, opts: Options, io_path: IoPath)
         if Some(id) == super_id {
             continue;
         }
-        let meta =
-            read_meta(&store, id).map_err(|e| crate::catalog::name_damaged(&store, id, e))?;
+        let meta = read_meta(store, id).map_err(|e| catalog::name_damaged(store, id, e))?;
         if let Some(m) = meta {
             if m.shard < shards {
                 metas.push(m);
@@ -326,7 +267,7 @@ pub(crate) fn open_store<S: BlobStore>(store: S, opts: Options, io_path: IoPath)
             if m.role == catalog::ROLE && store.loaded_clean() {
                 // Unreadable: no cross-check (a damaged catalog is `check`'s to report).
                 let ch = store.channel()?;
-                catalogs.extend(catalog::read_blob(&store, &ch, &m.blob).ok());
+                catalogs.extend(catalog::read_blob(store, &ch, &m.blob).ok());
             }
             store.block_on(store.close(m.blob))?;
         }
@@ -334,20 +275,24 @@ pub(crate) fn open_store<S: BlobStore>(store: S, opts: Options, io_path: IoPath)
     if let Some(id) = sup.id {
         catalog::check_enumerated(&ids, &catalogs, sup.epoch - 1, id)?;
     }
-    let (metas, doomed) = settle_merges(metas);
+    Ok(settle_merges(metas))
+}
 
-    // Phase 1: per-shard rebuild, in parallel.
-    let mut per_shard: Vec<Vec<Meta<S>>> = (0..shards).map(|_| Vec::new()).collect();
+/// Phase 1: rebuild every shard's keydir, one thread per shard.
+fn rebuild_shards<S: BlobStore>(
+    store: &S,
+    cfg: &Config,
+    metas: Vec<Meta<S>>,
+) -> Result<Vec<Rebuilt<S>>> {
+    let mut per_shard: Vec<Vec<Meta<S>>> = (0..cfg.shards).map(|_| Vec::new()).collect();
     for m in metas {
         let s = m.shard;
         per_shard[s].push(m);
     }
-    let cfg_ref = &cfg;
-    let store_ref = &store;
     let rebuilt: Vec<Result<Rebuilt<S>>> = std::thread::scope(|sc| {
         let hs: Vec<_> = per_shard
             .into_iter()
-            .map(|ms| sc.spawn(move || rebuild_shard(store_ref, cfg_ref, ms)))
+            .map(|ms| sc.spawn(move || rebuild_shard(store, cfg, ms)))
             .collect();
         hs.into_iter()
             .map(|h| {
@@ -356,15 +301,18 @@ pub(crate) fn open_store<S: BlobStore>(store: S, opts: Options, io_path: IoPath)
             })
             .collect()
     });
-    let mut rebuilt: Vec<Rebuilt<S>> = rebuilt.into_iter().collect::<Result<_>>()?;
+    rebuilt.into_iter().collect()
+}
 
-    // Phase 2: committed batch members, live bytes.
+/// Phase 2: apply the members of batches committed in any shard, finish the keydirs and count
+/// live bytes; returns whether any shard used hints.
+fn apply_committed_batches<S: BlobStore>(rebuilt: &mut [Rebuilt<S>]) -> bool {
     let committed: HashSet<u64> = rebuilt
         .iter()
         .flat_map(|r| r.commits.iter().copied())
         .collect();
     let mut used_hints = false;
-    for r in &mut rebuilt {
+    for r in rebuilt {
         for m in std::mem::take(&mut r.members) {
             if committed.contains(&m.batch) {
                 r.index.keydir.apply(&m.key, hash_key(&m.key), m.seq, m.loc);
@@ -382,70 +330,7 @@ pub(crate) fn open_store<S: BlobStore>(store: S, opts: Options, io_path: IoPath)
         }
         used_hints |= r.used_hints;
     }
-
-    if !opts.read_only {
-        commit_open(&store, &cfg, &sup, doomed, &mut rebuilt)?;
-    }
-
-    let cap_per_shard = opts.cache_bytes / shards;
-    let mut shard_state = Vec::with_capacity(shards);
-    let mut next_seqs = Vec::with_capacity(shards);
-    for r in rebuilt {
-        let cache = (cap_per_shard > 0)
-            .then(|| crate::cache::PageCache::new(cap_per_shard as u64, cfg.page));
-        next_seqs.push(r.max_seq + 1);
-        shard_state.push(ShardShared {
-            index: RwLock::new(r.index),
-            cache,
-            next_blob_seq: AtomicU64::new(r.max_blob_seq + 1),
-            ctr: Counters::default(),
-            merge_lock: Mutex::new(()),
-            hints: Mutex::new(r.hints),
-            snapshots: Mutex::new(r.snapshots),
-            unwritten: RwLock::new(Default::default()),
-            pending_bytes: AtomicU64::new(0),
-            seal_wanted: AtomicBool::new(false),
-        });
-    }
-    let (ctx, crx) = crossbeam_channel::bounded(64);
-    let core = Arc::new(Core {
-        store,
-        cfg,
-        shards: shard_state,
-        chans: ctx,
-        chans_rx: crx,
-        poisoned: AtomicBool::new(false),
-        closed: AtomicBool::new(false),
-        batch_gate: RwLock::new(()),
-        next_batch: AtomicU64::new(epoch << 32),
-        recovery: Mutex::new((t0.elapsed(), used_hints)),
-        io_path,
-    });
-    log::info!(
-        "blobcask: opened {shards} shards in {:?} (hints used: {used_hints})",
-        t0.elapsed()
-    );
-    let mut cells = Vec::with_capacity(shards);
-    let mut threads = Vec::with_capacity(shards);
-    for (i, ns) in next_seqs.into_iter().enumerate() {
-        let (cell, thread) = crate::shard::spawn(core.clone(), i, ns)?;
-        threads.push(thread);
-        cells.push(cell);
-    }
-    let worker = if opts.read_only {
-        None
-    } else {
-        Some(crate::merge::Worker::start(core.clone())?)
-    };
-    Ok(Db {
-        inner: Arc::new(Inner {
-            core,
-            cells,
-            threads: Mutex::new(threads),
-            merge: Mutex::new(worker),
-            close_result: Mutex::new(None),
-        }),
-    })
+    used_hints
 }
 
 /// The commit phase of open: every write recovery needs, once everything validated.
@@ -478,7 +363,7 @@ fn commit_open<S: BlobStore>(
 
 /// Decide how merges roll back (pending output) or forward (done output with surviving
 /// inputs): returns the blobs to keep and the doomed ones, which only the commit phase deletes.
-fn settle_merges<S: BlobStore>(metas: Vec<Meta<S>>) -> (Vec<Meta<S>>, Vec<Meta<S>>) {
+fn settle_merges<S: BlobStore>(metas: Vec<Meta<S>>) -> Settled<S> {
     let mut doomed: HashSet<(usize, u64)> = HashSet::new();
     for m in &metas {
         if m.role != ROLE_DATA {
@@ -520,6 +405,18 @@ fn settle_merges<S: BlobStore>(metas: Vec<Meta<S>>) -> (Vec<Meta<S>>, Vec<Meta<S
     (keep, doomed_blobs)
 }
 
+/// An engine blob's metadata, sorted by role for one shard's rebuild.
+struct ShardBlobs<S: BlobStore> {
+    /// Data blobs, oldest first.
+    data: Vec<Meta<S>>,
+    /// Newest hint per data blob seq.
+    hints: HashMap<u64, Meta<S>>,
+    /// Keydir snapshots, newest first.
+    snaps: Vec<Meta<S>>,
+}
+
+/// Rebuild one shard's keydir: from its newest usable snapshot, then each data blob not
+/// covered by it from a valid merge hint, else by scanning.
 fn rebuild_shard<S: BlobStore>(store: &S, cfg: &Config, metas: Vec<Meta<S>>) -> Result<Rebuilt<S>> {
     let ch = store.channel()?;
     let mut out = Rebuilt {
@@ -534,6 +431,38 @@ fn rebuild_shard<S: BlobStore>(store: &S, cfg: &Config, metas: Vec<Meta<S>>) -> 
         superseded: Vec::new(),
     };
     out.index.keydir.begin_rebuild();
+    let blobs = sort_by_role(store, metas, &mut out)?;
+    let slot_of = add_data_blobs(&mut out, &blobs.data)?;
+    let covered = apply_snapshot(store, cfg, &ch, &mut out, &blobs.snaps, &slot_of);
+    for s in blobs.snaps {
+        out.snapshots.push(s.id);
+        store.block_on(store.close(s.blob))?;
+    }
+    for m in &blobs.data {
+        if covered.contains(&m.seq) {
+            continue;
+        }
+        let slot = slot_of[&m.seq];
+        let hint = blobs.hints.get(&m.seq);
+        if hint.is_some_and(|h| apply_hint(store, cfg, &ch, &mut out, m, h, slot)) {
+            continue;
+        }
+        scan_data_blob(store, cfg, &ch, &mut out, m, slot)?;
+    }
+    for (seq, h) in blobs.hints {
+        out.hints.insert(seq, h.id);
+        store.block_on(store.close(h.blob))?;
+    }
+    Ok(out)
+}
+
+/// Sort a shard's blobs by role; an older hint of a blob that has a newer one goes to
+/// `out.superseded`, blobs of unknown roles are closed.
+fn sort_by_role<S: BlobStore>(
+    store: &S,
+    metas: Vec<Meta<S>>,
+    out: &mut Rebuilt<S>,
+) -> Result<ShardBlobs<S>> {
     let mut data: Vec<Meta<S>> = Vec::new();
     let mut hints: HashMap<u64, Meta<S>> = HashMap::new();
     let mut snaps: Vec<Meta<S>> = Vec::new();
@@ -551,10 +480,16 @@ fn rebuild_shard<S: BlobStore>(store: &S, cfg: &Config, metas: Vec<Meta<S>>) -> 
     }
     data.sort_by_key(|m| m.seq);
     snaps.sort_by_key(|m| std::cmp::Reverse(m.seq));
+    Ok(ShardBlobs { data, hints, snaps })
+}
 
-    // Blob table: every data blob gets a slot.
+/// Blob table: every data blob gets a slot; returns blob seq → slot.
+fn add_data_blobs<S: BlobStore>(
+    out: &mut Rebuilt<S>,
+    data: &[Meta<S>],
+) -> Result<HashMap<u64, u16>> {
     let mut slot_of: HashMap<u64, u16> = HashMap::new();
-    for m in &data {
+    for m in data {
         let slot = out.index.add_blob(BlobEntry {
             handle: Arc::new(BlobHandle {
                 blob: m.blob.clone(),
@@ -568,14 +503,25 @@ fn rebuild_shard<S: BlobStore>(store: &S, cfg: &Config, metas: Vec<Meta<S>>) -> 
         })?;
         slot_of.insert(m.seq, slot);
     }
+    Ok(slot_of)
+}
 
-    // The newest snapshot whose blobs all still exist.
+/// Load the newest snapshot whose blobs all still exist; returns the data blob seqs it covers
+/// (plus `u64::MAX` when one was used), empty if none was usable.
+fn apply_snapshot<S: BlobStore>(
+    store: &S,
+    cfg: &Config,
+    ch: &S::Channel,
+    out: &mut Rebuilt<S>,
+    snaps: &[Meta<S>],
+    slot_of: &HashMap<u64, u16>,
+) -> HashSet<u64> {
     let mut covered: HashSet<u64> = HashSet::new();
-    for s in &snaps {
+    for s in snaps {
         if !covered.is_empty() {
             break;
         }
-        let Ok(h) = read_hint(store, cfg, &ch, &s.blob) else {
+        let Ok(h) = read_hint(store, cfg, ch, &s.blob) else {
             continue;
         };
         if h.owner_seq != s.seq || !h.blobs.iter().all(|(b, _)| slot_of.contains_key(b)) {
@@ -605,58 +551,64 @@ fn rebuild_shard<S: BlobStore>(store: &S, cfg: &Config, metas: Vec<Meta<S>>) -> 
         out.used_hints = true;
         covered.insert(u64::MAX);
     }
-    for s in snaps {
-        out.snapshots.push(s.id);
-        store.block_on(store.close(s.blob))?;
-    }
+    covered
+}
 
-    for m in &data {
-        if covered.contains(&m.seq) {
-            continue;
-        }
-        let slot = slot_of[&m.seq];
-        let mut from_hint = false;
-        if let Some(h) = hints.get(&m.seq) {
-            if let Ok(hint) = read_hint(store, cfg, &ch, &h.blob) {
-                if hint.owner_seq == h.seq && hint.blobs.len() == 1 && hint.blobs[0].0 == m.seq {
-                    out.index.keydir.reserve(hint.entries.len());
-                    for e in hint.entries {
-                        let loc = Loc {
-                            blob: slot,
-                            offset: e.offset,
-                            value_len: e.value_len,
-                        };
-                        out.index
-                            .keydir
-                            .apply(&e.key, hash_key(&e.key), e.seq, Some(loc));
-                    }
-                    if let Some(e) = out.index.entry_mut(slot) {
-                        e.written = hint.blobs[0].1;
-                    }
-                    out.max_seq = out.max_seq.max(hint.header.max_seq);
-                    out.used_hints = true;
-                    from_hint = true;
-                }
-            }
-        }
-        if from_hint {
-            continue;
-        }
-        let ev = Evidence::of_blob(m.len, m.merge.as_deref(), 0);
-        let mut src = blob_source(store, cfg, &ch, &m.blob);
-        let found = scan::scan_log(&mut src, m.salt, ev, cfg.recovery, |off, rec| {
-            apply_scanned(&mut out, slot, off, rec)
-        })?;
-        note_scan(&mut out, cfg.recovery, m, &found)?;
-        if let Some(e) = out.index.entry_mut(slot) {
-            e.written = found.end;
-        }
+/// Load data blob `m` (in `slot`) from its merge hint `h`; false if the hint is unreadable or
+/// is not a single-blob hint of `m` (the caller then scans the blob).
+fn apply_hint<S: BlobStore>(
+    store: &S,
+    cfg: &Config,
+    ch: &S::Channel,
+    out: &mut Rebuilt<S>,
+    m: &Meta<S>,
+    h: &Meta<S>,
+    slot: u16,
+) -> bool {
+    let Ok(hint) = read_hint(store, cfg, ch, &h.blob) else {
+        return false;
+    };
+    if hint.owner_seq != h.seq || hint.blobs.len() != 1 || hint.blobs[0].0 != m.seq {
+        return false;
     }
-    for (seq, h) in hints {
-        out.hints.insert(seq, h.id);
-        store.block_on(store.close(h.blob))?;
+    out.index.keydir.reserve(hint.entries.len());
+    for e in hint.entries {
+        let loc = Loc {
+            blob: slot,
+            offset: e.offset,
+            value_len: e.value_len,
+        };
+        out.index
+            .keydir
+            .apply(&e.key, hash_key(&e.key), e.seq, Some(loc));
     }
-    Ok(out)
+    if let Some(e) = out.index.entry_mut(slot) {
+        e.written = hint.blobs[0].1;
+    }
+    out.max_seq = out.max_seq.max(hint.header.max_seq);
+    out.used_hints = true;
+    true
+}
+
+/// Load data blob `m` (in `slot`) by scanning its log.
+fn scan_data_blob<S: BlobStore>(
+    store: &S,
+    cfg: &Config,
+    ch: &S::Channel,
+    out: &mut Rebuilt<S>,
+    m: &Meta<S>,
+    slot: u16,
+) -> Result<()> {
+    let ev = Evidence::of_blob(m.len, m.merge.as_deref(), 0);
+    let mut src = blob_source(store, cfg, ch, &m.blob);
+    let found = scan::scan_log(&mut src, m.salt, ev, cfg.recovery, |off, rec| {
+        apply_scanned(out, slot, off, rec)
+    })?;
+    note_scan(out, cfg.recovery, m, &found)?;
+    if let Some(e) = out.index.entry_mut(slot) {
+        e.written = found.end;
+    }
+    Ok(())
 }
 
 /// Apply one record found by a scan to the shard being rebuilt.
@@ -673,7 +625,7 @@ fn apply_scanned<S: BlobStore>(out: &mut Rebuilt<S>, slot: u16, off: u64, rec: r
         Kind::Put => Some(Loc {
             blob: slot,
             offset: off as u32,
-            value_len: rec.header.value_len | if batch { crate::db::LOC_BATCH_BIT } else { 0 },
+            value_len: rec.header.value_len | if batch { LOC_BATCH_BIT } else { 0 },
         }),
         Kind::Delete => None,
     };
@@ -734,82 +686,6 @@ fn note_scan<S: BlobStore>(
     Ok(())
 }
 
-/// A blob's bytes for [`scan::scan_log`], read through `ch`.
-fn blob_source<'a, S: BlobStore>(
-    store: &'a S,
-    cfg: &Config,
-    ch: &'a S::Channel,
-    blob: &'a S::Blob,
-) -> scan::Source<'a> {
-    let iou = cfg.io_unit;
-    scan::Source::new(blob.num_io_units() * iou, iou, move |off, len| {
-        let mut chunk = AlignedBuf::zeroed(len as usize);
-        store.block_on(ch.read(blob, off / iou, &mut chunk))?;
-        Ok(chunk[..].to_vec())
-    })
-}
-
-/// Read and verify a whole hint blob.
-fn read_hint<S: BlobStore>(
-    store: &S,
-    cfg: &Config,
-    ch: &S::Channel,
-    blob: &S::Blob,
-) -> Result<hint::Hint> {
-    let iou = cfg.io_unit;
-    let size = blob.num_io_units() * iou;
-    let first = cfg.page.min(size);
-    if first == 0 {
-        return Err(Error::corrupt_md(0, "empty hint blob"));
-    }
-    let mut head = AlignedBuf::zeroed(first as usize);
-    store.block_on(ch.read(blob, 0, &mut head))?;
-    let h = hint::parse_header(&head, blob.id())?;
-    let total = h.total_len().div_ceil(iou) * iou;
-    if total > size {
-        return Err(Error::corrupt_md(0, "hint longer than its blob"));
-    }
-    let mut buf = AlignedBuf::zeroed(total as usize);
-    let mut off = 0u64;
-    while off < total {
-        let n = (total - off).min(4 << 20);
-        store.block_on(ch.read(blob, off / iou, &mut buf[off as usize..(off + n) as usize]))?;
-        off += n;
-    }
-    hint::decode(&buf, blob.id())
-}
-
-/// Scan a data blob's log for merge, calling `f(offset, record)` for each record; returns the
-/// log's end. `written` is the log length the keydir knows (all of it was valid when open or
-/// the shard established it). Damage (see `scan.rs`) is an error: a merge must never drop the
-/// records behind it and then delete the blob that held them.
-pub(crate) fn scan_blob<S: BlobStore>(
-    store: &S,
-    cfg: &Config,
-    ch: &S::Channel,
-    handle: &BlobHandle<S>,
-    written: u64,
-    f: impl FnMut(u64, record::Record<'_>),
-) -> Result<u64> {
-    let (blob, salt) = (&handle.blob, handle.salt);
-    let x = |name: &str| store.block_on(store.get_xattr(blob, name));
-    let ev = Evidence::of_blob(
-        le_u64(&x(X_LEN)?).unwrap_or(0),
-        x(X_MERGE)?.as_deref(),
-        written,
-    );
-    let mut src = blob_source(store, cfg, ch, blob);
-    let found = scan::scan_log(&mut src, salt, ev, RecoveryMode::TolerateTornTail, f)?;
-    if let Some(d) = found.damaged.first() {
-        return Err(Error::Corruption {
-            blob: blob.id(),
-            offset: d.offset,
-            detail: format!("{} bytes of durable log fail validation", d.len),
-        });
-    }
-    Ok(found.end)
-}
-
 /// Shrink every blob to the clusters holding records; delete empty ones. The shard's newest
 /// data blob, unless it is a merge output or full, is kept as it is and marked active: the
 /// shard continues its log (see `shard::resume_active`), so a process that writes a little and
@@ -855,212 +731,4 @@ fn seal_all<S: BlobStore>(store: &S, cfg: &Config, index: &mut Index<S>) -> Resu
         }
     }
     Ok(())
-}
-
-/// Create a hint-like blob (`role` hint or snapshot) holding `bytes`; returns its id.
-pub(crate) fn write_hint_blob<S: BlobStore>(
-    core: &Core<S>,
-    ch: &S::Channel,
-    shard: usize,
-    role: &[u8],
-    seq: u64,
-    for_seq: u64,
-    bytes: &[u8],
-) -> Result<BlobId> {
-    let store = &core.store;
-    let clusters = (bytes.len() as u64).div_ceil(core.cfg.cluster).max(1);
-    let mut xattrs = vec![
-        (X_ROLE.to_string(), role.to_vec()),
-        (X_SHARD.to_string(), (shard as u32).to_le_bytes().to_vec()),
-        (X_SEQ.to_string(), seq.to_le_bytes().to_vec()),
-    ];
-    if role == ROLE_HINT {
-        xattrs.push((X_FOR.to_string(), for_seq.to_le_bytes().to_vec()));
-    }
-    let id = create_blob(store, clusters, xattrs)?;
-    let blob = store.block_on(store.open(id))?;
-    let iou = core.cfg.io_unit;
-    let res = (|| {
-        let mut off = 0usize;
-        while off < bytes.len() {
-            let n = (bytes.len() - off).min(4 << 20);
-            let buf = AlignedBuf::from_slice(&bytes[off..off + n]);
-            store.block_on(ch.write(&blob, off as u64 / iou, &buf))?;
-            off += n;
-        }
-        core.shards[shard]
-            .ctr
-            .device_bytes
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        store.block_on(ch.flush())
-    })();
-    store.block_on(store.close(blob))?;
-    if res.is_err() {
-        let _ = store.block_on(store.delete(id));
-    }
-    res.map(|()| id)
-}
-
-/// Close-time keydir snapshot of `shard`; replaces older snapshots.
-pub(crate) fn write_snapshot<S: BlobStore>(
-    core: &Core<S>,
-    shard: usize,
-    ch: &S::Channel,
-    max_seq: u64,
-) -> Result<()> {
-    let sh = &core.shards[shard];
-    let _m = sh.merge_lock.lock();
-    let seq = sh.next_blob_seq.fetch_add(1, Ordering::SeqCst);
-    let bytes = {
-        let ix = sh.index.read();
-        let mut seq_of = vec![0u64; ix.blobs.len()];
-        let mut list = Vec::new();
-        for (i, e) in ix.blobs.iter().enumerate() {
-            if let Some(e) = e {
-                seq_of[i] = e.handle.seq;
-                list.push((e.handle.seq, e.written));
-            }
-        }
-        let mut w = hint::Writer::new(seq, &list);
-        for (k, l) in ix.keydir.iter() {
-            w.push(seq_of[usize::from(l.blob)], 0, l.offset, l.value_len, k);
-        }
-        w.note_seq(max_seq);
-        w.finish(core.cfg.page as usize)
-    };
-    // A snapshot only speeds up open; the reserve is what lets deletes and merge run on a full
-    // store, and a snapshot grows with the key count, so it never takes the reserve.
-    let need = (bytes.len() as u64).div_ceil(core.cfg.cluster).max(1);
-    if core.store.free_clusters() < need + core.cfg.merge_reserve {
-        return Err(Error::Full);
-    }
-    let id = write_hint_blob(core, ch, shard, ROLE_SNAPSHOT, seq, 0, &bytes)?;
-    let old: Vec<BlobId> = std::mem::replace(&mut *sh.snapshots.lock(), vec![id]);
-    for o in old {
-        core.store.block_on(core.store.delete(o))?;
-    }
-    Ok(())
-}
-
-/// One catalog entry from an open blob's xattrs (`None`: not an engine data/hint/snapshot).
-fn catalog_entry<S: BlobStore>(
-    store: &S,
-    id: BlobId,
-    blob: &S::Blob,
-) -> Result<Option<catalog::Entry>> {
-    let x = |n: &str| store.block_on(store.get_xattr(blob, n));
-    let Some(role) = x(X_ROLE)?.as_deref().and_then(catalog::Role::from_xattr) else {
-        return Ok(None);
-    };
-    let merge = match x(X_MERGE)?.as_deref() {
-        Some(b"pending") => 1,
-        Some(b"done") => 2,
-        _ => 0,
-    };
-    Ok(Some(catalog::Entry {
-        blob_id: id,
-        role,
-        merge,
-        shard: le_u32(&x(X_SHARD)?).unwrap_or(u32::MAX),
-        seq: le_u64(&x(X_SEQ)?).unwrap_or(0),
-        salt: le_u64(&x(X_SALT)?).unwrap_or(0),
-        for_seq: le_u64(&x(X_FOR)?).unwrap_or(0),
-        clusters: store.device_clusters(blob).unwrap_or_default(),
-    }))
-}
-
-/// Write a new catalog of every engine blob, then delete the older ones (see `catalog.rs`).
-/// On a store too full for it, the old catalog goes first (a stale catalog is worse than
-/// none); if there is still no room, the store closes without one.
-/// `at_close`: written by a clean close as its last change before the unload, so open may
-/// hold the store to it; a catalog written after a merge records epoch 0 (blobs change after
-/// it: it only names blobs, it is never exact).
-pub(crate) fn write_catalog<S: BlobStore>(store: &S, cluster: u64, at_close: bool) -> Result<()> {
-    let super_id = store.super_blob();
-    let mut cat = catalog::Catalog::default();
-    let mut old = Vec::new();
-    for id in store.block_on(store.blob_ids())? {
-        let blob = store.block_on(store.open(id))?;
-        let res = if Some(id) == super_id {
-            store
-                .block_on(store.get_xattr(&blob, X_EPOCH))
-                .map(|e| cat.epoch = if at_close { le_u64(&e).unwrap_or(0) } else { 0 })
-        } else {
-            match store.block_on(store.get_xattr(&blob, X_ROLE)) {
-                Ok(Some(r)) if r == catalog::ROLE => {
-                    old.push(id);
-                    Ok(())
-                }
-                Ok(_) => catalog_entry(store, id, &blob).map(|e| cat.entries.extend(e)),
-                Err(e) => Err(e),
-            }
-        };
-        store.block_on(store.close(blob))?;
-        res?;
-    }
-    let bytes = catalog::encode(&cat);
-    let mut made = write_catalog_blob(store, cluster, &bytes);
-    if matches!(made, Err(Error::Full | Error::NoMetadataSpace(_))) {
-        for o in old.drain(..) {
-            store.block_on(store.delete(o))?;
-        }
-        made = write_catalog_blob(store, cluster, &bytes);
-        if let Err(e @ (Error::Full | Error::NoMetadataSpace(_))) = made {
-            log::warn!("blobcask: no room for the catalog blob ({e}); closing without one");
-            return Ok(());
-        }
-    }
-    made?;
-    for o in old {
-        store.block_on(store.delete(o))?;
-    }
-    Ok(())
-}
-
-fn write_catalog_blob<S: BlobStore>(store: &S, cluster: u64, bytes: &[u8]) -> Result<()> {
-    let clusters = (bytes.len() as u64).div_ceil(cluster).max(1);
-    let id = create_blob(
-        store,
-        clusters,
-        vec![(X_ROLE.to_string(), catalog::ROLE.to_vec())],
-    )?;
-    let blob = store.block_on(store.open(id))?;
-    let res = (|| {
-        let ch = store.channel()?;
-        let iou = u64::from(store.io_unit_size());
-        let mut buf =
-            AlignedBuf::zeroed((bytes.len() as u64).div_ceil(iou) as usize * iou as usize);
-        buf[..bytes.len()].copy_from_slice(bytes);
-        store.block_on(ch.write(&blob, 0, &buf))?;
-        store.block_on(ch.flush())
-    })();
-    store.block_on(store.close(blob))?;
-    if res.is_err() {
-        let _ = store.block_on(store.delete(id));
-    }
-    res
-}
-
-/// Write the catalog, close every open blob and unload the blobstore.
-pub(crate) fn close_all<S: BlobStore>(core: &Core<S>) -> Result<()> {
-    let store = &core.store;
-    let mut first: Option<Error> = None;
-    if let Err(e) = write_catalog(store, core.cfg.cluster, true) {
-        first.get_or_insert(e);
-    }
-    for sh in &core.shards {
-        let mut ix = sh.index.write();
-        for e in ix.blobs.iter_mut() {
-            if let Some(e) = e.take() {
-                if let Err(err) = store.block_on(store.close(e.handle.blob.clone())) {
-                    first.get_or_insert(err);
-                }
-            }
-        }
-    }
-    while core.chans_rx.try_recv().is_ok() {}
-    if let Err(e) = store.block_on(store.unload()) {
-        first.get_or_insert(e);
-    }
-    first.map_or(Ok(()), Err)
 }

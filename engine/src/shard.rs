@@ -16,7 +16,7 @@
 //!
 //! **Write-behind under `SyncPolicy::Never`.** Acknowledging only after a direct-I/O write
 //! costs a device round trip per put (~400 µs on these VMs). Under `Never` the records are
-//! acknowledged once they are in the shard's write-behind buffer ([`crate::db::Unwritten`]),
+//! acknowledged once they are in the shard's write-behind buffer ([`crate::state::Unwritten`]),
 //! which readers consult before the device; it goes out when it holds 1 MiB, on `sync`, seal,
 //! close and batch rounds, and after 2 ms idle (the shard thread). A crash loses a suffix of
 //! the shard's log: what is left is still a prefix.
@@ -40,14 +40,13 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
 use crate::blobstore::{BlobStore, IoChannel as _};
-use crate::db::{record_len, BlobEntry, BlobHandle, Core, Index, LOC_BATCH_BIT};
 use crate::device::AlignedBuf;
 use crate::error::{Error, Result};
 use crate::keydir::{hash_key, Loc};
 use crate::options::SyncPolicy;
 use crate::record;
 use crate::reply;
-use crate::stats::BlobRole;
+use crate::state::{record_len, BlobEntry, BlobHandle, BlobRole, Core, Index, LOC_BATCH_BIT};
 
 /// One mutation.
 #[derive(Debug, Clone)]
@@ -120,6 +119,19 @@ enum Post {
     Apply(reply::Sender<()>, Vec<Effect>),
     Prepare(u64, reply::Sender<()>, Vec<Effect>),
     Commit(u64, reply::Sender<()>),
+}
+
+/// What a group asked for, gathered while staging its requests.
+#[derive(Default)]
+struct GroupPlan {
+    /// Replies that wait for the group's keydir changes to publish.
+    posts: Vec<Post>,
+    syncs: Vec<reply::Sender<()>>,
+    close: Option<reply::Sender<()>>,
+    /// Flush once the group is on the device (the sync policy or a request wants it durable).
+    flush: bool,
+    /// Sync, seal, close and batch rounds need the records on the device now.
+    flush_forced: bool,
 }
 
 impl Post {
@@ -281,7 +293,7 @@ fn run<S: BlobStore>(cell: &ShardCell<S>) {
                 }
                 if cell.pending.load(Ordering::Relaxed) {
                     let mut st = cell.state.lock();
-                    if st.core.poisoned.load(Ordering::Acquire) {
+                    if st.core.is_poisoned() {
                         cell.pending.store(false, Ordering::Relaxed);
                         continue;
                     }
@@ -295,6 +307,22 @@ fn run<S: BlobStore>(cell: &ShardCell<S>) {
             Err(RecvTimeoutError::Disconnected) => return,
         }
     }
+}
+
+/// A poisoned shard refuses the whole group (a `Close` in it still closes); true if it closed.
+fn refuse_poisoned(group: Vec<Req>) -> bool {
+    let mut close = None;
+    for req in group {
+        match req {
+            Req::Close { reply } => close = Some(reply),
+            other => fail_req(other, Error::Poisoned),
+        }
+    }
+    if let Some(r) = close {
+        r.send(Ok(()));
+        return true;
+    }
+    false
 }
 
 pub(crate) fn fail_req(req: Req, e: Error) {
@@ -337,108 +365,24 @@ impl<S: BlobStore> Shard<S> {
 
     /// Process one group; true when the shard is closing.
     fn handle_group(&mut self, group: Vec<Req>) -> bool {
-        let ctr = &self.core.shards[self.id].ctr;
-        ctr.groups.fetch_add(1, Ordering::Relaxed);
-        ctr.group_ops
-            .fetch_add(group.len() as u64, Ordering::Relaxed);
-        let bucket = (usize::BITS - 1 - group.len().max(1).leading_zeros()).min(7) as usize;
-        ctr.group_hist[bucket].fetch_add(1, Ordering::Relaxed);
-
-        let mut posts: Vec<Post> = Vec::new();
-        let mut syncs: Vec<reply::Sender<()>> = Vec::new();
-        let mut close: Option<reply::Sender<()>> = None;
-        let mut flush = !matches!(self.core.cfg.sync, SyncPolicy::Never);
-        // Sync, seal, close and batch rounds need the records on the device now.
-        let mut flush_forced = false;
-        let mut it = group.into_iter();
-        let mut result = Ok(());
+        self.count_group(group.len());
         self.group_wrote = false;
         self.group_puts = false;
-        if self.core.poisoned.load(Ordering::Acquire) {
-            for req in it {
-                match req {
-                    Req::Close { reply } => close = Some(reply),
-                    other => fail_req(other, Error::Poisoned),
-                }
-            }
-            if let Some(r) = close {
-                r.send(Ok(()));
-                return true;
-            }
-            return false;
+        if self.core.is_poisoned() {
+            return refuse_poisoned(group);
         }
-        // u32 arena offsets bound a shard's key bytes to 4 GiB: refuse new keys near it.
-        let arena_full = self.core.shards[self.id].index.read().keydir.arena_room() < 64 << 20;
-        for req in it.by_ref() {
-            let staged = match req {
-                Req::Write { reply, .. } | Req::Prepare { reply, .. } if arena_full => {
-                    reply.send(Err(Error::Full));
-                    Ok(())
-                }
-                Req::Write { ops, batch, reply } => {
-                    posts.push(Post::Apply(reply, Vec::new()));
-                    self.stage_ops(ops, batch).and_then(|effects| {
-                        if let Some(id) = batch {
-                            self.append_commit(id)?;
-                        }
-                        if let Some(Post::Apply(_, e)) = posts.last_mut() {
-                            *e = effects;
-                        }
-                        Ok(())
-                    })
-                }
-                Req::Prepare { batch, ops, reply } => {
-                    flush = true;
-                    flush_forced = true;
-                    posts.push(Post::Prepare(batch, reply, Vec::new()));
-                    self.stage_ops(ops, Some(batch)).map(|effects| {
-                        if let Some(Post::Prepare(_, _, e)) = posts.last_mut() {
-                            *e = effects;
-                        }
-                    })
-                }
-                Req::Commit { batch, reply } => {
-                    flush_forced = true;
-                    posts.push(Post::Commit(batch, reply));
-                    self.append_commit(batch)
-                }
-                Req::Abort { batch } => {
-                    self.pending.remove(&batch);
-                    Ok(())
-                }
-                Req::Sync { reply } => {
-                    flush = true;
-                    flush_forced = true;
-                    syncs.push(reply);
-                    Ok(())
-                }
-                Req::Seal { reply } => {
-                    syncs.push(reply);
-                    self.write_out().and_then(|()| self.rotate())
-                }
-                Req::Close { reply } => {
-                    flush_forced = true;
-                    close = Some(reply);
-                    break;
-                }
-            };
-            if let Err(e) = staged {
-                result = Err(e);
-                break;
-            }
-        }
-        if result.is_ok() {
-            result = self.commit_group(flush_forced);
-        }
-        if result.is_ok() && flush && self.group_wrote || result.is_ok() && !syncs.is_empty() {
-            result = self.core.store.block_on(self.chan.flush());
-            if let (Ok(()), Some(a)) = (&result, self.active.as_mut()) {
-                a.durable = a.dev_end;
-            }
-        }
+        let mut plan = GroupPlan {
+            flush: !matches!(self.core.cfg.sync, SyncPolicy::Never),
+            ..GroupPlan::default()
+        };
+        let mut it = group.into_iter();
+        let result = self
+            .stage_group(&mut it, &mut plan)
+            .and_then(|()| self.make_durable(&plan));
+        let close = plan.close.take();
         match result {
-            Ok(()) => self.publish(posts, syncs),
-            Err(e) => self.fail_group(e, posts, syncs),
+            Ok(()) => self.publish(plan.posts, plan.syncs),
+            Err(e) => self.fail_group(e, plan.posts, plan.syncs),
         }
         for req in it {
             fail_req(req, Error::Closed);
@@ -451,12 +395,98 @@ impl<S: BlobStore> Shard<S> {
         false
     }
 
+    fn count_group(&self, len: usize) {
+        let ctr = &self.core.shards[self.id].ctr;
+        ctr.groups.fetch_add(1, Ordering::Relaxed);
+        ctr.group_ops.fetch_add(len as u64, Ordering::Relaxed);
+        let bucket = (usize::BITS - 1 - len.max(1).leading_zeros()).min(7) as usize;
+        ctr.group_hist[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Encode the group's requests into the shard's buffer, up to a `Close` (which ends the
+    /// group) or the first error; what is left in `it` is not taken.
+    fn stage_group(
+        &mut self,
+        it: &mut std::vec::IntoIter<Req>,
+        plan: &mut GroupPlan,
+    ) -> Result<()> {
+        // u32 arena offsets bound a shard's key bytes to 4 GiB: refuse new keys near it.
+        let arena_full = self.core.shards[self.id].index.read().keydir.arena_room() < 64 << 20;
+        for req in it.by_ref() {
+            if self.stage_req(req, plan, arena_full)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stage one request; true when it closes the shard (the group ends there).
+    fn stage_req(&mut self, req: Req, plan: &mut GroupPlan, arena_full: bool) -> Result<bool> {
+        match req {
+            Req::Write { reply, .. } | Req::Prepare { reply, .. } if arena_full => {
+                reply.send(Err(Error::Full));
+            }
+            Req::Write { ops, batch, reply } => {
+                plan.posts.push(Post::Apply(reply, Vec::new()));
+                let effects = self.stage_ops(ops, batch)?;
+                if let Some(id) = batch {
+                    self.append_commit(id)?;
+                }
+                if let Some(Post::Apply(_, e)) = plan.posts.last_mut() {
+                    *e = effects;
+                }
+            }
+            Req::Prepare { batch, ops, reply } => {
+                plan.flush = true;
+                plan.flush_forced = true;
+                plan.posts.push(Post::Prepare(batch, reply, Vec::new()));
+                let effects = self.stage_ops(ops, Some(batch))?;
+                if let Some(Post::Prepare(_, _, e)) = plan.posts.last_mut() {
+                    *e = effects;
+                }
+            }
+            Req::Commit { batch, reply } => {
+                plan.flush_forced = true;
+                plan.posts.push(Post::Commit(batch, reply));
+                self.append_commit(batch)?;
+            }
+            Req::Abort { batch } => {
+                self.pending.remove(&batch);
+            }
+            Req::Sync { reply } => {
+                plan.flush = true;
+                plan.flush_forced = true;
+                plan.syncs.push(reply);
+            }
+            Req::Seal { reply } => {
+                plan.syncs.push(reply);
+                self.write_out().and_then(|()| self.rotate())?;
+            }
+            Req::Close { reply } => {
+                plan.flush_forced = true;
+                plan.close = Some(reply);
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Write the staged group out and flush it when the policy or a request asks for it.
+    fn make_durable(&mut self, plan: &GroupPlan) -> Result<()> {
+        self.commit_group(plan.flush_forced)?;
+        if plan.flush && self.group_wrote || !plan.syncs.is_empty() {
+            self.core.store.block_on(self.chan.flush())?;
+            if let Some(a) = self.active.as_mut() {
+                a.durable = a.dev_end;
+            }
+        }
+        Ok(())
+    }
+
     /// Seal the active blob if the merge worker asked (its dead fraction passed the trigger).
     fn seal_if_wanted(&mut self) {
         let sh = &self.core.shards[self.id];
-        if !sh.seal_wanted.swap(false, Ordering::AcqRel)
-            || self.core.poisoned.load(Ordering::Acquire)
-        {
+        if !sh.seal_wanted.swap(false, Ordering::AcqRel) || self.core.is_poisoned() {
             return;
         }
         let res = self.write_out().and_then(|()| self.rotate());
@@ -642,10 +672,10 @@ impl<S: BlobStore> Shard<S> {
         let max_cl = cfg.max_blob_size.div_ceil(cfg.cluster);
         let clusters = cfg.lease_clusters.min(max_cl).max(1);
         let create = |n: u64| {
-            crate::recovery::create_blob(
+            crate::blobs::create_blob(
                 &core.store,
                 n,
-                crate::recovery::data_xattrs(self.id, seq, salt),
+                crate::blobs::data_xattrs(self.id, seq, salt),
             )
         };
         // A nearly full store still takes a blob of one cluster; deletes take no lease ahead
@@ -900,7 +930,7 @@ impl<S: BlobStore> Shard<S> {
         store.block_on(self.chan.flush())?;
         store.block_on(store.set_xattr(
             &a.handle.blob,
-            crate::recovery::X_LEN,
+            crate::blobs::X_LEN,
             &a.end.to_le_bytes(),
         ))?;
         if used * cluster < a.leased {
@@ -931,7 +961,7 @@ impl<S: BlobStore> Shard<S> {
 
     /// Clean close: everything durable, active blob sealed, keydir snapshot written.
     fn close(&mut self) -> Result<()> {
-        if self.core.poisoned.load(Ordering::Acquire) || self.core.cfg.read_only {
+        if self.core.is_poisoned() || self.core.cfg.read_only {
             return Ok(());
         }
         self.write_out()?;
@@ -947,7 +977,7 @@ impl<S: BlobStore> Shard<S> {
             // Nothing changed since the snapshot was written: it is still current.
             return Ok(());
         }
-        match crate::recovery::write_snapshot(&self.core, self.id, &self.chan, self.next_seq - 1) {
+        match crate::snapshot::write_snapshot(&self.core, self.id, &self.chan, self.next_seq - 1) {
             // A snapshot only speeds up open (which scans without one): a full store still
             // closes cleanly.
             Err(e @ (Error::Full | Error::NoMetadataSpace(_))) => {

@@ -4,18 +4,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::blobstore::{BlobId, BlobStore};
-use crate::db::Core;
-
-/// What a data blob is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlobRole {
-    /// The shard is appending to it.
-    Active,
-    /// Immutable; a merge input candidate.
-    Sealed,
-    /// Being written by a merge.
-    Merging,
-}
+pub use crate::state::BlobRole;
+use crate::state::{Core, ShardShared};
 
 /// One data blob.
 #[derive(Debug, Clone)]
@@ -111,7 +101,7 @@ pub(crate) fn collect<S: BlobStore>(core: &Core<S>) -> Stats {
         cache_misses: 0,
         cache_bytes: 0,
         cache_capacity: 0,
-        io_path: core.io_path.to_string(),
+        io_path: core.io_path().to_string(),
         recovery_time: Duration::ZERO,
         recovery_used_hints: false,
         free_clusters: core.store.free_clusters(),
@@ -120,35 +110,8 @@ pub(crate) fn collect<S: BlobStore>(core: &Core<S>) -> Stats {
     let mut overhead = 0u64;
     for (i, sh) in core.shards.iter().enumerate() {
         let c = &sh.ctr;
-        let ix = sh.index.read();
-        let mut ss = ShardStats {
-            shard: i,
-            keys: ix.keydir.len() as u64,
-            keydir_bytes: ix.keydir.memory_bytes() as u64,
-            live_bytes: 0,
-            dead_bytes: 0,
-            merges: c.merges.load(Ordering::Relaxed),
-            groups: c.groups.load(Ordering::Relaxed),
-            group_ops: c.group_ops.load(Ordering::Relaxed),
-            cache_hits: c.cache_hits.load(Ordering::Relaxed),
-            cache_misses: c.cache_misses.load(Ordering::Relaxed),
-        };
-        overhead += ix.keydir.overhead_bytes() as u64;
-        for e in ix.blobs.iter().flatten() {
-            let dead = e.written.saturating_sub(e.live);
-            ss.live_bytes += e.live;
-            ss.dead_bytes += dead;
-            st.blobs.push(BlobStats {
-                id: e.handle.id,
-                shard: i,
-                seq: e.handle.seq,
-                role: e.role,
-                size: e.written,
-                live_bytes: e.live,
-                dead_bytes: dead,
-            });
-        }
-        drop(ix);
+        let (ss, shard_overhead) = shard_stats(i, sh, &mut st.blobs);
+        overhead += shard_overhead;
         st.keys += ss.keys;
         st.keydir_bytes += ss.keydir_bytes;
         st.live_bytes += ss.live_bytes;
@@ -180,8 +143,47 @@ pub(crate) fn collect<S: BlobStore>(core: &Core<S>) -> Stats {
     if st.groups > 0 {
         st.mean_group_size = st.group_ops as f64 / st.groups as f64;
     }
-    let (t, h) = *core.recovery.lock();
+    let (t, h) = core.recovery_info();
     st.recovery_time = t;
     st.recovery_used_hints = h;
     st
+}
+
+/// One shard's counters and layout; its blobs go to `blobs`. Also returns the keydir's
+/// overhead bytes.
+fn shard_stats<S: BlobStore>(
+    i: usize,
+    sh: &ShardShared<S>,
+    blobs: &mut Vec<BlobStats>,
+) -> (ShardStats, u64) {
+    let c = &sh.ctr;
+    let ix = sh.index.read();
+    let mut ss = ShardStats {
+        shard: i,
+        keys: ix.keydir.len() as u64,
+        keydir_bytes: ix.keydir.memory_bytes() as u64,
+        live_bytes: 0,
+        dead_bytes: 0,
+        merges: c.merges.load(Ordering::Relaxed),
+        groups: c.groups.load(Ordering::Relaxed),
+        group_ops: c.group_ops.load(Ordering::Relaxed),
+        cache_hits: c.cache_hits.load(Ordering::Relaxed),
+        cache_misses: c.cache_misses.load(Ordering::Relaxed),
+    };
+    let overhead = ix.keydir.overhead_bytes() as u64;
+    for e in ix.blobs.iter().flatten() {
+        let dead = e.written.saturating_sub(e.live);
+        ss.live_bytes += e.live;
+        ss.dead_bytes += dead;
+        blobs.push(BlobStats {
+            id: e.handle.id,
+            shard: i,
+            seq: e.handle.seq,
+            role: e.role,
+            size: e.written,
+            live_bytes: e.live,
+            dead_bytes: dead,
+        });
+    }
+    (ss, overhead)
 }
