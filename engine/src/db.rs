@@ -33,6 +33,11 @@ use crate::shard::{Op, Req};
 pub use crate::options::{DeviceSpec, MergeOptions, Options, SyncPolicy};
 pub use crate::stats::{BlobRole, BlobStats, ShardStats, Stats};
 
+#[cfg(feature = "spdk")]
+mod spdk;
+#[cfg(feature = "spdk")]
+pub use spdk::spdk_store;
+
 /// Top bit of [`Loc::value_len`]: the record is a batch member (longer header).
 pub(crate) const LOC_BATCH_BIT: u32 = 1 << 31;
 

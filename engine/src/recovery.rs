@@ -70,12 +70,12 @@ pub(crate) fn create_blob<S: BlobStore>(
     clusters: u64,
     xattrs: Vec<(String, Vec<u8>)>,
 ) -> Result<BlobId> {
-    store.block_on(store.create(CreateOpts {
+    Ok(store.block_on(store.create(CreateOpts {
         num_clusters: clusters,
         xattrs,
         use_extent_table: false,
         ..CreateOpts::default()
-    }))
+    }))?)
 }
 
 /// Xattrs of a new data blob.
@@ -118,7 +118,7 @@ struct Meta<S: BlobStore> {
 }
 
 fn read_meta<S: BlobStore>(store: &S, id: BlobId) -> Result<Option<Meta<S>>> {
-    let blob = match store.block_on(store.open(id)) {
+    let blob = match store.block_on(store.open(id)).map_err(Error::from) {
         Ok(b) => b,
         // Enumerated but no root page of its own: a stray blob-id mask bit (a leak that
         // `check` reports), not a blob that holds anything.
@@ -162,7 +162,7 @@ fn read_meta<S: BlobStore>(store: &S, id: BlobId) -> Result<Option<Meta<S>>> {
 fn close_and_delete<S: BlobStore>(store: &S, blob: S::Blob) -> Result<()> {
     let id = blob.id();
     store.block_on(store.close(blob))?;
-    store.block_on(store.delete(id))
+    Ok(store.block_on(store.delete(id))?)
 }
 
 /// What the super blob says; `id` is `None` on a new store (the commit phase creates it).
@@ -230,7 +230,7 @@ fn commit_super<S: BlobStore>(store: &S, sup: &SuperInfo) -> Result<()> {
             .block_on(store.set_xattr(&blob, X_EPOCH, &sup.epoch.to_le_bytes()))
             .and_then(|()| store.block_on(store.sync_md(&blob)));
         store.block_on(store.close(blob))?;
-        return res;
+        return Ok(res?);
     }
     let id = store.block_on(store.create(CreateOpts {
         num_clusters: 0,
@@ -243,7 +243,7 @@ fn commit_super<S: BlobStore>(store: &S, sup: &SuperInfo) -> Result<()> {
         use_extent_table: false,
         ..CreateOpts::default()
     }))?;
-    store.block_on(store.set_super(id))
+    Ok(store.block_on(store.set_super(id))?)
 }
 
 /// Per-shard output of phase 1.
@@ -898,7 +898,7 @@ pub(crate) fn write_hint_blob<S: BlobStore>(
             .ctr
             .device_bytes
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        store.block_on(ch.flush())
+        store.block_on(ch.flush()).map_err(Error::from)
     })();
     store.block_on(store.close(blob))?;
     if res.is_err() {
@@ -990,6 +990,7 @@ pub(crate) fn write_catalog<S: BlobStore>(store: &S, cluster: u64, at_close: boo
         let res = if Some(id) == super_id {
             store
                 .block_on(store.get_xattr(&blob, X_EPOCH))
+                .map_err(Error::from)
                 .map(|e| cat.epoch = if at_close { le_u64(&e).unwrap_or(0) } else { 0 })
         } else {
             match store.block_on(store.get_xattr(&blob, X_ROLE)) {
@@ -998,7 +999,7 @@ pub(crate) fn write_catalog<S: BlobStore>(store: &S, cluster: u64, at_close: boo
                     Ok(())
                 }
                 Ok(_) => catalog_entry(store, id, &blob).map(|e| cat.entries.extend(e)),
-                Err(e) => Err(e),
+                Err(e) => Err(e.into()),
             }
         };
         store.block_on(store.close(blob))?;
@@ -1038,7 +1039,7 @@ fn write_catalog_blob<S: BlobStore>(store: &S, cluster: u64, bytes: &[u8]) -> Re
             AlignedBuf::zeroed((bytes.len() as u64).div_ceil(iou) as usize * iou as usize);
         buf[..bytes.len()].copy_from_slice(bytes);
         store.block_on(ch.write(&blob, 0, &buf))?;
-        store.block_on(ch.flush())
+        store.block_on(ch.flush()).map_err(Error::from)
     })();
     store.block_on(store.close(blob))?;
     if res.is_err() {
@@ -1059,14 +1060,14 @@ pub(crate) fn close_all<S: BlobStore>(core: &Core<S>) -> Result<()> {
         for e in ix.blobs.iter_mut() {
             if let Some(e) = e.take() {
                 if let Err(err) = store.block_on(store.close(e.handle.blob.clone())) {
-                    first.get_or_insert(err);
+                    first.get_or_insert(err.into());
                 }
             }
         }
     }
     while core.chans_rx.try_recv().is_ok() {}
     if let Err(e) = store.block_on(store.unload()) {
-        first.get_or_insert(e);
+        first.get_or_insert(e.into());
     }
     first.map_or(Ok(()), Err)
 }

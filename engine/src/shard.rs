@@ -431,7 +431,11 @@ impl<S: BlobStore> Shard<S> {
             result = self.commit_group(flush_forced);
         }
         if result.is_ok() && flush && self.group_wrote || result.is_ok() && !syncs.is_empty() {
-            result = self.core.store.block_on(self.chan.flush());
+            result = self
+                .core
+                .store
+                .block_on(self.chan.flush())
+                .map_err(Error::from);
             if let (Ok(()), Some(a)) = (&result, self.active.as_mut()) {
                 a.durable = a.dev_end;
             }
@@ -772,7 +776,10 @@ impl<S: BlobStore> Shard<S> {
             return Err(Error::Full);
         }
         let target = target.min(have + free - floor).max(need);
-        let target = match store.block_on(store.resize(&a.handle.blob, target)) {
+        let target = match store
+            .block_on(store.resize(&a.handle.blob, target))
+            .map_err(Error::from)
+        {
             // Nearly full: lease only what this write needs.
             Err(Error::Full) if target > need => {
                 store.block_on(store.resize(&a.handle.blob, need))?;

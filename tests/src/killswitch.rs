@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use blobcask::blobstore::{BlobId, BlobIo, BlobStore, Bstype, CreateOpts, IoChannel};
-use blobcask::{Error, Result};
+use blobcask::blobstore::{Error, Result};
 
 /// Shared by a [`KillSwitch`] store and its channels.
 #[derive(Default)]
@@ -43,7 +43,9 @@ impl Drop for Pass {
 }
 
 fn killed() -> Error {
-    Error::Io(io::Error::other("process killed (kill switch)"))
+    Error::Device(blobcask::device::Error::Injected(io::Error::other(
+        "process killed (kill switch)",
+    )))
 }
 
 impl Switch {

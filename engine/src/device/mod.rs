@@ -20,7 +20,8 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::error::Result;
+mod error;
+pub use error::{Error, Result};
 
 mod any;
 mod buf;
@@ -134,14 +135,14 @@ impl<T: Device> Device for Arc<T> {
 pub fn check_range(block_size: u32, size: u64, offset: u64, len: u64) -> Result<()> {
     let bs = u64::from(block_size);
     if !offset.is_multiple_of(bs) || !len.is_multiple_of(bs) {
-        return Err(crate::Error::invalid(format!(
-            "I/O at {offset}+{len} is not aligned to the {bs}-byte block size"
-        )));
+        return Err(Error::Misaligned {
+            offset,
+            len,
+            block_size,
+        });
     }
     match offset.checked_add(len) {
         Some(end) if end <= size => Ok(()),
-        _ => Err(crate::Error::invalid(format!(
-            "I/O at {offset}+{len} runs past the device end ({size})"
-        ))),
+        _ => Err(Error::OutOfRange { offset, len, size }),
     }
 }

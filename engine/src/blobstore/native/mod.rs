@@ -47,11 +47,11 @@ use std::sync::Arc;
 
 pub use store::NativeBlobStore;
 
+use crate::blobstore::error::{Error, Result};
 use crate::blobstore::{
     Blob, BlobId, BlobIo, BlobStore, Bstype, CreateOpts, IoChannel, INVALID_BLOB_ID,
 };
 use crate::device::{Device, IoRequest};
-use crate::error::{Error, Result};
 use datamap::{BlobShared, DataMap};
 
 /// An open blob of a [`NativeBlobStore`].
@@ -316,7 +316,11 @@ impl<D: Device> NativeChannel<D> {
         if dev_reqs.is_empty() {
             return Ok(());
         }
-        self.inner.dev.submit(&mut dev_reqs).await
+        self.inner
+            .dev
+            .submit(&mut dev_reqs)
+            .await
+            .map_err(Error::from)
     }
 }
 
@@ -374,7 +378,7 @@ impl<D: Device> IoChannel for NativeChannel<D> {
     }
 
     async fn flush(&self) -> Result<()> {
-        self.inner.dev.flush().await
+        self.inner.dev.flush().await.map_err(Error::from)
     }
 }
 
