@@ -19,7 +19,8 @@ pub const SPDK_PRESENT: bool = cfg!(spdk_present);
     unnecessary_transmutes,
     clippy::all,
     clippy::pedantic,
-    rustdoc::all
+    rustdoc::all,
+    unsafe_code
 )]
 mod bindings {
     include!(concat!(env!("OUT_DIR"), "/bindings.rs"));

@@ -24,7 +24,10 @@ mod error;
 pub use error::{Error, Result};
 
 mod any;
+// The two modules that talk to the kernel: aligned allocation, O_DIRECT, io_uring, ioctls.
+#[allow(unsafe_code)]
 mod buf;
+#[allow(unsafe_code)]
 mod file;
 mod memory;
 mod overlay;
