@@ -19,6 +19,7 @@ pub const SPDK_PRESENT: bool = cfg!(spdk_present);
     unnecessary_transmutes,
     clippy::all,
     clippy::pedantic,
+    clippy::undocumented_unsafe_blocks,
     rustdoc::all,
     unsafe_code
 )]
