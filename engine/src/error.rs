@@ -140,11 +140,7 @@ impl From<device::Error> for Error {
         use device::Error as D;
         match e {
             D::InvalidArgument(s) => Error::InvalidArgument(s),
-            D::Misaligned { .. } | D::OutOfRange { .. } => Error::InvalidArgument(
-                e.to_string()
-                    .trim_start_matches("invalid argument: ")
-                    .to_owned(),
-            ),
+            D::Misaligned { .. } | D::OutOfRange { .. } => Error::InvalidArgument(e.to_string()),
             D::ReadOnly(s) => Error::ReadOnly(s),
             D::Locked(s) => Error::Locked(s),
             D::Unsupported(s) => Error::Unsupported(s),

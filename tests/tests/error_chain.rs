@@ -68,3 +68,17 @@ fn a_full_blobstore_is_error_full_at_the_db() {
     assert!(matches!(err, Error::Full), "{err:?}");
     assert_eq!(err.errno(), -28, "ENOSPC");
 }
+
+#[test]
+fn an_os_error_of_the_device_keeps_its_errno_as_an_engine_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dev_err = blobcask::device::FileDevice::open(dir.path().join("missing"))
+        .expect_err("no device at that path");
+    assert!(matches!(dev_err, blobcask::device::Error::Os { .. }), "{dev_err:?}");
+    let err = Error::from(dev_err);
+    assert!(matches!(err, Error::Device(_)), "{err:?}");
+    let os = os_error(&err).expect("the io::Error is reachable through source()");
+    assert_eq!(os.raw_os_error(), Some(2), "ENOENT: {os}");
+    assert_eq!(err.errno(), -2);
+    assert!(err.to_string().contains("missing"), "{err}");
+}

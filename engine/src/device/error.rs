@@ -10,17 +10,14 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// An I/O range not aligned to the block size.
-    #[error(
-        "invalid argument: I/O at {offset}+{len} is not aligned to the {block_size}-byte block \
-         size"
-    )]
+    #[error("I/O at {offset}+{len} is not aligned to the {block_size}-byte block size")]
     Misaligned {
         offset: u64,
         len: u64,
         block_size: u32,
     },
     /// An I/O range past the end of the device.
-    #[error("invalid argument: I/O at {offset}+{len} runs past the device end ({size})")]
+    #[error("I/O at {offset}+{len} runs past the device end ({size})")]
     OutOfRange { offset: u64, len: u64, size: u64 },
     /// A write to a device opened read-only.
     #[error("read-only: {0}")]
