@@ -74,7 +74,10 @@ fn an_os_error_of_the_device_keeps_its_errno_as_an_engine_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let dev_err = blobcask::device::FileDevice::open(dir.path().join("missing"))
         .expect_err("no device at that path");
-    assert!(matches!(dev_err, blobcask::device::Error::Os { .. }), "{dev_err:?}");
+    assert!(
+        matches!(dev_err, blobcask::device::Error::Os { .. }),
+        "{dev_err:?}"
+    );
     let err = Error::from(dev_err);
     assert!(matches!(err, Error::Device(_)), "{err:?}");
     let os = os_error(&err).expect("the io::Error is reachable through source()");
