@@ -33,12 +33,12 @@ pub(crate) fn create_blob<S: BlobStore>(
     clusters: u64,
     xattrs: Vec<(String, Vec<u8>)>,
 ) -> Result<BlobId> {
-    store.block_on(store.create(CreateOpts {
+    Ok(store.block_on(store.create(CreateOpts {
         num_clusters: clusters,
         xattrs,
         use_extent_table: false,
         ..CreateOpts::default()
-    }))
+    }))?)
 }
 
 /// Xattrs of a new data blob.
@@ -81,7 +81,7 @@ pub(crate) struct Meta<S: BlobStore> {
 }
 
 pub(crate) fn read_meta<S: BlobStore>(store: &S, id: BlobId) -> Result<Option<Meta<S>>> {
-    let blob = match store.block_on(store.open(id)) {
+    let blob = match store.block_on(store.open(id)).map_err(Error::from) {
         Ok(b) => b,
         // Enumerated but no root page of its own: a stray blob-id mask bit (a leak that
         // `check` reports), not a blob that holds anything.
@@ -125,7 +125,7 @@ pub(crate) fn read_meta<S: BlobStore>(store: &S, id: BlobId) -> Result<Option<Me
 pub(crate) fn close_and_delete<S: BlobStore>(store: &S, blob: S::Blob) -> Result<()> {
     let id = blob.id();
     store.block_on(store.close(blob))?;
-    store.block_on(store.delete(id))
+    Ok(store.block_on(store.delete(id))?)
 }
 
 /// One catalog entry from an open blob's xattrs (`None`: not an engine data/hint/snapshot).
@@ -170,9 +170,13 @@ pub(crate) fn write_catalog<S: BlobStore>(store: &S, cluster: u64, at_close: boo
         let res = if Some(id) == super_id {
             store
                 .block_on(store.get_xattr(&blob, X_EPOCH))
+                .map_err(Error::from)
                 .map(|e| cat.epoch = if at_close { le_u64(&e).unwrap_or(0) } else { 0 })
         } else {
-            match store.block_on(store.get_xattr(&blob, X_ROLE)) {
+            match store
+                .block_on(store.get_xattr(&blob, X_ROLE))
+                .map_err(Error::from)
+            {
                 Ok(Some(r)) if r == catalog::ROLE => {
                     old.push(id);
                     Ok(())
@@ -211,14 +215,14 @@ fn write_catalog_blob<S: BlobStore>(store: &S, cluster: u64, bytes: &[u8]) -> Re
         vec![(X_ROLE.to_string(), catalog::ROLE.to_vec())],
     )?;
     let blob = store.block_on(store.open(id))?;
-    let res = (|| {
+    let res = (|| -> Result<()> {
         let ch = store.channel()?;
         let iou = u64::from(store.io_unit_size());
         let mut buf =
             AlignedBuf::zeroed((bytes.len() as u64).div_ceil(iou) as usize * iou as usize);
         buf[..bytes.len()].copy_from_slice(bytes);
         store.block_on(ch.write(&blob, 0, &buf))?;
-        store.block_on(ch.flush())
+        Ok(store.block_on(ch.flush())?)
     })();
     store.block_on(store.close(blob))?;
     if res.is_err() {

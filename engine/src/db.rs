@@ -34,6 +34,11 @@ use crate::state::{Core, ShardShared};
 pub use crate::options::{DeviceSpec, MergeOptions, Options, SyncPolicy};
 pub use crate::stats::{BlobRole, BlobStats, ShardStats, Stats};
 
+#[cfg(feature = "spdk")]
+mod spdk;
+#[cfg(feature = "spdk")]
+pub use spdk::spdk_store;
+
 /// A batch of puts and deletes applied all-or-nothing (also after a crash).
 #[derive(Debug, Default, Clone)]
 pub struct WriteBatch {
@@ -571,14 +576,14 @@ fn close_all<S: BlobStore>(core: &Core<S>) -> Result<()> {
         for e in ix.blobs.iter_mut() {
             if let Some(e) = e.take() {
                 if let Err(err) = store.block_on(store.close(e.handle.blob.clone())) {
-                    first.get_or_insert(err);
+                    first.get_or_insert(err.into());
                 }
             }
         }
     }
     core.drop_pooled_channels();
     if let Err(e) = store.block_on(store.unload()) {
-        first.get_or_insert(e);
+        first.get_or_insert(e.into());
     }
     first.map_or(Ok(()), Err)
 }

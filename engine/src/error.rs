@@ -1,9 +1,13 @@
-//! The one error type of the `blobcask` crate boundary.
+//! The engine's error type, the one at the `blobcask` crate boundary.
 //!
-//! Blobstore-level failures map 1:1 onto SPDK's negative errnos (see [`Error::errno`]), so the
-//! native and the SPDK backend report the same thing for the same fault.
+//! The device and blobstore layers have errors of their own ([`device::Error`],
+//! [`blobstore::Error`]). Converting one keeps the kinds callers match on as engine variants
+//! (`Full`, `NoMetadataSpace`, `Corruption`, ...) and wraps the rest as a `#[source]`, so
+//! `source()` leads down to the OS or SPDK errno.
 
 use std::io;
+
+use crate::{blobstore, device};
 
 /// Every fallible operation in `blobcask` returns this.
 #[derive(Debug, thiserror::Error)]
@@ -68,9 +72,15 @@ pub enum Error {
     /// The store is opened by another process.
     #[error("store is locked by another user: {0}")]
     Locked(String),
-    /// A device error.
+    /// An OS error of the engine itself (e.g. spawning a thread).
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
+    /// The device failed (its OS error is the source's source).
+    #[error("{0}")]
+    Device(#[source] device::Error),
+    /// The blobstore failed in a way no other variant stands for (e.g. an SPDK errno).
+    #[error("{0}")]
+    Blobstore(#[source] blobstore::Error),
     /// A write or flush failed earlier; writes are refused until the store is reopened.
     #[error("store is poisoned by an earlier write failure; reopen it")]
     Poisoned,
@@ -103,6 +113,8 @@ impl Error {
             }
             Error::BstypeMismatch { .. } => -libc::ENXIO,
             Error::Io(_) | Error::Poisoned | Error::Closed => -libc::EIO,
+            Error::Device(e) => e.errno(),
+            Error::Blobstore(e) => e.errno(),
             Error::Unsupported(_) => -libc::ENOTSUP,
         }
     }
@@ -119,5 +131,121 @@ impl Error {
     /// Shorthand for [`Error::InvalidArgument`].
     pub fn invalid(detail: impl Into<String>) -> Self {
         Error::InvalidArgument(detail.into())
+    }
+}
+
+/// Argument, lock and read-only refusals keep their engine variants; failed I/O is wrapped.
+impl From<device::Error> for Error {
+    fn from(e: device::Error) -> Self {
+        use device::Error as D;
+        match e {
+            D::InvalidArgument(s) => Error::InvalidArgument(s),
+            D::Misaligned { .. } | D::OutOfRange { .. } => Error::InvalidArgument(e.to_string()),
+            D::ReadOnly(s) => Error::ReadOnly(s),
+            D::Locked(s) => Error::Locked(s),
+            D::Unsupported(s) => Error::Unsupported(s),
+            e => Error::Device(e),
+        }
+    }
+}
+
+/// The kinds the engine reacts to (space, corruption, ...) become engine variants; a device
+/// failure becomes [`Error::Device`]; anything else is wrapped as [`Error::Blobstore`].
+impl From<blobstore::Error> for Error {
+    fn from(e: blobstore::Error) -> Self {
+        use blobstore::Error as B;
+        match e {
+            B::InvalidArgument(s) => Error::InvalidArgument(s),
+            B::NoSpace => Error::Full,
+            B::NoMdSpace(s) => Error::NoMetadataSpace(s),
+            B::NotFound(s) => Error::NotFound(s),
+            B::Busy(s) => Error::Busy(s),
+            B::ReadOnly(s) => Error::ReadOnly(s),
+            B::BadHandle => Error::BadHandle,
+            B::Corruption {
+                blob,
+                offset,
+                detail,
+            } => Error::Corruption {
+                blob,
+                offset,
+                detail,
+            },
+            B::NotABlobstore(s) => Error::NotABlobstore(s),
+            B::BstypeMismatch { expected, found } => Error::BstypeMismatch { expected, found },
+            B::Unsupported(s) => Error::Unsupported(s),
+            B::Closed => Error::Closed,
+            B::Device(d) => Error::from(d),
+            e => Error::Blobstore(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Walks `source()` down to the first `io::Error`.
+    fn os_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a io::Error> {
+        let mut cur = e.source();
+        while let Some(s) = cur {
+            if let Some(io) = s.downcast_ref::<io::Error>() {
+                return Some(io);
+            }
+            cur = s.source();
+        }
+        None
+    }
+
+    #[test]
+    fn a_device_failure_under_the_blobstore_keeps_its_os_error() {
+        let d = device::Error::Io {
+            context: "img".into(),
+            op: "write",
+            offset: 0,
+            len: 4096,
+            source: io::Error::from_raw_os_error(libc::EIO),
+        };
+        let e = Error::from(blobstore::Error::from(d));
+        assert!(
+            matches!(e, Error::Device(device::Error::Io { .. })),
+            "{e:?}"
+        );
+        assert_eq!(
+            os_error(&e).and_then(io::Error::raw_os_error),
+            Some(libc::EIO)
+        );
+        assert_eq!(e.errno(), -libc::EIO);
+    }
+
+    #[test]
+    fn blobstore_kinds_keep_their_engine_variants() {
+        assert!(matches!(
+            Error::from(blobstore::Error::NoSpace),
+            Error::Full
+        ));
+        assert!(matches!(
+            Error::from(blobstore::Error::from_errno("resize", -libc::ENOMEM)),
+            Error::NoMetadataSpace(_)
+        ));
+        assert!(matches!(
+            Error::from(blobstore::Error::corrupt_md(8192, "bad crc")),
+            Error::Corruption { offset: 8192, .. }
+        ));
+        assert!(matches!(
+            Error::from(device::Error::Locked("img".into())),
+            Error::Locked(_)
+        ));
+    }
+
+    #[test]
+    fn an_spdk_errno_is_reachable_from_the_engine_error() {
+        let e = Error::from(blobstore::Error::from_errno("spdk_bs_load", -libc::ENODEV));
+        assert!(matches!(e, Error::Blobstore(_)), "{e:?}");
+        assert_eq!(
+            os_error(&e).and_then(io::Error::raw_os_error),
+            Some(libc::ENODEV)
+        );
+        assert_eq!(e.errno(), -libc::ENODEV);
     }
 }

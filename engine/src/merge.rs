@@ -234,7 +234,8 @@ impl<S: BlobStore> Out<'_, S> {
         let need = (self.enc_base + n as u64).div_ceil(cluster);
         if need > self.clusters {
             let target = need + self.core.cfg.lease_clusters;
-            self.clusters = match store.block_on(store.resize(&self.handle.blob, target)) {
+            let resized = store.block_on(store.resize(&self.handle.blob, target));
+            self.clusters = match resized.map_err(Error::from) {
                 Err(Error::Full) => {
                     store.block_on(store.resize(&self.handle.blob, need))?;
                     need
@@ -509,7 +510,7 @@ impl<'a, S: BlobStore> Output<'a, S> {
             // Readers already follow the output: whatever the error, stop serving until a
             // reopen settles the step from what reached the device.
             core.poison();
-            return Err(e);
+            return Err(e.into());
         }
         // Committed: from here on the input may be gone, and the output must never be.
         self.seqs = seqs;
@@ -533,7 +534,7 @@ impl<'a, S: BlobStore> Output<'a, S> {
         drop(taken);
         let inner = unwrap_handle(self.out.handle);
         store.block_on(store.close(inner.blob))?;
-        store.block_on(store.delete(inner.id))
+        Ok(store.block_on(store.delete(inner.id))?)
     }
 
     /// Write the hint of the committed steps and hand the output to the shard as sealed.
@@ -618,7 +619,7 @@ fn new_output_blob<S: BlobStore>(
         Ok(b) => b,
         Err(e) => {
             let _ = store.block_on(store.delete(id));
-            return Err(e);
+            return Err(e.into());
         }
     };
     let handle = Arc::new(BlobHandle {

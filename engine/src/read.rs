@@ -9,11 +9,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::blobstore::{Blob as _, BlobIo, BlobStore, IoChannel as _};
-use crate::state::{record_len, BlobHandle, BlobRole, Core, ShardShared};
 use crate::device::AlignedBuf;
 use crate::error::{Error, Result};
 use crate::keydir::hash_key;
 use crate::record;
+use crate::state::{record_len, BlobHandle, BlobRole, Core, ShardShared};
 
 /// What a lookup found before any device I/O.
 pub(crate) enum Lookup<S: BlobStore, T> {
@@ -193,8 +193,9 @@ pub(crate) fn get_with<S: BlobStore, T>(
     let mut buf = pending.buffer();
     core.with_channel(|ch| {
         let iou = core.cfg.io_unit;
-        core.store
-            .block_on(ch.read(&pending.handle.blob, pending.start / iou, &mut buf))
+        Ok(core
+            .store
+            .block_on(ch.read(&pending.handle.blob, pending.start / iou, &mut buf))?)
     })?;
     pending.finish(core, key, &buf, f).map(Some)
 }
@@ -254,7 +255,7 @@ pub(crate) fn multi_get<S: BlobStore, K: AsRef<[u8]>>(
                 buf: &mut buf[..],
             })
             .collect();
-        core.store.block_on(ch.submit(&mut ios))
+        Ok(core.store.block_on(ch.submit(&mut ios))?)
     })?;
     for ((i, p), buf) in reads.iter().zip(&bufs) {
         out[*i] = Some(p.finish(core, keys[*i].as_ref(), buf, <[u8]>::to_vec)?);

@@ -108,7 +108,7 @@ fn commit_super<S: BlobStore>(store: &S, sup: &SuperInfo) -> Result<()> {
             .block_on(store.set_xattr(&blob, X_EPOCH, &sup.epoch.to_le_bytes()))
             .and_then(|()| store.block_on(store.sync_md(&blob)));
         store.block_on(store.close(blob))?;
-        return res;
+        return Ok(res?);
     }
     let id = store.block_on(store.create(CreateOpts {
         num_clusters: 0,
@@ -121,7 +121,7 @@ fn commit_super<S: BlobStore>(store: &S, sup: &SuperInfo) -> Result<()> {
         use_extent_table: false,
         ..CreateOpts::default()
     }))?;
-    store.block_on(store.set_super(id))
+    Ok(store.block_on(store.set_super(id))?)
 }
 
 /// Per-shard output of phase 1.
@@ -521,7 +521,10 @@ fn apply_snapshot<S: BlobStore>(
         if !covered.is_empty() {
             break;
         }
-        let Ok(h) = read_hint(store, cfg, ch, &s.blob) else {
+        let Ok(bytes) = read_hint(store, cfg, ch, &s.blob) else {
+            continue;
+        };
+        let Ok(h) = crate::hint::decode_ref(&bytes, s.blob.id()) else {
             continue;
         };
         if h.owner_seq != s.seq || !h.blobs.iter().all(|(b, _)| slot_of.contains_key(b)) {
@@ -533,8 +536,8 @@ fn apply_snapshot<S: BlobStore>(
             }
             covered.insert(*b);
         }
-        out.index.keydir.reserve(h.entries.len());
-        for e in h.entries {
+        out.index.keydir.reserve(h.header.entries as usize);
+        for e in h.entries() {
             let Some(&blob) = slot_of.get(&e.blob_seq) else {
                 continue;
             };
@@ -545,7 +548,7 @@ fn apply_snapshot<S: BlobStore>(
             };
             out.index
                 .keydir
-                .apply(&e.key, hash_key(&e.key), e.seq, Some(loc));
+                .apply(e.key, hash_key(e.key), e.seq, Some(loc));
         }
         out.max_seq = out.max_seq.max(h.header.max_seq);
         out.used_hints = true;
@@ -565,14 +568,17 @@ fn apply_hint<S: BlobStore>(
     h: &Meta<S>,
     slot: u16,
 ) -> bool {
-    let Ok(hint) = read_hint(store, cfg, ch, &h.blob) else {
+    let Ok(bytes) = read_hint(store, cfg, ch, &h.blob) else {
+        return false;
+    };
+    let Ok(hint) = crate::hint::decode_ref(&bytes, h.blob.id()) else {
         return false;
     };
     if hint.owner_seq != h.seq || hint.blobs.len() != 1 || hint.blobs[0].0 != m.seq {
         return false;
     }
-    out.index.keydir.reserve(hint.entries.len());
-    for e in hint.entries {
+    out.index.keydir.reserve(hint.header.entries as usize);
+    for e in hint.entries() {
         let loc = Loc {
             blob: slot,
             offset: e.offset,
@@ -580,7 +586,7 @@ fn apply_hint<S: BlobStore>(
         };
         out.index
             .keydir
-            .apply(&e.key, hash_key(&e.key), e.seq, Some(loc));
+            .apply(e.key, hash_key(e.key), e.seq, Some(loc));
     }
     if let Some(e) = out.index.entry_mut(slot) {
         e.written = hint.blobs[0].1;

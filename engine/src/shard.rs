@@ -802,7 +802,10 @@ impl<S: BlobStore> Shard<S> {
             return Err(Error::Full);
         }
         let target = target.min(have + free - floor).max(need);
-        let target = match store.block_on(store.resize(&a.handle.blob, target)) {
+        let target = match store
+            .block_on(store.resize(&a.handle.blob, target))
+            .map_err(Error::from)
+        {
             // Nearly full: lease only what this write needs.
             Err(Error::Full) if target > need => {
                 store.block_on(store.resize(&a.handle.blob, need))?;

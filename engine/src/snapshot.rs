@@ -45,7 +45,7 @@ pub(crate) fn write_hint_blob<S: BlobStore>(
             .ctr
             .device_bytes
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        store.block_on(ch.flush())
+        store.block_on(ch.flush()).map_err(Error::from)
     })();
     store.block_on(store.close(blob))?;
     if res.is_err() {

@@ -316,7 +316,7 @@ impl<S: BlobStore> Core<S> {
     pub fn take_channel(&self) -> Result<S::Channel> {
         match self.chans_rx.try_recv() {
             Ok(c) => Ok(c),
-            Err(_) => self.store.channel(),
+            Err(_) => Ok(self.store.channel()?),
         }
     }
 

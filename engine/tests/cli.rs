@@ -1,5 +1,8 @@
 //! The `blobcask` binary, driven as a user would: every subcommand, exit codes and messages.
 
+// Test code (its helpers are not `#[test]` functions): a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};

@@ -1,6 +1,9 @@
 //! The `blobcask` binary on space and `format`: many short-lived writers on a small store, and
 //! `format`'s refusals (an existing store without `--force`, a geometry that cannot work).
 
+// Test code (its helpers are not `#[test]` functions): a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::process::{Command, Output};
 

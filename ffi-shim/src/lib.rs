@@ -27,7 +27,9 @@
 
 use std::fmt;
 
+// The FFI module: every call into SPDK and every callback trampoline.
 #[cfg(spdk_present)]
+#[allow(unsafe_code)]
 mod real;
 #[cfg(spdk_present)]
 pub use real::{block_on, Blob, Blobstore, Channel, Env};

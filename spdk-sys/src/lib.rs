@@ -19,7 +19,9 @@ pub const SPDK_PRESENT: bool = cfg!(spdk_present);
     unnecessary_transmutes,
     clippy::all,
     clippy::pedantic,
-    rustdoc::all
+    clippy::undocumented_unsafe_blocks,
+    rustdoc::all,
+    unsafe_code
 )]
 mod bindings {
     include!(concat!(env!("OUT_DIR"), "/bindings.rs"));

@@ -226,7 +226,7 @@ mod with_spdk {
 
     impl Bdev {
         fn load(&self, opts: &Options) -> Result<SpdkBlobStore> {
-            let s = SpdkBlobStore::load_for(&self.config, &self.name, opts)?;
+            let s = blobcask::db::spdk_store(&self.config, &self.name, opts)?;
             *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) = Some(s.clone());
             Ok(s)
         }

@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use blobcask::blobstore::{BlobId, BlobIo, BlobStore, Bstype, CreateOpts, IoChannel};
+use blobcask::blobstore::{Error, Result};
 use blobcask::device::AlignedBuf;
-use blobcask::{Error, Result};
 
 /// Shared by a [`KillSwitch`] store and its channels.
 #[derive(Default)]
@@ -44,7 +44,9 @@ impl Drop for Pass {
 }
 
 fn killed() -> Error {
-    Error::Io(io::Error::other("process killed (kill switch)"))
+    Error::Device(blobcask::device::Error::Injected(io::Error::other(
+        "process killed (kill switch)",
+    )))
 }
 
 impl Switch {

@@ -13,9 +13,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use blobcask::blobstore::native::{NativeBlob, NativeBlobStore};
+use blobcask::blobstore::Error;
 use blobcask::blobstore::{Blob, BlobId, BlobStore, CreateOpts, InitOpts, IoChannel, LoadOpts};
 use blobcask::device::{CrashMode, SimDevice};
-use blobcask::Error;
 use proptest::prelude::*;
 
 const UNIT: usize = 4096;
@@ -243,7 +243,7 @@ impl Harness {
                         let h = b(self.s().open(id)).unwrap();
                         self.handles.insert(id, h);
                     }
-                    Err(Error::Full) | Err(Error::NoMetadataSpace(_)) => {}
+                    Err(Error::NoSpace) | Err(Error::NoMdSpace(_)) => {}
                     Err(e) => panic!("create: {e}"),
                 }
             }
@@ -258,7 +258,7 @@ impl Harness {
                         m.cur.size = n;
                         m.min_size = m.min_size.min(n);
                     }
-                    Err(Error::Full) => {}
+                    Err(Error::NoSpace) => {}
                     Err(e) => panic!("resize: {e}"),
                 }
             }
@@ -299,7 +299,7 @@ impl Harness {
                             m.persisted();
                         }
                     }
-                    Err(Error::Full) => {}
+                    Err(Error::NoSpace) => {}
                     Err(e) => panic!("write: {e}"),
                 }
             }
@@ -327,7 +327,7 @@ impl Harness {
                 let Some(id) = self.pick(sel) else { return };
                 match b(self.s().sync_md(&self.handles[&id])) {
                     Ok(()) => self.model.get_mut(&id).unwrap().persisted(),
-                    Err(Error::NoMetadataSpace(_)) => {}
+                    Err(Error::NoMdSpace(_)) => {}
                     Err(e) => panic!("sync_md: {e}"),
                 }
             }
@@ -336,7 +336,7 @@ impl Harness {
                 let h = self.handles.remove(&id).unwrap();
                 match b(self.s().close(h.clone())) {
                     Ok(()) => {}
-                    Err(Error::NoMetadataSpace(_)) => {
+                    Err(Error::NoMdSpace(_)) => {
                         self.handles.insert(id, h);
                         return;
                     }

@@ -55,7 +55,7 @@ fn pattern(tag: u64, units: u64) -> Vec<u8> {
         .collect()
 }
 
-fn bs<T>(r: blobcask::Result<T>, what: &str) -> Result<T, String> {
+fn bs<T>(r: blobcask::blobstore::Result<T>, what: &str) -> Result<T, String> {
     r.map_err(|e| format!("{what}: {e}"))
 }
 

@@ -133,7 +133,7 @@ fn assert_serves(db: &Db, model: &Model, what: &str) {
 
 /// `check`'s problems for `image`.
 fn check(image: &[u8]) -> Vec<String> {
-    blobcask::fsck::check(|| MemoryDevice::from_bytes(image.to_vec(), 4096))
+    blobcask::fsck::check(|| Ok(MemoryDevice::from_bytes(image.to_vec(), 4096)?))
         .unwrap()
         .problems
 }

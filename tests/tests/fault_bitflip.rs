@@ -209,7 +209,7 @@ fn case(b: &Base, rng: &mut rand_chacha::ChaCha8Rng, ctx: &str) -> String {
                 }
                 exact &= !missing;
             }
-            Err(Error::Corruption { .. } | Error::Io(_)) => exact = false,
+            Err(Error::Corruption { .. } | Error::Device(_)) => exact = false,
             Err(e) => panic!(
                 "{ctx}: get {} failed with an unexpected error: {e}",
                 oracle::show(k)

@@ -11,7 +11,8 @@
 
 use std::future::Future;
 
-use crate::error::Result;
+mod error;
+pub use error::{Error, Result};
 
 pub mod native;
 pub mod replay;
@@ -36,7 +37,7 @@ impl Bstype {
     pub fn new(s: &str) -> Result<Self> {
         let b = s.as_bytes();
         if b.len() > 16 {
-            return Err(crate::Error::invalid(format!(
+            return Err(Error::invalid(format!(
                 "bstype {s:?} is longer than 16 bytes"
             )));
         }

@@ -19,8 +19,8 @@ use super::native::mdpage::MdPage;
 use super::native::superblock::SuperBlock;
 use super::native::{NativeBlob, NativeBlobStore};
 use super::{Blob, BlobId, BlobStore, Bstype, CreateOpts, InitOpts, IoChannel, LoadOpts};
+use crate::blobstore::error::{Error, Result};
 use crate::device::{Device, FileDevice, MemoryDevice};
-use crate::error::{Error, Result};
 
 fn bad(d: impl Into<String>) -> Error {
     Error::invalid(format!("manifest: {}", d.into()))
@@ -287,12 +287,22 @@ async fn run_op<D: Device>(
 pub fn replay(manifest: &Value, out: &Path) -> Result<String> {
     let (size, block) = image_geometry(manifest)?;
     match std::fs::remove_file(out) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(os_error(out, "remove", e))
+        }
         _ => {}
     }
     let dev = replay_on(manifest, FileDevice::create(out, size, block)?)?;
     drop(dev);
-    Ok(sha256_hex(&std::fs::read(out)?))
+    let image = std::fs::read(out).map_err(|e| os_error(out, "read image", e))?;
+    Ok(sha256_hex(&image))
+}
+
+fn os_error(path: &Path, what: &str, source: std::io::Error) -> Error {
+    Error::Device(crate::device::Error::Os {
+        context: format!("{}: {what}", path.display()),
+        source,
+    })
 }
 
 pub fn sha256_hex(b: &[u8]) -> String {

@@ -24,8 +24,8 @@ pub use ffi_shim::{Config as SpdkConfig, EnvOpts as SpdkEnvOpts, LogLevel as Spd
 use super::{
     Blob, BlobId, BlobIo, BlobStore, Bstype, ClearMethod, CreateOpts, InitOpts, IoChannel, LoadOpts,
 };
+use crate::blobstore::error::{Error, Result};
 use crate::device::AlignedBuf;
-use crate::error::{Error, Result};
 
 /// Format or load.
 #[derive(Debug, Clone)]
@@ -53,34 +53,19 @@ pub struct SpdkBlob(ffi_shim::Blob);
 #[derive(Debug)]
 pub struct SpdkChannel(ffi_shim::Channel);
 
-/// Translate an ffi-shim error into the engine's, by SPDK's errno (`spdk-blob-api.md` §7).
+/// Translate an ffi-shim error into the blobstore's; SPDK's errnos go through the one
+/// mapping, [`Error::from_errno`].
 fn map_err(e: ffi_shim::Error) -> Error {
     match e {
         ffi_shim::Error::Unavailable(why) => Error::Unsupported(format!("SPDK backend: {why}")),
         ffi_shim::Error::InvalidArgument(s) => Error::InvalidArgument(s),
         ffi_shim::Error::NotOpen(_) => Error::BadHandle,
         ffi_shim::Error::Unloaded => Error::Closed,
-        ffi_shim::Error::NoDmaMemory(n) => Error::Io(io::Error::new(
-            io::ErrorKind::OutOfMemory,
-            format!("SPDK DMA allocation of {n} bytes failed"),
-        )),
-        ffi_shim::Error::Spdk { op, rc } => match -rc {
-            errno::ENOSPC => Error::Full,
-            errno::ENOMEM => Error::NoMetadataSpace(format!("{op} (-ENOMEM)")),
-            errno::ENOENT => Error::NotFound(op.to_owned()),
-            errno::EBUSY => Error::Busy(op.to_owned()),
-            errno::EPERM => Error::ReadOnly(op.to_owned()),
-            errno::EBADF => Error::BadHandle,
-            errno::EILSEQ => Error::NotABlobstore(format!("{op}: bad super block")),
-            errno::EINVAL => Error::InvalidArgument(format!("{op} (-EINVAL)")),
-            errno::ENOTSUP => Error::Unsupported(op.to_owned()),
-            errno::ESHUTDOWN => Error::Closed,
-            n => Error::Io(io::Error::new(
-                io::Error::from_raw_os_error(n).kind(),
-                format!("{op}: {}", io::Error::from_raw_os_error(n)),
-            )),
+        ffi_shim::Error::Spdk { op, rc } => Error::from_errno(op, rc),
+        other => Error::Spdk {
+            op: other.to_string(),
+            source: io::Error::from_raw_os_error(-other.errno()),
         },
-        other => Error::Io(io::Error::other(other.to_string())),
     }
 }
 
@@ -213,39 +198,6 @@ impl SpdkBlobStore {
         let env =
             ffi_shim::Env::get().ok_or_else(|| Error::Unsupported("SPDK is not running".into()))?;
         ffi_shim::block_on(env.zero_bdev(name)).map_err(map_err)
-    }
-}
-
-impl crate::Db<SpdkBlobStore> {
-    /// Open (or, with `opts.create`, format) a store on SPDK bdev `bdev`, created from
-    /// `config` (JSON text or a path, SPDK `save_config` format) unless it exists already.
-    /// `opts.device` and `opts.device_size` are ignored: the bdev is the device.
-    pub fn open_spdk(config: &str, bdev: &str, opts: crate::Options) -> Result<Self> {
-        let store = SpdkBlobStore::load_for(&SpdkConfig::parse(config), bdev, &opts)?;
-        crate::Db::open_on(store, opts, crate::device::IoPath::Spdk)
-    }
-}
-
-impl SpdkBlobStore {
-    /// Load the blobstore on `bdev` as `Db::open_spdk` does: with `opts.bstype`, formatting
-    /// it with `opts.cluster_size` if it holds none and `opts.create` is set.
-    pub fn load_for(config: &SpdkConfig, bdev: &str, opts: &crate::Options) -> Result<Self> {
-        let bstype = Bstype::new(&opts.bstype)?;
-        let init = opts.create.then(|| InitOpts {
-            cluster_size: opts.cluster_size,
-            bstype,
-            ..InitOpts::default()
-        });
-        SpdkBlobStore::open_or_init(
-            &SpdkEnvOpts::default(),
-            config,
-            bdev,
-            LoadOpts {
-                bstype,
-                force_recover: false,
-            },
-            init,
-        )
     }
 }
 

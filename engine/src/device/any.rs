@@ -3,11 +3,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use super::error::{Error, Result};
 use super::{
     Device, FileDevice, FileOptions, IoPath, IoRequest, MemoryDevice, SimDevice,
     DEFAULT_FILE_BLOCK_SIZE,
 };
-use crate::error::{Error, Result};
 
 /// One of the device backends. Callers that pick a backend from a flag or a path (the `Db`,
 /// the CLI, the bench tool) hold this; the `match` in each method is the only dispatch cost.

@@ -40,8 +40,8 @@ use std::path::{Path, PathBuf};
 
 use io_uring::{opcode, types, IoUring};
 
+use super::error::{Error, Result};
 use super::{check_range, AlignedBuf, Device, IoPath, IoRequest};
-use crate::error::{Error, Result};
 
 /// Entries of each thread's io_uring ring (submission queue depth).
 pub const RING_ENTRIES: u32 = 128;
@@ -312,7 +312,29 @@ impl FileDevice {
                 }
             }
         }
-        res.map_err(|e| io_ctx(&self.path, "I/O", e))
+        res.map_err(|source| self.io_error(reqs, source))
+    }
+
+    /// A failed data request (or batch), with the range it covered.
+    fn io_error(&self, reqs: &[IoRequest<'_>], source: io::Error) -> Error {
+        let ranges = reqs.iter().map(|r| match r {
+            IoRequest::Read { offset, buf } => (*offset, *offset + buf.len() as u64),
+            IoRequest::Write { offset, buf } => (*offset, *offset + buf.len() as u64),
+        });
+        let (start, end) = ranges.fold((u64::MAX, 0), |(s, e), (a, b)| (s.min(a), e.max(b)));
+        let writes = reqs.iter().any(|r| matches!(r, IoRequest::Write { .. }));
+        let reads = reqs.iter().any(|r| matches!(r, IoRequest::Read { .. }));
+        Error::Io {
+            context: self.path.display().to_string(),
+            op: match (reads, writes) {
+                (true, true) => "read/write",
+                (false, true) => "write",
+                _ => "read",
+            },
+            offset: start.min(end),
+            len: end.saturating_sub(start),
+            source,
+        }
     }
 
     fn run(&self, ops: &mut [Op]) -> io::Result<()> {
@@ -421,10 +443,10 @@ impl Device for FileDevice {
 // Opening
 
 fn io_ctx(path: &Path, what: &str, e: io::Error) -> Error {
-    Error::Io(io::Error::new(
-        e.kind(),
-        format!("{}: {what}: {e}", path.display()),
-    ))
+    Error::Os {
+        context: format!("{}: {what}", path.display()),
+        source: e,
+    }
 }
 
 fn check_block_size(bs: u32) -> Result<()> {
@@ -1178,7 +1200,7 @@ mod tests {
         // create never clobbers an existing file.
         assert!(matches!(
             FileDevice::create(dir.path().join("ragged"), MIB, 4096),
-            Err(Error::Io(_))
+            Err(Error::Os { .. })
         ));
         assert!(FileDevice::open(dir.path().join("missing")).is_err());
         assert!(matches!(

@@ -2,8 +2,8 @@
 
 use parking_lot::RwLock;
 
+use super::error::{Error, Result};
 use super::{check_range, Device, IoPath, IoRequest};
-use crate::error::Result;
 
 /// A RAM-backed [`Device`].
 pub struct MemoryDevice {
@@ -24,13 +24,13 @@ impl MemoryDevice {
     /// A zero-filled device of `size` bytes (rounded down to `block_size`).
     pub fn new(size: u64, block_size: u32) -> Result<Self> {
         if !(512..=4096).contains(&block_size) || !block_size.is_power_of_two() {
-            return Err(crate::Error::invalid(format!(
+            return Err(Error::invalid(format!(
                 "block size {block_size} is not a power of two in 512..=4096"
             )));
         }
         let size = size - size % u64::from(block_size);
         let len = usize::try_from(size)
-            .map_err(|_| crate::Error::invalid("memory device larger than the address space"))?;
+            .map_err(|_| Error::invalid("memory device larger than the address space"))?;
         Ok(MemoryDevice {
             block_size,
             data: RwLock::new(vec![0; len]),

@@ -20,13 +20,19 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::error::Result;
+mod error;
+pub use error::{Error, Result};
 
 mod any;
+// The two modules that talk to the kernel: aligned allocation, O_DIRECT, io_uring, ioctls.
+#[allow(unsafe_code)]
 mod buf;
+#[allow(unsafe_code)]
 mod file;
 mod memory;
 mod overlay;
+// Owns an io_uring ring and an eventfd, and hands the kernel buffers it owns.
+#[allow(unsafe_code)]
 mod reactor;
 pub mod sim;
 pub use any::AnyDevice;
@@ -159,14 +165,14 @@ impl<T: Device> Device for Arc<T> {
 pub fn check_range(block_size: u32, size: u64, offset: u64, len: u64) -> Result<()> {
     let bs = u64::from(block_size);
     if !offset.is_multiple_of(bs) || !len.is_multiple_of(bs) {
-        return Err(crate::Error::invalid(format!(
-            "I/O at {offset}+{len} is not aligned to the {bs}-byte block size"
-        )));
+        return Err(Error::Misaligned {
+            offset,
+            len,
+            block_size,
+        });
     }
     match offset.checked_add(len) {
         Some(end) if end <= size => Ok(()),
-        _ => Err(crate::Error::invalid(format!(
-            "I/O at {offset}+{len} runs past the device end ({size})"
-        ))),
+        _ => Err(Error::OutOfRange { offset, len, size }),
     }
 }

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use parking_lot::RwLock;
 
+use super::error::Result;
 use super::{check_range, Device, IoPath, IoRequest};
-use crate::error::Result;
 
 /// A [`Device`] whose writes never reach `base`.
 pub struct Overlay<D: Device> {

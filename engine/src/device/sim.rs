@@ -26,7 +26,7 @@
 //! - **Latent sector errors.** Reads touching a [`FaultPlan::bad_ranges`] range fail with EIO;
 //!   writes there succeed (the range stays bad until the plan changes).
 //! - **Full device.** With [`FaultPlan::full_at`] set, a write ending past that byte fails with
-//!   an ENOSPC-like [`Error::Io`] (kind `StorageFull`).
+//!   an ENOSPC-like [`Error::Injected`] (kind `StorageFull`).
 //! - **Crash point.** With [`FaultPlan::stop_after`] = N, I/O number N+1 and every later one
 //!   (reads, writes, flushes and unmaps all count, see [`SimDevice::io_counts`]) fails: the
 //!   machine died right after the N-th I/O. A sweep test runs a workload once to learn the
@@ -48,8 +48,8 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::error::{Error, Result};
 use super::{check_range, AlignedBuf, Device, IoPath, IoRequest};
-use crate::error::{Error, Result};
 
 /// Granularity of torn writes: the atomic unit of the medium.
 pub const TEAR_UNIT: u64 = 4096;
@@ -219,7 +219,7 @@ fn mix(seed: u64, n: u64) -> u64 {
 }
 
 fn sim_err(kind: io::ErrorKind, msg: String) -> Error {
-    Error::Io(io::Error::new(kind, format!("sim: {msg}")))
+    Error::Injected(io::Error::new(kind, format!("sim: {msg}")))
 }
 
 fn overlaps(r: &Range<u64>, offset: u64, len: u64) -> bool {
@@ -852,7 +852,10 @@ mod tests {
         let mut b = page(0);
         // Transient write error: only the next write fails, and it changes nothing.
         d.fail_next_write(false);
-        assert!(matches!(block_on(d.write(0, &page(1))), Err(Error::Io(_))));
+        assert!(matches!(
+            block_on(d.write(0, &page(1))),
+            Err(Error::Injected(_))
+        ));
         assert_eq!(fill_of(&d.current_image(), 0), 0);
         block_on(d.write(0, &page(2))).unwrap();
         // Persistent write error from the 2nd next write on.
@@ -979,7 +982,7 @@ mod tests {
         d.set_full_at(Some(8 * 4096));
         block_on(d.write(7 * 4096, &page(1))).unwrap();
         match block_on(d.write(7 * 4096, &[1u8; 2 * PAGE])) {
-            Err(Error::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::StorageFull),
+            Err(Error::Injected(e)) => assert_eq!(e.kind(), io::ErrorKind::StorageFull),
             other => panic!("expected ENOSPC, got {other:?}"),
         }
         d.set_full_at(None);

@@ -658,9 +658,11 @@ impl Blobstore {
             .flush_desc
             .swap(std::ptr::null_mut(), Ordering::AcqRel) as Addr;
         if desc != 0 {
-            // SAFETY: on the metadata thread, which opened it; closed once.
-            self.inner
-                .md_call(move || unsafe { ffi::shim_bdev_close(desc as *mut c_void) })?;
+            self.inner.md_call(move || {
+                // SAFETY: on the metadata thread, which opened it; closed once (the swap
+                // above took the only copy of the descriptor).
+                unsafe { ffi::shim_bdev_close(desc as *mut c_void) }
+            })?;
         }
         if self
             .inner

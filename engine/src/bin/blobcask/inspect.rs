@@ -30,7 +30,10 @@ fn load_read_only(path: &Path) -> Result<ReadOnlyStore, blobcask::Error> {
         ..FileOptions::default()
     };
     let dev = Overlay::new(FileDevice::open_with(path, &opts)?);
-    pollster::block_on(NativeBlobStore::load(dev, LoadOpts::default()))
+    Ok(pollster::block_on(NativeBlobStore::load(
+        dev,
+        LoadOpts::default(),
+    ))?)
 }
 
 fn blob_json(bs: &ReadOnlyStore, id: u64) -> Result<Value, blobcask::Error> {
@@ -93,7 +96,7 @@ fn read_super(bs: &ReadOnlyStore) -> Result<SuperBlock, blobcask::Error> {
     use blobcask::device::Device;
     let mut b = blobcask::device::AlignedBuf::zeroed(4096);
     pollster::block_on(bs.device().read(0, &mut b))?;
-    SuperBlock::decode(&b)
+    Ok(SuperBlock::decode(&b)?)
 }
 
 fn super_json(bs: &ReadOnlyStore) -> Result<Value, blobcask::Error> {
@@ -372,13 +375,13 @@ pub fn replay(manifest: &Path, out: &Path) -> CliResult {
 }
 
 fn open_ro(path: &Path) -> Result<FileDevice, blobcask::Error> {
-    FileDevice::open_with(
+    Ok(FileDevice::open_with(
         path,
         &FileOptions {
             read_only: true,
             ..FileOptions::default()
         },
-    )
+    )?)
 }
 
 /// `blobcask check`: exit 0 when clean, 1 when problems were found.

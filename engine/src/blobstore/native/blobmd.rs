@@ -14,7 +14,7 @@ use super::descriptor::{
     TYPE_EXTENT_RLE, TYPE_EXTENT_TABLE, TYPE_FLAGS, TYPE_XATTR, TYPE_XATTR_INTERNAL,
 };
 use super::mdpage::{walk, MdPage, DESC_AREA, NO_NEXT};
-use crate::error::{Error, Result};
+use crate::blobstore::error::{Error, Result};
 
 /// `invalid_flags` bit: thin provisioned.
 pub const FLAG_THIN_PROV: u64 = 0x1;
@@ -172,7 +172,7 @@ impl BlobMd {
                 };
                 let len = d.encoded_len();
                 if len > DESC_AREA || name.len() > 0xFFFF || value.len() > 0xFFFF {
-                    return Err(Error::NoMetadataSpace(format!(
+                    return Err(Error::NoMdSpace(format!(
                         "xattr {:?} needs {len} bytes, a page holds {DESC_AREA}",
                         String::from_utf8_lossy(name)
                     )));

@@ -14,7 +14,7 @@
 //! Decoders check every length before use and report [`Error::Corruption`].
 
 use super::superblock::{read_u32, read_u64};
-use crate::error::{Error, Result};
+use crate::blobstore::error::{Error, Result};
 
 pub const TYPE_PADDING: u8 = 0;
 pub const TYPE_EXTENT_RLE: u8 = 1;

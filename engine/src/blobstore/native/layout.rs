@@ -3,8 +3,8 @@
 
 use super::mask::MASK_HEADER;
 use super::superblock::{SuperBlock, SUPER_BLOCK_SIZE, VERSION};
+use crate::blobstore::error::{Error, Result};
 use crate::blobstore::{Bstype, InitOpts, INVALID_BLOB_ID};
-use crate::error::{Error, Result};
 
 /// Largest cluster count a mask length (u32 bits) and a cluster index (u32) allow.
 const MAX_CLUSTERS: u64 = u32::MAX as u64;
@@ -59,7 +59,7 @@ impl Layout {
         }
         let total = dev_size / u64::from(cs);
         if total == 0 {
-            return Err(Error::Full);
+            return Err(Error::NoSpace);
         }
         if total > MAX_CLUSTERS {
             return Err(Error::invalid(format!("{total} clusters do not fit u32")));
@@ -92,7 +92,7 @@ impl Layout {
         };
         let num_md = l.md_clusters_needed();
         if num_md > total {
-            return Err(Error::NoMetadataSpace(format!(
+            return Err(Error::NoMdSpace(format!(
                 "metadata needs {num_md} clusters, the device has {total}"
             )));
         }
@@ -281,7 +281,7 @@ mod tests {
         };
         assert!(matches!(
             Layout::for_init(1 << 19, 4096, &o(1 << 20)),
-            Err(Error::Full)
+            Err(Error::NoSpace)
         ));
         assert!(Layout::for_init(1 << 30, 4096, &o(1000)).is_err());
         assert!(Layout::for_init(1 << 30, 4096, &o(0)).is_err());
@@ -291,7 +291,7 @@ mod tests {
         };
         assert!(matches!(
             Layout::for_init(8 << 20, 4096, &many),
-            Err(Error::NoMetadataSpace(_))
+            Err(Error::NoMdSpace(_))
         ));
     }
 

@@ -13,7 +13,7 @@
 
 use bitvec::prelude::{BitVec, Lsb0};
 
-use crate::error::{Error, Result};
+use crate::blobstore::error::{Error, Result};
 
 /// Which mask a region holds (its type byte).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

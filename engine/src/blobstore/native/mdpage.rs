@@ -17,7 +17,7 @@
 //! any descriptor whose payload runs past byte 4072 of the area.
 
 use super::superblock::{read_u32, read_u64, struct_crc};
-use crate::error::{Error, Result};
+use crate::blobstore::error::{Error, Result};
 
 /// Bytes of the page structure.
 pub const PAGE_STRUCT_SIZE: usize = 4096;

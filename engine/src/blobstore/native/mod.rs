@@ -47,12 +47,12 @@ use std::sync::Arc;
 
 pub use store::NativeBlobStore;
 
+use crate::blobstore::error::{Error, Result};
 use crate::blobstore::{
     Blob, BlobId, BlobIo, BlobStore, Bstype, CreateOpts, IoChannel, INVALID_BLOB_ID,
 };
 use crate::device::AlignedBuf;
 use crate::device::{Device, IoRequest};
-use crate::error::{Error, Result};
 use datamap::{BlobShared, DataMap};
 
 /// An open blob of a [`NativeBlobStore`].
@@ -321,7 +321,11 @@ impl<D: Device> NativeChannel<D> {
         if dev_reqs.is_empty() {
             return Ok(());
         }
-        self.inner.dev.submit(&mut dev_reqs).await
+        self.inner
+            .dev
+            .submit(&mut dev_reqs)
+            .await
+            .map_err(Error::from)
     }
 }
 
@@ -352,7 +356,10 @@ impl<D: Device> IoChannel for NativeChannel<D> {
             Err(_) => None,
         };
         match single {
-            Some(at) => self.inner.dev.read_owned(at, buf).await,
+            Some(at) => {
+                let (buf, r) = self.inner.dev.read_owned(at, buf).await;
+                (buf, r.map_err(Error::from))
+            }
             None => {
                 let r = self.read(blob, offset, &mut buf).await;
                 (buf, r)
@@ -411,7 +418,7 @@ impl<D: Device> IoChannel for NativeChannel<D> {
     }
 
     async fn flush(&self) -> Result<()> {
-        self.inner.dev.flush().await
+        self.inner.dev.flush().await.map_err(Error::from)
     }
 }
 

@@ -16,9 +16,9 @@ use super::mask::MaskKind;
 use super::mdpage::{MdPage, NO_NEXT};
 use super::store::read_md_page;
 use super::superblock::SuperBlock;
+use crate::blobstore::error::{Error, Result};
 use crate::blobstore::{Bstype, InitOpts};
 use crate::device::Device;
-use crate::error::{Error, Result};
 
 /// Md pages searched for the super blob (the engine creates it first, at md index 0).
 const SEARCH_PAGES: u32 = 64;

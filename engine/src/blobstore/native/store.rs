@@ -28,9 +28,9 @@ use super::layout::Layout;
 use super::mask::{Mask, MaskKind};
 use super::mdpage::{walk, MdPage, NO_NEXT, PAGE_STRUCT_SIZE};
 use super::superblock::{SuperBlock, SUPER_BLOCK_SIZE};
+use crate::blobstore::error::{Error, Result};
 use crate::blobstore::{BlobId, Bstype, ClearMethod, CreateOpts, InitOpts, LoadOpts};
 use crate::device::Device;
-use crate::error::{Error, Result};
 
 /// Bytes written per request when zeroing large ranges.
 const ZERO_CHUNK: u64 = 1 << 20;
@@ -520,7 +520,7 @@ impl<D: Device> Inner<D> {
                     for &i in &chain[1..] {
                         st.md_pages.clear(i);
                     }
-                    return Err(Error::NoMetadataSpace(format!(
+                    return Err(Error::NoMdSpace(format!(
                         "no free md page for blob {id:#x}'s chain"
                     )));
                 }
@@ -711,14 +711,14 @@ impl<D: Device> Inner<D> {
             let free_md =
                 st.md_pages.len() - st.md_pages.count_ones() - u32::from(!st.md_pages.get(0));
             if todo.len() as u64 > u64::from(free_c) || slots.len() as u64 > u64::from(free_md) {
-                return Err(Error::Full);
+                return Err(Error::NoSpace);
             }
             for ci in todo {
                 let slot = (ci / u64::from(CLUSTERS_PER_EXTENT_PAGE)) as usize;
                 let need_ep = ob.md.extent_table && ob.md.extent_pages.get(slot) == Some(&0);
-                let c = st.clusters.first_clear_from(0).ok_or(Error::Full)?;
+                let c = st.clusters.first_clear_from(0).ok_or(Error::NoSpace)?;
                 if need_ep {
-                    let m = st.md_pages.first_clear_from(1).ok_or(Error::Full)?;
+                    let m = st.md_pages.first_clear_from(1).ok_or(Error::NoSpace)?;
                     st.md_pages.set(m);
                     ob.md.extent_pages[slot] = m;
                 }
@@ -791,7 +791,7 @@ impl<D: Device> Inner<D> {
                 let need = n - cur;
                 let free = u64::from(st.clusters.len() - st.clusters.count_ones());
                 if need > free {
-                    return Err(Error::Full);
+                    return Err(Error::NoSpace);
                 }
                 let need_eps = if ext {
                     (ob.md.extent_pages.iter().filter(|&&e| e == 0).count() + slots
@@ -802,7 +802,7 @@ impl<D: Device> Inner<D> {
                 let free_md =
                     st.md_pages.len() - st.md_pages.count_ones() - u32::from(!st.md_pages.get(0));
                 if need_eps > free_md {
-                    return Err(Error::Full);
+                    return Err(Error::NoSpace);
                 }
                 if ext {
                     ob.md.extent_pages.resize(slots, 0);
@@ -810,14 +810,14 @@ impl<D: Device> Inner<D> {
                 let mut from = 0;
                 for i in cur..n {
                     let Some(c) = st.clusters.first_clear_from(from) else {
-                        return Err(Error::Full);
+                        return Err(Error::NoSpace);
                     };
                     st.clusters.set(c);
                     from = c;
                     ob.md.clusters.push(c);
                     let slot = (i / per) as usize;
                     if ext && ob.md.extent_pages[slot] == 0 {
-                        let m = st.md_pages.first_clear_from(1).ok_or(Error::Full)?;
+                        let m = st.md_pages.first_clear_from(1).ok_or(Error::NoSpace)?;
                         st.md_pages.set(m);
                         ob.md.extent_pages[slot] = m;
                     }
@@ -869,7 +869,7 @@ impl<D: Device> Inner<D> {
             let idx = st
                 .md_pages
                 .first_clear_from(0)
-                .ok_or_else(|| Error::NoMetadataSpace("no free md page for a new blob".into()))?;
+                .ok_or_else(|| Error::NoMdSpace("no free md page for a new blob".into()))?;
             let id = blob_id(idx);
             let md = BlobMd {
                 id,
@@ -1236,7 +1236,7 @@ impl<D: Device> Inner<D> {
             st.sb.encode()
         };
         self.dev.write(0, &bytes).await?;
-        self.dev.flush().await
+        self.dev.flush().await.map_err(Error::from)
     }
 
     /// Clean unload (§11): md-page mask, blob-id mask, cluster mask, flush, then the super
@@ -1280,7 +1280,7 @@ impl<D: Device> Inner<D> {
 fn check_xattr_size(name: &str, value: &[u8]) -> Result<()> {
     let len = 9 + name.len() + value.len();
     if len > super::mdpage::DESC_AREA || value.len() > 0xFFFF || name.len() > 0xFFFF {
-        return Err(Error::NoMetadataSpace(format!(
+        return Err(Error::NoMdSpace(format!(
             "xattr {name:?} needs {len} bytes, more than one md page holds"
         )));
     }
@@ -1305,7 +1305,7 @@ async fn write_all<D: Device>(dev: &D, writes: &[&(u64, Vec<u8>)]) -> Result<()>
     if reqs.is_empty() {
         return Ok(());
     }
-    dev.submit(&mut reqs).await
+    dev.submit(&mut reqs).await.map_err(Error::from)
 }
 
 /// Write zero buffers over `len` bytes at `off` (block-aligned).
@@ -1376,6 +1376,7 @@ async fn write_masks<D: Device>(dev: &D, l: &Layout, m: &Mask, c: &Mask, b: &Mas
         &c.encode(MaskKind::Clusters, l.cluster_mask_len as usize * ps),
     )
     .await
+    .map_err(Error::from)
 }
 
 /// Rebuild the three masks from the md region (§12.2). Roots are pages with a valid CRC,

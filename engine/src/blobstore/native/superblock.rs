@@ -25,8 +25,8 @@
 //! | 96 | 3996 | reserved (kept verbatim across rewrites, as SPDK does) |
 //! | 4092 | 4 | CRC-32C of bytes 0..4092 |
 
+use crate::blobstore::error::{Error, Result};
 use crate::blobstore::Bstype;
-use crate::error::{Error, Result};
 
 /// Bytes of the super block structure.
 pub const SUPER_BLOCK_SIZE: usize = 4096;

@@ -263,7 +263,7 @@ fn xattrs_keep_order_and_respect_the_page_limit() {
     b(s.set_xattr(&h, "empty", b"")).unwrap();
     assert!(matches!(
         b(s.set_xattr(&h, "big", &vec![0u8; 4072])),
-        Err(Error::NoMetadataSpace(_))
+        Err(Error::NoMdSpace(_))
     ));
     b(s.close(h)).unwrap();
     let s = reload(s);
