@@ -112,6 +112,21 @@ pub(crate) fn lookup<S: BlobStore, T>(
             sh.ctr.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Lookup::Done(f(rec.value)));
         }
+        let end = found.offset + found.len;
+        if uw.salt == salt && end > uw.start {
+            // The record runs from the last whole page (cached as written) into the buffer.
+            let head = sh
+                .cache
+                .as_ref()
+                .and_then(|c| c.range(salt, found.offset, uw.start - found.offset));
+            let tail = uw.bytes.get(..(end - uw.start) as usize);
+            if let (Some(head), Some(tail)) = (head, tail) {
+                let joined = [&head[..], tail].concat();
+                let rec = record::decode_for_read(&joined, salt, key, id, offset)?;
+                sh.ctr.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(Lookup::Done(f(rec.value)));
+            }
+        }
         if uw.salt == salt {
             uw.start
         } else {

@@ -894,8 +894,10 @@ impl<S: BlobStore> Shard<S> {
             .fetch_add(padded as u64, Ordering::Relaxed);
         if let Some(c) = &sh.cache {
             // Before the buffer lets go of these bytes, so a reader finds them in one or the
-            // other (see `cache.rs`).
-            c.insert_run(a.handle.salt, base, &self.wbuf[..padded], total);
+            // other (see `cache.rs`). Only whole pages: the partial last one stays in the
+            // buffer, and caching it would copy a page per synced put.
+            let whole = total / page as usize * page as usize;
+            c.insert_run(a.handle.salt, base, &self.wbuf[..whole], whole);
         }
         sh.pending_bytes.fetch_sub(
             (a.end - a.dev_end).min(sh.pending_bytes.load(Ordering::Relaxed)),
