@@ -39,8 +39,8 @@ RAW_BYTES=${RAW_BYTES:-1G}
 RAW_OPS=${RAW_OPS:-20000}
 KEY_SIZE=16
 VALUE_SIZE=100
-# A quarter of the user bytes: blobcask's cache charges value + 48 B per entry, so at most a
-# fifth of the values fit, and its log (records with headers) is larger still than the data.
+# A quarter of the user bytes: blobcask caches 4 KiB log pages (records with their headers,
+# + 64 B per page), so less than a quarter of its log fits.
 SMALL_CACHE=$((NUM * (KEY_SIZE + VALUE_SIZE) / 4))
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 command -v jq >/dev/null || { echo "issue13.sh needs jq" >&2; exit 2; }
@@ -211,8 +211,8 @@ mrr=$(ops big blobcask multireadrandom)
   fi
   echo
   echo "\"Data 4x the cache\": every store's cache is NUM x (key + value) / 4 = $SMALL_CACHE bytes."
-  echo "blobcask charges value + 48 B per cached entry, so at most a fifth of the values fit"
-  echo "and its reads past them go to the device; the peers read files through the OS page"
-  echo "cache, which this run does not limit."
+  echo "blobcask caches 4 KiB pages of its log (records with headers, + 64 B a page), so less"
+  echo "than a quarter of its log fits and its reads past it go to the device; the peers read"
+  echo "files through the OS page cache, which this run does not limit."
 } | tee "$OUT"
 echo "== wrote $OUT; log $LOG; ${secs} s" >&2
