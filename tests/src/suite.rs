@@ -162,6 +162,42 @@ pub fn async_variants_complete<B: Backend>(mk: impl Fn(u64) -> B) {
     db.close().unwrap();
 }
 
+/// Cold and warm reads agree however they are made: `get`, `get_with`, `get_async` and
+/// `multi_get` (one submission for its misses), after a reopen (empty cache) and again warm.
+pub fn every_read_path_agrees_cold_and_warm<B: Backend>(mk: impl Fn(u64) -> B) {
+    let mut r = rig(&mk, 32 * MIB);
+    let db = open(&mut r, opts(SyncPolicy::Never));
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    let keys: Vec<Vec<u8>> = (0..300u32)
+        .map(|i| format!("k{i:05}").into_bytes())
+        .collect();
+    for (i, k) in keys.iter().enumerate() {
+        db.put(k, &value(&mut rng, k, i as u32)).unwrap();
+    }
+    for k in keys.iter().step_by(7) {
+        db.delete(k).unwrap();
+    }
+    let model = state(&db);
+    db.close().unwrap();
+    let db = open(&mut r, opts(SyncPolicy::Never));
+    let mut asked = keys.clone();
+    asked.push(b"never-written".to_vec());
+    asked.push(keys[3].clone());
+    for pass in ["cold", "warm"] {
+        let got = db.multi_get(&asked).unwrap();
+        for (k, v) in asked.iter().zip(&got) {
+            assert_eq!(v.as_ref(), model.get(k), "{pass} multi_get of {k:?}");
+            assert_eq!(
+                db.get_with(k, <[u8]>::to_vec).unwrap().as_ref(),
+                model.get(k)
+            );
+            let a = pollster::block_on(db.get_async(k)).unwrap();
+            assert_eq!(a.as_ref(), model.get(k), "{pass} get_async of {k:?}");
+        }
+    }
+    db.close().unwrap();
+}
+
 pub fn merge_keeps_live_data_and_frees_space<B: Backend>(mk: impl Fn(u64) -> B) {
     let mut r = rig(&mk, 32 * MIB);
     let db = open(&mut r, opts(SyncPolicy::Never));
@@ -684,6 +720,7 @@ macro_rules! engine_suite {
             limits_give_clear_errors,
             batches_and_reopen_after_clean_close,
             async_variants_complete,
+            every_read_path_agrees_cold_and_warm,
             merge_keeps_live_data_and_frees_space,
             a_full_device_says_full_and_keeps_serving_reads,
             group_commit_from_many_threads,
