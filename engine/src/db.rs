@@ -160,14 +160,25 @@ impl<S: BlobStore> Db<S> {
         self.inner.cells[shard].submit(req, direct)
     }
 
-    fn write_req(&self, op: Op, direct: bool) -> Result<reply::Receiver<()>> {
+    /// Check a single write; returns its shard.
+    fn check_op(&self, op: &Op) -> Result<usize> {
         self.check_writable()?;
         let key = op.key();
         self.check_key(key)?;
-        if let Op::Put(_, v) = &op {
+        if let Op::Put(_, v) = op {
             self.check_value(v)?;
         }
-        let shard = self.core().shard_of(hash_key(key));
+        Ok(self.core().shard_of(hash_key(key)))
+    }
+
+    /// A blocking single write (see `ShardCell::write`).
+    fn write_one(&self, op: Op) -> Result<()> {
+        let shard = self.check_op(&op)?;
+        self.inner.cells[shard].write(vec![op])
+    }
+
+    fn write_req(&self, op: Op, direct: bool) -> Result<reply::Receiver<()>> {
+        let shard = self.check_op(&op)?;
         let (tx, rx) = reply::channel();
         self.submit(
             direct,
@@ -183,13 +194,12 @@ impl<S: BlobStore> Db<S> {
 
     /// Store `value` under `key`.
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.write_req(Op::Put(key.to_vec(), value.to_vec()), true)?
-            .wait()
+        self.write_one(Op::Put(key.to_vec(), value.to_vec()))
     }
 
     /// Remove `key` (no error if absent).
     pub fn delete(&self, key: &[u8]) -> Result<()> {
-        self.write_req(Op::Delete(key.to_vec()), true)?.wait()
+        self.write_one(Op::Delete(key.to_vec()))
     }
 
     /// The latest value of `key`.

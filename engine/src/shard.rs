@@ -32,7 +32,7 @@
 //! can therefore only lose records not yet acknowledged as durable.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -106,6 +106,9 @@ const MAX_ENCODED: usize = 8 << 20;
 const WRITE_BEHIND: u64 = 1 << 20;
 /// Under `SyncPolicy::Never`, how long records may wait in the buffer when the shard is idle.
 const WRITE_BEHIND_DELAY: Duration = Duration::from_millis(2);
+/// Under `SyncPolicy::Never`, how long records may wait in the buffer while writers keep the
+/// shard busy (and the buffer short of `WRITE_BEHIND`).
+const WRITE_BEHIND_MAX_AGE: Duration = Duration::from_millis(20);
 
 /// A keydir change to publish once the group is durable.
 struct Effect {
@@ -196,6 +199,11 @@ pub(crate) struct ShardCell<S: BlobStore> {
     pub closed: AtomicBool,
     /// Records wait in the write-behind buffer (the shard thread writes them out when idle).
     pub pending: AtomicBool,
+    /// Groups run so far, by anyone: the shard thread tells an idle shard from a busy one.
+    pub groups: AtomicU64,
+    /// For the shard thread to see `ShardShared::seal_wanted` without taking the lock.
+    core: Arc<Core<S>>,
+    id: usize,
 }
 
 impl<S: BlobStore> ShardCell<S> {
@@ -207,15 +215,46 @@ impl<S: BlobStore> ShardCell<S> {
                     fail_req(req, Error::Closed);
                     return Ok(());
                 }
-                let group = st.gather(req, &self.rx);
-                if st.handle_group(group) {
-                    self.closed.store(true, Ordering::Release);
-                }
-                self.pending.store(st.has_unwritten(), Ordering::Relaxed);
+                self.run_locked(&mut st, req);
                 return Ok(());
             }
         }
         self.tx.send(req).map_err(|_| Error::Closed)
+    }
+
+    /// Plain writes from a blocking caller: run here if the shard is idle, with no reply slot
+    /// (the outcome comes back through `reply::take_caller`), else queue them and wait.
+    pub fn write(&self, ops: Vec<Op>) -> Result<()> {
+        if let Some(mut st) = self.state.try_lock() {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(Error::Closed);
+            }
+            let req = Req::Write {
+                ops,
+                batch: None,
+                reply: reply::Sender::caller(),
+            };
+            self.run_locked(&mut st, req);
+            return reply::take_caller();
+        }
+        let (tx, rx) = reply::channel();
+        let req = Req::Write {
+            ops,
+            batch: None,
+            reply: tx,
+        };
+        self.tx.send(req).map_err(|_| Error::Closed)?;
+        rx.wait()
+    }
+
+    /// Run `req` and whatever is queued as one group, holding the shard's lock.
+    fn run_locked(&self, st: &mut Shard<S>, req: Req) {
+        let group = st.gather(req, &self.rx);
+        if st.handle_group(group) {
+            self.closed.store(true, Ordering::Release);
+        }
+        self.pending.store(st.has_unwritten(), Ordering::Relaxed);
+        self.groups.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -229,6 +268,8 @@ pub(crate) fn spawn<S: BlobStore>(
     let active = resume_active(&core, id, &chan)?;
     let (tx, rx) = crossbeam_channel::bounded(4096);
     let cell = Arc::new(ShardCell {
+        core: core.clone(),
+        id,
         state: Mutex::new(Shard {
             id,
             core,
@@ -248,6 +289,7 @@ pub(crate) fn spawn<S: BlobStore>(
         rx,
         closed: AtomicBool::new(false),
         pending: AtomicBool::new(false),
+        groups: AtomicU64::new(0),
     });
     let c = cell.clone();
     let thread = std::thread::Builder::new()
@@ -258,15 +300,20 @@ pub(crate) fn spawn<S: BlobStore>(
 }
 
 /// The shard thread: serves queued requests (async callers, and blocking callers that found
-/// the shard busy) until the shard is closed.
+/// the shard busy) until the shard is closed. Under `SyncPolicy::Never` it also writes the
+/// write-behind buffer out once the shard has been idle for `WRITE_BEHIND_DELAY`, or, under a
+/// steady load that keeps the shard busy, once `WRITE_BEHIND_MAX_AGE` has passed since it last
+/// did: taking the shard's lock every 2 ms would make the running writer queue behind it.
 fn run<S: BlobStore>(cell: &ShardCell<S>) {
     let never = matches!(cell.state.lock().core.cfg.sync, SyncPolicy::Never);
+    let wait = if never {
+        WRITE_BEHIND_DELAY
+    } else {
+        Duration::from_millis(50)
+    };
+    let mut seen = cell.groups.load(Ordering::Relaxed);
+    let mut last_flush = Instant::now();
     loop {
-        let wait = if never {
-            WRITE_BEHIND_DELAY
-        } else {
-            Duration::from_millis(50)
-        };
         match cell.rx.recv_timeout(wait) {
             Ok(req) => {
                 let mut st = cell.state.lock();
@@ -280,33 +327,47 @@ fn run<S: BlobStore>(cell: &ShardCell<S>) {
                     return;
                 }
                 cell.pending.store(st.has_unwritten(), Ordering::Relaxed);
+                cell.groups.fetch_add(1, Ordering::Relaxed);
             }
             Err(RecvTimeoutError::Timeout) => {
                 if cell.closed.load(Ordering::Acquire) {
                     return;
                 }
+                if cell.core.shards[cell.id]
+                    .seal_wanted
+                    .load(Ordering::Acquire)
                 {
                     let mut st = cell.state.lock();
                     if !cell.closed.load(Ordering::Acquire) {
                         st.seal_if_wanted();
                     }
                 }
-                if cell.pending.load(Ordering::Relaxed) {
-                    let mut st = cell.state.lock();
-                    if st.core.is_poisoned() {
-                        cell.pending.store(false, Ordering::Relaxed);
-                        continue;
-                    }
-                    if let Err(e) = st.write_out() {
-                        log::error!("blobcask: shard {} write-behind failed: {e}", st.id);
-                        st.core.poison();
-                    }
-                    cell.pending.store(st.has_unwritten(), Ordering::Relaxed);
+                let now = cell.groups.load(Ordering::Relaxed);
+                let idle = now == seen;
+                seen = now;
+                let due = idle || last_flush.elapsed() >= WRITE_BEHIND_MAX_AGE;
+                if due && cell.pending.load(Ordering::Relaxed) {
+                    last_flush = Instant::now();
+                    write_behind(cell);
                 }
             }
             Err(RecvTimeoutError::Disconnected) => return,
         }
     }
+}
+
+/// Write the write-behind buffer out (the shard thread, on a timer).
+fn write_behind<S: BlobStore>(cell: &ShardCell<S>) {
+    let mut st = cell.state.lock();
+    if st.core.is_poisoned() {
+        cell.pending.store(false, Ordering::Relaxed);
+        return;
+    }
+    if let Err(e) = st.write_out() {
+        log::error!("blobcask: shard {} write-behind failed: {e}", st.id);
+        st.core.poison();
+    }
+    cell.pending.store(st.has_unwritten(), Ordering::Relaxed);
 }
 
 /// A poisoned shard refuses the whole group (a `Close` in it still closes); true if it closed.
