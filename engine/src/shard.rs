@@ -2,7 +2,8 @@
 //!
 //! **Who runs the write.** The shard's state sits behind a mutex ([`ShardCell`]). A blocking
 //! caller that finds it free runs the group itself: its own request plus whatever is queued
-//! (flat combining), so a lone synchronous writer pays no thread hop and no wake-up. A caller
+//! (flat combining), so a lone synchronous writer pays no thread hop and no wake-up, and its
+//! own outcome needs no reply slot (`reply::Sender::caller`). A caller
 //! that finds the shard busy queues its request on the shard's `crossbeam-channel` and waits on
 //! its reply slot; the current holder drains the queue before it lets go, and the shard's own
 //! thread serves whatever is left (and every async caller). Measured with db_bench fillseq
@@ -18,8 +19,10 @@
 //! costs a device round trip per put (~400 µs on these VMs). Under `Never` the records are
 //! acknowledged once they are in the shard's write-behind buffer ([`crate::state::Unwritten`]),
 //! which readers consult before the device; it goes out when it holds 1 MiB, on `sync`, seal,
-//! close and batch rounds, and after 2 ms idle (the shard thread). A crash loses a suffix of
-//! the shard's log: what is left is still a prefix.
+//! close and batch rounds, and from the shard thread after 2 ms idle, or every 20 ms while
+//! writers keep the shard busy (the thread never takes the lock from a running writer more
+//! often: its writer would queue behind it). A crash loses a suffix of the shard's log: what
+//! is left is still a prefix.
 //!
 //! **Free-space lease.** The active blob is grown ahead of the write cursor by a batch of
 //! clusters at a time (`resize` + one `sync_md`), so appends inside the lease touch neither the
