@@ -190,10 +190,12 @@ impl PageCache {
 pub fn default_budget() -> usize {
     const MIN: u64 = 32 << 20;
     const MAX: u64 = 1 << 30;
-    match total_memory() {
+    // Read once: `Options::default()` asks on every open.
+    static BUDGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BUDGET.get_or_init(|| match total_memory() {
         Some(m) => (m / 16).clamp(MIN, MAX) as usize,
         None => 64 << 20,
-    }
+    })
 }
 
 /// Physical memory in bytes, from `/proc/meminfo`.

@@ -177,11 +177,13 @@ impl<S: BlobStore> Db<S> {
         self.inner.cells[shard].write(vec![op])
     }
 
-    fn write_req(&self, op: Op, direct: bool) -> Result<reply::Receiver<()>> {
+    /// A single write queued for the shard thread (async callers must not block on the
+    /// shard's I/O); the receiver completes with it.
+    fn queue_write(&self, op: Op) -> Result<reply::Receiver<()>> {
         let shard = self.check_op(&op)?;
         let (tx, rx) = reply::channel();
         self.submit(
-            direct,
+            false,
             shard,
             Req::Write {
                 ops: vec![op],
@@ -436,7 +438,7 @@ impl<S: BlobStore> Db<S> {
         key: &[u8],
         value: &[u8],
     ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
-        let r = self.write_req(Op::Put(key.to_vec(), value.to_vec()), false);
+        let r = self.queue_write(Op::Put(key.to_vec(), value.to_vec()));
         async move { r?.await }
     }
 
@@ -445,7 +447,7 @@ impl<S: BlobStore> Db<S> {
         &self,
         key: &[u8],
     ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
-        let r = self.write_req(Op::Delete(key.to_vec()), false);
+        let r = self.queue_write(Op::Delete(key.to_vec()));
         async move { r?.await }
     }
 

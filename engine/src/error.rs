@@ -96,6 +96,19 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The operating system's error behind this one, if any: the first `io::Error` in the
+    /// `source()` chain (its `raw_os_error` is the errno).
+    pub fn os_error(&self) -> Option<&io::Error> {
+        let mut cur = std::error::Error::source(self);
+        while let Some(s) = cur {
+            if let Some(io) = s.downcast_ref::<io::Error>() {
+                return Some(io);
+            }
+            cur = s.source();
+        }
+        None
+    }
+
     /// The negative errno SPDK's blobstore reports for the same condition.
     pub fn errno(&self) -> i32 {
         match self {
@@ -185,18 +198,6 @@ impl From<blobstore::Error> for Error {
 mod tests {
     use super::*;
 
-    /// Walks `source()` down to the first `io::Error`.
-    fn os_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a io::Error> {
-        let mut cur = e.source();
-        while let Some(s) = cur {
-            if let Some(io) = s.downcast_ref::<io::Error>() {
-                return Some(io);
-            }
-            cur = s.source();
-        }
-        None
-    }
-
     #[test]
     fn a_device_failure_under_the_blobstore_keeps_its_os_error() {
         let d = device::Error::Io {
@@ -212,7 +213,7 @@ mod tests {
             "{e:?}"
         );
         assert_eq!(
-            os_error(&e).and_then(io::Error::raw_os_error),
+            e.os_error().and_then(io::Error::raw_os_error),
             Some(libc::EIO)
         );
         assert_eq!(e.errno(), -libc::EIO);
@@ -243,7 +244,7 @@ mod tests {
         let e = Error::from(blobstore::Error::from_errno("spdk_bs_load", -libc::ENODEV));
         assert!(matches!(e, Error::Blobstore(_)), "{e:?}");
         assert_eq!(
-            os_error(&e).and_then(io::Error::raw_os_error),
+            e.os_error().and_then(io::Error::raw_os_error),
             Some(libc::ENODEV)
         );
         assert_eq!(e.errno(), -libc::ENODEV);

@@ -2,23 +2,8 @@
 //! `Error::Device` with the OS error in its `source()` chain, and a full blobstore is still
 //! `Error::Full` at the `Db`.
 
-use std::error::Error as _;
-use std::io;
-
 use blobcask::{Error, SyncPolicy};
 use blobcask_tests::harness;
-
-/// The first `io::Error` in `e`'s source chain.
-fn os_error(e: &Error) -> Option<&io::Error> {
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        if let Some(io) = s.downcast_ref::<io::Error>() {
-            return Some(io);
-        }
-        cur = s.source();
-    }
-    None
-}
 
 #[test]
 fn a_failed_device_read_reaches_the_caller_with_its_os_error() {
@@ -40,7 +25,9 @@ fn a_failed_device_read_reaches_the_caller_with_its_os_error() {
         .get(b"key")
         .expect_err("a get whose device read fails must fail");
     assert!(matches!(err, Error::Device(_)), "{err:?}");
-    let os = os_error(&err).expect("the io::Error is reachable through source()");
+    let os = err
+        .os_error()
+        .expect("the io::Error is reachable through source()");
     assert!(os.to_string().contains("sim"), "{os}");
     assert_eq!(err.errno(), -5, "EIO");
 
@@ -80,7 +67,9 @@ fn an_os_error_of_the_device_keeps_its_errno_as_an_engine_error() {
     );
     let err = Error::from(dev_err);
     assert!(matches!(err, Error::Device(_)), "{err:?}");
-    let os = os_error(&err).expect("the io::Error is reachable through source()");
+    let os = err
+        .os_error()
+        .expect("the io::Error is reachable through source()");
     assert_eq!(os.raw_os_error(), Some(2), "ENOENT: {os}");
     assert_eq!(err.errno(), -2);
     assert!(err.to_string().contains("missing"), "{err}");
