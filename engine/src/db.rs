@@ -634,7 +634,16 @@ impl Db {
                     (AnyDevice::open_path(&p)?, false)
                 } else if opts.create && !opts.read_only {
                     opts.check_new_store(opts.device_size)?;
-                    (AnyDevice::create_path(&p, opts.device_size)?, true)
+                    // A small io unit needs blocks that small (buffered I/O if direct I/O
+                    // cannot do them); the default one works on any detected block size.
+                    let fo = crate::device::FileOptions {
+                        block_size: (opts.io_unit_size < 4096).then_some(opts.io_unit_size),
+                        ..Default::default()
+                    };
+                    (
+                        AnyDevice::create_path_with(&p, opts.device_size, &fo)?,
+                        true,
+                    )
                 } else {
                     return Err(Error::invalid(format!(
                         "{} does not exist (set create to make it)",
@@ -642,7 +651,7 @@ impl Db {
                     )));
                 }
             }
-            DeviceSpec::Memory { size } => (AnyDevice::memory(size, 4096)?, true),
+            DeviceSpec::Memory { size } => (AnyDevice::memory(size, opts.io_unit_size)?, true),
             DeviceSpec::Sim(s) => (AnyDevice::from(s), false),
             DeviceSpec::Device(d) => (d, false),
         };
@@ -740,6 +749,7 @@ pub fn native_store(
             InitOpts {
                 cluster_size: opts.cluster_size,
                 bstype,
+                io_unit_size: Some(opts.io_unit_size),
                 ..InitOpts::default()
             },
         ))?

@@ -96,6 +96,9 @@ pub struct Options {
     pub device_size: u64,
     /// Cluster size when formatting.
     pub cluster_size: u32,
+    /// Io unit size when formatting: 4096 (default) or a smaller power of two down to 512 (a
+    /// store as SPDK makes on a device with 512-byte blocks). An existing store keeps its own.
+    pub io_unit_size: u32,
     /// Shard count (default: cores). An existing store keeps the count it was created with.
     pub shards: usize,
     /// A data blob past this size is sealed and a new one started (at most 4 GiB).
@@ -127,6 +130,7 @@ impl Default for Options {
             create: true,
             device_size: 1 << 30,
             cluster_size: crate::blobstore::DEFAULT_CLUSTER_SIZE,
+            io_unit_size: 4096,
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_blob_size: 256 << 20,
             sync: SyncPolicy::GroupCommit {
@@ -341,6 +345,12 @@ impl Options {
             return bad(format!(
                 "cluster_size = {} (a multiple of 4096)",
                 self.cluster_size
+            ));
+        }
+        if !self.io_unit_size.is_power_of_two() || !(512..=4096).contains(&self.io_unit_size) {
+            return bad(format!(
+                "io_unit_size = {} (a power of two in 512..=4096)",
+                self.io_unit_size
             ));
         }
         if self.max_blob_size > MAX_BLOB_LIMIT || self.max_blob_size < 4096 {

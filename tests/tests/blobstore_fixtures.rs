@@ -1,17 +1,25 @@
-//! Compatibility with real SPDK: every golden image (made by SPDK v25.05.1 / v25.09) loads in
-//! the native blobstore and reads back exactly as its manifest says, and replaying each
-//! manifest's recorded operations produces the fixture image byte for byte.
+//! Compatibility with real SPDK: every golden image (made by SPDK v25.05.1 / v25.09, `io512`
+//! on a bdev with 512-byte blocks) loads in the native blobstore and reads back exactly as its
+//! manifest says, and replaying each manifest's recorded operations produces the fixture image
+//! byte for byte.
 
 use std::path::PathBuf;
 
 use blobcask::blobstore::native::superblock::SuperBlock;
 use blobcask::blobstore::replay::{
-    first_difference, replay, replay_to_device, sha256_hex, verify_manifest,
+    first_difference, image_geometry, replay, replay_to_device, sha256_hex, verify_manifest,
 };
 use blobcask::device::MemoryDevice;
 use serde_json::Value;
 
-const FIXTURES: &[&str] = &["empty-clean", "basic", "thin-extent", "dirty", "v2509"];
+const FIXTURES: &[&str] = &[
+    "empty-clean",
+    "basic",
+    "thin-extent",
+    "dirty",
+    "v2509",
+    "io512",
+];
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/spdk")
@@ -31,8 +39,10 @@ fn image(name: &str) -> Vec<u8> {
     b
 }
 
+/// The image on a memory device with the block size of the bdev SPDK wrote it on.
 fn dev(name: &str) -> MemoryDevice {
-    MemoryDevice::from_bytes(image(name), 4096).unwrap()
+    let (_, block) = image_geometry(&manifest(name)).unwrap();
+    MemoryDevice::from_bytes(image(name), block).unwrap()
 }
 
 fn check_load(name: &str, force_recover: bool) {
@@ -58,7 +68,7 @@ fn every_fixture_loads_through_recovery() {
 
 #[test]
 fn clean_images_are_unchanged_by_load_and_unload() {
-    for n in ["empty-clean", "basic", "thin-extent", "v2509"] {
+    for n in ["empty-clean", "basic", "thin-extent", "v2509", "io512"] {
         let m = manifest(n);
         let out = verify_manifest(&m, dev(n), false).unwrap().to_bytes();
         if let Some(d) = first_difference(&image(n), &out) {
@@ -157,4 +167,48 @@ fn replay_into_an_image_file_prints_the_fixture_sha256() {
         let sha = replay(&m, &out).unwrap_or_else(|e| panic!("{n}: {e}"));
         assert_eq!(sha, m["image"]["sha256"].as_str().unwrap(), "{n}");
     }
+}
+
+/// The io512 image: SPDK's 512-byte io units with 4 KiB md pages, read through the file device
+/// (whose block size is the file system's direct-I/O alignment, or 512 via the super block).
+#[test]
+fn io512_image_has_512_byte_io_units_and_reads_through_a_file() {
+    use blobcask::blobstore::native::NativeBlobStore;
+    use blobcask::blobstore::{Blob, BlobStore, IoChannel, LoadOpts};
+    use blobcask::device::{FileDevice, FileOptions, Overlay};
+
+    let m = manifest("io512");
+    let sb = SuperBlock::decode(&image("io512")).unwrap();
+    assert_eq!((sb.io_unit_size, sb.md_page_size), (512, 4096));
+    assert_eq!(m["spdk"]["aio_block_size"], 512);
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("io512.img");
+    std::fs::write(&p, image("io512")).unwrap();
+    let opts = FileOptions {
+        read_only: true,
+        ..FileOptions::default()
+    };
+    let dev = Overlay::new(FileDevice::open_with(&p, &opts).unwrap());
+    let s = pollster::block_on(NativeBlobStore::load(dev, LoadOpts::default())).unwrap();
+    assert_eq!(s.io_unit_size(), 512);
+    let ch = s.channel().unwrap();
+    for b in m["blobs"].as_array().unwrap() {
+        let blob = pollster::block_on(s.open(b["id"].as_u64().unwrap())).unwrap();
+        assert_eq!(blob.num_io_units(), b["num_io_units"].as_u64().unwrap());
+        for r in b["reads"].as_array().unwrap() {
+            let (off, len) = (r["offset"].as_u64().unwrap(), r["length"].as_u64().unwrap());
+            let mut buf = vec![0u8; len as usize * 512];
+            pollster::block_on(ch.read(&blob, off, &mut buf)).unwrap();
+            assert_eq!(
+                sha256_hex(&buf),
+                r["sha256"].as_str().unwrap(),
+                "{off}+{len}"
+            );
+        }
+        pollster::block_on(s.close(blob)).unwrap();
+    }
+    drop(ch);
+    drop(s);
+    // Read-only: the image file is untouched.
+    assert_eq!(std::fs::read(&p).unwrap(), image("io512"));
 }

@@ -83,8 +83,11 @@ pub struct InitOpts {
     pub num_md_pages: Option<u32>,
     /// Application tag.
     pub bstype: Bstype,
-    /// Md page size; `None` = max(4096, device block size).
+    /// Md page size; `None` = max(4096, io unit size).
     pub md_page_size: Option<u32>,
+    /// Io unit size: a power of two, a multiple of the device block size; `None` = the
+    /// device block size (what SPDK uses: its bdev's block length).
+    pub io_unit_size: Option<u32>,
     /// How init clears the data area.
     pub clear_method: ClearMethod,
 }
@@ -96,6 +99,7 @@ impl Default for InitOpts {
             num_md_pages: None,
             bstype: Bstype::default(),
             md_page_size: None,
+            io_unit_size: None,
             clear_method: ClearMethod::Unmap,
         }
     }

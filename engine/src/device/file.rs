@@ -5,8 +5,16 @@
 //!
 //! | target        | size                          | block size                                  |
 //! |---------------|-------------------------------|---------------------------------------------|
-//! | regular file  | file length (a block multiple) | [`FileOptions::block_size`], default 4096   |
+//! | regular file  | file length (a block multiple) | [`FileOptions::block_size`], else detected  |
 //! | block device  | `BLKGETSIZE64`                | `BLKSSZGET` (logical), or a larger override |
+//!
+//! A regular file's block size is the direct-I/O alignment the kernel reports (`statx`
+//! `STATX_DIOALIGN`), else 512 if a 512-byte direct read works, else 4096. When no block size
+//! is asked for and the device starts with a blobstore super block whose io unit is smaller
+//! than the detected block size (an image made on a 512-byte device, now on a file system or
+//! disk with 4 KiB sectors), the block size drops to that io unit and, if direct I/O cannot
+//! serve it, the device opens buffered: the page cache then does the read-modify-write of
+//! the covering sectors, so such a store opens, reads and writes rather than failing.
 //!
 //! **Submission.** Each thread lazily creates its own io_uring ring of [`RING_ENTRIES`] entries
 //! the first time it does I/O, so a `FileDevice` can be used from any number of threads at
@@ -46,8 +54,11 @@ use super::{check_range, AlignedBuf, Device, IoPath, IoRequest};
 /// Entries of each thread's io_uring ring (submission queue depth).
 pub const RING_ENTRIES: u32 = 128;
 
-/// Default block size of image files.
+/// Block size of image files whose direct-I/O alignment cannot be learned.
 pub const DEFAULT_FILE_BLOCK_SIZE: u32 = 4096;
+
+/// Smallest block size (and io unit) a device may have.
+const MIN_BLOCK_SIZE: u32 = 512;
 
 /// Largest single kernel transfer; longer requests are split (the SQE length is a `u32`).
 const MAX_TRANSFER: usize = 1 << 30;
@@ -68,8 +79,9 @@ pub struct FileOptions {
     pub force_pread: bool,
     /// Try `O_DIRECT` (default). If the file system refuses it the device opens buffered.
     pub direct: bool,
-    /// Block size: for image files the device block size (default 4096); for block devices
-    /// an optional override that must be a multiple of the logical block size.
+    /// Block size: for image files the device block size (default: detected, see the module
+    /// docs; a size below the file system's direct-I/O alignment opens buffered); for block
+    /// devices an optional override that must be a multiple of the logical block size.
     pub block_size: Option<u32>,
     /// Issue `BLKDISCARD` on unmap of a block device (default on). Ignored for files.
     pub discard: bool,
@@ -99,6 +111,8 @@ pub struct FileDevice {
     path: PathBuf,
     size: u64,
     block_size: u32,
+    /// Buffer address alignment direct I/O needs; other buffers are bounced.
+    mem_align: usize,
     block_device: bool,
     direct: bool,
     discard: bool,
@@ -120,10 +134,10 @@ impl FileDevice {
         Self::create_with(path, size, &opts)
     }
 
-    /// [`FileDevice::create`] with options; the block size is `opts.block_size` or 4096.
+    /// [`FileDevice::create`] with options; the block size is `opts.block_size` or detected.
     pub fn create_with(path: impl AsRef<Path>, size: u64, opts: &FileOptions) -> Result<Self> {
         let path = path.as_ref();
-        let bs = opts.block_size.unwrap_or(DEFAULT_FILE_BLOCK_SIZE);
+        let bs = opts.block_size.unwrap_or(MIN_BLOCK_SIZE);
         check_block_size(bs)?;
         if size < u64::from(bs) || !size.is_multiple_of(u64::from(bs)) {
             return Err(Error::invalid(format!(
@@ -157,16 +171,32 @@ impl FileDevice {
         }
         let meta = file.metadata().map_err(|e| io_ctx(path, "stat", e))?;
         let block_device = meta.file_type().is_block_device();
-        let (size, block_size) = if block_device {
-            block_device_geometry(&file, path, opts.block_size)?
+        let (size, mut block_size, mut mem_align) = if block_device {
+            let (size, bs) = block_device_geometry(&file, path, opts.block_size)?;
+            (size, bs, bs)
         } else if meta.is_file() {
-            file_geometry(path, meta.len(), opts.block_size)?
+            let (bs, mem) = match opts.block_size {
+                Some(bs) => (bs, bs),
+                None => file_block_size(&file, path),
+            };
+            (file_geometry(path, meta.len(), bs)?, bs, mem)
         } else {
             return Err(Error::invalid(format!(
                 "{}: neither a regular file nor a block device",
                 path.display()
             )));
         };
+        if opts.block_size.is_none() {
+            if let Some(unit) = smaller_io_unit(&file, size, block_size) {
+                log::info!(
+                    "{}: the blobstore's {unit}-byte io unit is below the {block_size}-byte \
+                     block size; using {unit}-byte blocks",
+                    path.display()
+                );
+                block_size = unit;
+                mem_align = mem_align.min(unit);
+            }
+        }
         if direct && !probe_direct(&file, block_size) {
             log::warn!(
                 "{}: O_DIRECT refused at {block_size}-byte alignment; using buffered I/O + fdatasync",
@@ -202,6 +232,7 @@ impl FileDevice {
             path: path.to_path_buf(),
             size,
             block_size,
+            mem_align: mem_align.max(block_size) as usize,
             block_device,
             direct,
             discard: opts.discard,
@@ -271,7 +302,7 @@ impl FileDevice {
             };
             check_range(self.block_size, self.size, offset, len as u64)?;
         }
-        let align = self.block_size as usize;
+        let align = self.mem_align;
         let mut bounces: Vec<Option<AlignedBuf>> = Vec::with_capacity(reqs.len());
         let mut ops: Vec<Op> = Vec::with_capacity(reqs.len());
         for r in reqs.iter_mut() {
@@ -554,8 +585,7 @@ fn lock_file(file: &File, path: &Path, shared: bool) -> Result<()> {
     }
 }
 
-fn file_geometry(path: &Path, len: u64, bs: Option<u32>) -> Result<(u64, u32)> {
-    let bs = bs.unwrap_or(DEFAULT_FILE_BLOCK_SIZE);
+fn file_geometry(path: &Path, len: u64, bs: u32) -> Result<u64> {
     check_block_size(bs)?;
     if len < u64::from(bs) {
         return Err(Error::invalid(format!(
@@ -569,7 +599,70 @@ fn file_geometry(path: &Path, len: u64, bs: Option<u32>) -> Result<(u64, u32)> {
             path.display()
         )));
     }
-    Ok((len, bs))
+    Ok(len)
+}
+
+/// The block size and buffer alignment of a regular file: the direct-I/O alignment `statx`
+/// reports, else 512 if a 512-byte direct read works, else 4096.
+fn file_block_size(file: &File, path: &Path) -> (u32, u32) {
+    let clamp = |a: u32| {
+        a.next_power_of_two()
+            .clamp(MIN_BLOCK_SIZE, DEFAULT_FILE_BLOCK_SIZE)
+    };
+    if let Some((offset_align, mem_align)) = statx_dio_align(file) {
+        return (clamp(offset_align), clamp(mem_align));
+    }
+    let direct = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
+        .open(path);
+    match direct {
+        Ok(f) if probe_direct(&f, MIN_BLOCK_SIZE) => (MIN_BLOCK_SIZE, MIN_BLOCK_SIZE),
+        _ => (DEFAULT_FILE_BLOCK_SIZE, DEFAULT_FILE_BLOCK_SIZE),
+    }
+}
+
+/// `statx` `STATX_DIOALIGN`: (offset alignment, memory alignment) of direct I/O, when the
+/// kernel and file system report them (Linux 6.1+). `None` when not reported, or when the file
+/// supports no direct I/O at all (alignments of 0).
+fn statx_dio_align(file: &File) -> Option<(u32, u32)> {
+    // SAFETY: statx is plain data; all zero is a valid value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is an empty C string and AT_EMPTY_PATH makes statx describe the fd,
+    // owned by `file`; `stx` is a valid, writable statx for the duration of the call.
+    let rc = unsafe {
+        libc::statx(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            &mut stx,
+        )
+    };
+    if rc != 0 || stx.stx_mask & libc::STATX_DIOALIGN == 0 || stx.stx_dio_offset_align == 0 {
+        return None;
+    }
+    Some((stx.stx_dio_offset_align, stx.stx_dio_mem_align.max(1)))
+}
+
+/// The io unit of a blobstore super block at the start of the device, when it is smaller
+/// than `block_size` (and a valid block size itself).
+fn smaller_io_unit(file: &File, size: u64, block_size: u32) -> Option<u32> {
+    const SB: usize = 4096;
+    if size < SB as u64 {
+        return None;
+    }
+    let mut buf = AlignedBuf::zeroed(SB);
+    // SAFETY: `buf` is valid for `SB` writable bytes for the whole call; the fd is owned by
+    // `file`. The read is 4 KiB-aligned in offset, length and address, which direct I/O with
+    // any block size up to 4096 accepts.
+    let n = unsafe { libc::pread(file.as_raw_fd(), buf.as_mut_ptr().cast(), SB, 0) };
+    if n != SB as isize {
+        return None;
+    }
+    let sb = crate::blobstore::native::superblock::SuperBlock::decode(&buf).ok()?;
+    let unit = sb.io_unit_size;
+    (unit != 0 && unit < block_size && check_block_size(unit).is_ok()).then_some(unit)
 }
 
 fn block_device_geometry(file: &File, path: &Path, bs: Option<u32>) -> Result<(u64, u32)> {
@@ -1178,15 +1271,23 @@ mod tests {
         ));
         let p = dir.path().join("ragged");
         std::fs::write(&p, vec![0u8; 4096 + 512]).unwrap();
-        assert!(matches!(
-            FileDevice::open(&p),
-            Err(Error::InvalidArgument(_))
-        ));
-        let opts = FileOptions {
-            block_size: Some(512),
+        let with = |bs| FileOptions {
+            block_size: Some(bs),
             ..FileOptions::default()
         };
-        assert_eq!(FileDevice::open_with(&p, &opts).unwrap().size(), 4096 + 512);
+        assert!(matches!(
+            FileDevice::open_with(&p, &with(4096)),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert_eq!(
+            FileDevice::open_with(&p, &with(512)).unwrap().size(),
+            4096 + 512
+        );
+        // With the block size detected: fine on 512-byte alignment, refused on 4 KiB.
+        match FileDevice::open(&p) {
+            Ok(d) => assert_eq!(d.block_size(), 512),
+            Err(e) => assert!(matches!(e, Error::InvalidArgument(_)), "{e}"),
+        }
         let p = dir.path().join("empty");
         std::fs::write(&p, b"").unwrap();
         assert!(matches!(
@@ -1207,6 +1308,76 @@ mod tests {
             FileDevice::open(dir.path()),
             Err(Error::InvalidArgument(_))
         ));
+    }
+
+    #[test]
+    fn file_block_size_is_the_direct_io_alignment() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("img");
+        let dev = FileDevice::create_with(&p, MIB, &FileOptions::default()).unwrap();
+        let (bs, mem) = file_block_size(&dev.file, &p);
+        assert_eq!(dev.block_size(), bs);
+        assert!(bs.is_power_of_two() && (512..=4096).contains(&bs), "{bs}");
+        assert!(mem.is_power_of_two() && mem <= 4096, "{mem}");
+        match statx_dio_align(&dev.file) {
+            Some((off, _)) => {
+                println!("statx: direct-I/O offset alignment {off}");
+                assert_eq!(bs, off.clamp(512, 4096));
+            }
+            None => println!("statx reports no direct-I/O alignment; probed {bs}"),
+        }
+        if dev.is_direct() {
+            // Direct I/O works at the detected granularity, from an unaligned buffer too.
+            let data = pattern(bs as usize * 3, 4);
+            block_on(dev.write(u64::from(bs), &data[..])).unwrap();
+            let mut back = vec![0u8; bs as usize * 3 + 1];
+            block_on(dev.read(u64::from(bs), &mut back[1..])).unwrap();
+            assert_eq!(&back[1..], &data[..]);
+        }
+    }
+
+    /// A 4096-byte super block (valid CRC) with `io_unit_size` = `unit`.
+    fn super_block_with_io_unit(unit: u32) -> Vec<u8> {
+        use crate::blobstore::native::layout::Layout;
+        use crate::blobstore::InitOpts;
+        let l = Layout::for_init(
+            8 * MIB,
+            unit,
+            &InitOpts {
+                cluster_size: 64 << 10,
+                ..InitOpts::default()
+            },
+        )
+        .unwrap();
+        l.init_super(Default::default()).encode().to_vec()
+    }
+
+    #[test]
+    fn a_smaller_io_unit_lowers_the_block_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("img");
+        let mut img = vec![0u8; 8 * MIB as usize];
+        img[..4096].copy_from_slice(&super_block_with_io_unit(512));
+        std::fs::write(&p, &img).unwrap();
+        let f = File::open(&p).unwrap();
+        assert_eq!(smaller_io_unit(&f, 8 * MIB, 4096), Some(512));
+        assert_eq!(smaller_io_unit(&f, 8 * MIB, 512), None);
+        assert_eq!(smaller_io_unit(&f, 2048, 4096), None);
+        // An explicit block size is kept; a detected one drops to the io unit.
+        let opts = FileOptions {
+            block_size: Some(4096),
+            ..FileOptions::default()
+        };
+        assert_eq!(FileDevice::open_with(&p, &opts).unwrap().block_size(), 4096);
+        let dev = FileDevice::open(&p).unwrap();
+        assert_eq!(dev.block_size(), 512);
+        round_trip(&dev);
+        // A damaged super block is no reason to change anything.
+        img[..4096].copy_from_slice(&super_block_with_io_unit(512));
+        img[100] ^= 1;
+        std::fs::write(&p, &img).unwrap();
+        let f = File::open(&p).unwrap();
+        assert_eq!(smaller_io_unit(&f, 8 * MIB, 4096), None);
     }
 
     #[test]
@@ -1355,6 +1526,34 @@ mod tests {
             let any = super::super::AnyDevice::create_path(&loopdev, MIB).unwrap();
             assert_eq!(any.size(), 8 * MIB);
         }
+    }
+
+    /// A device with 4 KiB sectors holding a store with 512-byte io units (made on a 512-byte
+    /// device, then copied): it opens with 512-byte blocks, buffered, and works at that
+    /// granularity.
+    #[test]
+    fn loop_device_of_4k_sectors_serves_512_byte_io_units() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("backing");
+        let mut bytes = vec![0u8; 8 * MIB as usize];
+        bytes[..4096].copy_from_slice(&super_block_with_io_unit(512));
+        std::fs::write(&img, &bytes).unwrap();
+        let Some(loopdev) = losetup(&img, 4096) else {
+            return;
+        };
+        let _guard = LoopGuard(loopdev.clone());
+        let dev = FileDevice::open(&loopdev).unwrap();
+        assert!(dev.is_block_device());
+        assert_eq!(dev.block_size(), 512);
+        assert!(!dev.is_direct(), "512-byte direct I/O on 4 KiB sectors");
+        let data = pattern(512, 9);
+        block_on(dev.write(8192 + 512, &data)).unwrap();
+        block_on(dev.flush()).unwrap();
+        let mut back = vec![0u8; 1536];
+        block_on(dev.read(8192, &mut back)).unwrap();
+        assert!(back[..512].iter().all(|&b| b == 0));
+        assert_eq!(&back[512..1024], &data[..]);
+        assert!(back[1024..].iter().all(|&b| b == 0));
     }
 
     fn batch_at_qd_on(dev: &FileDevice, n: usize) {

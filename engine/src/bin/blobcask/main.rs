@@ -68,6 +68,10 @@ enum Cmd {
         /// Blobstore cluster size, e.g. 1M, 64K.
         #[arg(long, default_value = "1M", value_parser = parse_size)]
         cluster_size: u64,
+        /// Io unit size: 4096, or 512 (2048, 1024) for a store as SPDK makes on a device with
+        /// 512-byte blocks.
+        #[arg(long, default_value = "4096", value_parser = parse_size)]
+        io_unit: u64,
         /// Number of shards (default: number of cores, fewer if the device cannot hold them).
         #[arg(long)]
         shards: Option<usize>,
@@ -242,9 +246,10 @@ fn run(cmd: Cmd) -> CliResult {
             device,
             size,
             cluster_size,
+            io_unit,
             shards,
             force,
-        } => format(&device, size, cluster_size, shards, force),
+        } => format(&device, size, cluster_size, io_unit, shards, force),
         Cmd::Put { store, key, value } => {
             let db = open(&store)?;
             db.put(key.as_bytes(), value.as_bytes())?;
@@ -362,11 +367,14 @@ fn format(
     device: &Path,
     size: Option<u64>,
     cluster_size: u64,
+    io_unit: u64,
     shards: Option<usize>,
     force: bool,
 ) -> CliResult {
     let cluster_size = u32::try_from(cluster_size)
         .map_err(|_| blobcask::Error::invalid("cluster size does not fit 32 bits"))?;
+    let io_unit = u32::try_from(io_unit)
+        .map_err(|_| blobcask::Error::invalid("io unit does not fit 32 bits"))?;
     let target = classify(device)?;
     let dev_size = match &target {
         Target::Block(p) => device_bytes(p)?,
@@ -381,6 +389,7 @@ fn format(
     opts.create = true;
     opts.device_size = dev_size;
     opts.cluster_size = cluster_size;
+    opts.io_unit_size = io_unit;
     if let Some(s) = shards {
         opts.shards = s;
     }

@@ -40,7 +40,17 @@ impl Layout {
     /// The layout `spdk_bs_init` picks for a device of `dev_size` bytes and `block_size`
     /// blocks (§14).
     pub fn for_init(dev_size: u64, block_size: u32, opts: &InitOpts) -> Result<Layout> {
-        let md_page_size = opts.md_page_size.unwrap_or(0).max(4096).max(block_size);
+        let io_unit_size = opts.io_unit_size.unwrap_or(block_size);
+        if !io_unit_size.is_power_of_two()
+            || !(512..=1 << 20).contains(&io_unit_size)
+            || !io_unit_size.is_multiple_of(block_size)
+        {
+            return Err(Error::invalid(format!(
+                "io unit {io_unit_size} is not a power of two of at least 512 and a multiple \
+                 of the device's {block_size}-byte blocks"
+            )));
+        }
+        let md_page_size = opts.md_page_size.unwrap_or(0).max(4096).max(io_unit_size);
         if !md_page_size.is_power_of_two() {
             return Err(Error::invalid(format!(
                 "md page size {md_page_size} is not a power of two"
@@ -52,7 +62,7 @@ impl Layout {
                 "cluster size {cs} must be a multiple of 4096 and at least {md_page_size}"
             )));
         }
-        if !cs.is_multiple_of(md_page_size) {
+        if !cs.is_multiple_of(md_page_size) || !cs.is_multiple_of(io_unit_size) {
             return Err(Error::invalid(format!(
                 "cluster size {cs} is not a multiple of the md page size {md_page_size}"
             )));
@@ -77,7 +87,7 @@ impl Layout {
         let l = Layout {
             md_page_size,
             cluster_size: cs,
-            io_unit_size: block_size,
+            io_unit_size,
             size: dev_size,
             total_clusters,
             md_start,
@@ -284,6 +294,18 @@ mod tests {
             Err(Error::NoSpace)
         ));
         assert!(Layout::for_init(1 << 30, 4096, &o(1000)).is_err());
+        let io = |u| InitOpts {
+            io_unit_size: Some(u),
+            ..InitOpts::default()
+        };
+        // An io unit below the device block, not a power of two, or below 512.
+        assert!(Layout::for_init(1 << 30, 4096, &io(512)).is_err());
+        assert!(Layout::for_init(1 << 30, 512, &io(1536)).is_err());
+        assert!(Layout::for_init(1 << 30, 512, &io(256)).is_err());
+        let l = Layout::for_init(1 << 30, 512, &io(4096)).unwrap();
+        assert_eq!((l.io_unit_size, l.md_page_size), (4096, 4096));
+        let l = Layout::for_init(1 << 30, 4096, &io(8192)).unwrap();
+        assert_eq!((l.io_unit_size, l.md_page_size), (8192, 8192));
         assert!(Layout::for_init(1 << 30, 4096, &o(0)).is_err());
         let many = InitOpts {
             num_md_pages: Some(1 << 20),
