@@ -250,6 +250,88 @@ fn blobs_lists_any_spdk_image_read_only() {
     );
 }
 
+/// SPDK's store of 512-byte io units (made on a 512-byte-block bdev): listed, read and
+/// checked, the image untouched.
+#[test]
+fn blobs_blob_and_check_read_an_spdk_io512_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("io512.img");
+    std::fs::copy(fixture("io512.img"), &img).unwrap();
+    let p = img.to_str().unwrap();
+    let before = std::fs::read(&img).unwrap();
+    let out = ok(&["blobs", p]);
+    assert!(out.contains("io unit 512"), "{out}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("io512.json")).unwrap()).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&ok(&["blobs", "--json", p])).unwrap();
+    assert_eq!(json["super_block"]["io_unit_size"], 512);
+    let want = manifest["blobs"].as_array().unwrap();
+    assert_eq!(json["blobs"].as_array().unwrap().len(), want.len());
+    for b in want {
+        for r in b["reads"].as_array().unwrap().iter().take(4) {
+            let range = format!("{}:{}", r["offset"], r["length"]);
+            let out = ok(&["blob", p, b["id_hex"].as_str().unwrap(), "--read", &range]);
+            assert_eq!(out.trim(), r["sha256"].as_str().unwrap(), "range {range}");
+        }
+    }
+    // Not a blobcask store: `check` says so (exit 1), it does not fail to read it (exit 2).
+    let o = run(&["check", p]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("5 blobs"));
+    assert_eq!(
+        std::fs::read(&img).unwrap(),
+        before,
+        "inspection wrote nothing"
+    );
+}
+
+#[test]
+fn format_with_512_byte_io_units_makes_a_working_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("s512.img");
+    let p = p.to_str().unwrap();
+    let out = ok(&[
+        "format",
+        p,
+        "--size",
+        "32M",
+        "--cluster-size",
+        "64K",
+        "--io-unit",
+        "512",
+        "--shards",
+        "2",
+    ]);
+    assert!(out.contains("formatted"), "{out}");
+    let sb = std::fs::read(p).unwrap();
+    assert_eq!(&sb[..8], b"SPDKBLOB");
+    assert_eq!(u32::from_le_bytes(sb[88..92].try_into().unwrap()), 512);
+    assert_eq!(u32::from_le_bytes(sb[92..96].try_into().unwrap()), 4096);
+    for i in 0..50 {
+        assert_eq!(
+            ok(&["put", p, &format!("k{i}"), &"v".repeat(i * 37)]),
+            "OK\n"
+        );
+    }
+    ok(&["merge", p]);
+    assert_eq!(ok(&["get", p, "k49"]), format!("{}\n", "v".repeat(49 * 37)));
+    assert!(ok(&["blobs", p]).contains("io unit 512"));
+    assert!(run(&["check", p]).status.success());
+    let bad = run(&["format", p, "--force", "--io-unit", "384"]);
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("io_unit_size"));
+}
+
 #[test]
 fn inspecting_a_dirty_image_leaves_it_untouched() {
     let dir = tempfile::tempdir().unwrap();

@@ -100,6 +100,29 @@ impl NativeMem {
             dev: Arc::new(MemoryDevice::new(size, 4096).expect("memory device")),
         }
     }
+
+    /// A device of 512-byte blocks holding an empty blobstore of 512-byte io units (as SPDK
+    /// makes on such a device; 64 KiB clusters, what the suites use), so the engine runs on
+    /// 512-byte io units.
+    pub fn io512(size: u64) -> Self {
+        use blobcask::blobstore::native::NativeBlobStore;
+        use blobcask::blobstore::{BlobStore, Bstype, InitOpts};
+        let dev = Arc::new(MemoryDevice::new(size, 512).expect("memory device"));
+        let s = pollster::block_on(NativeBlobStore::init(
+            Arc::clone(&dev),
+            InitOpts {
+                cluster_size: 64 << 10,
+                bstype: Bstype::new("BLOBCASK").expect("bstype"),
+                io_unit_size: Some(512),
+                ..InitOpts::default()
+            },
+        ))
+        .expect("init a 512-byte io unit store");
+        assert_eq!(s.io_unit_size(), 512);
+        pollster::block_on(s.unload()).expect("unload");
+        drop(s);
+        NativeMem { dev }
+    }
 }
 
 impl Backend for NativeMem {

@@ -646,9 +646,12 @@ fn statx_dio_align(file: &File) -> Option<(u32, u32)> {
 }
 
 /// The io unit of a blobstore super block at the start of the device, when it is smaller
-/// than `block_size` (and a valid block size itself).
+/// than `block_size` (and a valid block size itself). Only the signature and the
+/// `io_unit_size` field (bytes 88..92) are read: the device layer knows nothing else of the
+/// format, and a wrong value can only pick a smaller block size, which works on any device.
 fn smaller_io_unit(file: &File, size: u64, block_size: u32) -> Option<u32> {
     const SB: usize = 4096;
+    const SIGNATURE: &[u8; 8] = b"SPDKBLOB";
     if size < SB as u64 {
         return None;
     }
@@ -657,11 +660,10 @@ fn smaller_io_unit(file: &File, size: u64, block_size: u32) -> Option<u32> {
     // `file`. The read is 4 KiB-aligned in offset, length and address, which direct I/O with
     // any block size up to 4096 accepts.
     let n = unsafe { libc::pread(file.as_raw_fd(), buf.as_mut_ptr().cast(), SB, 0) };
-    if n != SB as isize {
+    if n != SB as isize || &buf[..8] != SIGNATURE {
         return None;
     }
-    let sb = crate::blobstore::native::superblock::SuperBlock::decode(&buf).ok()?;
-    let unit = sb.io_unit_size;
+    let unit = u32::from_le_bytes([buf[88], buf[89], buf[90], buf[91]]);
     (unit != 0 && unit < block_size && check_block_size(unit).is_ok()).then_some(unit)
 }
 
@@ -1372,9 +1374,13 @@ mod tests {
         let dev = FileDevice::open(&p).unwrap();
         assert_eq!(dev.block_size(), 512);
         round_trip(&dev);
-        // A damaged super block is no reason to change anything.
-        img[..4096].copy_from_slice(&super_block_with_io_unit(512));
-        img[100] ^= 1;
+        // Not a blobstore, or a nonsense io unit: nothing changes.
+        img[0] ^= 1;
+        std::fs::write(&p, &img).unwrap();
+        let f = File::open(&p).unwrap();
+        assert_eq!(smaller_io_unit(&f, 8 * MIB, 4096), None);
+        img[0] ^= 1;
+        img[88..92].copy_from_slice(&300u32.to_le_bytes());
         std::fs::write(&p, &img).unwrap();
         let f = File::open(&p).unwrap();
         assert_eq!(smaller_io_unit(&f, 8 * MIB, 4096), None);
