@@ -450,7 +450,14 @@ mod with_spdk {
         let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/spdk");
         static SERIAL: Mutex<()> = Mutex::new(());
         let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-        for name in ["empty-clean", "basic", "thin-extent", "dirty", "v2509"] {
+        for name in [
+            "empty-clean",
+            "basic",
+            "thin-extent",
+            "dirty",
+            "v2509",
+            "io512",
+        ] {
             let img = fixtures.join(format!("{name}.img"));
             let Ok(bytes) = std::fs::read(&img) else {
                 println!("skipped fixture {name}: {} not readable", img.display());
@@ -463,7 +470,8 @@ mod with_spdk {
             let path = tmp(&format!("golden-{name}.img"));
             std::fs::write(&path, &bytes).expect("copy image");
             let bdev = format!("Golden_{}", name.replace('-', "_"));
-            let cfg = SpdkConfig::aio(&bdev, &path, 4096);
+            let block = manifest["spdk"]["aio_block_size"].as_u64().unwrap_or(4096) as u32;
+            let cfg = SpdkConfig::aio(&bdev, &path, block);
             let s = spdk_store(&cfg, &bdev, SpdkStart::Load(LoadOpts::default()));
             s.block_on(async {
                 let mut ids = s.blob_ids().await.expect("ids");

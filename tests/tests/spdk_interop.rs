@@ -251,7 +251,14 @@ fn state<S: BlobStore>(db: &Db<S>) -> Model {
 
 /// A native image written through the engine and closed cleanly; returns its model.
 fn native_clean_image(path: &Path, seed: u64, merge: bool) -> Model {
-    let db = Db::open(engine_opts(Some(path), true, SyncPolicy::Never)).expect("native open");
+    native_clean_image_with(path, seed, merge, 4096)
+}
+
+/// [`native_clean_image`] of a store with `io_unit`-byte io units.
+fn native_clean_image_with(path: &Path, seed: u64, merge: bool, io_unit: u32) -> Model {
+    let mut opts = engine_opts(Some(path), true, SyncPolicy::Never);
+    opts.io_unit_size = io_unit;
+    let db = Db::open(opts).expect("native open");
     let mut model = Model::new();
     workload(&db, seed, 2500, &mut model);
     if merge {
@@ -358,11 +365,14 @@ mod with_spdk {
         format!("Interop{prefix}{}", N.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Real SPDK's view of a copy of `image` (an aio bdev over it, deleted afterwards).
+    /// Real SPDK's view of a copy of `image` (an aio bdev over it, deleted afterwards; its
+    /// block size is the store's io unit, as SPDK's io unit is its bdev's block).
     fn spdk_dump(image: &Path) -> Image {
         let copy = copy_of(image, "spdk");
         let bdev = bdev_name("Dump");
-        let cfg = SpdkConfig::aio(&bdev, &copy, 4096);
+        let bytes = std::fs::read(image).expect("read image");
+        let sb = SuperBlock::decode(&bytes[..4096]).expect("super block");
+        let cfg = SpdkConfig::aio(&bdev, &copy, sb.io_unit_size.max(512));
         let s = SpdkBlobStore::start_with(
             &SpdkEnvOpts::default(),
             &cfg,
@@ -404,6 +414,18 @@ mod with_spdk {
         let path = tmp("clean.img");
         native_clean_image(&path, 1, false);
         let img = assert_same_under_both(&path);
+        assert!(img.blobs.len() >= 4, "a store of {} blobs", img.blobs.len());
+    }
+
+    /// A store of 512-byte io units made by blobcask (format `--io-unit 512`): SPDK, on an
+    /// aio bdev of 512-byte blocks, sees every blob and io unit as the native backend does.
+    #[test]
+    fn native_io512_image_loads_identically_under_spdk() {
+        need_spdk!();
+        let path = tmp("io512.img");
+        native_clean_image_with(&path, 9, true, 512);
+        let img = assert_same_under_both(&path);
+        assert_eq!(img.io_unit, 512);
         assert!(img.blobs.len() >= 4, "a store of {} blobs", img.blobs.len());
     }
 
