@@ -44,6 +44,13 @@ impl Mask {
         self.bits.len() as u32
     }
 
+    /// Extend to `len` bits with clear ones (never shrinks).
+    pub fn grow(&mut self, len: u32) {
+        if len as usize > self.bits.len() {
+            self.bits.resize(len as usize, false);
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.bits.is_empty()
     }

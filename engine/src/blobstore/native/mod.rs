@@ -87,13 +87,13 @@ impl<D: Device> BlobStore for NativeBlobStore<D> {
     type Channel = NativeChannel<D>;
 
     fn io_unit_size(&self) -> u32 {
-        self.inner.layout.io_unit_size
+        self.inner.layout.load().io_unit_size
     }
     fn cluster_size(&self) -> u32 {
-        self.inner.layout.cluster_size
+        self.inner.layout.load().cluster_size
     }
     fn md_page_size(&self) -> u32 {
-        self.inner.layout.md_page_size
+        self.inner.layout.load().md_page_size
     }
     fn bstype(&self) -> Bstype {
         self.inner.st.lock().sb.bstype
@@ -103,7 +103,7 @@ impl<D: Device> BlobStore for NativeBlobStore<D> {
         u64::from(st.clusters.len() - st.clusters.count_ones())
     }
     fn total_data_clusters(&self) -> u64 {
-        u64::from(self.inner.layout.total_data_clusters())
+        u64::from(self.inner.layout.load().total_data_clusters())
     }
     fn super_blob(&self) -> Option<BlobId> {
         let s = self.inner.st.lock().sb.super_blob;
@@ -212,7 +212,7 @@ impl<D: Device> NativeChannel<D> {
         if !blob.shared.is_open() {
             return Err(Error::BadHandle);
         }
-        let ius = u64::from(self.inner.layout.io_unit_size);
+        let ius = u64::from(self.inner.layout.load().io_unit_size);
         if !(bytes as u64).is_multiple_of(ius) {
             return Err(Error::invalid(format!(
                 "buffer of {bytes} bytes is not a multiple of the {ius}-byte io unit"
@@ -251,7 +251,8 @@ impl<D: Device> NativeChannel<D> {
     }
 
     fn dev_offset(&self, c: u32, unit: u64) -> u64 {
-        self.inner.layout.cluster_offset(c) + unit * u64::from(self.inner.layout.io_unit_size)
+        self.inner.layout.load().cluster_offset(c)
+            + unit * u64::from(self.inner.layout.load().io_unit_size)
     }
 
     /// Device requests for one blob request (reads of unallocated clusters are zero-filled).
@@ -260,7 +261,7 @@ impl<D: Device> NativeChannel<D> {
         req: &'a mut BlobIo<'_, NativeBlob>,
         out: &mut Vec<IoRequest<'a>>,
     ) -> Result<()> {
-        let ius = self.inner.layout.io_unit_size as usize;
+        let ius = self.inner.layout.load().io_unit_size as usize;
         match req {
             BlobIo::Read { blob, offset, buf } => {
                 let upc = blob.shared.units_per_cluster;
@@ -387,7 +388,7 @@ impl<D: Device> IoChannel for NativeChannel<D> {
         if map.read_only {
             return Err(Error::ReadOnly(format!("blob {:#x}", blob.shared.id)));
         }
-        let ius = u64::from(self.inner.layout.io_unit_size);
+        let ius = u64::from(self.inner.layout.load().io_unit_size);
         let mut whole = Vec::new();
         for (ci, u, n) in pieces(offset, len, upc) {
             let c = map.get(ci);
@@ -408,7 +409,7 @@ impl<D: Device> IoChannel for NativeChannel<D> {
 
     async fn write_zeroes(&self, blob: &NativeBlob, offset: u64, len: u64) -> Result<()> {
         let upc = blob.shared.units_per_cluster;
-        let ius = self.inner.layout.io_unit_size as usize;
+        let ius = self.inner.layout.load().io_unit_size as usize;
         let zero = vec![0u8; upc.min(len.max(1)) as usize * ius];
         for (ci, u, n) in pieces(offset, len, upc) {
             let o = ci * upc + u;

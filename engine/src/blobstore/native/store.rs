@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
 use super::blobmd::{
@@ -37,7 +38,8 @@ const ZERO_CHUNK: u64 = 1 << 20;
 
 pub(crate) struct Inner<D> {
     pub dev: D,
-    pub layout: Layout,
+    /// The geometry; replaced (never mutated) by `grow`, under the gate.
+    pub layout: ArcSwap<Layout>,
     pub gate: Gate,
     pub st: Mutex<MdState>,
     /// The super block said `clean = 1` at load: the masks came from the disk (or were
@@ -183,7 +185,7 @@ impl<D: Device> NativeBlobStore<D> {
         NativeBlobStore {
             inner: Arc::new(Inner {
                 dev,
-                layout,
+                layout: ArcSwap::from_pointee(layout),
                 gate: Gate::default(),
                 st: Mutex::new(st),
                 loaded_clean,
@@ -255,6 +257,17 @@ impl<D: Device> NativeBlobStore<D> {
         Ok(Self::from_parts(dev, layout, st, loaded_clean))
     }
 
+    /// Grow the store to `new_size` bytes of its device (SPDK `spdk_bs_grow_live`, after the
+    /// device or image file got bigger; `new_size` at most the device's size). Only the super
+    /// block is written — `clean = 0`, the new `size` and `used_cluster_mask_len` — and the
+    /// cluster mask grows in memory; the clean unload writes it out, and a crash before that
+    /// leaves a dirty store whose recovery rebuilds the masks at the new size. A size equal
+    /// to the store's is a no-op; a smaller one, or one whose cluster mask would not fit the
+    /// pages reserved for it at init, fails [`Error::NoSpace`] and writes nothing.
+    pub async fn grow(&self, new_size: u64) -> Result<()> {
+        self.inner.grow(new_size).await
+    }
+
     /// See `Inner::restore_blob_md`: `repair`'s way back for a blob whose md page is lost.
     pub async fn restore_blob_md(
         &self,
@@ -271,8 +284,8 @@ impl<D: Device> NativeBlobStore<D> {
     }
 
     /// The store's geometry.
-    pub fn layout(&self) -> &Layout {
-        &self.inner.layout
+    pub fn layout(&self) -> Layout {
+        Layout::clone(&self.inner.layout.load())
     }
 
     /// Give the device back (after `unload`, or to simulate a crash: dropping a store without
@@ -303,10 +316,11 @@ impl<D: Device> NativeBlobStore<D> {
     /// load did with them; `None` on a store without a blob-id mask. For checks: a load that
     /// found them inconsistent rebuilt them in memory, hiding what is on disk.
     pub async fn disk_masks(&self) -> Result<Option<[Vec<u32>; 3]>> {
-        if self.inner.layout.blobid_mask_len == 0 {
+        let l = self.inner.layout.load_full();
+        if l.blobid_mask_len == 0 {
             return Ok(None);
         }
-        let (m, c, b) = read_masks(&self.inner.dev, &self.inner.layout).await?;
+        let (m, c, b) = read_masks(&self.inner.dev, &l).await?;
         Ok(Some([
             m.ones().collect(),
             c.ones().collect(),
@@ -331,7 +345,7 @@ impl<D: Device> Inner<D> {
     }
 
     async fn read_page(&self, i: u32) -> Result<Vec<u8>> {
-        read_md_page(&self.dev, &self.layout, i).await
+        read_md_page(&self.dev, &self.layout.load_full(), i).await
     }
 
     /// Write the super block with `clean = 0` and flush (SPDK's mark-dirty, §10.2 step 0).
@@ -340,7 +354,7 @@ impl<D: Device> Inner<D> {
             let mut st = self.st.lock();
             st.sb.clean = 0;
             if st.sb.size == 0 {
-                st.sb.size = self.layout.size;
+                st.sb.size = self.layout.load().size;
             }
             st.sb.encode()
         };
@@ -361,7 +375,7 @@ impl<D: Device> Inner<D> {
     /// Read and validate a blob's metadata: chain, descriptors, extent pages. Returns the
     /// metadata and the chain's md indexes.
     pub(crate) async fn read_blob(&self, id: BlobId) -> Result<(BlobMd, Vec<u32>)> {
-        let l = &self.layout;
+        let l = &*self.layout.load_full();
         let root = root_index(id)
             .filter(|&i| i < l.md_len)
             .ok_or_else(|| Error::NotFound(format!("blob {id:#x}")))?;
@@ -460,7 +474,7 @@ impl<D: Device> Inner<D> {
         }
         Err(Error::Corruption {
             blob: id,
-            offset: self.layout.md_offset(idx),
+            offset: self.layout.load().md_offset(idx),
             detail: format!(
                 "used-md-page mask bit {idx} is clear for md page {idx} of live blob {id:#x} \
                  (damaged mask; `blobcask repair` rebuilds it)"
@@ -494,7 +508,7 @@ impl<D: Device> Inner<D> {
     }
 
     fn plan_persist(&self, id: BlobId) -> Result<Option<PersistPlan>> {
-        let l = &self.layout;
+        let l = &*self.layout.load_full();
         let mut guard = self.st.lock();
         let st = &mut *guard;
         let ob = st.open.get_mut(&id).ok_or(Error::BadHandle)?;
@@ -580,7 +594,7 @@ impl<D: Device> Inner<D> {
     }
 
     async fn persist_io(&self, plan: &PersistPlan) -> Result<()> {
-        let l = &self.layout;
+        let l = &*self.layout.load_full();
         if plan.need_dirty {
             self.mark_dirty().await?;
         }
@@ -623,9 +637,9 @@ impl<D: Device> Inner<D> {
     /// Clear freed clusters by the blob's clear method (default and unmap: device unmap,
     /// which a file image without hole punching ignores, like SPDK's aio bdev).
     async fn clear_clusters(&self, clusters: &[u32], clear: u64) -> Result<()> {
-        let cs = u64::from(self.layout.cluster_size);
+        let cs = u64::from(self.layout.load().cluster_size);
         for &c in clusters {
-            let off = self.layout.cluster_offset(c);
+            let off = self.layout.load().cluster_offset(c);
             match clear {
                 1 => {}
                 3 => write_zeroes(&self.dev, off, cs).await?,
@@ -897,7 +911,7 @@ impl<D: Device> Inner<D> {
             let shared = BlobShared::new(
                 id,
                 DataMap::build(&md, false),
-                self.layout.units_per_cluster(),
+                self.layout.load().units_per_cluster(),
             );
             let mut ob = OpenBlob::unpersisted(shared, md);
             st.md_pages.set(idx);
@@ -933,7 +947,7 @@ impl<D: Device> Inner<D> {
     ) -> Result<()> {
         let _g = self.gate.lock().await;
         self.check_open()?;
-        let l = &self.layout;
+        let l = &*self.layout.load_full();
         let idx = root_index(id)
             .filter(|&i| i < l.md_len)
             .ok_or_else(|| Error::invalid(format!("{id:#x} is not a blob id of this store")))?;
@@ -977,7 +991,7 @@ impl<D: Device> Inner<D> {
             let shared = BlobShared::new(
                 id,
                 DataMap::build(&md, false),
-                self.layout.units_per_cluster(),
+                self.layout.load().units_per_cluster(),
             );
             st.open.insert(id, OpenBlob::unpersisted(shared, md));
         }
@@ -1022,7 +1036,7 @@ impl<D: Device> Inner<D> {
         let shared = BlobShared::new(
             id,
             DataMap::build(&md, md.data_ro()),
-            self.layout.units_per_cluster(),
+            self.layout.load().units_per_cluster(),
         );
         let ob = OpenBlob {
             shared: shared.clone(),
@@ -1196,7 +1210,7 @@ impl<D: Device> Inner<D> {
 
     /// The device side of a delete, then the release of its claims.
     async fn delete_io(&self, md: &BlobMd, chain: &[u32]) -> Result<()> {
-        let l = &self.layout;
+        let l = &*self.layout.load_full();
         let zero = vec![0u8; l.md_page_size as usize];
         self.dev.write(l.md_offset(chain[0]), &zero).await?;
         self.dev.flush().await?;
@@ -1239,6 +1253,51 @@ impl<D: Device> Inner<D> {
         self.dev.flush().await.map_err(Error::from)
     }
 
+    pub(crate) async fn grow(&self, new_size: u64) -> Result<()> {
+        let _g = self.gate.lock().await;
+        self.check_open()?;
+        let l = self.layout.load_full();
+        let dev_size = self.dev.size();
+        if new_size > dev_size {
+            return Err(Error::invalid(format!(
+                "cannot grow the store to {new_size} bytes: the device holds {dev_size}"
+            )));
+        }
+        // SPDK's checks, in its order.
+        let total = new_size / u64::from(l.cluster_size);
+        let mask_len = super::layout::pages_for(total, l.md_page_size);
+        let max_mask = l.blobid_mask_start.saturating_sub(l.cluster_mask_start);
+        if new_size == l.size {
+            return Ok(());
+        }
+        let capacity = self.st.lock().clusters.len();
+        if new_size < l.size
+            || total < u64::from(capacity)
+            || total > u64::from(u32::MAX)
+            || mask_len > max_mask
+        {
+            return Err(Error::NoSpace);
+        }
+        let mut sb = self.st.lock().sb.clone();
+        sb.clean = 0;
+        sb.size = new_size;
+        sb.used_cluster_mask_len = mask_len;
+        self.dev.write(0, &sb.encode()).await?;
+        self.dev.flush().await?;
+        let new_layout = Layout {
+            size: new_size,
+            total_clusters: total as u32,
+            cluster_mask_len: mask_len,
+            ..Layout::clone(&l)
+        };
+        let mut st = self.st.lock();
+        st.sb = sb;
+        st.disk_clean = false;
+        st.clusters.grow(total as u32);
+        self.layout.store(Arc::new(new_layout));
+        Ok(())
+    }
+
     /// Clean unload (§11): md-page mask, blob-id mask, cluster mask, flush, then the super
     /// block with `clean = 1`, flush.
     pub(crate) async fn unload(&self) -> Result<()> {
@@ -1258,13 +1317,13 @@ impl<D: Device> Inner<D> {
             }
             (st.md_pages.clone(), st.clusters.clone(), st.blobids.clone())
         };
-        write_masks(&self.dev, &self.layout, &m, &c, &b).await?;
+        write_masks(&self.dev, &self.layout.load_full(), &m, &c, &b).await?;
         self.dev.flush().await?;
         let bytes = {
             let mut st = self.st.lock();
             st.sb.clean = 1;
             if st.sb.size == 0 {
-                st.sb.size = self.layout.size;
+                st.sb.size = self.layout.load().size;
             }
             st.sb.encode()
         };
