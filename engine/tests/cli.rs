@@ -333,6 +333,48 @@ fn format_with_512_byte_io_units_makes_a_working_store() {
 }
 
 #[test]
+fn grow_extends_the_image_and_the_store_keeps_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_store(dir.path());
+    ok(&["put", &db, "before", "grow"]);
+    let free = |p: &str| -> (u64, u64) {
+        let j: serde_json::Value = serde_json::from_str(&ok(&["blobs", "--json", p])).unwrap();
+        let sb = &j["super_block"];
+        (
+            sb["size"].as_u64().unwrap(),
+            sb["total_data_clusters"].as_u64().unwrap(),
+        )
+    };
+    let (size0, total0) = free(&db);
+    assert_eq!(size0, 32 << 20);
+    let out = ok(&["grow", &db, "--size", "48M"]);
+    assert!(out.contains("grew"), "{out}");
+    assert_eq!(std::fs::metadata(&db).unwrap().len(), 48 << 20);
+    let (size1, total1) = free(&db);
+    assert_eq!(size1, 48 << 20);
+    assert_eq!(total1, total0 + (16 << 20) / (64 << 10));
+    assert_eq!(ok(&["get", &db, "before"]), "grow\n");
+    // More data than the old size held: it needs clusters only the new size has.
+    let tsv = dir.path().join("big.tsv");
+    let value = "x".repeat(60_000);
+    let lines: String = (0..600).map(|i| format!("k{i}\t{value}\n")).collect();
+    std::fs::write(&tsv, lines).unwrap();
+    ok(&["load", &db, tsv.to_str().unwrap()]);
+    assert!(run(&["check", &db]).status.success());
+    assert_eq!(ok(&["get", &db, "k599"]).len(), 60_001);
+    // Shrinking is refused and changes nothing; the same size is a no-op.
+    let before = std::fs::read(&db).unwrap();
+    let o = run(&["grow", &db, "--size", "32M"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot shrink"));
+    assert!(ok(&["grow", &db]).contains("nothing to grow"));
+    assert!(
+        std::fs::read(&db).unwrap() == before,
+        "a refused grow changed the image"
+    );
+}
+
+#[test]
 fn inspecting_a_dirty_image_leaves_it_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("dirty.img");

@@ -148,6 +148,35 @@ impl FileDevice {
         Self::open_with(path, opts)
     }
 
+    /// Extend the image file at `path` to `size` bytes, allocating the new range like
+    /// [`FileDevice::create`] does (sparse where the file system cannot allocate), durably.
+    /// A file already that long, or a block device, is left alone. For `grow`.
+    pub fn extend(path: impl AsRef<Path>, size: u64) -> Result<()> {
+        let path = path.as_ref();
+        let meta = std::fs::metadata(path).map_err(|e| io_ctx(path, "stat", e))?;
+        if !meta.is_file() || meta.len() >= size {
+            return Ok(());
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| io_ctx(path, "open", e))?;
+        let len = libc::off_t::try_from(size)
+            .map_err(|_| Error::invalid(format!("image size {size} too large")))?;
+        // SAFETY: fallocate only takes integers; the fd is owned by `file`, open for writing.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+                return Err(io_ctx(path, "fallocate", e));
+            }
+            file.set_len(size)
+                .map_err(|e| io_ctx(path, "set image length", e))?;
+        }
+        file.sync_all().map_err(|e| io_ctx(path, "fsync", e))
+    }
+
     /// Open an existing image file or block device with default options.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         Self::open_with(path, &FileOptions::default())

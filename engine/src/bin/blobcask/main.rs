@@ -9,6 +9,7 @@ use blobcask::{Db, DeviceSpec, Options, SyncPolicy};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
+mod grow;
 mod inspect;
 mod shell;
 mod tsv;
@@ -167,6 +168,14 @@ enum Cmd {
     /// Run an SPDK fixture manifest's operations on the native blobstore into a new image and
     /// print the image's sha256.
     Replay { manifest: PathBuf, out: PathBuf },
+    /// Grow the blobstore to the device's size (SPDK's live grow): an image file is first
+    /// extended to --size; a block device is grown to its current size.
+    Grow {
+        device: PathBuf,
+        /// New size of an image file, e.g. 2G (default: the file's current size).
+        #[arg(long, value_parser = parse_size)]
+        size: Option<u64>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -356,6 +365,7 @@ fn run(cmd: Cmd) -> CliResult {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Replay { manifest, out } => inspect::replay(&manifest, &out),
+        Cmd::Grow { device, size } => grow::grow(&device, size),
     }
 }
 
