@@ -242,6 +242,12 @@ shim_bs_set_super(struct spdk_blob_store *bs, uint64_t id, void *rec)
 }
 
 void
+shim_bs_grow_live(struct spdk_blob_store *bs, void *rec)
+{
+	spdk_bs_grow_live(bs, tr_op, rec);
+}
+
+void
 shim_bs_get_super(struct spdk_blob_store *bs, void *rec)
 {
 	spdk_bs_get_super(bs, tr_id, rec);

@@ -144,6 +144,10 @@ impl Blobstore {
     pub async fn set_super(&self, _id: u64) -> Result<()> {
         match self.0 {}
     }
+    /// Grow to the bdev's size.
+    pub async fn grow_live(&self) -> Result<()> {
+        match self.0 {}
+    }
     /// Resize.
     pub async fn resize(&self, _blob: &Blob, _clusters: u64) -> Result<()> {
         match self.0 {}

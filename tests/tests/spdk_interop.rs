@@ -429,6 +429,67 @@ mod with_spdk {
         assert!(img.blobs.len() >= 4, "a store of {} blobs", img.blobs.len());
     }
 
+    /// Grow, both ways: a store on an image extended from 48 to 64 MiB, grown by SPDK
+    /// (`spdk_bs_grow_live` on an aio bdev over the longer file) and by blobcask
+    /// (`NativeBlobStore::grow`), each then unloaded: the two images are byte-identical, and
+    /// SPDK loads blobcask's at the new size with every blob as the native backend sees it.
+    #[test]
+    fn grow_by_blobcask_is_byte_identical_to_spdks_grow_live() {
+        need_spdk!();
+        grow_both_ways(4096);
+        grow_both_ways(512);
+    }
+
+    fn grow_both_ways(io_unit: u32) {
+        const GROWN: u64 = 64 * MIB;
+        let native = tmp(&format!("grow-native-{io_unit}.img"));
+        native_clean_image_with(&native, 21, false, io_unit);
+        let spdk = copy_of(&native, "spdk-grow");
+        for p in [&native, &spdk] {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(p)
+                .and_then(|f| f.set_len(GROWN))
+                .expect("extend image");
+        }
+        let bdev = bdev_name("Grow");
+        let s = SpdkBlobStore::start_with(
+            &SpdkEnvOpts::default(),
+            &SpdkConfig::aio(&bdev, &spdk, io_unit),
+            &bdev,
+            SpdkStart::Load(LoadOpts::default()),
+        )
+        .expect("SPDK load");
+        assert_eq!(s.io_unit_size(), io_unit);
+        let before = s.total_data_clusters();
+        s.block_on(s.grow_live()).expect("spdk_bs_grow_live");
+        let after = s.total_data_clusters();
+        assert_eq!(after - before, (GROWN - IMAGE) / (64 << 10), "SPDK's grow");
+        s.block_on(s.unload()).expect("SPDK unload");
+        drop(s);
+        SpdkBlobStore::load_config(&SpdkConfig::aio_delete(&bdev)).expect("aio delete");
+
+        pollster::block_on(async {
+            let dev = FileDevice::open(&native).expect("open image");
+            let s = NativeBlobStore::load(dev, LoadOpts::default())
+                .await
+                .expect("native load");
+            s.grow(GROWN).await.expect("native grow");
+            assert_eq!(s.total_data_clusters(), after, "native grow");
+            s.unload().await.expect("native unload");
+        });
+        let (a, b) = (
+            std::fs::read(&spdk).expect("read"),
+            std::fs::read(&native).expect("read"),
+        );
+        if let Some(d) = blobcask::blobstore::replay::first_difference(&a, &b) {
+            panic!("{io_unit}-byte io units: SPDK's grow vs blobcask's: {d}");
+        }
+        let img = assert_same_under_both(&native);
+        assert_eq!(img.total_clusters, after);
+        std::fs::remove_file(&spdk).expect("remove copy");
+    }
+
     #[test]
     fn native_merged_image_loads_identically_under_spdk() {
         need_spdk!();

@@ -172,6 +172,12 @@ impl SpdkBlobStore {
         ffi_shim::Env::get().map(|e| e.version().to_owned())
     }
 
+    /// Grow the store to its bdev's current size (`spdk_bs_grow_live`); what
+    /// `NativeBlobStore::grow` does natively.
+    pub async fn grow_live(&self) -> Result<()> {
+        self.bs.grow_live().await.map_err(map_err)
+    }
+
     /// The bdev under the store.
     pub fn bdev_name(&self) -> &str {
         self.bs.bdev_name()

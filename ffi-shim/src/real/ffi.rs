@@ -41,6 +41,7 @@ extern "C" {
     );
     pub fn shim_bs_unload(bs: *mut c_void, rec: *mut c_void);
     pub fn shim_bs_set_super(bs: *mut c_void, id: u64, rec: *mut c_void);
+    pub fn shim_bs_grow_live(bs: *mut c_void, rec: *mut c_void);
     pub fn shim_bs_get_super(bs: *mut c_void, rec: *mut c_void);
     pub fn shim_bs_get_bstype(bs: *mut c_void, out: *mut c_char);
 

@@ -489,6 +489,19 @@ impl Blobstore {
         Ok(())
     }
 
+    /// Grow the store to its bdev's current size (`spdk_bs_grow_live`).
+    pub async fn grow_live(&self) -> Result<()> {
+        let bs = self.inner.bs()?;
+        let done = self
+            .inner
+            .md_op(move |rec| {
+                // SAFETY: on the metadata thread with a live store.
+                unsafe { ffi::shim_bs_grow_live(bs as *mut c_void, rec) }
+            })
+            .await;
+        check("spdk_bs_grow_live", done.rc)
+    }
+
     /// Resize to `clusters` (in memory until sync).
     pub async fn resize(&self, blob: &Blob, clusters: u64) -> Result<()> {
         let p = self.inner.blob_ptr(blob)?;
