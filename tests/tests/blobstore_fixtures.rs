@@ -1,7 +1,7 @@
 //! Compatibility with real SPDK: every golden image (made by SPDK v25.05.1 / v25.09, `io512`
-//! on a bdev with 512-byte blocks) loads in the native blobstore and reads back exactly as its
-//! manifest says, and replaying each manifest's recorded operations produces the fixture image
-//! byte for byte.
+//! on a bdev with 512-byte blocks, `grow` grown by `spdk_bs_grow_live` after its image file
+//! was extended) loads in the native blobstore and reads back exactly as its manifest says,
+//! and replaying each manifest's recorded operations produces the fixture image byte for byte.
 
 use std::path::PathBuf;
 
@@ -19,6 +19,7 @@ const FIXTURES: &[&str] = &[
     "dirty",
     "v2509",
     "io512",
+    "grow",
 ];
 
 fn dir() -> PathBuf {
@@ -68,7 +69,14 @@ fn every_fixture_loads_through_recovery() {
 
 #[test]
 fn clean_images_are_unchanged_by_load_and_unload() {
-    for n in ["empty-clean", "basic", "thin-extent", "v2509", "io512"] {
+    for n in [
+        "empty-clean",
+        "basic",
+        "thin-extent",
+        "v2509",
+        "io512",
+        "grow",
+    ] {
         let m = manifest(n);
         let out = verify_manifest(&m, dev(n), false).unwrap().to_bytes();
         if let Some(d) = first_difference(&image(n), &out) {
@@ -211,4 +219,31 @@ fn io512_image_has_512_byte_io_units_and_reads_through_a_file() {
     drop(s);
     // Read-only: the image file is untouched.
     assert_eq!(std::fs::read(&p).unwrap(), image("io512"));
+}
+
+/// The grow image: made on 8 MiB, grown live to 12 MiB by SPDK; the super block says so, and
+/// the replay's first session really ran on the shorter device (its md region is sized for it).
+#[test]
+fn grow_image_was_grown_by_spdk() {
+    let m = manifest("grow");
+    let sb = SuperBlock::decode(&image("grow")).unwrap();
+    assert_eq!(sb.size, 12 << 20);
+    assert_eq!(
+        sb.md_len, 128,
+        "one md page per cluster of the 8 MiB device"
+    );
+    assert_eq!(m["sessions"][0]["device_size_bytes"], 8 << 20);
+    assert!(m["sessions"][1]["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|o| o["op"] == "grow"));
+    // Without the grow, blob B (110 clusters) would not have fit.
+    let b = m["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["scenario_name"] == "B")
+        .unwrap();
+    assert_eq!(b["num_allocated_clusters"], 110);
 }

@@ -101,20 +101,71 @@ pub fn image_geometry(manifest: &Value) -> Result<(u64, u32)> {
     Ok((size, block))
 }
 
+/// The device size a session runs on: its `device_size_bytes` (the image file was extended
+/// before it, for a grow), else the previous session's, else the image's size.
+fn session_size(s: &Value, prev: u64) -> Result<u64> {
+    match s.get("device_size_bytes") {
+        Some(v) => v
+            .as_u64()
+            .ok_or_else(|| bad("device_size_bytes is not an integer")),
+        None => Ok(prev),
+    }
+}
+
+/// The size of the device the first session starts on.
+fn initial_size(manifest: &Value) -> Result<u64> {
+    let (size, _) = image_geometry(manifest)?;
+    match field(manifest, "sessions")?
+        .as_array()
+        .and_then(|s| s.first())
+    {
+        Some(s) => session_size(s, size),
+        None => Ok(size),
+    }
+}
+
 /// Run every session of `manifest` on a fresh memory device and return it.
 pub fn replay_to_device(manifest: &Value) -> Result<MemoryDevice> {
-    let (size, block) = image_geometry(manifest)?;
-    replay_on(manifest, MemoryDevice::new(size, block)?)
+    let (_, block) = image_geometry(manifest)?;
+    replay_with(
+        manifest,
+        MemoryDevice::new(initial_size(manifest)?, block)?,
+        |d, size| {
+            let mut bytes = d.to_bytes();
+            bytes.resize(size as usize, 0);
+            MemoryDevice::from_bytes(bytes, block).map_err(Error::from)
+        },
+    )
 }
 
 /// Run every session of `manifest` on `dev` (which must be zeroed, like a new image file).
+/// A manifest whose sessions extend the device is refused: use [`replay_to_device`] or
+/// [`replay`].
 pub fn replay_on<D: Device>(manifest: &Value, dev: D) -> Result<D> {
+    replay_with(manifest, dev, |_, size| {
+        Err(bad(format!(
+            "this device cannot be extended to {size} bytes"
+        )))
+    })
+}
+
+/// [`replay_on`], with `extend` giving back the device extended to a session's
+/// `device_size_bytes` (zeroes appended, as when an image file is lengthened).
+fn replay_with<D: Device>(
+    manifest: &Value,
+    dev: D,
+    mut extend: impl FnMut(D, u64) -> Result<D>,
+) -> Result<D> {
     let mut dev = Some(dev);
     let mut slots: HashMap<String, BlobId> = HashMap::new();
     let sessions = field(manifest, "sessions")?
         .as_array()
         .ok_or_else(|| bad("sessions is not a list"))?;
     for s in sessions {
+        if let Some(d) = dev.take() {
+            let want = session_size(s, d.size())?;
+            dev = Some(if want > d.size() { extend(d, want)? } else { d });
+        }
         let ops = field(s, "ops")?
             .as_array()
             .ok_or_else(|| bad("ops is not a list"))?;
@@ -253,6 +304,12 @@ async fn run_op<D: Device>(
                 .await?
         }
         "sync" | "sync_md" => s.store.sync_md(handle(s, &slot)?).await?,
+        // SPDK's live grow: to the device's size (its bdev's blocks, here the io unit).
+        "grow" => {
+            let unit = u64::from(s.store.io_unit_size());
+            let size = s.store.device().size() / unit * unit;
+            s.store.grow(size).await?
+        }
         "set_read_only" => s.store.set_read_only(handle(s, &slot)?).await?,
         "set_super" => s.store.set_super(id_of(slots)?).await?,
         "delete" => s.store.delete(id_of(slots)?).await?,
@@ -285,14 +342,27 @@ async fn run_op<D: Device>(
 /// the file device; returns the image's sha256 (hex). Like SPDK's aio bdev without
 /// `fallocate`, the file device ignores unmap, so freed clusters keep their bytes.
 pub fn replay(manifest: &Value, out: &Path) -> Result<String> {
-    let (size, block) = image_geometry(manifest)?;
+    let (_, block) = image_geometry(manifest)?;
     match std::fs::remove_file(out) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(os_error(out, "remove", e))
         }
         _ => {}
     }
-    let dev = replay_on(manifest, FileDevice::create(out, size, block)?)?;
+    let first = initial_size(manifest)?;
+    let opts = crate::device::FileOptions {
+        block_size: Some(block),
+        ..Default::default()
+    };
+    let dev = replay_with(
+        manifest,
+        FileDevice::create_with(out, first, &opts)?,
+        |d, n| {
+            drop(d);
+            FileDevice::extend(out, n)?;
+            Ok(FileDevice::open_with(out, &opts)?)
+        },
+    )?;
     drop(dev);
     let image = std::fs::read(out).map_err(|e| os_error(out, "read image", e))?;
     Ok(sha256_hex(&image))
