@@ -1,6 +1,7 @@
 //! Model-based test of the native blobstore: random sequences of create / resize / write /
-//! xattr / sync_md / delete / unload+load / crash run against the store on a sim device (a
-//! crash loses or tears unflushed writes at random) and against a plain in-memory model.
+//! xattr / sync_md / delete / grow / unload+load / crash run against the store on a sim device
+//! (a crash loses or tears unflushed writes at random) and against a plain in-memory model.
+//! The store starts on half the device, so `grow` has room; a completed grow is durable.
 //!
 //! The model knows what is durable: metadata as of the blob's last persist (create, sync_md,
 //! close, and every thin allocation, which persists the whole blob before the data write),
@@ -60,6 +61,10 @@ enum Op {
     Delete {
         sel: usize,
     },
+    /// Grow the store by `by` clusters (capped at the device).
+    Grow {
+        by: u64,
+    },
     Reload,
     Crash,
 }
@@ -73,6 +78,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (any::<usize>(), 0u8..4).prop_map(|(sel, key)| Op::RemoveXattr { sel, key }),
         2 => any::<usize>().prop_map(|sel| Op::Sync { sel }),
         1 => any::<usize>().prop_map(|sel| Op::Delete { sel }),
+        1 => (1u64..40).prop_map(|by| Op::Grow { by }),
         1 => Just(Op::Reload),
         1 => Just(Op::Crash),
     ]
@@ -103,6 +109,8 @@ impl ModelBlob {
 
 struct Harness {
     store: Option<Store>,
+    /// The store's size as last grown (durable once `grow` returned).
+    size: u64,
     handles: HashMap<BlobId, NativeBlob>,
     model: BTreeMap<BlobId, ModelBlob>,
     seed: u64,
@@ -110,15 +118,22 @@ struct Harness {
 
 impl Harness {
     fn new(seed: u64) -> Harness {
-        let dev = SimDevice::new(DEV, 4096, seed).unwrap();
-        dev.set_crash_mode(CrashMode::Random);
+        // Made on the first half of the device, so it can grow.
+        let small = SimDevice::new(DEV / 2, 4096, seed).unwrap();
         let opts = InitOpts {
             cluster_size: 16384,
             num_md_pages: Some(48),
             ..InitOpts::default()
         };
+        let s = b(NativeBlobStore::init(small, opts)).unwrap();
+        b(s.unload()).unwrap();
+        let mut image = s.into_device().unwrap().durable_image();
+        image.resize(DEV as usize, 0);
+        let dev = SimDevice::from_image(image, 4096, seed).unwrap();
+        dev.set_crash_mode(CrashMode::Random);
         Harness {
-            store: Some(b(NativeBlobStore::init(dev, opts)).unwrap()),
+            store: Some(b(NativeBlobStore::load(dev, LoadOpts::default())).unwrap()),
+            size: DEV / 2,
             handles: HashMap::new(),
             model: BTreeMap::new(),
             seed,
@@ -142,6 +157,7 @@ impl Harness {
                 if clean { "unload" } else { "crash" }
             )
         });
+        assert_eq!(s.layout().size, self.size, "store size after load");
         self.store = Some(s);
         let ids = b(self.s().blob_ids()).unwrap();
         assert_eq!(
@@ -346,6 +362,14 @@ impl Harness {
                 b(self.s().delete(id)).unwrap();
                 self.model.remove(&id);
             }
+            Op::Grow { by } => {
+                let new = (self.size + by * 16384).min(DEV);
+                let total_before = self.s().total_data_clusters();
+                b(self.s().grow(new)).unwrap();
+                let gained = new / 16384 - self.size / 16384;
+                assert_eq!(self.s().total_data_clusters(), total_before + gained);
+                self.size = new;
+            }
             Op::Reload => {
                 for (id, h) in self.handles.drain() {
                     b(self.store.as_ref().unwrap().close(h)).unwrap();
@@ -434,8 +458,15 @@ fn model_smoke_sequence() {
             },
             Op::Resize { sel: 0, n: 2 },
             Op::Sync { sel: 0 },
+            Op::Grow { by: 30 },
+            Op::Create {
+                thin: false,
+                ext: true,
+                n: 9,
+            },
             Op::Reload,
             Op::Delete { sel: 1 },
+            Op::Grow { by: 39 },
             Op::Crash,
         ],
     );
