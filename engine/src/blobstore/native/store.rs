@@ -17,12 +17,14 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use super::blobmd::Parent;
 use super::blobmd::{
     blob_id, parse_chain, parse_extent_page, recovery_type_ok, root_index, slots_for, BlobMd,
     FLAG_EXTENT_TABLE, FLAG_READ_ONLY, FLAG_THIN_PROV, MAX_BLOB_CLUSTERS, MD_RO_CLEAR_MASK,
 };
-use super::datamap::{BlobShared, DataMap};
+use super::datamap::{Backing, BlobShared, DataMap};
 use super::descriptor::CLUSTERS_PER_EXTENT_PAGE;
+use super::esnap::{show_id, EsnapResolver};
 use super::gate::Gate;
 use super::layout::Layout;
 use super::mask::{Mask, MaskKind};
@@ -35,6 +37,9 @@ use crate::device::Device;
 /// Bytes written per request when zeroing large ranges.
 const ZERO_CHUNK: u64 = 1 << 20;
 
+/// Deepest snapshot chain we follow (a longer one is taken for a loop in damaged metadata).
+const MAX_CHAIN: usize = 4096;
+
 pub(crate) struct Inner<D> {
     pub dev: D,
     pub layout: Layout,
@@ -43,6 +48,8 @@ pub(crate) struct Inner<D> {
     /// The super block said `clean = 1` at load: the masks came from the disk (or were
     /// rebuilt because they disagreed) and the engine's catalog of that close is exact.
     pub loaded_clean: bool,
+    /// Maps esnap ids to external devices for blobs opened from now on.
+    pub esnap: Mutex<Option<Arc<dyn EsnapResolver>>>,
 }
 
 pub(crate) struct MdState {
@@ -187,6 +194,7 @@ impl<D: Device> NativeBlobStore<D> {
                 gate: Gate::default(),
                 st: Mutex::new(st),
                 loaded_clean,
+                esnap: Mutex::new(None),
             }),
         }
     }
@@ -263,6 +271,25 @@ impl<D: Device> NativeBlobStore<D> {
         clusters: Vec<u32>,
     ) -> Result<()> {
         self.inner.restore_blob_md(id, xattrs, clusters).await
+    }
+
+    /// Give the store a way to find the external device of esnap clones (SPDK's
+    /// `esnap_bs_dev_create`). It applies to blobs opened afterwards; without one, an esnap
+    /// clone opens but its reads that need the external device fail.
+    pub fn set_esnap_resolver(&self, resolver: Option<Arc<dyn EsnapResolver>>) {
+        *self.inner.esnap.lock() = resolver;
+    }
+
+    /// An open blob's internal xattrs (SPDK's `SNAP`, `EXTSNAP`, ...), in on-disk order.
+    pub fn internal_xattrs(&self, blob: &super::NativeBlob) -> Result<Vec<(String, Vec<u8>)>> {
+        self.inner.with_blob(&blob.shared, |_, ob| {
+            Ok(ob
+                .md
+                .internal_xattrs
+                .iter()
+                .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.clone()))
+                .collect())
+        })
     }
 
     /// The device under the store.
@@ -410,13 +437,6 @@ impl<D: Device> Inner<D> {
         }
         let parsed = parse_chain(id, &pages, l.total_clusters, l.md_len, false)?;
         let mut md = parsed.md;
-        // A clone reads its unallocated clusters from its parent snapshot; we have no
-        // snapshot support, and reading zeroes there would be wrong data.
-        if md.internal_xattrs.iter().any(|(k, _)| k == b"SNAP") {
-            return Err(Error::Unsupported(format!(
-                "blob {id:#x} is a clone of a snapshot"
-            )));
-        }
         if md.extent_table {
             let n = parsed.table_clusters;
             let per = u64::from(CLUSTERS_PER_EXTENT_PAGE);
@@ -1017,29 +1037,86 @@ impl<D: Device> Inner<D> {
             ob.refs += 1;
             return Ok(ob.shared.clone());
         }
-        let (md, chain) = self.read_blob(id).await?;
-        let ro = md.md_ro();
-        let shared = BlobShared::new(
-            id,
-            DataMap::build(&md, md.data_ro()),
-            self.layout.units_per_cluster(),
-        );
-        let ob = OpenBlob {
-            shared: shared.clone(),
-            clean: CleanState {
-                chain,
-                clusters: md.clusters.clone(),
-                extent_pages: md.extent_pages.clone(),
-            },
-            md,
-            dirty: false,
-            refs: 1,
-            md_ro: ro,
-            released_clusters: Vec::new(),
-            released_eps: Vec::new(),
+        // Read the blob and each parent snapshot not open yet, down the chain, before taking
+        // any reference: a failure leaves nothing open. As SPDK, a clone holds its parent
+        // open until it is closed itself.
+        let mut todo: Vec<(BlobMd, Vec<u32>)> = Vec::new();
+        let mut cur = id;
+        let base = loop {
+            if let Some(ob) = self.st.lock().open.get(&cur) {
+                break Backing::Snapshot(ob.shared.clone());
+            }
+            let (md, chain) = self.read_blob(cur).await?;
+            let parent = md.parent()?;
+            todo.push((md, chain));
+            match parent {
+                Parent::None => break Backing::Zeroes,
+                Parent::External(eid) => break self.external(cur, eid)?,
+                Parent::Snapshot(p) => {
+                    if todo.iter().any(|(m, _)| m.id == p) || todo.len() >= MAX_CHAIN {
+                        return Err(Error::Corruption {
+                            blob: id,
+                            offset: 0,
+                            detail: format!("snapshot chain loops or is deeper than {MAX_CHAIN}"),
+                        });
+                    }
+                    cur = p;
+                }
+            }
         };
-        self.st.lock().open.insert(id, ob);
-        Ok(shared)
+        let mut st = self.st.lock();
+        if let Backing::Snapshot(p) = &base {
+            if let Some(ob) = st.open.get_mut(&p.id) {
+                ob.refs += 1;
+            }
+        }
+        let mut backing = base;
+        let mut top = None;
+        for (md, chain) in todo.into_iter().rev() {
+            let shared = BlobShared::with_backing(
+                md.id,
+                DataMap::build(&md, md.data_ro()),
+                self.layout.units_per_cluster(),
+                backing,
+            );
+            let ob = OpenBlob {
+                shared: shared.clone(),
+                clean: CleanState {
+                    chain,
+                    clusters: md.clusters.clone(),
+                    extent_pages: md.extent_pages.clone(),
+                },
+                md_ro: md.md_ro(),
+                md,
+                dirty: false,
+                refs: 1,
+                released_clusters: Vec::new(),
+                released_eps: Vec::new(),
+            };
+            st.open.insert(ob.shared.id, ob);
+            backing = Backing::Snapshot(shared.clone());
+            top = Some(shared);
+        }
+        top.ok_or(Error::BadHandle)
+    }
+
+    /// The backing of esnap clone `id`: the resolver's device for `eid`, or a marker that
+    /// makes reads needing it fail.
+    fn external(&self, id: BlobId, eid: Vec<u8>) -> Result<Backing> {
+        let resolver = self.esnap.lock().clone();
+        let Some(dev) = resolver.and_then(|r| r.resolve(&eid)) else {
+            return Ok(Backing::MissingExternal(eid));
+        };
+        let bs = dev.block_size();
+        if bs == 0 || self.layout.io_unit_size % bs != 0 {
+            return Err(Error::invalid(format!(
+                "external snapshot {} of blob {id:#x}: its {bs}-byte blocks do not divide the \
+                 {}-byte io unit",
+                show_id(&eid),
+                self.layout.io_unit_size
+            )));
+        }
+        Ok(Backing::External(eid, dev))
     }
 
     /// Run `f` on an open blob's state (caller holds the gate).
@@ -1071,11 +1148,18 @@ impl<D: Device> Inner<D> {
         self.with_blob(shared, |_, _| Ok(()))?;
         self.persist_locked(shared.id).await?;
         let mut st = self.st.lock();
-        if let Some(ob) = st.open.get_mut(&shared.id) {
-            ob.refs = ob.refs.saturating_sub(1);
-            if ob.refs == 0 {
-                st.open.remove(&shared.id);
-                shared.open.store(false, Ordering::Release);
+        // The last close of a clone drops its hold on the parent snapshot, down the chain.
+        let mut cur = Some(shared.clone());
+        while let Some(s) = cur.take() {
+            if let Some(ob) = st.open.get_mut(&s.id) {
+                ob.refs = ob.refs.saturating_sub(1);
+                if ob.refs == 0 {
+                    st.open.remove(&s.id);
+                    s.open.store(false, Ordering::Release);
+                    if let Backing::Snapshot(p) = &s.backing {
+                        cur = Some(p.clone());
+                    }
+                }
             }
         }
         Ok(())
@@ -1183,8 +1267,15 @@ impl<D: Device> Inner<D> {
             return Err(Error::Busy(format!("blob {id:#x} is open")));
         }
         let (md, chain) = self.read_blob(id).await?;
-        if md.md_ro() {
-            // SPDK deletes read-only blobs too (snapshots); so do we.
+        // SPDK deletes a snapshot with one clone by moving its clusters into the clone; we
+        // do not yet, and freeing them would leave the clones reading freed clusters. Only
+        // read-only blobs can be snapshots, so other deletes skip the scan.
+        if md.data_ro() {
+            if let Some(clone) = self.a_clone_of(id).await? {
+                return Err(Error::Unsupported(format!(
+                    "deleting snapshot {id:#x}: blob {clone:#x} is its clone"
+                )));
+            }
         }
         self.mark_dirty_if_needed().await?;
         let res = self.delete_io(&md, &chain).await;
@@ -1192,6 +1283,22 @@ impl<D: Device> Inner<D> {
             self.st.lock().md_failed = true;
         }
         res
+    }
+
+    /// A blob whose parent snapshot is `id`, if any (reads every blob's metadata).
+    async fn a_clone_of(&self, id: BlobId) -> Result<Option<BlobId>> {
+        let ids: Vec<BlobId> = self.st.lock().blobids.ones().map(blob_id).collect();
+        for other in ids.into_iter().filter(|&o| o != id) {
+            let open = self.st.lock().open.get(&other).map(|ob| ob.md.parent());
+            let parent = match open {
+                Some(p) => p,
+                None => self.read_blob(other).await?.0.parent(),
+            };
+            if parent? == Parent::Snapshot(id) {
+                return Ok(Some(other));
+            }
+        }
+        Ok(None)
     }
 
     /// The device side of a delete, then the release of its claims.
