@@ -99,7 +99,9 @@ impl std::fmt::Debug for Backing {
         match self {
             Backing::Zeroes => f.write_str("Zeroes"),
             Backing::Snapshot(p) => write!(f, "Snapshot({:#x})", p.id),
-            Backing::External(id, d) => write!(f, "External({}, {} bytes)", show_id(id), d.size()),
+            Backing::External(id, d) => {
+                write!(f, "External({}, {} bytes)", show_id(id), d.size_bytes())
+            }
             Backing::MissingExternal(id) => write!(f, "MissingExternal({})", show_id(id)),
         }
     }

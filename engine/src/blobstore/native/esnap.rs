@@ -16,22 +16,23 @@ use crate::device::{self, Device};
 pub type ReadFuture<'a> = Pin<Box<dyn Future<Output = device::Result<()>> + Send + 'a>>;
 
 /// A read-only device behind esnap clones. Reads are at the blob's own byte offsets, in
-/// multiples of the store's io unit (a multiple of [`ExternalDevice::block_size`]).
+/// multiples of the store's io unit (a multiple of [`ExternalDevice::block_len`]).
+/// (Method names differ from [`Device`]'s so that both traits can be in scope.)
 pub trait ExternalDevice: Send + Sync + 'static {
-    fn block_size(&self) -> u32;
+    fn block_len(&self) -> u32;
     /// Bytes; the blob reads zeroes past it.
-    fn size(&self) -> u64;
-    fn read<'a>(&'a self, offset: u64, buf: &'a mut [u8]) -> ReadFuture<'a>;
+    fn size_bytes(&self) -> u64;
+    fn read_at<'a>(&'a self, offset: u64, buf: &'a mut [u8]) -> ReadFuture<'a>;
 }
 
 impl<D: Device> ExternalDevice for D {
-    fn block_size(&self) -> u32 {
+    fn block_len(&self) -> u32 {
         Device::block_size(self)
     }
-    fn size(&self) -> u64 {
+    fn size_bytes(&self) -> u64 {
         Device::size(self)
     }
-    fn read<'a>(&'a self, offset: u64, buf: &'a mut [u8]) -> ReadFuture<'a> {
+    fn read_at<'a>(&'a self, offset: u64, buf: &'a mut [u8]) -> ReadFuture<'a> {
         Box::pin(Device::read(self, offset, buf))
     }
 }

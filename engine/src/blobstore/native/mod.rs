@@ -525,11 +525,11 @@ impl<D: Device> IoChannel for NativeChannel<D> {
 
 /// Read `buf` at `off` of an external snapshot; what lies past its end reads as zeroes.
 async fn read_external(d: &dyn ExternalDevice, off: u64, buf: &mut [u8]) -> Result<()> {
-    let have = d.size().saturating_sub(off).min(buf.len() as u64) as usize;
+    let have = d.size_bytes().saturating_sub(off).min(buf.len() as u64) as usize;
     let (inside, past) = buf.split_at_mut(have);
     past.fill(0);
     if !inside.is_empty() {
-        d.read(off, inside).await?;
+        d.read_at(off, inside).await?;
     }
     Ok(())
 }

@@ -1107,8 +1107,8 @@ impl<D: Device> Inner<D> {
         let Some(dev) = resolver.and_then(|r| r.resolve(&eid)) else {
             return Ok(Backing::MissingExternal(eid));
         };
-        let bs = dev.block_size();
-        if bs == 0 || self.layout.io_unit_size % bs != 0 {
+        let bs = dev.block_len();
+        if bs == 0 || !self.layout.io_unit_size.is_multiple_of(bs) {
             return Err(Error::invalid(format!(
                 "external snapshot {} of blob {id:#x}: its {bs}-byte blocks do not divide the \
                  {}-byte io unit",
