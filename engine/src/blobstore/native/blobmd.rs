@@ -606,4 +606,32 @@ mod tests {
         assert!(parse_chain(m.id, std::slice::from_ref(&bad), 100, 100, true).is_err());
         assert!(parse_chain(m.id, &[bad], 100, 100, false).is_ok());
     }
+
+    #[test]
+    fn parent_follows_spdks_rules() {
+        let snap = 0x1_0000_0007u64.to_le_bytes().to_vec();
+        let mut m = md(vec![0, 0], vec![], false, true);
+        assert_eq!(m.parent().unwrap(), Parent::None);
+        m.internal_xattrs = vec![(XATTR_SNAPSHOT.to_vec(), snap.clone())];
+        assert_eq!(m.parent().unwrap(), Parent::Snapshot(0x1_0000_0007));
+        // A thick blob reads nothing through SNAP (SPDK ignores it).
+        let mut thick = md(vec![5, 6], vec![], false, false);
+        thick.internal_xattrs = m.internal_xattrs.clone();
+        assert_eq!(thick.parent().unwrap(), Parent::None);
+        m.internal_xattrs = vec![(XATTR_SNAPSHOT.to_vec(), vec![1, 2, 3])];
+        assert!(matches!(m.parent(), Err(Error::Corruption { .. })));
+        // The esnap flag wins over SNAP, and needs its id.
+        m.invalid_flags |= FLAG_EXTERNAL_SNAPSHOT | FLAG_INTERNAL_XATTR;
+        m.internal_xattrs = vec![(XATTR_SNAPSHOT.to_vec(), snap)];
+        assert!(matches!(m.parent(), Err(Error::Corruption { .. })));
+        m.internal_xattrs
+            .push((XATTR_EXTERNAL_SNAPSHOT_ID.to_vec(), b"uuid-1".to_vec()));
+        assert_eq!(m.parent().unwrap(), Parent::External(b"uuid-1".to_vec()));
+        // Such a blob's chain parses (it used to be refused) and round-trips.
+        let mut root = MdPage::new(m.id, 0);
+        root.descriptors = m.serialize().unwrap().remove(0);
+        let p = parse_chain(m.id, &[root], 100, 100, true).unwrap();
+        assert_eq!(p.md, m);
+        assert_eq!(p.md.internal_xattr(b"EXTSNAP"), Some(&b"uuid-1"[..]));
+    }
 }

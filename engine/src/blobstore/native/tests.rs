@@ -869,3 +869,239 @@ fn a_stray_blob_id_bit_on_another_blobs_page_is_forgotten_and_not_persisted() {
         "the clean unload dropped the bit"
     );
 }
+
+// ---- Snapshots, clones and esnap clones (read side) ------------------------------------------
+
+/// Give blob `id` internal xattr `name` (and optionally extra invalid flags), persisted, as
+/// SPDK's snapshot and clone operations leave it.
+fn set_internal(s: &Store, id: BlobId, name: &[u8], value: &[u8], flags: u64) {
+    let h = b(s.open(id)).unwrap();
+    s.inner
+        .with_blob(&h.shared, |_, ob| {
+            ob.md.internal_xattrs.push((name.to_vec(), value.to_vec()));
+            ob.md.invalid_flags |= blobmd::FLAG_INTERNAL_XATTR | flags;
+            ob.dirty = true;
+            Ok(())
+        })
+        .unwrap();
+    b(s.close(h)).unwrap();
+}
+
+/// Make `parent` a read-only snapshot and `child` (thin) its clone.
+fn make_clone(s: &Store, parent: BlobId, child: BlobId) {
+    let p = b(s.open(parent)).unwrap();
+    b(s.set_read_only(&p)).unwrap();
+    b(s.close(p)).unwrap();
+    set_internal(s, child, b"SNAP", &parent.to_le_bytes(), 0);
+}
+
+fn fill(s: &Store, id: BlobId, cluster: u64, byte: u8) {
+    let h = b(s.open(id)).unwrap();
+    let ch = s.channel().unwrap();
+    b(ch.write(&h, cluster * 16, &vec![byte; 16 * 4096])).unwrap();
+    b(s.close(h)).unwrap();
+}
+
+/// The first byte of every cluster (each read whole, checked uniform).
+fn clusters_of(s: &Store, h: &NativeBlob) -> Vec<u8> {
+    let ch = s.channel().unwrap();
+    (0..h.num_clusters())
+        .map(|c| {
+            let mut r = vec![0xEEu8; 16 * 4096];
+            b(ch.read(h, c * 16, &mut r)).unwrap();
+            assert!(r.iter().all(|&x| x == r[0]), "cluster {c} not uniform");
+            r[0]
+        })
+        .collect()
+}
+
+#[test]
+fn a_clone_reads_down_its_snapshot_chain_and_holds_it_open() {
+    let s = small(65536);
+    // G <- P <- C: grandparent, parent (4 clusters), clone grown to 6.
+    let g = b(s.create(thin(4))).unwrap();
+    let p = b(s.create(thin(4))).unwrap();
+    let c = b(s.create(thin(6))).unwrap();
+    fill(&s, g, 1, 0x11);
+    fill(&s, g, 3, 0x13);
+    fill(&s, p, 0, 0x20);
+    fill(&s, p, 3, 0x23);
+    fill(&s, c, 3, 0x33);
+    fill(&s, c, 5, 0x35);
+    make_clone(&s, g, p);
+    make_clone(&s, p, c);
+    let want = vec![0x20, 0x11, 0, 0x33, 0, 0x35];
+    let h = b(s.open(c)).unwrap();
+    assert_eq!(h.parent(), BlobParent::Snapshot(p));
+    assert_eq!(clusters_of(&s, &h), want);
+    // A read spanning clusters from three blobs in one request.
+    let ch = s.channel().unwrap();
+    let mut r = vec![0u8; 3 * 16 * 4096];
+    b(ch.read(&h, 8, &mut r[..2 * 16 * 4096])).unwrap();
+    assert_eq!(r[0], 0x20);
+    assert_eq!(r[8 * 4096], 0x11);
+    assert_eq!(r[24 * 4096], 0);
+    drop(ch);
+    // The chain is held open: neither snapshot can go while C is open.
+    assert!(matches!(b(s.delete(p)), Err(Error::Busy(_))));
+    assert!(matches!(b(s.delete(g)), Err(Error::Busy(_))));
+    b(s.close(h)).unwrap();
+    assert!(
+        s.inner.st.lock().open.is_empty(),
+        "the last close released the chain"
+    );
+    // Closed, a snapshot with a clone still cannot be deleted (that needs the write side).
+    assert!(matches!(b(s.delete(g)), Err(Error::Unsupported(_))));
+    // It survives reload and a crash (recovery counts every blob's own clusters).
+    let used = s.used_clusters();
+    let s = crash(reload(s));
+    assert_eq!(s.used_clusters(), used);
+    let h = b(s.open(c)).unwrap();
+    assert_eq!(clusters_of(&s, &h), want);
+    // Opening the parent too shares the handle the clone holds.
+    let hp = b(s.open(p)).unwrap();
+    assert!(hp.is_read_only());
+    assert_eq!(clusters_of(&s, &hp), vec![0x20, 0x11, 0, 0x23]);
+    b(s.close(h)).unwrap();
+    b(s.close(hp)).unwrap();
+    assert!(s.inner.st.lock().open.is_empty());
+    // Deleting the clone frees only its clusters; then its parent can go.
+    let free = s.free_clusters();
+    b(s.delete(c)).unwrap();
+    assert_eq!(s.free_clusters(), free + 2);
+    b(s.delete(p)).unwrap();
+    let h = b(s.open(g)).unwrap();
+    assert_eq!(clusters_of(&s, &h), vec![0, 0x11, 0, 0x13]);
+    b(s.close(h)).unwrap();
+}
+
+#[test]
+fn clone_writes_needing_copy_on_write_are_refused_and_change_nothing() {
+    let s = small(65536);
+    let p = b(s.create(thin(2))).unwrap();
+    let c = b(s.create(thin(2))).unwrap();
+    fill(&s, p, 0, 0x20);
+    fill(&s, c, 1, 0x31);
+    make_clone(&s, p, c);
+    let before = s.device().to_bytes();
+    let h = b(s.open(c)).unwrap();
+    let ch = s.channel().unwrap();
+    let e = b(ch.write(&h, 0, &[1u8; 4096])).unwrap_err();
+    assert!(matches!(e, Error::Unsupported(_)), "{e}");
+    // Even a write that also touches an own cluster fails as a whole.
+    let e = b(ch.write(&h, 15, &[1u8; 8192])).unwrap_err();
+    assert!(matches!(e, Error::Unsupported(_)), "{e}");
+    let e = b(ch.write_zeroes(&h, 0, 1)).unwrap_err();
+    assert!(matches!(e, Error::Unsupported(_)), "{e}");
+    // Unmapping a whole own cluster of a clone keeps it (as SPDK: it would expose the parent).
+    b(ch.unmap(&h, 16, 16)).unwrap();
+    assert_eq!(h.num_allocated_clusters(), 1);
+    b(s.close(h)).unwrap();
+    assert!(s.device().to_bytes() == before);
+    // Writes to its own clusters work.
+    fill(&s, c, 1, 0x41);
+    let h = b(s.open(c)).unwrap();
+    assert_eq!(clusters_of(&s, &h), vec![0x20, 0x41]);
+    b(s.close(h)).unwrap();
+    // The snapshot is read-only.
+    let h = b(s.open(p)).unwrap();
+    let e = b(ch.write(&h, 0, &[1u8; 4096])).unwrap_err();
+    assert!(matches!(e, Error::ReadOnly(_)), "{e}");
+    b(s.close(h)).unwrap();
+}
+
+#[test]
+fn an_esnap_clone_reads_its_external_device_or_fails_alone() {
+    use super::esnap::{EsnapMap, ExternalDevice};
+    let s = small(65536);
+    let e = b(s.create(thin(4))).unwrap();
+    fill(&s, e, 2, 0x42);
+    set_internal(
+        &s,
+        e,
+        b"EXTSNAP",
+        b"base-uuid",
+        blobmd::FLAG_EXTERNAL_SNAPSHOT,
+    );
+    let plain = b(s.create(thin(1))).unwrap();
+    fill(&s, plain, 0, 0x50);
+    // Without a resolver: it opens, its own cluster reads, the rest fails typed.
+    let h = b(s.open(e)).unwrap();
+    assert_eq!(
+        h.parent(),
+        BlobParent::External {
+            id: b"base-uuid".to_vec(),
+            available: false
+        }
+    );
+    let ch = s.channel().unwrap();
+    let mut r = vec![0u8; 4096];
+    b(ch.read(&h, 32, &mut r)).unwrap();
+    assert_eq!(r[0], 0x42);
+    let err = b(ch.read(&h, 0, &mut r)).unwrap_err();
+    assert!(
+        matches!(&err, Error::EsnapUnavailable { blob, esnap_id } if *blob == e && esnap_id == "base-uuid"),
+        "{err}"
+    );
+    assert_eq!(err.errno(), -libc::ENODEV);
+    b(s.close(h)).unwrap();
+    let hp = b(s.open(plain)).unwrap();
+    assert_eq!(clusters_of(&s, &hp), vec![0x50]);
+    b(s.close(hp)).unwrap();
+    // With one: 2.5 clusters of external data, zeroes past its end.
+    let ext = MemoryDevice::new(5 * 32768, 4096).unwrap();
+    b(crate::device::Device::write(
+        &ext,
+        0,
+        &vec![0xE0u8; 5 * 32768],
+    ))
+    .unwrap();
+    let mut map = EsnapMap::new();
+    map.insert("base-uuid", Arc::new(ext) as Arc<dyn ExternalDevice>);
+    s.set_esnap_resolver(Some(Arc::new(map)));
+    let h = b(s.open(e)).unwrap();
+    let mut r = vec![1u8; 4 * 16 * 4096];
+    b(ch.read(&h, 0, &mut r)).unwrap();
+    let c = 16 * 4096;
+    assert!(r[..2 * c].iter().all(|&x| x == 0xE0));
+    assert!(r[2 * c..3 * c].iter().all(|&x| x == 0x42));
+    assert!(r[3 * c..].iter().all(|&x| x == 0));
+    let e2 = b(ch.write(&h, 0, &[1u8; 4096])).unwrap_err();
+    assert!(matches!(e2, Error::Unsupported(_)), "{e2}");
+    b(s.close(h)).unwrap();
+    // A device whose blocks do not divide the io unit is refused at open.
+    let big = MemoryDevice::new(1 << 16, 8192);
+    if let Ok(big) = big {
+        let mut map = EsnapMap::new();
+        map.insert("base-uuid", Arc::new(big) as Arc<dyn ExternalDevice>);
+        s.set_esnap_resolver(Some(Arc::new(map)));
+        assert!(matches!(b(s.open(e)), Err(Error::InvalidArgument(_))));
+    }
+}
+
+#[test]
+fn damaged_snapshot_links_fail_the_open_only() {
+    let s = small(65536);
+    let a = b(s.create(thin(1))).unwrap();
+    let loop_ = b(s.create(thin(1))).unwrap();
+    let gone = b(s.create(thin(1))).unwrap();
+    let ok = b(s.create(thin(1))).unwrap();
+    set_internal(&s, a, b"SNAP", &[1, 2, 3], 0);
+    set_internal(&s, loop_, b"SNAP", &loop_.to_le_bytes(), 0);
+    set_internal(&s, gone, b"SNAP", &0x1_0000_0099u64.to_le_bytes(), 0);
+    let e = b(s.open(a)).unwrap_err();
+    assert!(matches!(e, Error::Corruption { .. }), "{e}");
+    let e = b(s.open(loop_)).unwrap_err();
+    assert!(matches!(e, Error::Corruption { .. }), "{e}");
+    let e = b(s.open(gone)).unwrap_err();
+    assert!(matches!(e, Error::NotFound(_)), "{e}");
+    assert!(
+        s.inner.st.lock().open.is_empty(),
+        "a failed open leaves nothing open"
+    );
+    let h = b(s.open(ok)).unwrap();
+    b(s.close(h)).unwrap();
+    // Recovery still counts them all.
+    let s = crash(s);
+    assert_eq!(b(s.blob_ids()).unwrap().len(), 4);
+}
