@@ -6,6 +6,19 @@
 //! [`mdpage`], [`descriptor`], [`layout`]; the blob metadata model [`blobmd`]; the store
 //! ([`NativeBlobStore`]) and its data path ([`NativeChannel`]).
 //!
+//! # Snapshots, clones and esnap clones (read side)
+//! Stores SPDK made with `spdk_bs_create_snapshot`, `spdk_bs_create_clone`,
+//! `spdk_blob_set_read_only` and esnap clones load and read as SPDK reads them. A thin blob
+//! with internal xattr `SNAP` (the parent's id, u64) reads an unallocated cluster from its
+//! parent snapshot, recursively, and zeroes past a parent's end or at the end of the chain; a
+//! blob with invalid flag `EXTERNAL_SNAPSHOT` reads it from the device an [`esnap`] resolver
+//! gives for its `EXTSNAP` id (without one, such reads fail with `EsnapUnavailable`). As
+//! SPDK, opening a clone opens its parents, which stay open until the clone's last close.
+//! Recovery marks every blob's own clusters. Not written yet: copy on first write into a
+//! clone and deleting a snapshot that has clones fail `Unsupported`; unmap of a clone's
+//! cluster unmaps the range but keeps the cluster (as SPDK does for a blob not backed by
+//! zeroes).
+//!
 //! # Behaviour chosen to match SPDK byte for byte
 //! Every choice below is what SPDK does; following it makes our images identical to SPDK's
 //! for the same operations (checked against the golden fixtures by `replay`).
