@@ -114,7 +114,8 @@ pub struct BlobShared {
     pub map: ArcSwap<DataMap>,
     pub open: AtomicBool,
     pub units_per_cluster: u64,
-    pub backing: Backing,
+    /// Replaced only by a snapshot of this blob (which makes it a clone of the snapshot).
+    pub backing: ArcSwap<Backing>,
 }
 
 impl BlobShared {
@@ -133,7 +134,7 @@ impl BlobShared {
             map: ArcSwap::from_pointee(map),
             open: AtomicBool::new(true),
             units_per_cluster,
-            backing,
+            backing: ArcSwap::from_pointee(backing),
         })
     }
 

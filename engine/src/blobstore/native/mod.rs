@@ -44,6 +44,7 @@
 //! - Recovery marks only the clusters inside each blob's size.
 
 pub mod blobmd;
+mod clone;
 pub mod datamap;
 pub mod descriptor;
 pub mod esnap;
@@ -91,7 +92,7 @@ pub enum BlobParent {
 impl NativeBlob {
     /// The blob's parent (its backing), as resolved when it was opened.
     pub fn parent(&self) -> BlobParent {
-        match &self.shared.backing {
+        match &**self.shared.backing.load() {
             Backing::Zeroes => BlobParent::None,
             Backing::Snapshot(p) => BlobParent::Snapshot(p.id),
             Backing::External(id, _) => BlobParent::External {
@@ -239,8 +240,11 @@ pub struct NativeChannel<D: Device> {
 type Piece = (u64, u64, u64);
 
 /// Where one unallocated cluster of a blob reads from, down its backing chain.
-enum Source {
+pub(crate) enum Source {
+    /// The chain ends in zeroes.
     Zeroes,
+    /// Past the end of a parent snapshot: zeroes, but SPDK copies them on first write.
+    PastEnd,
     /// A device cluster of an ancestor snapshot.
     Cluster(u32),
     External(Arc<dyn ExternalDevice>),
@@ -254,24 +258,29 @@ type ExtRead<'a> = (Arc<dyn ExternalDevice>, u64, &'a mut [u8]);
 /// Follow `shared`'s backing for blob cluster `ci` (which `shared` does not hold): each
 /// parent snapshot in turn, until one holds the cluster, a parent is smaller than `ci`
 /// (zeroes, as SPDK reads past a parent's end), or the chain ends.
-fn source(shared: &BlobShared, ci: u64) -> Source {
-    let mut cur = shared;
+pub(crate) fn source(shared: &BlobShared, ci: u64) -> Source {
+    let mut id = shared.id;
+    let mut b = shared.backing.load_full();
     loop {
-        match &cur.backing {
+        let next = match &*b {
             Backing::Zeroes => return Source::Zeroes,
             Backing::External(_, d) => return Source::External(d.clone()),
-            Backing::MissingExternal(id) => return Source::Missing(cur.id, id.clone()),
+            Backing::MissingExternal(eid) => return Source::Missing(id, eid.clone()),
             Backing::Snapshot(p) => {
                 let m = p.map.load();
                 if ci >= m.len() {
-                    return Source::Zeroes;
+                    return Source::PastEnd;
                 }
                 match m.get(ci) {
-                    0 => cur = p,
+                    0 => {
+                        id = p.id;
+                        p.backing.load_full()
+                    }
                     c => return Source::Cluster(c),
                 }
             }
-        }
+        };
+        b = next;
     }
 }
 
@@ -327,13 +336,14 @@ impl<D: Device> NativeChannel<D> {
             .filter(|&ci| map.get(ci) == 0)
             .collect();
         if !missing.is_empty() {
-            if !matches!(blob.shared.backing, Backing::Zeroes) {
-                // The first write into a cluster of a clone must copy the parent's cluster
-                // (SPDK's copy on write), which this backend does not do yet.
-                return Err(Error::Unsupported(format!(
-                    "writing unallocated cluster {} of clone {:#x} (copy on write)",
-                    missing[0], blob.shared.id
-                )));
+            // An esnap clone without its device cannot copy: fail before claiming anything.
+            for &ci in &missing {
+                if let Source::Missing(b, id) = source(&blob.shared, ci) {
+                    return Err(Error::EsnapUnavailable {
+                        blob: b,
+                        esnap_id: show_id(&id),
+                    });
+                }
             }
             self.inner.allocate(&blob.shared, &missing).await?;
         }
@@ -366,7 +376,7 @@ impl<D: Device> NativeChannel<D> {
                     rest = b;
                     let c = match map.get(ci) {
                         0 => match source(&blob.shared, ci) {
-                            Source::Zeroes => {
+                            Source::Zeroes | Source::PastEnd => {
                                 a.fill(0);
                                 continue;
                             }
@@ -507,7 +517,7 @@ impl<D: Device> IoChannel for NativeChannel<D> {
             }
             // As SPDK: only a thin blob backed by zeroes gives whole clusters back; in a
             // clone that would expose the parent's data, so the range is only unmapped.
-            let zeroes = matches!(blob.shared.backing, Backing::Zeroes);
+            let zeroes = matches!(**blob.shared.backing.load(), Backing::Zeroes);
             if map.thin && zeroes && u == 0 && n == upc {
                 whole.push(ci);
             } else {
@@ -537,7 +547,7 @@ impl<D: Device> IoChannel for NativeChannel<D> {
 }
 
 /// Read `buf` at `off` of an external snapshot; what lies past its end reads as zeroes.
-async fn read_external(d: &dyn ExternalDevice, off: u64, buf: &mut [u8]) -> Result<()> {
+pub(crate) async fn read_external(d: &dyn ExternalDevice, off: u64, buf: &mut [u8]) -> Result<()> {
     let have = d.size_bytes().saturating_sub(off).min(buf.len() as u64) as usize;
     let (inside, past) = buf.split_at_mut(have);
     past.fill(0);

@@ -17,11 +17,11 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::blobmd::Parent;
 use super::blobmd::{
     blob_id, parse_chain, parse_extent_page, recovery_type_ok, root_index, slots_for, BlobMd,
     FLAG_EXTENT_TABLE, FLAG_READ_ONLY, FLAG_THIN_PROV, MAX_BLOB_CLUSTERS, MD_RO_CLEAR_MASK,
 };
+use super::blobmd::{Parent, Xattr, FLAG_INTERNAL_XATTR};
 use super::datamap::{Backing, BlobShared, DataMap};
 use super::descriptor::CLUSTERS_PER_EXTENT_PAGE;
 use super::esnap::{show_id, EsnapResolver};
@@ -691,6 +691,8 @@ impl<D: Device> Inner<D> {
         let _g = self.gate.lock().await;
         self.check_open()?;
         let id = shared.id;
+        // Clusters this call claims: (blob cluster, device cluster, new extent page slot).
+        let mut fresh: Vec<(u64, u32, Option<usize>)> = Vec::new();
         let ups = {
             let mut guard = self.st.lock();
             let st = &mut *guard;
@@ -745,6 +747,7 @@ impl<D: Device> Inner<D> {
                 st.clusters.set(c);
                 ob.md.clusters[ci as usize] = c;
                 ups.push((ci, c));
+                fresh.push((ci, c, need_ep.then_some(slot)));
             }
             if !ups.is_empty() {
                 ob.dirty = true;
@@ -753,6 +756,23 @@ impl<D: Device> Inner<D> {
         };
         if ups.is_empty() {
             return Ok(());
+        }
+        // A clone's new cluster first gets its parent's data, durably, before the metadata
+        // names it (SPDK's copy on write).
+        if let Err(e) = self.copy_into_clone(shared, &fresh).await {
+            let mut guard = self.st.lock();
+            let st = &mut *guard;
+            if let Some(ob) = st.open.get_mut(&id) {
+                for &(ci, c, slot) in &fresh {
+                    ob.md.clusters[ci as usize] = 0;
+                    st.clusters.clear(c);
+                    if let Some(slot) = slot {
+                        st.md_pages.clear(ob.md.extent_pages[slot]);
+                        ob.md.extent_pages[slot] = 0;
+                    }
+                }
+            }
+            return Err(e);
         }
         self.persist_locked(id).await?;
         let m = shared.map.load();
@@ -877,6 +897,17 @@ impl<D: Device> Inner<D> {
     pub(crate) async fn create(&self, opts: CreateOpts) -> Result<BlobId> {
         let _g = self.gate.lock().await;
         self.check_open()?;
+        self.create_locked(opts, Vec::new(), 0).await
+    }
+
+    /// Create and persist a blob with internal xattrs (after the user ones, as SPDK) and
+    /// extra invalid flags. Caller holds the gate.
+    pub(crate) async fn create_locked(
+        &self,
+        opts: CreateOpts,
+        internal: Vec<Xattr>,
+        extra_flags: u64,
+    ) -> Result<BlobId> {
         for (name, value) in &opts.xattrs {
             if value.is_empty() {
                 return Err(Error::invalid(format!("xattr {name:?} has an empty value")));
@@ -901,7 +932,11 @@ impl<D: Device> Inner<D> {
                     FLAG_EXTENT_TABLE
                 } else {
                     0
-                },
+                } | if internal.is_empty() {
+                    0
+                } else {
+                    FLAG_INTERNAL_XATTR
+                } | extra_flags,
                 data_ro_flags: 0,
                 md_ro_flags: clear_bits(opts.clear_method),
                 xattrs: opts
@@ -909,7 +944,7 @@ impl<D: Device> Inner<D> {
                     .iter()
                     .map(|(n, v)| (n.as_bytes().to_vec(), v.clone()))
                     .collect(),
-                internal_xattrs: Vec::new(),
+                internal_xattrs: internal,
                 extent_table: opts.use_extent_table,
                 clusters: Vec::new(),
                 extent_pages: Vec::new(),
@@ -1033,6 +1068,11 @@ impl<D: Device> Inner<D> {
     pub(crate) async fn open(&self, id: BlobId) -> Result<Arc<BlobShared>> {
         let _g = self.gate.lock().await;
         self.check_open()?;
+        self.open_locked(id).await
+    }
+
+    /// Open a blob (and its parent chain); the caller holds the gate.
+    pub(crate) async fn open_locked(&self, id: BlobId) -> Result<Arc<BlobShared>> {
         if let Some(ob) = self.st.lock().open.get_mut(&id) {
             ob.refs += 1;
             return Ok(ob.shared.clone());
@@ -1145,6 +1185,11 @@ impl<D: Device> Inner<D> {
 
     pub(crate) async fn close(&self, shared: &Arc<BlobShared>) -> Result<()> {
         let _g = self.gate.lock().await;
+        self.close_locked(shared).await
+    }
+
+    /// Persist and drop one reference; the caller holds the gate.
+    pub(crate) async fn close_locked(&self, shared: &Arc<BlobShared>) -> Result<()> {
         self.with_blob(shared, |_, _| Ok(()))?;
         self.persist_locked(shared.id).await?;
         let mut st = self.st.lock();
@@ -1156,7 +1201,7 @@ impl<D: Device> Inner<D> {
                 if ob.refs == 0 {
                     st.open.remove(&s.id);
                     s.open.store(false, Ordering::Release);
-                    if let Backing::Snapshot(p) = &s.backing {
+                    if let Backing::Snapshot(p) = &**s.backing.load() {
                         cur = Some(p.clone());
                     }
                 }

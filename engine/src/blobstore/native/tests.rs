@@ -976,38 +976,194 @@ fn a_clone_reads_down_its_snapshot_chain_and_holds_it_open() {
 }
 
 #[test]
-fn clone_writes_needing_copy_on_write_are_refused_and_change_nothing() {
+fn clone_writes_copy_on_first_write_and_unmap_keeps_clusters() {
     let s = small(65536);
-    let p = b(s.create(thin(2))).unwrap();
-    let c = b(s.create(thin(2))).unwrap();
+    let p = b(s.create(thin(3))).unwrap();
+    let c = b(s.create(thin(4))).unwrap();
     fill(&s, p, 0, 0x20);
     fill(&s, c, 1, 0x31);
     make_clone(&s, p, c);
-    let before = s.device().to_bytes();
     let h = b(s.open(c)).unwrap();
     let ch = s.channel().unwrap();
-    let e = b(ch.write(&h, 0, &[1u8; 4096])).unwrap_err();
-    assert!(matches!(e, Error::Unsupported(_)), "{e}");
-    // Even a write that also touches an own cluster fails as a whole.
-    let e = b(ch.write(&h, 15, &[1u8; 8192])).unwrap_err();
-    assert!(matches!(e, Error::Unsupported(_)), "{e}");
-    let e = b(ch.write_zeroes(&h, 0, 1)).unwrap_err();
-    assert!(matches!(e, Error::Unsupported(_)), "{e}");
+    // Cluster 0: the parent's data around the new unit; cluster 2: the chain ends in
+    // zeroes, nothing to copy; cluster 3: past the parent's end, zeroes copied.
+    b(ch.write(&h, 3, &[0xA0u8; 4096])).unwrap();
+    b(ch.write(&h, 2 * 16 + 1, &[0xA2u8; 4096])).unwrap();
+    b(ch.write(&h, 3 * 16 + 2, &[0xA3u8; 4096])).unwrap();
+    assert_eq!(h.num_allocated_clusters(), 4);
+    let mut r = vec![0u8; 16 * 4096];
+    b(ch.read(&h, 0, &mut r)).unwrap();
+    for (u, chunk) in r.chunks(4096).enumerate() {
+        let want = if u == 3 { 0xA0 } else { 0x20 };
+        assert!(chunk.iter().all(|&x| x == want), "unit {u}");
+    }
     // Unmapping a whole own cluster of a clone keeps it (as SPDK: it would expose the parent).
     b(ch.unmap(&h, 16, 16)).unwrap();
-    assert_eq!(h.num_allocated_clusters(), 1);
+    assert_eq!(h.num_allocated_clusters(), 4);
     b(s.close(h)).unwrap();
-    assert!(s.device().to_bytes() == before);
-    // Writes to its own clusters work.
-    fill(&s, c, 1, 0x41);
+    drop(ch);
+    let s = crash(reload(s));
     let h = b(s.open(c)).unwrap();
-    assert_eq!(clusters_of(&s, &h), vec![0x20, 0x41]);
+    let ch = s.channel().unwrap();
+    b(ch.read(&h, 0, &mut r)).unwrap();
+    assert!(r[3 * 4096..4 * 4096].iter().all(|&x| x == 0xA0));
+    assert!(r[4 * 4096..].iter().all(|&x| x == 0x20));
+    b(ch.read(&h, 3 * 16, &mut r)).unwrap();
+    assert!(r[2 * 4096..3 * 4096].iter().all(|&x| x == 0xA3));
+    assert!(r[..2 * 4096].iter().all(|&x| x == 0));
     b(s.close(h)).unwrap();
     // The snapshot is read-only.
     let h = b(s.open(p)).unwrap();
     let e = b(ch.write(&h, 0, &[1u8; 4096])).unwrap_err();
     assert!(matches!(e, Error::ReadOnly(_)), "{e}");
     b(s.close(h)).unwrap();
+}
+
+#[test]
+fn snapshot_and_clone_api() {
+    let s = small(65536);
+    let a = b(s.create(thin(4))).unwrap();
+    fill(&s, a, 0, 0x10);
+    fill(&s, a, 1, 0x11);
+    let used = s.used_clusters();
+    let x = vec![("name".to_owned(), b"snap".to_vec())];
+    let s1 = b(s.create_snapshot(a, &x)).unwrap();
+    assert_eq!(s.used_clusters(), used, "a snapshot copies nothing");
+    let h = b(s.open(a)).unwrap();
+    assert_eq!(h.parent(), BlobParent::Snapshot(s1));
+    assert_eq!(h.num_allocated_clusters(), 0);
+    assert!(matches!(b(s.create_snapshot(a, &[])), Err(Error::Busy(_))));
+    b(s.close(h)).unwrap();
+    assert!(matches!(
+        b(s.create_snapshot(s1, &[])),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        b(s.create_clone(a, &[])),
+        Err(Error::InvalidArgument(_))
+    ));
+    fill(&s, a, 1, 0xA1);
+    let s2 = b(s.create_snapshot(a, &[])).unwrap();
+    fill(&s, a, 2, 0xA2);
+    let c = b(s.create_clone(s1, &x)).unwrap();
+    fill(&s, c, 3, 0xC3);
+    let check = |s: &Store| {
+        for (id, want, parent) in [
+            (s1, vec![0x10, 0x11, 0, 0], BlobParent::None),
+            (s2, vec![0x10, 0xA1, 0, 0], BlobParent::Snapshot(s1)),
+            (a, vec![0x10, 0xA1, 0xA2, 0], BlobParent::Snapshot(s2)),
+            (c, vec![0x10, 0x11, 0, 0xC3], BlobParent::Snapshot(s1)),
+        ] {
+            let h = b(s.open(id)).unwrap();
+            assert_eq!(clusters_of(s, &h), want, "{id:#x}");
+            assert_eq!(h.parent(), parent, "{id:#x}");
+            assert_eq!(h.is_read_only(), id == s1 || id == s2);
+            b(s.close(h)).unwrap();
+        }
+    };
+    check(&s);
+    let h = b(s.open(s1)).unwrap();
+    assert_eq!(b(s.get_xattr(&h, "name")).unwrap(), Some(b"snap".to_vec()));
+    assert!(s.internal_xattrs(&h).unwrap().is_empty(), "SNAPTMP is gone");
+    b(s.close(h)).unwrap();
+    let s = reload(s);
+    check(&s);
+    let s = crash(s);
+    check(&s);
+    // An esnap clone without its device: reads and first writes fail, nothing changes.
+    let e = b(s.create_esnap_clone(thin(2), b"ext-1")).unwrap();
+    let h = b(s.open(e)).unwrap();
+    let ch = s.channel().unwrap();
+    let used = s.used_clusters();
+    let err = b(ch.write(&h, 0, &[1u8; 4096])).unwrap_err();
+    assert!(matches!(err, Error::EsnapUnavailable { .. }), "{err}");
+    assert_eq!(s.used_clusters(), used);
+    b(s.close(h)).unwrap();
+}
+
+/// A crash at every device I/O of a snapshot, and of a copy on first write, leaves a store
+/// that loads and reads the data as before (both operations leave the clone's contents as
+/// they were, or as written).
+#[test]
+fn crashes_during_snapshot_and_copy_on_write_recover() {
+    use std::sync::Arc as A;
+    let base = {
+        let dev = A::new(SimDevice::new(4 << 20, 4096, 7).unwrap());
+        let s = b(NativeBlobStore::init(
+            dev.clone(),
+            InitOpts {
+                cluster_size: 65536,
+                ..InitOpts::default()
+            },
+        ))
+        .unwrap();
+        let a = b(s.create(thin(4))).unwrap();
+        let h = b(s.open(a)).unwrap();
+        let ch = s.channel().unwrap();
+        b(ch.write(&h, 0, &vec![0x10u8; 2 * 16 * 4096])).unwrap();
+        b(s.close(h)).unwrap();
+        drop(ch);
+        b(s.unload()).unwrap();
+        drop(s);
+        dev.current_image()
+    };
+    let a = blobmd::blob_id(0);
+    let old: Vec<u8> = vec![0x10u8; 2 * 16 * 4096];
+    // op 0: snapshot; op 1: snapshot, then a write into the clone's cluster 1.
+    for op in 0..2 {
+        let mut k = 0;
+        loop {
+            let dev = A::new(SimDevice::from_image(base.clone(), 4096, k).unwrap());
+            dev.set_crash_mode(CrashMode::Random);
+            let s = b(NativeBlobStore::load(dev.clone(), LoadOpts::default())).unwrap();
+            let start = dev.io_counts().total();
+            let mut new = old.clone();
+            if op == 1 {
+                b(s.create_snapshot(a, &[])).unwrap();
+                new[(16 + 4) * 4096..(16 + 5) * 4096].fill(0x77);
+            }
+            let start = if op == 1 {
+                dev.io_counts().total()
+            } else {
+                start
+            };
+            dev.stop_after(start + k);
+            let done = if op == 0 {
+                b(s.create_snapshot(a, &[])).is_ok()
+            } else {
+                let h = b(s.open(a));
+                let ch = s.channel();
+                match (h, ch) {
+                    (Ok(h), Ok(ch)) => b(ch.write(&h, 16 + 4, &[0x77u8; 4096])).is_ok(),
+                    _ => false,
+                }
+            };
+            let image = dev.crash_image();
+            drop(s);
+            let s = b(NativeBlobStore::load(
+                MemoryDevice::from_bytes(image, 4096).unwrap(),
+                LoadOpts::default(),
+            ))
+            .unwrap_or_else(|e| panic!("op {op} crash at {k}: {e}"));
+            let h = b(s.open(a)).unwrap_or_else(|e| panic!("op {op} crash at {k}: {e}"));
+            let ch = s.channel().unwrap();
+            let mut got = vec![0u8; 2 * 16 * 4096];
+            b(ch.read(&h, 0, &mut got)).unwrap();
+            for (i, (&g, (&o, &n))) in got.iter().zip(old.iter().zip(&new)).enumerate() {
+                assert!(g == o || g == n, "op {op} crash at {k}: byte {i} is {g:#x}");
+            }
+            for id in b(s.blob_ids()).unwrap() {
+                let h = b(s.open(id)).unwrap_or_else(|e| panic!("op {op} crash at {k}: {e}"));
+                b(s.close(h)).unwrap();
+            }
+            b(s.close(h)).unwrap();
+            if done {
+                break;
+            }
+            k += 1;
+            assert!(k < 200, "op {op} never completed");
+        }
+    }
 }
 
 #[test]
@@ -1066,8 +1222,12 @@ fn an_esnap_clone_reads_its_external_device_or_fails_alone() {
     assert!(r[..2 * c].iter().all(|&x| x == 0xE0));
     assert!(r[2 * c..3 * c].iter().all(|&x| x == 0x42));
     assert!(r[3 * c..].iter().all(|&x| x == 0));
-    let e2 = b(ch.write(&h, 0, &[1u8; 4096])).unwrap_err();
-    assert!(matches!(e2, Error::Unsupported(_)), "{e2}");
+    // A first write copies the external data around it.
+    b(ch.write(&h, 1, &[1u8; 4096])).unwrap();
+    b(ch.read(&h, 0, &mut r[..16 * 4096])).unwrap();
+    assert!(r[..4096].iter().all(|&x| x == 0xE0));
+    assert!(r[4096..2 * 4096].iter().all(|&x| x == 1));
+    assert!(r[2 * 4096..16 * 4096].iter().all(|&x| x == 0xE0));
     b(s.close(h)).unwrap();
     // A device whose blocks do not divide the io unit is refused at open.
     let big = MemoryDevice::new(1 << 16, 8192);
