@@ -171,7 +171,15 @@ pub fn replay_on<D: Device>(manifest: &Value, dev: D) -> Result<D> {
                     let s = sess
                         .as_mut()
                         .ok_or_else(|| bad(format!("{name} without a store")))?;
-                    pollster::block_on(run_op(s, &mut slots, name, op))?;
+                    let r = pollster::block_on(run_op(s, &mut slots, name, op));
+                    // An op recorded with SPDK's negative errno must fail the same way.
+                    match (op.get("rc").and_then(Value::as_i64).unwrap_or(0), r) {
+                        (0, r) => r?,
+                        (rc, Err(e)) if i64::from(e.errno()) == rc => {}
+                        (rc, r) => {
+                            return Err(bad(format!("{name} should fail with {rc}, got {r:?}")))
+                        }
+                    }
                 }
             }
         }

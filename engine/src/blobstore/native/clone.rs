@@ -13,9 +13,10 @@ use std::sync::Arc;
 use super::blobmd::{
     BlobMd, Parent, Xattr, FLAG_EXTERNAL_SNAPSHOT, FLAG_INTERNAL_XATTR, FLAG_READ_ONLY,
     FLAG_THIN_PROV, MD_RO_CLEAR_MASK, XATTR_EXTERNAL_SNAPSHOT_ID, XATTR_SNAPSHOT,
-    XATTR_SNAPSHOT_IN_PROGRESS,
+    XATTR_SNAPSHOT_IN_PROGRESS, XATTR_SNAPSHOT_PENDING_REMOVAL,
 };
 use super::datamap::{Backing, BlobShared, DataMap};
+use super::descriptor::CLUSTERS_PER_EXTENT_PAGE;
 use super::esnap::show_id;
 use super::store::{Inner, OpenBlob};
 use super::{read_external, source, Source};
@@ -221,6 +222,150 @@ impl<D: Device> Inner<D> {
         self.persist_locked(new_id).await?;
         self.close_locked(&snap).await?;
         Ok(new_id)
+    }
+
+    /// Persist a blob whose metadata is read-only (SPDK lifts `md_ro` for these steps).
+    async fn persist_ro(&self, id: BlobId) -> Result<()> {
+        let was = {
+            let mut st = self.st.lock();
+            let ob = st.open.get_mut(&id).ok_or(Error::BadHandle)?;
+            std::mem::replace(&mut ob.md_ro, false)
+        };
+        let r = self.persist_locked(id).await;
+        if let Some(ob) = self.st.lock().open.get_mut(&id) {
+            ob.md_ro = was;
+        }
+        r
+    }
+
+    /// The first part of deleting snapshot `snap` whose only clone is `clone` (SPDK's
+    /// `update_clone_on_snapshot_deletion`): mark the snapshot `SNAPRM`, give the clone every
+    /// cluster (and extent page) it lacks, switch the clone to the snapshot's parent, then
+    /// drop the shared clusters from the snapshot. The caller then deletes the snapshot,
+    /// freeing only what the clone did not take. The caller holds the gate; refused while
+    /// the clone is open.
+    /// Returns the snapshot's metadata and chain as left for the delete (its on-device
+    /// extent pages still list the clusters the clone took).
+    pub(crate) async fn merge_into_clone(
+        &self,
+        snap: BlobId,
+        clone: BlobId,
+    ) -> Result<(BlobMd, Vec<u32>)> {
+        if self.st.lock().open.contains_key(&clone) {
+            return Err(Error::Busy(format!(
+                "blob {clone:#x}, the clone of snapshot {snap:#x}, is open"
+            )));
+        }
+        let ch = self.open_locked(clone).await?;
+        let r = self.merge_steps(snap, clone).await;
+        let c = self.close_locked(&ch).await;
+        let out = r?;
+        c?;
+        Ok(out)
+    }
+
+    async fn merge_steps(&self, snap: BlobId, clone: BlobId) -> Result<(BlobMd, Vec<u32>)> {
+        {
+            let mut st = self.st.lock();
+            let s = st.open.get_mut(&snap).ok_or(Error::BadHandle)?;
+            set_internal(
+                &mut s.md,
+                XATTR_SNAPSHOT_PENDING_REMOVAL,
+                &clone.to_le_bytes(),
+            );
+            s.dirty = true;
+        }
+        self.persist_ro(snap).await?;
+        {
+            let mut s = self.take(snap)?;
+            let mut c = match self.take(clone) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.put(s);
+                    return Err(e);
+                }
+            };
+            let n = s.md.clusters.len().min(c.md.clusters.len());
+            for i in 0..n {
+                if c.md.clusters[i] == 0 {
+                    c.md.clusters[i] = s.md.clusters[i];
+                }
+            }
+            let ne = s.md.extent_pages.len().min(c.md.extent_pages.len());
+            for slot in 0..ne {
+                let ep = s.md.extent_pages[slot];
+                if ep != 0 && c.md.extent_pages[slot] == 0 {
+                    // The clone takes the snapshot's extent page as it is on the device
+                    // (it lists exactly the clusters the clone now has in that slot).
+                    c.md.extent_pages[slot] = ep;
+                    if let Some(e) = c.clean.extent_pages.get_mut(slot) {
+                        *e = ep;
+                    }
+                    let per = CLUSTERS_PER_EXTENT_PAGE as usize;
+                    let (a, b) = (slot * per, ((slot + 1) * per).min(n));
+                    if c.clean.clusters.len() >= b {
+                        c.clean.clusters[a..b].copy_from_slice(&c.md.clusters[a..b]);
+                    }
+                }
+            }
+            match s.md.parent() {
+                Ok(Parent::External(eid)) => {
+                    set_internal(&mut c.md, XATTR_EXTERNAL_SNAPSHOT_ID, &eid);
+                    c.md.invalid_flags |= FLAG_EXTERNAL_SNAPSHOT;
+                }
+                Ok(Parent::Snapshot(p)) => {
+                    set_internal(&mut c.md, XATTR_SNAPSHOT, &p.to_le_bytes())
+                }
+                _ => remove_internal(&mut c.md, XATTR_SNAPSHOT),
+            }
+            c.dirty = true;
+            // The clone takes over the snapshot's hold on its own parent; the snapshot is no
+            // longer held by the clone.
+            c.shared.backing.store(s.shared.backing.load_full());
+            s.shared.backing.store(Arc::new(Backing::Zeroes));
+            c.shared
+                .map
+                .store(Arc::new(DataMap::build(&c.md, c.md.data_ro())));
+            s.refs = s.refs.saturating_sub(1);
+            self.put(c);
+            self.put(s);
+        }
+        self.persist_locked(clone).await?;
+        {
+            let mut st = self.st.lock();
+            let cm = st
+                .open
+                .get(&clone)
+                .map(|c| c.md.clone())
+                .ok_or(Error::BadHandle)?;
+            let s = st.open.get_mut(&snap).ok_or(Error::BadHandle)?;
+            for (i, c) in s.md.clusters.iter_mut().enumerate() {
+                if cm.clusters.get(i) == Some(c) {
+                    *c = 0;
+                }
+            }
+            for (i, e) in s.md.extent_pages.iter_mut().enumerate() {
+                if cm.extent_pages.get(i) == Some(e) {
+                    *e = 0;
+                }
+            }
+            // SPDK rewrites no extent page here (the snapshot's are zeroed by its delete).
+            s.clean.clusters = s.md.clusters.clone();
+            s.clean.extent_pages = s.md.extent_pages.clone();
+            s.md.invalid_flags |= FLAG_THIN_PROV;
+            s.dirty = true;
+        }
+        self.persist_ro(snap).await?;
+        let mut st = self.st.lock();
+        let s = st.open.get(&snap).ok_or(Error::BadHandle)?;
+        let out = (s.md.clone(), s.clean.chain.clone());
+        if s.refs == 0 {
+            s.shared
+                .open
+                .store(false, std::sync::atomic::Ordering::Release);
+            st.open.remove(&snap);
+        }
+        Ok(out)
     }
 
     /// `spdk_bs_create_clone`: a new thin blob reading from read-only blob `snap`.

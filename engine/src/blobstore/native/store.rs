@@ -1311,15 +1311,27 @@ impl<D: Device> Inner<D> {
         if self.st.lock().open.contains_key(&id) {
             return Err(Error::Busy(format!("blob {id:#x} is open")));
         }
-        let (md, chain) = self.read_blob(id).await?;
-        // SPDK deletes a snapshot with one clone by moving its clusters into the clone; we
-        // do not yet, and freeing them would leave the clones reading freed clusters. Only
-        // read-only blobs can be snapshots, so other deletes skip the scan.
+        let (mut md, mut chain) = self.read_blob(id).await?;
+        // A snapshot with one clone first hands its clusters to the clone (SPDK's rule; with
+        // more clones it cannot go). Only read-only blobs can be snapshots, so other deletes
+        // skip the scan of every blob's metadata.
         if md.data_ro() {
-            if let Some(clone) = self.a_clone_of(id).await? {
-                return Err(Error::Unsupported(format!(
-                    "deleting snapshot {id:#x}: blob {clone:#x} is its clone"
-                )));
+            let clones = self.clones_of(id).await?;
+            match clones.as_slice() {
+                [] => {}
+                [clone] => match self.merge_into_clone(id, *clone).await {
+                    Ok(left) => (md, chain) = left,
+                    Err(e) => {
+                        self.st.lock().md_failed = true;
+                        return Err(e);
+                    }
+                },
+                _ => {
+                    return Err(Error::Busy(format!(
+                        "snapshot {id:#x} has {} clones",
+                        clones.len()
+                    )))
+                }
             }
         }
         self.mark_dirty_if_needed().await?;
@@ -1330,9 +1342,10 @@ impl<D: Device> Inner<D> {
         res
     }
 
-    /// A blob whose parent snapshot is `id`, if any (reads every blob's metadata).
-    async fn a_clone_of(&self, id: BlobId) -> Result<Option<BlobId>> {
+    /// Every blob whose parent snapshot is `id` (reads every blob's metadata).
+    pub(crate) async fn clones_of(&self, id: BlobId) -> Result<Vec<BlobId>> {
         let ids: Vec<BlobId> = self.st.lock().blobids.ones().map(blob_id).collect();
+        let mut out = Vec::new();
         for other in ids.into_iter().filter(|&o| o != id) {
             let open = self.st.lock().open.get(&other).map(|ob| ob.md.parent());
             let parent = match open {
@@ -1340,10 +1353,10 @@ impl<D: Device> Inner<D> {
                 None => self.read_blob(other).await?.0.parent(),
             };
             if parent? == Parent::Snapshot(id) {
-                return Ok(Some(other));
+                out.push(other);
             }
         }
-        Ok(None)
+        Ok(out)
     }
 
     /// The device side of a delete, then the release of its claims.

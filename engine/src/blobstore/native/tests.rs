@@ -950,8 +950,6 @@ fn a_clone_reads_down_its_snapshot_chain_and_holds_it_open() {
         s.inner.st.lock().open.is_empty(),
         "the last close released the chain"
     );
-    // Closed, a snapshot with a clone still cannot be deleted (that needs the write side).
-    assert!(matches!(b(s.delete(g)), Err(Error::Unsupported(_))));
     // It survives reload and a crash (recovery counts every blob's own clusters).
     let used = s.used_clusters();
     let s = crash(reload(s));
@@ -1109,8 +1107,9 @@ fn crashes_during_snapshot_and_copy_on_write_recover() {
     };
     let a = blobmd::blob_id(0);
     let old: Vec<u8> = vec![0x10u8; 2 * 16 * 4096];
-    // op 0: snapshot; op 1: snapshot, then a write into the clone's cluster 1.
-    for op in 0..2 {
+    // op 0: snapshot; op 1: snapshot, then a write into the clone's cluster 1; op 2:
+    // snapshot, then the delete of the snapshot (which hands its clusters to the clone).
+    for op in 0..3 {
         let mut k = 0;
         loop {
             let dev = A::new(SimDevice::from_image(base.clone(), 4096, k).unwrap());
@@ -1118,11 +1117,14 @@ fn crashes_during_snapshot_and_copy_on_write_recover() {
             let s = b(NativeBlobStore::load(dev.clone(), LoadOpts::default())).unwrap();
             let start = dev.io_counts().total();
             let mut new = old.clone();
+            let mut snap = 0;
+            if op >= 1 {
+                snap = b(s.create_snapshot(a, &[])).unwrap();
+            }
             if op == 1 {
-                b(s.create_snapshot(a, &[])).unwrap();
                 new[(16 + 4) * 4096..(16 + 5) * 4096].fill(0x77);
             }
-            let start = if op == 1 {
+            let start = if op >= 1 {
                 dev.io_counts().total()
             } else {
                 start
@@ -1130,6 +1132,8 @@ fn crashes_during_snapshot_and_copy_on_write_recover() {
             dev.stop_after(start + k);
             let done = if op == 0 {
                 b(s.create_snapshot(a, &[])).is_ok()
+            } else if op == 2 {
+                b(s.delete(snap)).is_ok()
             } else {
                 let h = b(s.open(a));
                 let ch = s.channel();
@@ -1264,4 +1268,53 @@ fn damaged_snapshot_links_fail_the_open_only() {
     // Recovery still counts them all.
     let s = crash(s);
     assert_eq!(b(s.blob_ids()).unwrap().len(), 4);
+}
+
+#[test]
+fn deleting_a_snapshot_hands_its_clusters_to_its_only_clone() {
+    let s = small(65536);
+    let g = b(s.create(thin(4))).unwrap();
+    let p = b(s.create(thin(4))).unwrap();
+    let c = b(s.create(thin(4))).unwrap();
+    fill(&s, g, 1, 0x11);
+    fill(&s, p, 0, 0x20);
+    fill(&s, p, 3, 0x23);
+    fill(&s, c, 3, 0x33);
+    make_clone(&s, g, p);
+    make_clone(&s, p, c);
+    let want = vec![0x20, 0x11, 0, 0x33];
+    let other = b(s.create_clone(g, &[])).unwrap();
+    // G has two clones (P and `other`): refused as SPDK does.
+    let e = b(s.delete(g)).unwrap_err();
+    assert!(matches!(e, Error::Busy(_)), "{e}");
+    b(s.delete(other)).unwrap();
+    let free = s.free_clusters();
+    b(s.delete(p)).unwrap();
+    assert_eq!(
+        s.free_clusters(),
+        free + 1,
+        "only P's cluster 3, which C had, is freed"
+    );
+    let h = b(s.open(c)).unwrap();
+    assert_eq!(h.parent(), BlobParent::Snapshot(g));
+    assert_eq!(clusters_of(&s, &h), want);
+    assert_eq!(h.num_allocated_clusters(), 2);
+    // Open, the clone keeps its snapshot: busy.
+    assert!(matches!(b(s.delete(g)), Err(Error::Busy(_))));
+    b(s.close(h)).unwrap();
+    b(s.delete(g)).unwrap();
+    let check = |s: &Store| {
+        let h = b(s.open(c)).unwrap();
+        assert_eq!(h.parent(), BlobParent::None);
+        assert_eq!(clusters_of(s, &h), want);
+        assert_eq!(h.num_allocated_clusters(), 3);
+        assert!(s.internal_xattrs(&h).unwrap().is_empty());
+        b(s.close(h)).unwrap();
+        assert_eq!(b(s.blob_ids()).unwrap(), vec![c]);
+    };
+    check(&s);
+    let used = s.used_clusters();
+    let s = crash(s);
+    assert_eq!(s.used_clusters(), used);
+    check(&s);
 }
