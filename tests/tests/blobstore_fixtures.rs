@@ -174,7 +174,12 @@ mod snapshots {
 
     use super::{dev, dir, image, manifest};
 
-    const NAMES: &[&str] = &["snapshots", "snapshots-dirty", "snapshots-delete"];
+    const NAMES: &[&str] = &[
+        "snapshots",
+        "snapshots-dirty",
+        "snapshots-delete",
+        "snapshots-inflate",
+    ];
 
     type Store = NativeBlobStore<MemoryDevice>;
 

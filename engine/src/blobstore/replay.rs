@@ -270,6 +270,8 @@ async fn run_op<D: Device>(
             let id = s.store.create_snapshot(of(slots)?, &xattrs).await?;
             slots.insert(slot, id);
         }
+        "inflate" => s.store.inflate(id_of(slots)?).await?,
+        "decouple_parent" => s.store.decouple_parent(id_of(slots)?).await?,
         "create_clone" => {
             let id = s.store.create_clone(of(slots)?, &xattrs).await?;
             slots.insert(slot, id);

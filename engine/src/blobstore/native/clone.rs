@@ -368,6 +368,121 @@ impl<D: Device> Inner<D> {
         Ok(out)
     }
 
+    /// `spdk_bs_inflate_blob` (`all`) and `spdk_bs_blob_decouple_parent`: give blob `id`
+    /// its own copy of every cluster (inflate: all of them, and it becomes thick with no
+    /// parent) or of its parent's own clusters (decouple: it becomes a clone of its
+    /// grandparent, or has no parent). Clusters are allocated one at a time in blob order,
+    /// each a copy on write with its own metadata update, as SPDK does.
+    pub(crate) async fn inflate(&self, id: BlobId, all: bool) -> Result<()> {
+        let shared = self.open(id).await?;
+        let r = self.inflate_open(&shared, all).await;
+        let c = self.close(&shared).await;
+        r?;
+        c
+    }
+
+    async fn inflate_open(&self, shared: &Arc<BlobShared>, mut all: bool) -> Result<()> {
+        let id = shared.id;
+        let (parent, thin, ro) = {
+            let st = self.st.lock();
+            let ob = st.open.get(&id).ok_or(Error::BadHandle)?;
+            (ob.md.parent()?, ob.md.is_thin(), ob.md_ro)
+        };
+        match parent {
+            Parent::None if !all => {
+                return Err(Error::invalid(format!(
+                    "blob {id:#x} has no parent to decouple from"
+                )))
+            }
+            Parent::External(_) => all = true,
+            _ => {}
+        }
+        if ro {
+            return Err(Error::ReadOnly(format!("blob {id:#x}")));
+        }
+        if !thin {
+            return Ok(());
+        }
+        let backing = shared.backing.load_full();
+        let map = shared.map.load_full();
+        let needs = |ci: u64| {
+            map.get(ci) == 0
+                && match &*backing {
+                    Backing::Zeroes => all,
+                    Backing::Snapshot(p) => all || p.map.load().get(ci) != 0,
+                    Backing::External(..) | Backing::MissingExternal(_) => true,
+                }
+        };
+        let todo: Vec<u64> = (0..map.len()).filter(|&ci| needs(ci)).collect();
+        {
+            let st = self.st.lock();
+            if todo.len() as u64 > u64::from(st.clusters.len() - st.clusters.count_ones()) {
+                return Err(Error::NoSpace);
+            }
+        }
+        for ci in todo {
+            if let Source::Missing(b, eid) = source(shared, ci) {
+                return Err(Error::EsnapUnavailable {
+                    blob: b,
+                    esnap_id: show_id(&eid),
+                });
+            }
+            self.allocate(shared, &[ci]).await?;
+        }
+        let _g = self.gate.lock().await;
+        self.check_open()?;
+        {
+            let mut guard = self.st.lock();
+            let st = &mut *guard;
+            let old = shared.backing.load_full();
+            let ob = st.open.get_mut(&id).ok_or(Error::BadHandle)?;
+            let new_backing = if all {
+                if ob.md.invalid_flags & FLAG_EXTERNAL_SNAPSHOT != 0 {
+                    remove_internal(&mut ob.md, XATTR_EXTERNAL_SNAPSHOT_ID);
+                    ob.md.invalid_flags &= !FLAG_EXTERNAL_SNAPSHOT;
+                }
+                remove_internal(&mut ob.md, XATTR_SNAPSHOT);
+                ob.md.invalid_flags &= !FLAG_THIN_PROV;
+                Backing::Zeroes
+            } else {
+                let grand = match &*old {
+                    Backing::Snapshot(p) => p.backing.load_full(),
+                    _ => Arc::new(Backing::Zeroes),
+                };
+                match &*grand {
+                    Backing::Snapshot(g) => {
+                        set_internal(&mut ob.md, XATTR_SNAPSHOT, &g.id.to_le_bytes());
+                        Backing::Snapshot(g.clone())
+                    }
+                    Backing::Zeroes => {
+                        remove_internal(&mut ob.md, XATTR_SNAPSHOT);
+                        Backing::Zeroes
+                    }
+                    _ => {
+                        return Err(Error::Unsupported(format!(
+                            "decoupling blob {id:#x} from a snapshot that is an esnap clone"
+                        )))
+                    }
+                }
+            };
+            ob.dirty = true;
+            ob.shared
+                .map
+                .store(Arc::new(DataMap::build(&ob.md, ob.md.data_ro())));
+            // Hold the new parent before dropping the hold on the old one.
+            if let Backing::Snapshot(g) = &new_backing {
+                if let Some(go) = st.open.get_mut(&g.id) {
+                    go.refs += 1;
+                }
+            }
+            shared.backing.store(Arc::new(new_backing));
+            if let Backing::Snapshot(p) = &*old {
+                Self::drop_ref(st, p);
+            }
+        }
+        self.persist_locked(id).await
+    }
+
     /// `spdk_bs_create_clone`: a new thin blob reading from read-only blob `snap`.
     pub(crate) async fn create_clone(
         &self,
@@ -445,6 +560,18 @@ impl<D: Device> super::NativeBlobStore<D> {
         xattrs: &[(String, Vec<u8>)],
     ) -> Result<BlobId> {
         self.inner.create_snapshot(id, xattrs).await
+    }
+
+    /// SPDK `spdk_bs_inflate_blob`: blob `id` gets its own copy of every cluster and no
+    /// parent; it becomes thick. `id` may be open.
+    pub async fn inflate(&self, id: BlobId) -> Result<()> {
+        self.inner.inflate(id, true).await
+    }
+
+    /// SPDK `spdk_bs_blob_decouple_parent`: blob `id` copies its parent's own clusters and
+    /// becomes a clone of its grandparent (or has no parent); it stays thin.
+    pub async fn decouple_parent(&self, id: BlobId) -> Result<()> {
+        self.inner.inflate(id, false).await
     }
 
     /// A thin clone of read-only blob `snapshot` (SPDK `spdk_bs_create_clone`).

@@ -1193,7 +1193,13 @@ impl<D: Device> Inner<D> {
         self.with_blob(shared, |_, _| Ok(()))?;
         self.persist_locked(shared.id).await?;
         let mut st = self.st.lock();
-        // The last close of a clone drops its hold on the parent snapshot, down the chain.
+        Self::drop_ref(&mut st, shared);
+        Ok(())
+    }
+
+    /// Drop one reference to an open blob; the last one closes it and drops its hold on
+    /// the parent snapshot, down the chain.
+    pub(crate) fn drop_ref(st: &mut MdState, shared: &Arc<BlobShared>) {
         let mut cur = Some(shared.clone());
         while let Some(s) = cur.take() {
             if let Some(ob) = st.open.get_mut(&s.id) {
@@ -1207,7 +1213,6 @@ impl<D: Device> Inner<D> {
                 }
             }
         }
-        Ok(())
     }
 
     pub(crate) async fn sync_md(&self, shared: &Arc<BlobShared>) -> Result<()> {

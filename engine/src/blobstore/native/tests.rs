@@ -1109,7 +1109,8 @@ fn crashes_during_snapshot_and_copy_on_write_recover() {
     let old: Vec<u8> = vec![0x10u8; 2 * 16 * 4096];
     // op 0: snapshot; op 1: snapshot, then a write into the clone's cluster 1; op 2:
     // snapshot, then the delete of the snapshot (which hands its clusters to the clone).
-    for op in 0..3 {
+    // op 3: snapshot, then an inflate of the clone (it copies every cluster back).
+    for op in 0..4 {
         let mut k = 0;
         loop {
             let dev = A::new(SimDevice::from_image(base.clone(), 4096, k).unwrap());
@@ -1134,6 +1135,8 @@ fn crashes_during_snapshot_and_copy_on_write_recover() {
                 b(s.create_snapshot(a, &[])).is_ok()
             } else if op == 2 {
                 b(s.delete(snap)).is_ok()
+            } else if op == 3 {
+                b(s.inflate(a)).is_ok()
             } else {
                 let h = b(s.open(a));
                 let ch = s.channel();
