@@ -801,3 +801,103 @@ fn repair_names_a_data_blob_whose_md_page_is_lost_after_a_crash_and_lists_what_i
         }
     }
 }
+
+/// An SPDK v25.09 store with snapshots, clones, a read-only blob and esnap clones: `blobs`
+/// lists and explains every blob, `blob --read` reads through the backing chains exactly as
+/// SPDK did, an esnap clone reads through `--esnap ID=PATH` and fails alone without it.
+#[test]
+fn blobs_and_blob_read_snapshots_clones_and_esnap_clones() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("snapshots.img");
+    std::fs::copy(fixture("snapshots.img"), &img).unwrap();
+    let before = std::fs::read(&img).unwrap();
+    let img = img.to_str().unwrap();
+    let esnap = format!(
+        "esnap-base.img={}",
+        fixture("snapshots-esnap.img").to_str().unwrap()
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("snapshots.json")).unwrap()).unwrap();
+    let want = manifest["blobs"].as_array().unwrap();
+    let hex_of = |slot: &str| {
+        want.iter().find(|b| b["scenario_name"] == slot).unwrap()["id_hex"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+
+    let table = ok(&["blobs", img]);
+    let line = |slot: &str| {
+        let id = hex_of(slot);
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("{id} ")))
+            .unwrap_or_else(|| panic!("{slot} not listed: {table}"))
+            .to_owned()
+    };
+    assert!(line("A").ends_with(&format!("thin, clone of {}", hex_of("S2"))));
+    assert!(line("S1").contains("snapshot, read-only, thin"));
+    assert!(line("S2").contains(&format!(
+        "snapshot, read-only, thin, clone of {}",
+        hex_of("S1")
+    )));
+    assert!(line("C").contains(&format!("clone of {}", hex_of("S1"))));
+    assert!(line("R").ends_with("read-only, thick"));
+    assert!(line("T").ends_with("/ thin"));
+    assert!(line("ES").contains("esnap clone of esnap-base.img (no device given)"));
+    assert!(line("F").contains("esnap clone of esnap-base.img"));
+
+    let doc: serde_json::Value =
+        serde_json::from_str(&ok(&["blobs", img, "--json", "--esnap", &esnap])).unwrap();
+    let got = doc["blobs"].as_array().unwrap();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(want) {
+        let api = &w["spdk_api"];
+        assert_eq!(g["id"], w["id"]);
+        assert_eq!(g["num_allocated_clusters"], w["num_allocated_clusters"]);
+        assert_eq!(g["read_only"], api["read_only"], "{}", w["scenario_name"]);
+        assert_eq!(g["is_snapshot"], api["snapshot"], "{}", w["scenario_name"]);
+        assert_eq!(g["is_clone"], api["clone"], "{}", w["scenario_name"]);
+        assert_eq!(
+            g["is_esnap_clone"], api["esnap_clone"],
+            "{}",
+            w["scenario_name"]
+        );
+        if api["clone"] == true {
+            assert_eq!(g["parent"]["snapshot_id"], api["parent_id"]);
+        }
+        if api["esnap_clone"] == true {
+            assert_eq!(g["parent"]["esnap_id"], api["esnap_id"]);
+            assert_eq!(g["parent"]["esnap_device"], true);
+        }
+    }
+
+    // Whole-blob reads of every blob, through the chains and the external snapshot.
+    for w in want {
+        let r = &w["reads"][0];
+        let range = format!("{}:{}", r["offset"], r["length"]);
+        let id = w["id_hex"].as_str().unwrap();
+        let out = ok(&["blob", img, id, "--read", &range, "--esnap", &esnap]);
+        assert_eq!(out.trim(), r["sha256"].as_str().unwrap(), "{id} {range}");
+    }
+    // Without the mapping, only reads that reach the external snapshot fail.
+    let o = run(&["blob", img, &hex_of("E"), "--read", "0:16"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("esnap-base.img") && err.contains("--esnap"),
+        "{err}"
+    );
+    ok(&["blob", img, &hex_of("A"), "--read", "0:128"]);
+    let one = ok(&["blob", img, &hex_of("S2")]);
+    assert!(
+        one.contains("kind: snapshot, read-only, thin, clone of"),
+        "{one}"
+    );
+    assert!(one.contains("internal xattr SNAP = 0x"), "{one}");
+    assert_eq!(
+        std::fs::read(img).unwrap(),
+        before,
+        "inspection wrote nothing"
+    );
+}

@@ -247,3 +247,343 @@ fn grow_image_was_grown_by_spdk() {
         .unwrap();
     assert_eq!(b["num_allocated_clusters"], 110);
 }
+
+// ---- Snapshots, clones, a read-only blob and esnap clones (SPDK v25.09) ----------------------
+
+mod snapshots {
+    use std::collections::{BTreeMap, HashSet};
+    use std::sync::Arc;
+
+    use blobcask::blobstore::native::esnap::{EsnapMap, EsnapResolver};
+    use blobcask::blobstore::native::{BlobParent, NativeBlobStore};
+    use blobcask::blobstore::replay::{first_difference, replay_to_device, sha256_hex};
+    use blobcask::blobstore::{Blob, BlobStore, Error, IoChannel, LoadOpts, INVALID_BLOB_ID};
+    use blobcask::device::MemoryDevice;
+    use serde_json::Value;
+
+    use super::{dev, dir, image, manifest};
+
+    const NAMES: &[&str] = &[
+        "snapshots",
+        "snapshots-dirty",
+        "snapshots-delete",
+        "snapshots-inflate",
+    ];
+
+    type Store = NativeBlobStore<MemoryDevice>;
+
+    fn resolver() -> Arc<dyn EsnapResolver> {
+        let bytes = std::fs::read(dir().join("snapshots-esnap.img")).unwrap();
+        let m = manifest("snapshots");
+        let e = &m["esnap_devices"][0];
+        assert_eq!(sha256_hex(&bytes), e["sha256"].as_str().unwrap());
+        let mut map = EsnapMap::new();
+        map.insert(
+            e["esnap_id"].as_str().unwrap(),
+            Arc::new(MemoryDevice::from_bytes(bytes, 4096).unwrap()),
+        );
+        Arc::new(map)
+    }
+
+    fn load(name: &str, force_recover: bool, esnap: bool) -> Store {
+        let s = pollster::block_on(NativeBlobStore::load(
+            dev(name),
+            LoadOpts {
+                force_recover,
+                ..LoadOpts::default()
+            },
+        ))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        if esnap {
+            s.set_esnap_resolver(Some(resolver()));
+        }
+        s
+    }
+
+    fn by_slot(m: &Value) -> BTreeMap<String, Value> {
+        m["blobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| (b["scenario_name"].as_str().unwrap().to_owned(), b.clone()))
+            .collect()
+    }
+
+    fn id_of(m: &Value, slot: &str) -> u64 {
+        by_slot(m)[slot]["id"].as_u64().unwrap()
+    }
+
+    /// Every blob: its kind as SPDK reports it, and every recorded read.
+    fn verify(name: &str, s: &Store) {
+        let m = manifest(name);
+        let want_free = m["spdk_reported_after_load"]["api"]["free_cluster_count"]
+            .as_u64()
+            .unwrap();
+        assert_eq!(s.free_clusters(), want_free, "{name}: free clusters");
+        let blobs = m["blobs"].as_array().unwrap();
+        let ids = pollster::block_on(s.blob_ids()).unwrap();
+        let want: Vec<u64> = blobs.iter().map(|b| b["id"].as_u64().unwrap()).collect();
+        assert_eq!(ids, want, "{name}: blob ids");
+        let ch = s.channel().unwrap();
+        let mut parents = HashSet::new();
+        let mut opened = Vec::new();
+        for b in blobs {
+            let slot = b["scenario_name"].as_str().unwrap();
+            let blob = pollster::block_on(s.open(b["id"].as_u64().unwrap()))
+                .unwrap_or_else(|e| panic!("{name}/{slot}: {e}"));
+            let api = &b["spdk_api"];
+            assert_eq!(blob.num_clusters(), b["num_clusters"].as_u64().unwrap());
+            assert_eq!(
+                blob.num_allocated_clusters(),
+                b["num_allocated_clusters"].as_u64().unwrap(),
+                "{name}/{slot}: allocated"
+            );
+            assert_eq!(blob.is_thin(), b["thin_provisioned"] == true, "{slot}");
+            assert_eq!(blob.is_read_only(), api["read_only"] == true, "{slot}");
+            let pid = api["parent_id"].as_u64().unwrap();
+            match blob.parent() {
+                BlobParent::None => {
+                    assert_eq!(pid, INVALID_BLOB_ID, "{slot}");
+                    assert!(api["esnap_clone"] == false, "{slot}");
+                }
+                BlobParent::Snapshot(p) => {
+                    assert_eq!(p, pid, "{slot}");
+                    assert!(api["clone"] == true, "{slot}");
+                    parents.insert(p);
+                }
+                BlobParent::External { id, available } => {
+                    assert!(api["esnap_clone"] == true && available, "{slot}");
+                    assert_eq!(id, api["esnap_id"].as_str().unwrap().as_bytes(), "{slot}");
+                }
+            }
+            for r in b["reads"].as_array().unwrap() {
+                let (o, n) = (r["offset"].as_u64().unwrap(), r["length"].as_u64().unwrap());
+                let mut buf = vec![0u8; n as usize * 4096];
+                pollster::block_on(ch.read(&blob, o, &mut buf))
+                    .unwrap_or_else(|e| panic!("{name}/{slot} read {o}+{n}: {e}"));
+                assert_eq!(
+                    sha256_hex(&buf),
+                    r["sha256"].as_str().unwrap(),
+                    "{name}/{slot}: read {o}+{n}"
+                );
+            }
+            opened.push(blob);
+        }
+        for (b, blob) in blobs.iter().zip(&opened) {
+            let snap = parents.contains(&blob.id());
+            assert_eq!(
+                snap,
+                b["spdk_api"]["snapshot"] == true,
+                "{}",
+                b["scenario_name"]
+            );
+        }
+        for blob in opened {
+            pollster::block_on(s.close(blob)).unwrap();
+        }
+    }
+
+    #[test]
+    fn load_and_read_through_the_chains_as_spdk() {
+        for name in NAMES {
+            for force in [false, true] {
+                let s = load(name, force, true);
+                verify(name, &s);
+            }
+        }
+    }
+
+    #[test]
+    fn replay_of_spdks_operations_is_byte_identical() {
+        for name in NAMES {
+            let m = manifest(name);
+            let got = replay_to_device(&m).unwrap_or_else(|e| panic!("{name}: replay: {e}"));
+            let bytes = got.to_bytes();
+            if let Some(d) = first_difference(&image(name), &bytes) {
+                panic!("{name}: first difference at {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn replayed_images_read_back_as_spdk_read_them() {
+        for name in NAMES {
+            let m = manifest(name);
+            let dev = replay_to_device(&m).unwrap();
+            let s = pollster::block_on(NativeBlobStore::load(dev, LoadOpts::default())).unwrap();
+            s.set_esnap_resolver(Some(resolver()));
+            verify(name, &s);
+        }
+    }
+
+    #[test]
+    fn load_and_unload_write_spdks_image() {
+        for name in NAMES {
+            let s = load(name, false, true);
+            verify(name, &s);
+            pollster::block_on(s.unload()).unwrap();
+            let out = s.into_device().unwrap().to_bytes();
+            let want = manifest(name)["verification"]["image_after_spdk_load_unload_sha256"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            assert_eq!(sha256_hex(&out), want, "{name}");
+        }
+        // The clean image is unchanged.
+        let s = load("snapshots", false, true);
+        pollster::block_on(s.unload()).unwrap();
+        assert!(s.into_device().unwrap().to_bytes() == image("snapshots"));
+    }
+
+    #[test]
+    fn an_esnap_clone_without_its_device_fails_only_its_own_reads() {
+        let m = manifest("snapshots");
+        let s = load("snapshots", false, false);
+        let ch = s.channel().unwrap();
+        let e = pollster::block_on(s.open(id_of(&m, "E"))).unwrap();
+        assert_eq!(
+            e.parent(),
+            BlobParent::Snapshot(id_of(&m, "ES")),
+            "E is a clone of ES"
+        );
+        let es = pollster::block_on(s.open(id_of(&m, "ES"))).unwrap();
+        assert!(matches!(
+            es.parent(),
+            BlobParent::External {
+                available: false,
+                ..
+            }
+        ));
+        let mut buf = vec![0u8; 4096];
+        // Cluster 0 is in neither E nor ES: it needs the external device.
+        let err = pollster::block_on(ch.read(&e, 0, &mut buf)).unwrap_err();
+        assert!(matches!(err, Error::EsnapUnavailable { .. }), "{err}");
+        assert!(err.to_string().contains("esnap-base.img"), "{err}");
+        // E's own cluster 3 and ES's cluster 2 read fine.
+        pollster::block_on(ch.read(&e, 3 * 16, &mut buf)).unwrap();
+        pollster::block_on(ch.read(&e, 2 * 16 + 5, &mut buf)).unwrap();
+        pollster::block_on(s.close(es)).unwrap();
+        pollster::block_on(s.close(e)).unwrap();
+        // Every other blob still reads as SPDK read it.
+        for (slot, b) in by_slot(&m) {
+            if ["E", "ES", "F"].contains(&slot.as_str()) {
+                continue;
+            }
+            let blob = pollster::block_on(s.open(b["id"].as_u64().unwrap())).unwrap();
+            let r = &b["reads"][0];
+            let mut buf = vec![0u8; r["length"].as_u64().unwrap() as usize * 4096];
+            pollster::block_on(ch.read(&blob, r["offset"].as_u64().unwrap(), &mut buf)).unwrap();
+            assert_eq!(sha256_hex(&buf), r["sha256"].as_str().unwrap(), "{slot}");
+            pollster::block_on(s.close(blob)).unwrap();
+        }
+    }
+
+    #[test]
+    fn snapshots_refuse_writes_and_deletes_that_would_break_their_clones() {
+        let m = manifest("snapshots");
+        let s = load("snapshots", false, true);
+        let ch = s.channel().unwrap();
+        let buf = vec![7u8; 4096];
+        let s1 = pollster::block_on(s.open(id_of(&m, "S1"))).unwrap();
+        let err = pollster::block_on(ch.write(&s1, 0, &buf)).unwrap_err();
+        assert!(matches!(err, Error::ReadOnly(_)), "{err}");
+        pollster::block_on(s.close(s1)).unwrap();
+        // S1 has two clones (S2 and C): as SPDK, it cannot be deleted.
+        let err = pollster::block_on(s.delete(id_of(&m, "S1"))).unwrap_err();
+        assert!(matches!(err, Error::Busy(_)), "{err}");
+        assert_eq!(err.errno(), -16);
+        drop(ch);
+        pollster::block_on(s.unload()).unwrap();
+        assert!(s.into_device().unwrap().to_bytes() == image("snapshots"));
+    }
+
+    /// A first write into a clone's cluster copies the parent's data around it (from S2,
+    /// from S1 through S2, and from the external snapshot through ES), and the snapshots
+    /// still read as before.
+    #[test]
+    fn copy_on_first_write_into_clones() {
+        let m = manifest("snapshots");
+        let s = load("snapshots", false, true);
+        let ch = s.channel().unwrap();
+        let slots = by_slot(&m);
+        let whole = |slot: &str| -> Vec<u8> {
+            let b = pollster::block_on(s.open(id_of(&m, slot))).unwrap();
+            let mut v = vec![0u8; b.num_io_units() as usize * 4096];
+            pollster::block_on(ch.read(&b, 0, &mut v)).unwrap();
+            pollster::block_on(s.close(b)).unwrap();
+            v
+        };
+        for (slot, cluster) in [("A", 2u64), ("A", 3), ("E", 0), ("C", 8)] {
+            let before = whole(slot);
+            let b = pollster::block_on(s.open(id_of(&m, slot))).unwrap();
+            let allocated = b.num_allocated_clusters();
+            let at = cluster * 16 + 5;
+            pollster::block_on(ch.write(&b, at, &[0x5Au8; 4096])).unwrap();
+            assert_eq!(b.num_allocated_clusters(), allocated + 1, "{slot}");
+            pollster::block_on(s.close(b)).unwrap();
+            let mut want = before;
+            want[at as usize * 4096..(at as usize + 1) * 4096].fill(0x5A);
+            assert!(whole(slot) == want, "{slot} cluster {cluster}");
+        }
+        for snap in ["S1", "S2", "ES"] {
+            let r = &slots[snap]["reads"][0];
+            assert_eq!(
+                sha256_hex(&whole(snap)),
+                r["sha256"].as_str().unwrap(),
+                "{snap}"
+            );
+        }
+        // Everything survives a reload through recovery.
+        drop(ch);
+        pollster::block_on(s.unload()).unwrap();
+        let dev = MemoryDevice::from_bytes(s.into_device().unwrap().to_bytes(), 4096).unwrap();
+        let o = LoadOpts {
+            force_recover: true,
+            ..LoadOpts::default()
+        };
+        let s = pollster::block_on(NativeBlobStore::load(dev, o)).unwrap();
+        s.set_esnap_resolver(Some(resolver()));
+        let ch = s.channel().unwrap();
+        let a = pollster::block_on(s.open(id_of(&m, "A"))).unwrap();
+        let mut v = vec![0u8; 4096];
+        pollster::block_on(ch.read(&a, 3 * 16 + 5, &mut v)).unwrap();
+        assert!(v.iter().all(|&x| x == 0x5A));
+        pollster::block_on(s.close(a)).unwrap();
+    }
+
+    #[test]
+    fn deleting_a_clone_frees_only_its_own_clusters() {
+        let m = manifest("snapshots");
+        let s = load("snapshots", false, true);
+        let free = s.free_clusters();
+        let c = &by_slot(&m)["C"];
+        let held = pollster::block_on(s.open(id_of(&m, "A"))).unwrap();
+        // S1 is held open by A (its grandchild): deleting it is refused as busy.
+        let err = pollster::block_on(s.delete(id_of(&m, "S1"))).unwrap_err();
+        assert!(matches!(err, Error::Busy(_)), "{err}");
+        pollster::block_on(s.close(held)).unwrap();
+        pollster::block_on(s.delete(c["id"].as_u64().unwrap())).unwrap();
+        assert_eq!(
+            s.free_clusters(),
+            free + c["num_allocated_clusters"].as_u64().unwrap()
+        );
+        pollster::block_on(s.unload()).unwrap();
+        let s = NativeBlobStore::load(
+            MemoryDevice::from_bytes(s.into_device().unwrap().to_bytes(), 4096).unwrap(),
+            LoadOpts {
+                force_recover: true,
+                ..LoadOpts::default()
+            },
+        );
+        let s = pollster::block_on(s).unwrap();
+        s.set_esnap_resolver(Some(resolver()));
+        let ch = s.channel().unwrap();
+        let s1 = &by_slot(&m)["S1"];
+        let blob = pollster::block_on(s.open(s1["id"].as_u64().unwrap())).unwrap();
+        let r = &s1["reads"][0];
+        let mut buf = vec![0u8; r["length"].as_u64().unwrap() as usize * 4096];
+        pollster::block_on(ch.read(&blob, 0, &mut buf)).unwrap();
+        assert_eq!(sha256_hex(&buf), r["sha256"].as_str().unwrap());
+        pollster::block_on(s.close(blob)).unwrap();
+    }
+}

@@ -49,6 +49,10 @@ pub enum Error {
     /// Not supported by this backend or build (SPDK `-ENOTSUP`).
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// A read of an esnap clone needs its external snapshot, and no device was given for
+    /// the esnap id stored in the blob (SPDK cannot open such a blob: `-ENODEV` here).
+    #[error("blob {blob:#x} is an esnap clone of {esnap_id:?}, and no device was given for it")]
+    EsnapUnavailable { blob: u64, esnap_id: String },
     /// The store was unloaded or abandoned (SPDK `-ESHUTDOWN`).
     #[error("store is closed")]
     Closed,
@@ -120,6 +124,7 @@ impl Error {
             Error::Corruption { .. } | Error::NotABlobstore(_) => -libc::EILSEQ,
             Error::BstypeMismatch { .. } => -libc::ENXIO,
             Error::Unsupported(_) => -libc::ENOTSUP,
+            Error::EsnapUnavailable { .. } => -libc::ENODEV,
             Error::Closed => -libc::ESHUTDOWN,
             Error::Device(d) => d.errno(),
             Error::Spdk { source, .. } => -source.raw_os_error().unwrap_or(libc::EIO),

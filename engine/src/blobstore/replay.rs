@@ -9,11 +9,13 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::native::blobmd::root_index;
+use super::native::esnap::{EsnapMap, EsnapResolver};
 use super::native::layout::Layout;
 use super::native::mdpage::MdPage;
 use super::native::superblock::SuperBlock;
@@ -201,6 +203,7 @@ fn replay_with<D: Device>(
                             NativeBlobStore::load(d, o).await
                         }
                     })?;
+                    store.set_esnap_resolver(esnap_devices(manifest)?);
                     sess = Some(Session {
                         store,
                         handles: HashMap::new(),
@@ -219,7 +222,15 @@ fn replay_with<D: Device>(
                     let s = sess
                         .as_mut()
                         .ok_or_else(|| bad(format!("{name} without a store")))?;
-                    pollster::block_on(run_op(s, &mut slots, name, op))?;
+                    let r = pollster::block_on(run_op(s, &mut slots, name, op));
+                    // An op recorded with SPDK's negative errno must fail the same way.
+                    match (op.get("rc").and_then(Value::as_i64).unwrap_or(0), r) {
+                        (0, r) => r?,
+                        (rc, Err(e)) if i64::from(e.errno()) == rc => {}
+                        (rc, r) => {
+                            return Err(bad(format!("{name} should fail with {rc}, got {r:?}")))
+                        }
+                    }
                 }
             }
         }
@@ -230,6 +241,25 @@ fn replay_with<D: Device>(
         }
     }
     dev.ok_or_else(|| bad("no device at the end"))
+}
+
+/// The external snapshots a manifest's esnap clones read (`esnap_devices`: id, size and the
+/// data pattern of the whole device), as memory devices.
+fn esnap_devices(manifest: &Value) -> Result<Option<Arc<dyn EsnapResolver>>> {
+    let Some(list) = manifest.get("esnap_devices").and_then(Value::as_array) else {
+        return Ok(None);
+    };
+    let mut map = EsnapMap::new();
+    for e in list {
+        let id = hex::decode(str_of(e, "esnap_id_hex")?).map_err(|x| bad(x.to_string()))?;
+        let size = u64_of(e, "size")?;
+        let block = e.get("block_size").and_then(Value::as_u64).unwrap_or(4096) as u32;
+        let dev = MemoryDevice::new(size, block)?;
+        let data = pattern_bytes(field(e, "pattern")?, 0, size as usize)?;
+        pollster::block_on(dev.write(0, &data))?;
+        map.insert(id, Arc::new(dev));
+    }
+    Ok(Some(Arc::new(map)))
 }
 
 fn handle<'a, D: Device>(s: &'a Session<D>, slot: &str) -> Result<&'a NativeBlob> {
@@ -256,23 +286,45 @@ async fn run_op<D: Device>(
             .copied()
             .ok_or_else(|| bad(format!("unknown slot {slot:?}")))
     };
+    let mut xattrs = Vec::new();
+    if let Some(list) = op.get("xattrs").and_then(Value::as_array) {
+        for x in list {
+            let v = hex::decode(str_of(x, "value_hex")?).map_err(|e| bad(e.to_string()))?;
+            xattrs.push((str_of(x, "name")?.to_string(), v));
+        }
+    }
+    let of = |slots: &HashMap<String, BlobId>| {
+        let o = str_of(op, "of")?;
+        slots
+            .get(o)
+            .copied()
+            .ok_or_else(|| bad(format!("unknown slot {o:?}")))
+    };
     match name {
-        "create" => {
-            let mut xattrs = Vec::new();
-            if let Some(list) = op.get("xattrs").and_then(Value::as_array) {
-                for x in list {
-                    let v = hex::decode(str_of(x, "value_hex")?).map_err(|e| bad(e.to_string()))?;
-                    xattrs.push((str_of(x, "name")?.to_string(), v));
-                }
-            }
+        "create" | "create_esnap_clone" => {
             let opts = CreateOpts {
                 num_clusters: u64_of(op, "num_clusters")?,
-                thin_provision: bool_of(op, "thin", false),
+                thin_provision: bool_of(op, "thin", name == "create_esnap_clone"),
                 use_extent_table: bool_of(op, "extent_table", true),
                 xattrs,
                 ..CreateOpts::default()
             };
-            let id = s.store.create(opts).await?;
+            let id = if name == "create" {
+                s.store.create(opts).await?
+            } else {
+                let e = hex::decode(str_of(op, "esnap_id_hex")?).map_err(|e| bad(e.to_string()))?;
+                s.store.create_esnap_clone(opts, &e).await?
+            };
+            slots.insert(slot, id);
+        }
+        "create_snapshot" => {
+            let id = s.store.create_snapshot(of(slots)?, &xattrs).await?;
+            slots.insert(slot, id);
+        }
+        "inflate" => s.store.inflate(id_of(slots)?).await?,
+        "decouple_parent" => s.store.decouple_parent(id_of(slots)?).await?,
+        "create_clone" => {
+            let id = s.store.create_clone(of(slots)?, &xattrs).await?;
             slots.insert(slot, id);
         }
         "open" => {

@@ -8,12 +8,14 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use blobcask::blobstore::native::descriptor::Descriptor;
+use blobcask::blobstore::native::esnap::{show_id, EsnapMap};
 use blobcask::blobstore::native::mdpage::{self, MdPage};
 use blobcask::blobstore::native::superblock::SuperBlock;
-use blobcask::blobstore::native::NativeBlobStore;
-use blobcask::blobstore::{Blob, BlobStore, LoadOpts};
+use blobcask::blobstore::native::{BlobParent, NativeBlobStore};
+use blobcask::blobstore::{Blob, BlobStore, Error as BsError, LoadOpts};
 use blobcask::device::{FileDevice, FileOptions, Overlay};
 use blobcask::Stats;
 use serde_json::{json, Value};
@@ -23,22 +25,131 @@ use crate::CliResult;
 
 type ReadOnlyStore = NativeBlobStore<Overlay<FileDevice>>;
 
-/// Load any SPDK blobstore on `path` without writing to it.
-fn load_read_only(path: &Path) -> Result<ReadOnlyStore, blobcask::Error> {
+/// Load any SPDK blobstore on `path` without writing to it. `esnap` maps esnap ids to image
+/// files (`ID=PATH`), opened read-only, for the reads of esnap clones.
+fn load_read_only(path: &Path, esnap: &[String]) -> Result<ReadOnlyStore, blobcask::Error> {
     let opts = FileOptions {
         read_only: true,
         ..FileOptions::default()
     };
+    let mut map = EsnapMap::new();
+    for m in esnap {
+        let (id, file) = m
+            .split_once('=')
+            .ok_or_else(|| blobcask::Error::invalid(format!("--esnap wants ID=PATH, got {m:?}")))?;
+        // An id given as 0x-hex names arbitrary bytes; anything else is the id's text.
+        let key = match id.strip_prefix("0x").map(hex::decode) {
+            Some(Ok(b)) if !b.is_empty() => b,
+            _ => id.as_bytes().to_vec(),
+        };
+        map.insert(key, Arc::new(FileDevice::open_with(file, &opts)?));
+    }
     let dev = Overlay::new(FileDevice::open_with(path, &opts)?);
-    Ok(pollster::block_on(NativeBlobStore::load(
-        dev,
-        LoadOpts::default(),
-    ))?)
+    let bs = pollster::block_on(NativeBlobStore::load(dev, LoadOpts::default()))?;
+    bs.set_esnap_resolver(Some(Arc::new(map)));
+    Ok(bs)
+}
+
+/// What a blob is, for people: "thin", "read-only", "snapshot", "clone of 0x…", "esnap clone
+/// of …", joined by commas. Reads the fields [`blob_json`] and [`mark_snapshots`] fill in.
+fn kind(b: &Value) -> String {
+    let mut k = Vec::new();
+    if b["is_snapshot"] == true {
+        k.push("snapshot".to_owned());
+    }
+    if b["read_only"] == true {
+        k.push("read-only".to_owned());
+    }
+    k.push(
+        if b["thin_provisioned"] == true {
+            "thin"
+        } else {
+            "thick"
+        }
+        .to_owned(),
+    );
+    if let Some(p) = b["parent"]["snapshot_id_hex"].as_str() {
+        k.push(format!("clone of {p}"));
+    }
+    if let Some(e) = b["parent"]["esnap_id"].as_str() {
+        let missing = if b["parent"]["esnap_device"] == true {
+            ""
+        } else {
+            " (no device given)"
+        };
+        k.push(format!("esnap clone of {e}{missing}"));
+    }
+    for x in b["internal_xattrs"].as_array().into_iter().flatten() {
+        match x["name"].as_str() {
+            Some("SNAPTMP") => k.push("snapshot in progress".to_owned()),
+            Some("SNAPRM") => k.push("snapshot pending removal".to_owned()),
+            _ => {}
+        }
+    }
+    k.join(", ")
+}
+
+/// Fill in `is_snapshot`, `clones` and `kind` of every blob from the others' parents.
+fn mark_snapshots(list: &mut [Value]) {
+    let parents: Vec<(String, String)> = list
+        .iter()
+        .filter_map(|b| {
+            let p = b["parent"]["snapshot_id_hex"].as_str()?;
+            Some((p.to_owned(), b["id_hex"].as_str()?.to_owned()))
+        })
+        .collect();
+    for b in list.iter_mut() {
+        let me = b["id_hex"].as_str().unwrap_or("").to_owned();
+        let clones: Vec<&String> = parents
+            .iter()
+            .filter(|(p, _)| *p == me)
+            .map(|(_, c)| c)
+            .collect();
+        if b.get("error").is_some() {
+            continue;
+        }
+        b["is_snapshot"] = json!(!clones.is_empty());
+        b["clones"] = json!(clones);
+        b["kind"] = json!(kind(b));
+    }
+}
+
+/// Every blob as [`blob_json`] says, with snapshot marks; a blob that cannot be opened is an
+/// entry with its `error`, and the others are still listed.
+fn all_blobs(bs: &ReadOnlyStore) -> Result<Vec<Value>, blobcask::Error> {
+    let ids = bs.block_on(bs.blob_ids())?;
+    let mut list = Vec::with_capacity(ids.len());
+    for id in ids {
+        list.push(blob_json(bs, id).unwrap_or_else(
+            |e| json!({ "id": id, "id_hex": format!("{id:#x}"), "error": e.to_string() }),
+        ));
+    }
+    mark_snapshots(&mut list);
+    Ok(list)
 }
 
 fn blob_json(bs: &ReadOnlyStore, id: u64) -> Result<Value, blobcask::Error> {
     bs.block_on(async {
         let blob = bs.open(id).await?;
+        let parent = match blob.parent() {
+            BlobParent::None => json!({ "kind": "none" }),
+            BlobParent::Snapshot(p) => json!({
+                "kind": "snapshot",
+                "snapshot_id": p,
+                "snapshot_id_hex": format!("{p:#x}"),
+            }),
+            BlobParent::External { id, available } => json!({
+                "kind": "esnap",
+                "esnap_id": show_id(&id),
+                "esnap_id_hex": hex::encode(&id),
+                "esnap_device": available,
+            }),
+        };
+        let internal: Vec<Value> = bs
+            .internal_xattrs(&blob)?
+            .into_iter()
+            .map(|(n, v)| json!({ "name": n, "value_hex": hex::encode(v) }))
+            .collect();
         let mut xattrs = Vec::new();
         let mut role = None;
         for name in bs.xattr_names(&blob).await? {
@@ -65,6 +176,10 @@ fn blob_json(bs: &ReadOnlyStore, id: u64) -> Result<Value, blobcask::Error> {
             },
             "role": role,
             "xattrs": xattrs,
+            "internal_xattrs": internal,
+            "parent": parent,
+            "is_clone": matches!(blob.parent(), BlobParent::Snapshot(_)),
+            "is_esnap_clone": matches!(blob.parent(), BlobParent::External { .. }),
         });
         bs.close(blob).await?;
         Ok(v)
@@ -125,13 +240,9 @@ fn super_json(bs: &ReadOnlyStore) -> Result<Value, blobcask::Error> {
 }
 
 /// `blobcask blobs`.
-pub fn blobs(path: &Path, as_json: bool) -> CliResult {
-    let bs = load_read_only(path)?;
-    let ids = bs.block_on(bs.blob_ids())?;
-    let mut list = Vec::with_capacity(ids.len());
-    for id in ids {
-        list.push(blob_json(&bs, id)?);
-    }
+pub fn blobs(path: &Path, as_json: bool, esnap: &[String]) -> CliResult {
+    let bs = load_read_only(path, esnap)?;
+    let list = all_blobs(&bs)?;
     let mut out = std::io::stdout().lock();
     if as_json {
         let doc = json!({ "super_block": super_json(&bs)?, "blobs": list });
@@ -156,17 +267,26 @@ pub fn blobs(path: &Path, as_json: bool) -> CliResult {
     )?;
     writeln!(
         out,
-        "{:<20} {:>10} {:>10} {:>5} {:>8} xattrs",
+        "{:<20} {:>10} {:>10} {:>5} {:>8} xattrs / kind",
         "id", "clusters", "allocated", "thin", "role"
     )?;
     for b in &list {
+        if let Some(e) = b["error"].as_str() {
+            writeln!(out, "{:<20} error: {e}", b["id_hex"].as_str().unwrap_or(""))?;
+            continue;
+        }
         let names: Vec<&str> = b["xattrs"]
             .as_array()
             .map(|a| a.iter().filter_map(|x| x["name"].as_str()).collect())
             .unwrap_or_default();
+        let names = if names.is_empty() {
+            "-".to_owned()
+        } else {
+            names.join(",")
+        };
         writeln!(
             out,
-            "{:<20} {:>10} {:>10} {:>5} {:>8} {}",
+            "{:<20} {:>10} {:>10} {:>5} {:>8} {names} / {}",
             b["id_hex"].as_str().unwrap_or(""),
             b["num_clusters"].as_u64().unwrap_or(0),
             b["num_allocated_clusters"].as_u64().unwrap_or(0),
@@ -176,7 +296,7 @@ pub fn blobs(path: &Path, as_json: bool) -> CliResult {
                 "no"
             },
             b["role"].as_str().unwrap_or("-"),
-            names.join(","),
+            b["kind"].as_str().unwrap_or(""),
         )?;
     }
     Ok(ExitCode::SUCCESS)
@@ -214,9 +334,15 @@ fn parse_range(s: &str) -> Result<(u64, u64), blobcask::Error> {
 }
 
 /// `blobcask blob <id>`.
-pub fn blob(path: &Path, id: &str, as_json: bool, read: Option<&str>) -> CliResult {
+pub fn blob(
+    path: &Path,
+    id: &str,
+    as_json: bool,
+    read: Option<&str>,
+    esnap: &[String],
+) -> CliResult {
     let id = parse_id(id)?;
-    let bs = load_read_only(path)?;
+    let bs = load_read_only(path, esnap)?;
     if let Some(r) = read {
         let (offset, len) = parse_range(r)?;
         let digest = bs.block_on(async {
@@ -224,16 +350,27 @@ pub fn blob(path: &Path, id: &str, as_json: bool, read: Option<&str>) -> CliResu
             let res = hash_range(&bs, &blob, offset, len).await;
             bs.close(blob).await?;
             res
-        })?;
+        });
+        if let Err(blobcask::Error::Blobstore(BsError::EsnapUnavailable { esnap_id, .. })) = &digest
+        {
+            eprintln!("hint: give its image with `--esnap {esnap_id}=PATH`");
+        }
+        let digest = digest?;
         println!("{digest}");
         return Ok(ExitCode::SUCCESS);
     }
-    let b = blob_json(&bs, id)?;
+    // Fails like before for a blob that does not open; a snapshot is known from the others.
+    blob_json(&bs, id)?;
+    let b = all_blobs(&bs)?
+        .into_iter()
+        .find(|b| b["id"] == json!(id))
+        .ok_or_else(|| blobcask::Error::NotFound(format!("blob {id:#x}")))?;
     let mut out = std::io::stdout().lock();
     if as_json {
         writeln!(out, "{}", serde_json::to_string_pretty(&b)?)?;
     } else {
         writeln!(out, "blob {}", b["id_hex"].as_str().unwrap_or(""))?;
+        writeln!(out, "  kind: {}", b["kind"].as_str().unwrap_or(""))?;
         for k in [
             "num_clusters",
             "num_allocated_clusters",
@@ -250,6 +387,11 @@ pub fn blob(path: &Path, id: &str, as_json: bool, read: Option<&str>) -> CliResu
             let name = x["name"].as_str().unwrap_or("");
             let raw = hex::decode(x["value_hex"].as_str().unwrap_or("")).unwrap_or_default();
             writeln!(out, "  xattr {name} = {}", show_value(&raw))?;
+        }
+        for x in b["internal_xattrs"].as_array().into_iter().flatten() {
+            let name = x["name"].as_str().unwrap_or("");
+            let raw = hex::decode(x["value_hex"].as_str().unwrap_or("")).unwrap_or_default();
+            writeln!(out, "  internal xattr {name} = {}", show_value(&raw))?;
         }
     }
     Ok(ExitCode::SUCCESS)

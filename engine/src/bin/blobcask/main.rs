@@ -147,6 +147,9 @@ enum Cmd {
         device: PathBuf,
         #[arg(long)]
         json: bool,
+        /// The image file of an external snapshot: esnap ID (text, or 0x-hex bytes) = PATH.
+        #[arg(long, value_name = "ID=PATH")]
+        esnap: Vec<String>,
     },
     /// Show one blob of any SPDK blobstore image (read-only).
     Blob {
@@ -158,6 +161,9 @@ enum Cmd {
         /// Print the sha256 of io units OFFSET..OFFSET+LEN.
         #[arg(long, value_name = "OFFSET:LEN")]
         read: Option<String>,
+        /// The image file of an external snapshot: esnap ID (text, or 0x-hex bytes) = PATH.
+        #[arg(long, value_name = "ID=PATH")]
+        esnap: Vec<String>,
     },
     /// Interactive prompt (`put k v`, `get k`, `delete k`, `keys`, `help`); from a pipe it
     /// prints exactly one result line per command.
@@ -349,13 +355,18 @@ fn run(cmd: Cmd) -> CliResult {
             output,
             report,
         } => inspect::repair(&device, output.as_deref(), report.as_deref()),
-        Cmd::Blobs { device, json } => inspect::blobs(&device, json),
+        Cmd::Blobs {
+            device,
+            json,
+            esnap,
+        } => inspect::blobs(&device, json, &esnap),
         Cmd::Blob {
             device,
             id,
             json,
             read,
-        } => inspect::blob(&device, &id, json, read.as_deref()),
+            esnap,
+        } => inspect::blob(&device, &id, json, read.as_deref(), &esnap),
         Cmd::Shell { store } => {
             let db = open(&store)?;
             let interactive = io::stdin().is_terminal();

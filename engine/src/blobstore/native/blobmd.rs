@@ -32,6 +32,26 @@ const DATA_RO_KNOWN: u64 = 0x1;
 pub const MD_RO_CLEAR_MASK: u64 = 0x3;
 const MD_RO_KNOWN: u64 = 0x3;
 
+/// Internal xattr of a thin clone: its parent snapshot's blob id (u64, little-endian).
+pub const XATTR_SNAPSHOT: &[u8] = b"SNAP";
+/// Internal xattr of a snapshot whose creation has not finished (value: the original's id).
+pub const XATTR_SNAPSHOT_IN_PROGRESS: &[u8] = b"SNAPTMP";
+/// Internal xattr of a snapshot being deleted into its clone (value: the clone's id).
+pub const XATTR_SNAPSHOT_PENDING_REMOVAL: &[u8] = b"SNAPRM";
+/// Internal xattr of an esnap clone: the external snapshot's id (opaque bytes).
+pub const XATTR_EXTERNAL_SNAPSHOT_ID: &[u8] = b"EXTSNAP";
+
+/// What a blob reads where it has no cluster of its own (SPDK's `back_bs_dev`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parent {
+    /// Nothing: a thick blob, or a thin blob reading zeroes.
+    None,
+    /// A thin clone of the snapshot blob with this id.
+    Snapshot(u64),
+    /// An esnap clone of the external snapshot named by these bytes.
+    External(Vec<u8>),
+}
+
 /// Largest blob size in clusters we hold in memory (16 Mi clusters = 16 TiB at 1 MiB). SPDK
 /// has no limit short of memory; a corrupt descriptor must not make us allocate gigabytes.
 pub const MAX_BLOB_CLUSTERS: u64 = 1 << 24;
@@ -92,6 +112,41 @@ impl BlobMd {
 
     pub fn num_clusters(&self) -> u64 {
         self.clusters.len() as u64
+    }
+
+    /// An internal xattr's value.
+    pub fn internal_xattr(&self, name: &[u8]) -> Option<&[u8]> {
+        self.internal_xattrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// The blob's backing, by SPDK's rules at open: the esnap flag wins (its id must be
+    /// present); otherwise a thin blob with a `SNAP` xattr of 8 bytes is a clone of that
+    /// snapshot; a thick blob's `SNAP` is ignored.
+    pub fn parent(&self) -> Result<Parent> {
+        let corrupt = |d: &str| Error::Corruption {
+            blob: self.id,
+            offset: 0,
+            detail: d.to_owned(),
+        };
+        if self.invalid_flags & FLAG_EXTERNAL_SNAPSHOT != 0 {
+            return match self.internal_xattr(XATTR_EXTERNAL_SNAPSHOT_ID) {
+                Some(v) if !v.is_empty() => Ok(Parent::External(v.to_vec())),
+                _ => Err(corrupt("esnap clone without an EXTSNAP id")),
+            };
+        }
+        if !self.is_thin() {
+            return Ok(Parent::None);
+        }
+        match self.internal_xattr(XATTR_SNAPSHOT) {
+            None => Ok(Parent::None),
+            Some(v) => match <[u8; 8]>::try_from(v) {
+                Ok(b) => Ok(Parent::Snapshot(u64::from_le_bytes(b))),
+                Err(_) => Err(corrupt(&format!("SNAP xattr of {} bytes", v.len()))),
+            },
+        }
     }
 
     /// The entries of extent-page slot `slot` (`min(512, n - 512 slot)` of them).
@@ -358,11 +413,6 @@ pub fn parse_chain(
             md.invalid_flags
         )));
     }
-    if md.invalid_flags & FLAG_EXTERNAL_SNAPSHOT != 0 {
-        return Err(Error::Unsupported(format!(
-            "blob {id:#x} is an esnap clone"
-        )));
-    }
     let _ = DATA_RO_KNOWN;
     if saw_rle && table_clusters.is_some() {
         return Err(corrupt(
@@ -555,5 +605,33 @@ mod tests {
         bad.descriptors[0] = 99;
         assert!(parse_chain(m.id, std::slice::from_ref(&bad), 100, 100, true).is_err());
         assert!(parse_chain(m.id, &[bad], 100, 100, false).is_ok());
+    }
+
+    #[test]
+    fn parent_follows_spdks_rules() {
+        let snap = 0x1_0000_0007u64.to_le_bytes().to_vec();
+        let mut m = md(vec![0, 0], vec![], false, true);
+        assert_eq!(m.parent().unwrap(), Parent::None);
+        m.internal_xattrs = vec![(XATTR_SNAPSHOT.to_vec(), snap.clone())];
+        assert_eq!(m.parent().unwrap(), Parent::Snapshot(0x1_0000_0007));
+        // A thick blob reads nothing through SNAP (SPDK ignores it).
+        let mut thick = md(vec![5, 6], vec![], false, false);
+        thick.internal_xattrs = m.internal_xattrs.clone();
+        assert_eq!(thick.parent().unwrap(), Parent::None);
+        m.internal_xattrs = vec![(XATTR_SNAPSHOT.to_vec(), vec![1, 2, 3])];
+        assert!(matches!(m.parent(), Err(Error::Corruption { .. })));
+        // The esnap flag wins over SNAP, and needs its id.
+        m.invalid_flags |= FLAG_EXTERNAL_SNAPSHOT | FLAG_INTERNAL_XATTR;
+        m.internal_xattrs = vec![(XATTR_SNAPSHOT.to_vec(), snap)];
+        assert!(matches!(m.parent(), Err(Error::Corruption { .. })));
+        m.internal_xattrs
+            .push((XATTR_EXTERNAL_SNAPSHOT_ID.to_vec(), b"uuid-1".to_vec()));
+        assert_eq!(m.parent().unwrap(), Parent::External(b"uuid-1".to_vec()));
+        // Such a blob's chain parses (it used to be refused) and round-trips.
+        let mut root = MdPage::new(m.id, 0);
+        root.descriptors = m.serialize().unwrap().remove(0);
+        let p = parse_chain(m.id, &[root], 100, 100, true).unwrap();
+        assert_eq!(p.md, m);
+        assert_eq!(p.md.internal_xattr(b"EXTSNAP"), Some(&b"uuid-1"[..]));
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use super::blobmd::BlobMd;
+use super::esnap::{show_id, ExternalDevice};
 
 const CHUNK: usize = 512;
 
@@ -80,6 +81,32 @@ impl DataMap {
     }
 }
 
+/// Where a blob's unallocated clusters read from (SPDK's `back_bs_dev`).
+#[derive(Clone)]
+pub enum Backing {
+    /// Zeroes: a thick blob, or a thin blob with no parent.
+    Zeroes,
+    /// The parent snapshot, held open for as long as this blob is.
+    Snapshot(Arc<BlobShared>),
+    /// The external device of an esnap clone, and its id.
+    External(Vec<u8>, Arc<dyn ExternalDevice>),
+    /// An esnap clone whose id no resolver maps to a device (the id bytes).
+    MissingExternal(Vec<u8>),
+}
+
+impl std::fmt::Debug for Backing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backing::Zeroes => f.write_str("Zeroes"),
+            Backing::Snapshot(p) => write!(f, "Snapshot({:#x})", p.id),
+            Backing::External(id, d) => {
+                write!(f, "External({}, {} bytes)", show_id(id), d.size_bytes())
+            }
+            Backing::MissingExternal(id) => write!(f, "MissingExternal({})", show_id(id)),
+        }
+    }
+}
+
 /// State shared between a blob's handles and the data path.
 #[derive(Debug)]
 pub struct BlobShared {
@@ -87,15 +114,27 @@ pub struct BlobShared {
     pub map: ArcSwap<DataMap>,
     pub open: AtomicBool,
     pub units_per_cluster: u64,
+    /// Replaced only by a snapshot of this blob (which makes it a clone of the snapshot).
+    pub backing: ArcSwap<Backing>,
 }
 
 impl BlobShared {
     pub fn new(id: u64, map: DataMap, units_per_cluster: u64) -> Arc<BlobShared> {
+        Self::with_backing(id, map, units_per_cluster, Backing::Zeroes)
+    }
+
+    pub fn with_backing(
+        id: u64,
+        map: DataMap,
+        units_per_cluster: u64,
+        backing: Backing,
+    ) -> Arc<BlobShared> {
         Arc::new(BlobShared {
             id,
             map: ArcSwap::from_pointee(map),
             open: AtomicBool::new(true),
             units_per_cluster,
+            backing: ArcSwap::from_pointee(backing),
         })
     }
 

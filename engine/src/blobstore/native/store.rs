@@ -22,8 +22,10 @@ use super::blobmd::{
     blob_id, parse_chain, parse_extent_page, recovery_type_ok, root_index, slots_for, BlobMd,
     FLAG_EXTENT_TABLE, FLAG_READ_ONLY, FLAG_THIN_PROV, MAX_BLOB_CLUSTERS, MD_RO_CLEAR_MASK,
 };
-use super::datamap::{BlobShared, DataMap};
+use super::blobmd::{Parent, Xattr, FLAG_INTERNAL_XATTR};
+use super::datamap::{Backing, BlobShared, DataMap};
 use super::descriptor::CLUSTERS_PER_EXTENT_PAGE;
+use super::esnap::{show_id, EsnapResolver};
 use super::gate::Gate;
 use super::layout::Layout;
 use super::mask::{Mask, MaskKind};
@@ -36,6 +38,9 @@ use crate::device::Device;
 /// Bytes written per request when zeroing large ranges.
 const ZERO_CHUNK: u64 = 1 << 20;
 
+/// Deepest snapshot chain we follow (a longer one is taken for a loop in damaged metadata).
+const MAX_CHAIN: usize = 4096;
+
 pub(crate) struct Inner<D> {
     pub dev: D,
     /// The geometry; replaced (never mutated) by `grow`, under the gate.
@@ -45,6 +50,8 @@ pub(crate) struct Inner<D> {
     /// The super block said `clean = 1` at load: the masks came from the disk (or were
     /// rebuilt because they disagreed) and the engine's catalog of that close is exact.
     pub loaded_clean: bool,
+    /// Maps esnap ids to external devices for blobs opened from now on.
+    pub esnap: Mutex<Option<Arc<dyn EsnapResolver>>>,
 }
 
 pub(crate) struct MdState {
@@ -189,6 +196,7 @@ impl<D: Device> NativeBlobStore<D> {
                 gate: Gate::default(),
                 st: Mutex::new(st),
                 loaded_clean,
+                esnap: Mutex::new(None),
             }),
         }
     }
@@ -276,6 +284,25 @@ impl<D: Device> NativeBlobStore<D> {
         clusters: Vec<u32>,
     ) -> Result<()> {
         self.inner.restore_blob_md(id, xattrs, clusters).await
+    }
+
+    /// Give the store a way to find the external device of esnap clones (SPDK's
+    /// `esnap_bs_dev_create`). It applies to blobs opened afterwards; without one, an esnap
+    /// clone opens but its reads that need the external device fail.
+    pub fn set_esnap_resolver(&self, resolver: Option<Arc<dyn EsnapResolver>>) {
+        *self.inner.esnap.lock() = resolver;
+    }
+
+    /// An open blob's internal xattrs (SPDK's `SNAP`, `EXTSNAP`, ...), in on-disk order.
+    pub fn internal_xattrs(&self, blob: &super::NativeBlob) -> Result<Vec<(String, Vec<u8>)>> {
+        self.inner.with_blob(&blob.shared, |_, ob| {
+            Ok(ob
+                .md
+                .internal_xattrs
+                .iter()
+                .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.clone()))
+                .collect())
+        })
     }
 
     /// The device under the store.
@@ -424,13 +451,6 @@ impl<D: Device> Inner<D> {
         }
         let parsed = parse_chain(id, &pages, l.total_clusters, l.md_len, false)?;
         let mut md = parsed.md;
-        // A clone reads its unallocated clusters from its parent snapshot; we have no
-        // snapshot support, and reading zeroes there would be wrong data.
-        if md.internal_xattrs.iter().any(|(k, _)| k == b"SNAP") {
-            return Err(Error::Unsupported(format!(
-                "blob {id:#x} is a clone of a snapshot"
-            )));
-        }
         if md.extent_table {
             let n = parsed.table_clusters;
             let per = u64::from(CLUSTERS_PER_EXTENT_PAGE);
@@ -685,6 +705,8 @@ impl<D: Device> Inner<D> {
         let _g = self.gate.lock().await;
         self.check_open()?;
         let id = shared.id;
+        // Clusters this call claims: (blob cluster, device cluster, new extent page slot).
+        let mut fresh: Vec<(u64, u32, Option<usize>)> = Vec::new();
         let ups = {
             let mut guard = self.st.lock();
             let st = &mut *guard;
@@ -739,6 +761,7 @@ impl<D: Device> Inner<D> {
                 st.clusters.set(c);
                 ob.md.clusters[ci as usize] = c;
                 ups.push((ci, c));
+                fresh.push((ci, c, need_ep.then_some(slot)));
             }
             if !ups.is_empty() {
                 ob.dirty = true;
@@ -747,6 +770,23 @@ impl<D: Device> Inner<D> {
         };
         if ups.is_empty() {
             return Ok(());
+        }
+        // A clone's new cluster first gets its parent's data, durably, before the metadata
+        // names it (SPDK's copy on write).
+        if let Err(e) = self.copy_into_clone(shared, &fresh).await {
+            let mut guard = self.st.lock();
+            let st = &mut *guard;
+            if let Some(ob) = st.open.get_mut(&id) {
+                for &(ci, c, slot) in &fresh {
+                    ob.md.clusters[ci as usize] = 0;
+                    st.clusters.clear(c);
+                    if let Some(slot) = slot {
+                        st.md_pages.clear(ob.md.extent_pages[slot]);
+                        ob.md.extent_pages[slot] = 0;
+                    }
+                }
+            }
+            return Err(e);
         }
         self.persist_locked(id).await?;
         let m = shared.map.load();
@@ -871,6 +911,17 @@ impl<D: Device> Inner<D> {
     pub(crate) async fn create(&self, opts: CreateOpts) -> Result<BlobId> {
         let _g = self.gate.lock().await;
         self.check_open()?;
+        self.create_locked(opts, Vec::new(), 0).await
+    }
+
+    /// Create and persist a blob with internal xattrs (after the user ones, as SPDK) and
+    /// extra invalid flags. Caller holds the gate.
+    pub(crate) async fn create_locked(
+        &self,
+        opts: CreateOpts,
+        internal: Vec<Xattr>,
+        extra_flags: u64,
+    ) -> Result<BlobId> {
         for (name, value) in &opts.xattrs {
             if value.is_empty() {
                 return Err(Error::invalid(format!("xattr {name:?} has an empty value")));
@@ -895,7 +946,11 @@ impl<D: Device> Inner<D> {
                     FLAG_EXTENT_TABLE
                 } else {
                     0
-                },
+                } | if internal.is_empty() {
+                    0
+                } else {
+                    FLAG_INTERNAL_XATTR
+                } | extra_flags,
                 data_ro_flags: 0,
                 md_ro_flags: clear_bits(opts.clear_method),
                 xattrs: opts
@@ -903,7 +958,7 @@ impl<D: Device> Inner<D> {
                     .iter()
                     .map(|(n, v)| (n.as_bytes().to_vec(), v.clone()))
                     .collect(),
-                internal_xattrs: Vec::new(),
+                internal_xattrs: internal,
                 extent_table: opts.use_extent_table,
                 clusters: Vec::new(),
                 extent_pages: Vec::new(),
@@ -1027,33 +1082,95 @@ impl<D: Device> Inner<D> {
     pub(crate) async fn open(&self, id: BlobId) -> Result<Arc<BlobShared>> {
         let _g = self.gate.lock().await;
         self.check_open()?;
+        self.open_locked(id).await
+    }
+
+    /// Open a blob (and its parent chain); the caller holds the gate.
+    pub(crate) async fn open_locked(&self, id: BlobId) -> Result<Arc<BlobShared>> {
         if let Some(ob) = self.st.lock().open.get_mut(&id) {
             ob.refs += 1;
             return Ok(ob.shared.clone());
         }
-        let (md, chain) = self.read_blob(id).await?;
-        let ro = md.md_ro();
-        let shared = BlobShared::new(
-            id,
-            DataMap::build(&md, md.data_ro()),
-            self.layout.load().units_per_cluster(),
-        );
-        let ob = OpenBlob {
-            shared: shared.clone(),
-            clean: CleanState {
-                chain,
-                clusters: md.clusters.clone(),
-                extent_pages: md.extent_pages.clone(),
-            },
-            md,
-            dirty: false,
-            refs: 1,
-            md_ro: ro,
-            released_clusters: Vec::new(),
-            released_eps: Vec::new(),
+        // Read the blob and each parent snapshot not open yet, down the chain, before taking
+        // any reference: a failure leaves nothing open. As SPDK, a clone holds its parent
+        // open until it is closed itself.
+        let mut todo: Vec<(BlobMd, Vec<u32>)> = Vec::new();
+        let mut cur = id;
+        let base = loop {
+            if let Some(ob) = self.st.lock().open.get(&cur) {
+                break Backing::Snapshot(ob.shared.clone());
+            }
+            let (md, chain) = self.read_blob(cur).await?;
+            let parent = md.parent()?;
+            todo.push((md, chain));
+            match parent {
+                Parent::None => break Backing::Zeroes,
+                Parent::External(eid) => break self.external(cur, eid)?,
+                Parent::Snapshot(p) => {
+                    if todo.iter().any(|(m, _)| m.id == p) || todo.len() >= MAX_CHAIN {
+                        return Err(Error::Corruption {
+                            blob: id,
+                            offset: 0,
+                            detail: format!("snapshot chain loops or is deeper than {MAX_CHAIN}"),
+                        });
+                    }
+                    cur = p;
+                }
+            }
         };
-        self.st.lock().open.insert(id, ob);
-        Ok(shared)
+        let mut st = self.st.lock();
+        if let Backing::Snapshot(p) = &base {
+            if let Some(ob) = st.open.get_mut(&p.id) {
+                ob.refs += 1;
+            }
+        }
+        let mut backing = base;
+        let mut top = None;
+        for (md, chain) in todo.into_iter().rev() {
+            let shared = BlobShared::with_backing(
+                md.id,
+                DataMap::build(&md, md.data_ro()),
+                self.layout.load().units_per_cluster(),
+                backing,
+            );
+            let ob = OpenBlob {
+                shared: shared.clone(),
+                clean: CleanState {
+                    chain,
+                    clusters: md.clusters.clone(),
+                    extent_pages: md.extent_pages.clone(),
+                },
+                md_ro: md.md_ro(),
+                md,
+                dirty: false,
+                refs: 1,
+                released_clusters: Vec::new(),
+                released_eps: Vec::new(),
+            };
+            st.open.insert(ob.shared.id, ob);
+            backing = Backing::Snapshot(shared.clone());
+            top = Some(shared);
+        }
+        top.ok_or(Error::BadHandle)
+    }
+
+    /// The backing of esnap clone `id`: the resolver's device for `eid`, or a marker that
+    /// makes reads needing it fail.
+    fn external(&self, id: BlobId, eid: Vec<u8>) -> Result<Backing> {
+        let resolver = self.esnap.lock().clone();
+        let Some(dev) = resolver.and_then(|r| r.resolve(&eid)) else {
+            return Ok(Backing::MissingExternal(eid));
+        };
+        let bs = dev.block_len();
+        if bs == 0 || !self.layout.io_unit_size.is_multiple_of(bs) {
+            return Err(Error::invalid(format!(
+                "external snapshot {} of blob {id:#x}: its {bs}-byte blocks do not divide the \
+                 {}-byte io unit",
+                show_id(&eid),
+                self.layout.io_unit_size
+            )));
+        }
+        Ok(Backing::External(eid, dev))
     }
 
     /// Run `f` on an open blob's state (caller holds the gate).
@@ -1082,17 +1199,34 @@ impl<D: Device> Inner<D> {
 
     pub(crate) async fn close(&self, shared: &Arc<BlobShared>) -> Result<()> {
         let _g = self.gate.lock().await;
+        self.close_locked(shared).await
+    }
+
+    /// Persist and drop one reference; the caller holds the gate.
+    pub(crate) async fn close_locked(&self, shared: &Arc<BlobShared>) -> Result<()> {
         self.with_blob(shared, |_, _| Ok(()))?;
         self.persist_locked(shared.id).await?;
         let mut st = self.st.lock();
-        if let Some(ob) = st.open.get_mut(&shared.id) {
-            ob.refs = ob.refs.saturating_sub(1);
-            if ob.refs == 0 {
-                st.open.remove(&shared.id);
-                shared.open.store(false, Ordering::Release);
+        Self::drop_ref(&mut st, shared);
+        Ok(())
+    }
+
+    /// Drop one reference to an open blob; the last one closes it and drops its hold on
+    /// the parent snapshot, down the chain.
+    pub(crate) fn drop_ref(st: &mut MdState, shared: &Arc<BlobShared>) {
+        let mut cur = Some(shared.clone());
+        while let Some(s) = cur.take() {
+            if let Some(ob) = st.open.get_mut(&s.id) {
+                ob.refs = ob.refs.saturating_sub(1);
+                if ob.refs == 0 {
+                    st.open.remove(&s.id);
+                    s.open.store(false, Ordering::Release);
+                    if let Backing::Snapshot(p) = &**s.backing.load() {
+                        cur = Some(p.clone());
+                    }
+                }
             }
         }
-        Ok(())
     }
 
     pub(crate) async fn sync_md(&self, shared: &Arc<BlobShared>) -> Result<()> {
@@ -1196,9 +1330,28 @@ impl<D: Device> Inner<D> {
         if self.st.lock().open.contains_key(&id) {
             return Err(Error::Busy(format!("blob {id:#x} is open")));
         }
-        let (md, chain) = self.read_blob(id).await?;
-        if md.md_ro() {
-            // SPDK deletes read-only blobs too (snapshots); so do we.
+        let (mut md, mut chain) = self.read_blob(id).await?;
+        // A snapshot with one clone first hands its clusters to the clone (SPDK's rule; with
+        // more clones it cannot go). Only read-only blobs can be snapshots, so other deletes
+        // skip the scan of every blob's metadata.
+        if md.data_ro() {
+            let clones = self.clones_of(id).await?;
+            match clones.as_slice() {
+                [] => {}
+                [clone] => match self.merge_into_clone(id, *clone).await {
+                    Ok(left) => (md, chain) = left,
+                    Err(e) => {
+                        self.st.lock().md_failed = true;
+                        return Err(e);
+                    }
+                },
+                _ => {
+                    return Err(Error::Busy(format!(
+                        "snapshot {id:#x} has {} clones",
+                        clones.len()
+                    )))
+                }
+            }
         }
         self.mark_dirty_if_needed().await?;
         let res = self.delete_io(&md, &chain).await;
@@ -1206,6 +1359,23 @@ impl<D: Device> Inner<D> {
             self.st.lock().md_failed = true;
         }
         res
+    }
+
+    /// Every blob whose parent snapshot is `id` (reads every blob's metadata).
+    pub(crate) async fn clones_of(&self, id: BlobId) -> Result<Vec<BlobId>> {
+        let ids: Vec<BlobId> = self.st.lock().blobids.ones().map(blob_id).collect();
+        let mut out = Vec::new();
+        for other in ids.into_iter().filter(|&o| o != id) {
+            let open = self.st.lock().open.get(&other).map(|ob| ob.md.parent());
+            let parent = match open {
+                Some(p) => p,
+                None => self.read_blob(other).await?.0.parent(),
+            };
+            if parent? == Parent::Snapshot(id) {
+                out.push(other);
+            }
+        }
+        Ok(out)
     }
 
     /// The device side of a delete, then the release of its claims.

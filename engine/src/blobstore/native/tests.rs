@@ -869,3 +869,455 @@ fn a_stray_blob_id_bit_on_another_blobs_page_is_forgotten_and_not_persisted() {
         "the clean unload dropped the bit"
     );
 }
+
+// ---- Snapshots, clones and esnap clones (read side) ------------------------------------------
+
+/// Give blob `id` internal xattr `name` (and optionally extra invalid flags), persisted, as
+/// SPDK's snapshot and clone operations leave it.
+fn set_internal(s: &Store, id: BlobId, name: &[u8], value: &[u8], flags: u64) {
+    let h = b(s.open(id)).unwrap();
+    s.inner
+        .with_blob(&h.shared, |_, ob| {
+            ob.md.internal_xattrs.push((name.to_vec(), value.to_vec()));
+            ob.md.invalid_flags |= blobmd::FLAG_INTERNAL_XATTR | flags;
+            ob.dirty = true;
+            Ok(())
+        })
+        .unwrap();
+    b(s.close(h)).unwrap();
+}
+
+/// Make `parent` a read-only snapshot and `child` (thin) its clone.
+fn make_clone(s: &Store, parent: BlobId, child: BlobId) {
+    let p = b(s.open(parent)).unwrap();
+    b(s.set_read_only(&p)).unwrap();
+    b(s.close(p)).unwrap();
+    set_internal(s, child, b"SNAP", &parent.to_le_bytes(), 0);
+}
+
+fn fill(s: &Store, id: BlobId, cluster: u64, byte: u8) {
+    let h = b(s.open(id)).unwrap();
+    let ch = s.channel().unwrap();
+    b(ch.write(&h, cluster * 16, &vec![byte; 16 * 4096])).unwrap();
+    b(s.close(h)).unwrap();
+}
+
+/// The first byte of every cluster (each read whole, checked uniform).
+fn clusters_of(s: &Store, h: &NativeBlob) -> Vec<u8> {
+    let ch = s.channel().unwrap();
+    (0..h.num_clusters())
+        .map(|c| {
+            let mut r = vec![0xEEu8; 16 * 4096];
+            b(ch.read(h, c * 16, &mut r)).unwrap();
+            assert!(r.iter().all(|&x| x == r[0]), "cluster {c} not uniform");
+            r[0]
+        })
+        .collect()
+}
+
+#[test]
+fn a_clone_reads_down_its_snapshot_chain_and_holds_it_open() {
+    let s = small(65536);
+    // G <- P <- C: grandparent, parent (4 clusters), clone grown to 6.
+    let g = b(s.create(thin(4))).unwrap();
+    let p = b(s.create(thin(4))).unwrap();
+    let c = b(s.create(thin(6))).unwrap();
+    fill(&s, g, 1, 0x11);
+    fill(&s, g, 3, 0x13);
+    fill(&s, p, 0, 0x20);
+    fill(&s, p, 3, 0x23);
+    fill(&s, c, 3, 0x33);
+    fill(&s, c, 5, 0x35);
+    make_clone(&s, g, p);
+    make_clone(&s, p, c);
+    let want = vec![0x20, 0x11, 0, 0x33, 0, 0x35];
+    let h = b(s.open(c)).unwrap();
+    assert_eq!(h.parent(), BlobParent::Snapshot(p));
+    assert_eq!(clusters_of(&s, &h), want);
+    // A read spanning clusters from three blobs in one request.
+    let ch = s.channel().unwrap();
+    let mut r = vec![0u8; 3 * 16 * 4096];
+    b(ch.read(&h, 8, &mut r[..2 * 16 * 4096])).unwrap();
+    assert_eq!(r[0], 0x20);
+    assert_eq!(r[8 * 4096], 0x11);
+    assert_eq!(r[24 * 4096], 0);
+    drop(ch);
+    // The chain is held open: neither snapshot can go while C is open.
+    assert!(matches!(b(s.delete(p)), Err(Error::Busy(_))));
+    assert!(matches!(b(s.delete(g)), Err(Error::Busy(_))));
+    b(s.close(h)).unwrap();
+    assert!(
+        s.inner.st.lock().open.is_empty(),
+        "the last close released the chain"
+    );
+    // It survives reload and a crash (recovery counts every blob's own clusters).
+    let used = s.used_clusters();
+    let s = crash(reload(s));
+    assert_eq!(s.used_clusters(), used);
+    let h = b(s.open(c)).unwrap();
+    assert_eq!(clusters_of(&s, &h), want);
+    // Opening the parent too shares the handle the clone holds.
+    let hp = b(s.open(p)).unwrap();
+    assert!(hp.is_read_only());
+    assert_eq!(clusters_of(&s, &hp), vec![0x20, 0x11, 0, 0x23]);
+    b(s.close(h)).unwrap();
+    b(s.close(hp)).unwrap();
+    assert!(s.inner.st.lock().open.is_empty());
+    // Deleting the clone frees only its clusters; then its parent can go.
+    let free = s.free_clusters();
+    b(s.delete(c)).unwrap();
+    assert_eq!(s.free_clusters(), free + 2);
+    b(s.delete(p)).unwrap();
+    let h = b(s.open(g)).unwrap();
+    assert_eq!(clusters_of(&s, &h), vec![0, 0x11, 0, 0x13]);
+    b(s.close(h)).unwrap();
+}
+
+#[test]
+fn clone_writes_copy_on_first_write_and_unmap_keeps_clusters() {
+    let s = small(65536);
+    let p = b(s.create(thin(3))).unwrap();
+    let c = b(s.create(thin(4))).unwrap();
+    fill(&s, p, 0, 0x20);
+    fill(&s, c, 1, 0x31);
+    make_clone(&s, p, c);
+    let h = b(s.open(c)).unwrap();
+    let ch = s.channel().unwrap();
+    // Cluster 0: the parent's data around the new unit; cluster 2: the chain ends in
+    // zeroes, nothing to copy; cluster 3: past the parent's end, zeroes copied.
+    b(ch.write(&h, 3, &[0xA0u8; 4096])).unwrap();
+    b(ch.write(&h, 2 * 16 + 1, &[0xA2u8; 4096])).unwrap();
+    b(ch.write(&h, 3 * 16 + 2, &[0xA3u8; 4096])).unwrap();
+    assert_eq!(h.num_allocated_clusters(), 4);
+    let mut r = vec![0u8; 16 * 4096];
+    b(ch.read(&h, 0, &mut r)).unwrap();
+    for (u, chunk) in r.chunks(4096).enumerate() {
+        let want = if u == 3 { 0xA0 } else { 0x20 };
+        assert!(chunk.iter().all(|&x| x == want), "unit {u}");
+    }
+    // Unmapping a whole own cluster of a clone keeps it (as SPDK: it would expose the parent).
+    b(ch.unmap(&h, 16, 16)).unwrap();
+    assert_eq!(h.num_allocated_clusters(), 4);
+    b(s.close(h)).unwrap();
+    drop(ch);
+    let s = crash(reload(s));
+    let h = b(s.open(c)).unwrap();
+    let ch = s.channel().unwrap();
+    b(ch.read(&h, 0, &mut r)).unwrap();
+    assert!(r[3 * 4096..4 * 4096].iter().all(|&x| x == 0xA0));
+    assert!(r[4 * 4096..].iter().all(|&x| x == 0x20));
+    b(ch.read(&h, 3 * 16, &mut r)).unwrap();
+    assert!(r[2 * 4096..3 * 4096].iter().all(|&x| x == 0xA3));
+    assert!(r[..2 * 4096].iter().all(|&x| x == 0));
+    b(s.close(h)).unwrap();
+    // The snapshot is read-only.
+    let h = b(s.open(p)).unwrap();
+    let e = b(ch.write(&h, 0, &[1u8; 4096])).unwrap_err();
+    assert!(matches!(e, Error::ReadOnly(_)), "{e}");
+    b(s.close(h)).unwrap();
+}
+
+#[test]
+fn snapshot_and_clone_api() {
+    let s = small(65536);
+    let a = b(s.create(thin(4))).unwrap();
+    fill(&s, a, 0, 0x10);
+    fill(&s, a, 1, 0x11);
+    let used = s.used_clusters();
+    let x = vec![("name".to_owned(), b"snap".to_vec())];
+    let s1 = b(s.create_snapshot(a, &x)).unwrap();
+    assert_eq!(s.used_clusters(), used, "a snapshot copies nothing");
+    let h = b(s.open(a)).unwrap();
+    assert_eq!(h.parent(), BlobParent::Snapshot(s1));
+    assert_eq!(h.num_allocated_clusters(), 0);
+    assert!(matches!(b(s.create_snapshot(a, &[])), Err(Error::Busy(_))));
+    b(s.close(h)).unwrap();
+    assert!(matches!(
+        b(s.create_snapshot(s1, &[])),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        b(s.create_clone(a, &[])),
+        Err(Error::InvalidArgument(_))
+    ));
+    fill(&s, a, 1, 0xA1);
+    let s2 = b(s.create_snapshot(a, &[])).unwrap();
+    fill(&s, a, 2, 0xA2);
+    let c = b(s.create_clone(s1, &x)).unwrap();
+    fill(&s, c, 3, 0xC3);
+    let check = |s: &Store| {
+        for (id, want, parent) in [
+            (s1, vec![0x10, 0x11, 0, 0], BlobParent::None),
+            (s2, vec![0x10, 0xA1, 0, 0], BlobParent::Snapshot(s1)),
+            (a, vec![0x10, 0xA1, 0xA2, 0], BlobParent::Snapshot(s2)),
+            (c, vec![0x10, 0x11, 0, 0xC3], BlobParent::Snapshot(s1)),
+        ] {
+            let h = b(s.open(id)).unwrap();
+            assert_eq!(clusters_of(s, &h), want, "{id:#x}");
+            assert_eq!(h.parent(), parent, "{id:#x}");
+            assert_eq!(h.is_read_only(), id == s1 || id == s2);
+            b(s.close(h)).unwrap();
+        }
+    };
+    check(&s);
+    let h = b(s.open(s1)).unwrap();
+    assert_eq!(b(s.get_xattr(&h, "name")).unwrap(), Some(b"snap".to_vec()));
+    assert!(s.internal_xattrs(&h).unwrap().is_empty(), "SNAPTMP is gone");
+    b(s.close(h)).unwrap();
+    let s = reload(s);
+    check(&s);
+    let s = crash(s);
+    check(&s);
+    // An esnap clone without its device: reads and first writes fail, nothing changes.
+    let e = b(s.create_esnap_clone(thin(2), b"ext-1")).unwrap();
+    let h = b(s.open(e)).unwrap();
+    let ch = s.channel().unwrap();
+    let used = s.used_clusters();
+    let err = b(ch.write(&h, 0, &[1u8; 4096])).unwrap_err();
+    assert!(matches!(err, Error::EsnapUnavailable { .. }), "{err}");
+    assert_eq!(s.used_clusters(), used);
+    b(s.close(h)).unwrap();
+}
+
+/// A crash at every device I/O of a snapshot, and of a copy on first write, leaves a store
+/// that loads and reads the data as before (both operations leave the clone's contents as
+/// they were, or as written).
+#[test]
+fn crashes_during_snapshot_and_copy_on_write_recover() {
+    use std::sync::Arc as A;
+    let base = {
+        let dev = A::new(SimDevice::new(4 << 20, 4096, 7).unwrap());
+        let s = b(NativeBlobStore::init(
+            dev.clone(),
+            InitOpts {
+                cluster_size: 65536,
+                ..InitOpts::default()
+            },
+        ))
+        .unwrap();
+        let a = b(s.create(thin(4))).unwrap();
+        let h = b(s.open(a)).unwrap();
+        let ch = s.channel().unwrap();
+        b(ch.write(&h, 0, &vec![0x10u8; 2 * 16 * 4096])).unwrap();
+        b(s.close(h)).unwrap();
+        drop(ch);
+        b(s.unload()).unwrap();
+        drop(s);
+        dev.current_image()
+    };
+    let a = blobmd::blob_id(0);
+    let old: Vec<u8> = vec![0x10u8; 2 * 16 * 4096];
+    // op 0: snapshot; op 1: snapshot, then a write into the clone's cluster 1; op 2:
+    // snapshot, then the delete of the snapshot (which hands its clusters to the clone).
+    // op 3: snapshot, then an inflate of the clone (it copies every cluster back).
+    for op in 0..4 {
+        let mut k = 0;
+        loop {
+            let dev = A::new(SimDevice::from_image(base.clone(), 4096, k).unwrap());
+            dev.set_crash_mode(CrashMode::Random);
+            let s = b(NativeBlobStore::load(dev.clone(), LoadOpts::default())).unwrap();
+            let start = dev.io_counts().total();
+            let mut new = old.clone();
+            let mut snap = 0;
+            if op >= 1 {
+                snap = b(s.create_snapshot(a, &[])).unwrap();
+            }
+            if op == 1 {
+                new[(16 + 4) * 4096..(16 + 5) * 4096].fill(0x77);
+            }
+            let start = if op >= 1 {
+                dev.io_counts().total()
+            } else {
+                start
+            };
+            dev.stop_after(start + k);
+            let done = if op == 0 {
+                b(s.create_snapshot(a, &[])).is_ok()
+            } else if op == 2 {
+                b(s.delete(snap)).is_ok()
+            } else if op == 3 {
+                b(s.inflate(a)).is_ok()
+            } else {
+                let h = b(s.open(a));
+                let ch = s.channel();
+                match (h, ch) {
+                    (Ok(h), Ok(ch)) => b(ch.write(&h, 16 + 4, &[0x77u8; 4096])).is_ok(),
+                    _ => false,
+                }
+            };
+            let image = dev.crash_image();
+            drop(s);
+            let s = b(NativeBlobStore::load(
+                MemoryDevice::from_bytes(image, 4096).unwrap(),
+                LoadOpts::default(),
+            ))
+            .unwrap_or_else(|e| panic!("op {op} crash at {k}: {e}"));
+            let h = b(s.open(a)).unwrap_or_else(|e| panic!("op {op} crash at {k}: {e}"));
+            let ch = s.channel().unwrap();
+            let mut got = vec![0u8; 2 * 16 * 4096];
+            b(ch.read(&h, 0, &mut got)).unwrap();
+            for (i, (&g, (&o, &n))) in got.iter().zip(old.iter().zip(&new)).enumerate() {
+                assert!(g == o || g == n, "op {op} crash at {k}: byte {i} is {g:#x}");
+            }
+            for id in b(s.blob_ids()).unwrap() {
+                let h = b(s.open(id)).unwrap_or_else(|e| panic!("op {op} crash at {k}: {e}"));
+                b(s.close(h)).unwrap();
+            }
+            b(s.close(h)).unwrap();
+            if done {
+                break;
+            }
+            k += 1;
+            assert!(k < 200, "op {op} never completed");
+        }
+    }
+}
+
+#[test]
+fn an_esnap_clone_reads_its_external_device_or_fails_alone() {
+    use super::esnap::{EsnapMap, ExternalDevice};
+    let s = small(65536);
+    let e = b(s.create(thin(4))).unwrap();
+    fill(&s, e, 2, 0x42);
+    set_internal(
+        &s,
+        e,
+        b"EXTSNAP",
+        b"base-uuid",
+        blobmd::FLAG_EXTERNAL_SNAPSHOT,
+    );
+    let plain = b(s.create(thin(1))).unwrap();
+    fill(&s, plain, 0, 0x50);
+    // Without a resolver: it opens, its own cluster reads, the rest fails typed.
+    let h = b(s.open(e)).unwrap();
+    assert_eq!(
+        h.parent(),
+        BlobParent::External {
+            id: b"base-uuid".to_vec(),
+            available: false
+        }
+    );
+    let ch = s.channel().unwrap();
+    let mut r = vec![0u8; 4096];
+    b(ch.read(&h, 32, &mut r)).unwrap();
+    assert_eq!(r[0], 0x42);
+    let err = b(ch.read(&h, 0, &mut r)).unwrap_err();
+    assert!(
+        matches!(&err, Error::EsnapUnavailable { blob, esnap_id } if *blob == e && esnap_id == "base-uuid"),
+        "{err}"
+    );
+    assert_eq!(err.errno(), -libc::ENODEV);
+    b(s.close(h)).unwrap();
+    let hp = b(s.open(plain)).unwrap();
+    assert_eq!(clusters_of(&s, &hp), vec![0x50]);
+    b(s.close(hp)).unwrap();
+    // With one: 2.5 clusters of external data, zeroes past its end.
+    let ext = MemoryDevice::new(5 * 32768, 4096).unwrap();
+    b(crate::device::Device::write(
+        &ext,
+        0,
+        &vec![0xE0u8; 5 * 32768],
+    ))
+    .unwrap();
+    let mut map = EsnapMap::new();
+    map.insert("base-uuid", Arc::new(ext) as Arc<dyn ExternalDevice>);
+    s.set_esnap_resolver(Some(Arc::new(map)));
+    let h = b(s.open(e)).unwrap();
+    let mut r = vec![1u8; 4 * 16 * 4096];
+    b(ch.read(&h, 0, &mut r)).unwrap();
+    let c = 16 * 4096;
+    assert!(r[..2 * c].iter().all(|&x| x == 0xE0));
+    assert!(r[2 * c..3 * c].iter().all(|&x| x == 0x42));
+    assert!(r[3 * c..].iter().all(|&x| x == 0));
+    // A first write copies the external data around it.
+    b(ch.write(&h, 1, &[1u8; 4096])).unwrap();
+    b(ch.read(&h, 0, &mut r[..16 * 4096])).unwrap();
+    assert!(r[..4096].iter().all(|&x| x == 0xE0));
+    assert!(r[4096..2 * 4096].iter().all(|&x| x == 1));
+    assert!(r[2 * 4096..16 * 4096].iter().all(|&x| x == 0xE0));
+    b(s.close(h)).unwrap();
+    // A device whose blocks do not divide the io unit is refused at open.
+    let big = MemoryDevice::new(1 << 16, 8192);
+    if let Ok(big) = big {
+        let mut map = EsnapMap::new();
+        map.insert("base-uuid", Arc::new(big) as Arc<dyn ExternalDevice>);
+        s.set_esnap_resolver(Some(Arc::new(map)));
+        assert!(matches!(b(s.open(e)), Err(Error::InvalidArgument(_))));
+    }
+}
+
+#[test]
+fn damaged_snapshot_links_fail_the_open_only() {
+    let s = small(65536);
+    let a = b(s.create(thin(1))).unwrap();
+    let loop_ = b(s.create(thin(1))).unwrap();
+    let gone = b(s.create(thin(1))).unwrap();
+    let ok = b(s.create(thin(1))).unwrap();
+    set_internal(&s, a, b"SNAP", &[1, 2, 3], 0);
+    set_internal(&s, loop_, b"SNAP", &loop_.to_le_bytes(), 0);
+    set_internal(&s, gone, b"SNAP", &0x1_0000_0099u64.to_le_bytes(), 0);
+    let e = b(s.open(a)).unwrap_err();
+    assert!(matches!(e, Error::Corruption { .. }), "{e}");
+    let e = b(s.open(loop_)).unwrap_err();
+    assert!(matches!(e, Error::Corruption { .. }), "{e}");
+    let e = b(s.open(gone)).unwrap_err();
+    assert!(matches!(e, Error::NotFound(_)), "{e}");
+    assert!(
+        s.inner.st.lock().open.is_empty(),
+        "a failed open leaves nothing open"
+    );
+    let h = b(s.open(ok)).unwrap();
+    b(s.close(h)).unwrap();
+    // Recovery still counts them all.
+    let s = crash(s);
+    assert_eq!(b(s.blob_ids()).unwrap().len(), 4);
+}
+
+#[test]
+fn deleting_a_snapshot_hands_its_clusters_to_its_only_clone() {
+    let s = small(65536);
+    let g = b(s.create(thin(4))).unwrap();
+    let p = b(s.create(thin(4))).unwrap();
+    let c = b(s.create(thin(4))).unwrap();
+    fill(&s, g, 1, 0x11);
+    fill(&s, p, 0, 0x20);
+    fill(&s, p, 3, 0x23);
+    fill(&s, c, 3, 0x33);
+    make_clone(&s, g, p);
+    make_clone(&s, p, c);
+    let want = vec![0x20, 0x11, 0, 0x33];
+    let other = b(s.create_clone(g, &[])).unwrap();
+    // G has two clones (P and `other`): refused as SPDK does.
+    let e = b(s.delete(g)).unwrap_err();
+    assert!(matches!(e, Error::Busy(_)), "{e}");
+    b(s.delete(other)).unwrap();
+    let free = s.free_clusters();
+    b(s.delete(p)).unwrap();
+    assert_eq!(
+        s.free_clusters(),
+        free + 1,
+        "only P's cluster 3, which C had, is freed"
+    );
+    let h = b(s.open(c)).unwrap();
+    assert_eq!(h.parent(), BlobParent::Snapshot(g));
+    assert_eq!(clusters_of(&s, &h), want);
+    assert_eq!(h.num_allocated_clusters(), 2);
+    // Open, the clone keeps its snapshot: busy.
+    assert!(matches!(b(s.delete(g)), Err(Error::Busy(_))));
+    b(s.close(h)).unwrap();
+    b(s.delete(g)).unwrap();
+    let check = |s: &Store| {
+        let h = b(s.open(c)).unwrap();
+        assert_eq!(h.parent(), BlobParent::None);
+        assert_eq!(clusters_of(s, &h), want);
+        assert_eq!(h.num_allocated_clusters(), 3);
+        assert!(s.internal_xattrs(&h).unwrap().is_empty());
+        b(s.close(h)).unwrap();
+        assert_eq!(b(s.blob_ids()).unwrap(), vec![c]);
+    };
+    check(&s);
+    let used = s.used_clusters();
+    let s = crash(s);
+    assert_eq!(s.used_clusters(), used);
+    check(&s);
+}
