@@ -265,6 +265,60 @@ fn io512_image_reads_back_from_a_4k_sector_block_device() {
     }
     let _detach = Detach(dev.clone());
     assert_eq!(io512_reads_back_from(std::path::Path::new(&dev)), 512);
+
+    // Writes at 512-byte granularity work too: a new thin blob, written at odd units across a
+    // cluster boundary, and one more unit of blob `thin`, survive an unload and a reload.
+    use blobcask::blobstore::native::NativeBlobStore;
+    use blobcask::blobstore::{BlobStore, CreateOpts, IoChannel, LoadOpts};
+    use blobcask::device::FileDevice;
+    let thin = 0x1_0000_0002u64;
+    let data: Vec<u8> = (0..5 * 512).map(|i| (i * 7 % 251) as u8).collect();
+    let new_id = pollster::block_on(async {
+        let s = NativeBlobStore::load(FileDevice::open(&dev).unwrap(), LoadOpts::default())
+            .await
+            .unwrap();
+        let ch = s.channel().unwrap();
+        let id = s
+            .create(CreateOpts {
+                num_clusters: 4,
+                thin_provision: true,
+                ..CreateOpts::default()
+            })
+            .await
+            .unwrap();
+        let b = s.open(id).await.unwrap();
+        ch.write(&b, 126, &data).await.unwrap();
+        s.close(b).await.unwrap();
+        let t = s.open(thin).await.unwrap();
+        ch.write(&t, 7, &data[..512]).await.unwrap();
+        s.close(t).await.unwrap();
+        drop(ch);
+        s.unload().await.unwrap();
+        id
+    });
+    let s = pollster::block_on(NativeBlobStore::load(
+        FileDevice::open(&dev).unwrap(),
+        LoadOpts::default(),
+    ))
+    .unwrap();
+    let ch = s.channel().unwrap();
+    pollster::block_on(async {
+        let b = s.open(new_id).await.unwrap();
+        let mut back = vec![0u8; 7 * 512];
+        ch.read(&b, 125, &mut back).await.unwrap();
+        assert!(back[..512].iter().all(|&x| x == 0));
+        assert_eq!(&back[512..6 * 512], &data[..]);
+        assert!(back[6 * 512..].iter().all(|&x| x == 0));
+        s.close(b).await.unwrap();
+        let t = s.open(thin).await.unwrap();
+        let mut u = vec![0u8; 3 * 512];
+        ch.read(&t, 6, &mut u).await.unwrap();
+        assert_eq!(&u[512..1024], &data[..512]);
+        // Its neighbours, units 6 and 8, were never written.
+        assert!(u[..512].iter().all(|&x| x == 0));
+        assert!(u[1024..].iter().all(|&x| x == 0));
+        s.close(t).await.unwrap();
+    });
 }
 
 /// The grow image: made on 8 MiB, grown live to 12 MiB by SPDK; the super block says so, and
