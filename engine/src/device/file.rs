@@ -137,7 +137,8 @@ impl FileDevice {
     /// [`FileDevice::create`] with options; the block size is `opts.block_size` or detected.
     pub fn create_with(path: impl AsRef<Path>, size: u64, opts: &FileOptions) -> Result<Self> {
         let path = path.as_ref();
-        let bs = opts.block_size.unwrap_or(MIN_BLOCK_SIZE);
+        // Without a block size, any size the detection may pick must divide it.
+        let bs = opts.block_size.unwrap_or(DEFAULT_FILE_BLOCK_SIZE);
         check_block_size(bs)?;
         if size < u64::from(bs) || !size.is_multiple_of(u64::from(bs)) {
             return Err(Error::invalid(format!(
