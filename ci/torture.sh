@@ -13,7 +13,7 @@ export TORTURE_SCALE="${TORTURE_SCALE:-100}"
 export TORTURE_BASE="${TORTURE_BASE:-$(od -An -N8 -tu8 /dev/urandom | tr -d ' ')}"
 echo "torture: TORTURE_SCALE=$TORTURE_SCALE TORTURE_BASE=$TORTURE_BASE"
 
-suites=(crash_blobstore crash_sweep crash_random crash_compound fault_io fault_bitflip
+suites=(crash_blobstore crash_grow crash_sweep crash_random crash_compound fault_io fault_bitflip
         fault_full process_kill fuzz_corpus)
 args=()
 for s in "${suites[@]}"; do args+=(--test "$s"); done

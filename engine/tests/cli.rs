@@ -322,6 +322,10 @@ fn format_with_512_byte_io_units_makes_a_working_store() {
     assert_eq!(ok(&["get", p, "k49"]), format!("{}\n", "v".repeat(49 * 37)));
     assert!(ok(&["blobs", p]).contains("io unit 512"));
     assert!(run(&["check", p]).status.success());
+    // A repair rebuilds it with the same io unit.
+    assert!(ok(&["repair", p]).contains("rebuilt"));
+    assert!(ok(&["blobs", p]).contains("io unit 512"));
+    assert_eq!(ok(&["get", p, "k7"]), format!("{}\n", "v".repeat(7 * 37)));
     let bad = run(&["format", p, "--force", "--io-unit", "384"]);
     assert_eq!(
         bad.status.code(),

@@ -204,12 +204,17 @@ fn grow_crash_sweep() {
         dev.stop_after(n);
         let mut m = Model::default();
         let _ = workload(Arc::clone(&dev), &mut m);
-        for v in [
+        let mut variants = vec![
             Damage::Random(seed::mix(s, n + 1000)),
             Damage::Untorn(seed::mix(s, n + 3000)),
             Damage::DropAll,
             Damage::KeepAll,
-        ] {
+        ];
+        // Nightly: more random damage draws per crash point.
+        for extra in 1..seed::scale() {
+            variants.push(Damage::Random(seed::mix(s, n * 1000 + extra)));
+        }
+        for v in variants {
             cases += 1;
             let image = v.image(&dev);
             if let Err(e) = check(&image, &m, a, b) {

@@ -137,7 +137,8 @@ impl FileDevice {
     /// [`FileDevice::create`] with options; the block size is `opts.block_size` or detected.
     pub fn create_with(path: impl AsRef<Path>, size: u64, opts: &FileOptions) -> Result<Self> {
         let path = path.as_ref();
-        let bs = opts.block_size.unwrap_or(MIN_BLOCK_SIZE);
+        // Without a block size, any size the detection may pick must divide it.
+        let bs = opts.block_size.unwrap_or(DEFAULT_FILE_BLOCK_SIZE);
         check_block_size(bs)?;
         if size < u64::from(bs) || !size.is_multiple_of(u64::from(bs)) {
             return Err(Error::invalid(format!(
@@ -200,7 +201,7 @@ impl FileDevice {
         }
         let meta = file.metadata().map_err(|e| io_ctx(path, "stat", e))?;
         let block_device = meta.file_type().is_block_device();
-        let (size, mut block_size, mut mem_align) = if block_device {
+        let (mut size, mut block_size, mut mem_align) = if block_device {
             let (size, bs) = block_device_geometry(&file, path, opts.block_size)?;
             (size, bs, bs)
         } else if meta.is_file() {
@@ -208,7 +209,7 @@ impl FileDevice {
                 Some(bs) => (bs, bs),
                 None => file_block_size(&file, path),
             };
-            (file_geometry(path, meta.len(), bs)?, bs, mem)
+            (meta.len(), bs, mem)
         } else {
             return Err(Error::invalid(format!(
                 "{}: neither a regular file nor a block device",
@@ -225,6 +226,11 @@ impl FileDevice {
                 block_size = unit;
                 mem_align = mem_align.min(unit);
             }
+        }
+        if !block_device {
+            // After the io unit had its say: an image of 512-byte units need not be a
+            // multiple of a larger detected block.
+            size = file_geometry(path, size, block_size)?;
         }
         if direct && !probe_direct(&file, block_size) {
             log::warn!(

@@ -728,6 +728,10 @@ fn build_store(
     opts.create = true;
     opts.device_size = shape.size;
     opts.cluster_size = shape.cluster_size;
+    if (512..=4096).contains(&shape.io_unit_size) {
+        // The rebuilt store keeps the io unit of the damaged one.
+        opts.io_unit_size = shape.io_unit_size;
+    }
     opts.shards = shape.shards;
     opts.sync = blobcask::SyncPolicy::Never;
     let db = blobcask::Db::open(opts)?;

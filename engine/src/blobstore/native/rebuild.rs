@@ -35,6 +35,9 @@ pub async fn super_block_from_layout<D: Device>(
         let opts = InitOpts {
             cluster_size: 1 << shift,
             bstype,
+            // What the engine formats with unless told otherwise (the io unit leaves no trace
+            // in the layout; a store formatted with smaller units is rebuilt with 4 KiB ones).
+            io_unit_size: Some(dev.block_size().max(4096)),
             ..InitOpts::default()
         };
         let Ok(l) = Layout::for_init(dev.size(), dev.block_size(), &opts) else {
