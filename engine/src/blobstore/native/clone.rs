@@ -483,6 +483,76 @@ impl<D: Device> Inner<D> {
         self.persist_locked(id).await
     }
 
+    /// SPDK's load-time repair (`bs_load_iter`): a snapshot still marked `SNAPTMP` (its
+    /// creation was cut short) or `SNAPRM` (its deletion was) is kept, finished as a
+    /// read-only snapshot, when the blob named in the mark is its clone by now; otherwise
+    /// it is deleted, leaving the clusters it shares with that blob to the blob.
+    pub(crate) async fn finish_interrupted(&self) -> Result<()> {
+        let _g = self.gate.lock().await;
+        let ids: Vec<BlobId> = self
+            .st
+            .lock()
+            .blobids
+            .ones()
+            .map(super::blobmd::blob_id)
+            .collect();
+        for id in ids {
+            let Ok((md, chain)) = self.read_blob(id).await else {
+                continue;
+            };
+            let mark = md
+                .internal_xattr(XATTR_SNAPSHOT_PENDING_REMOVAL)
+                .or_else(|| md.internal_xattr(XATTR_SNAPSHOT_IN_PROGRESS));
+            let Some(Ok(v)) = mark.map(<[u8; 8]>::try_from) else {
+                continue;
+            };
+            let other = u64::from_le_bytes(v);
+            let theirs = self.read_blob(other).await.ok().map(|(m, _)| m);
+            let keep = theirs
+                .as_ref()
+                .is_some_and(|m| matches!(m.parent(), Ok(Parent::Snapshot(p)) if p == id));
+            log::warn!(
+                "blobstore: snapshot {id:#x} was cut short by a crash; {}",
+                if keep { "finishing it" } else { "deleting it" }
+            );
+            if keep {
+                let h = self.open_locked(id).await?;
+                {
+                    let mut st = self.st.lock();
+                    if let Some(s) = st.open.get_mut(&id) {
+                        remove_internal(&mut s.md, XATTR_SNAPSHOT_PENDING_REMOVAL);
+                        remove_internal(&mut s.md, XATTR_SNAPSHOT_IN_PROGRESS);
+                        s.md.data_ro_flags |= FLAG_READ_ONLY;
+                        s.dirty = true;
+                    }
+                }
+                let r = self.persist_ro(id).await;
+                self.close_locked(&h).await?;
+                r?;
+            } else {
+                let mut md = md;
+                if let Some(t) = &theirs {
+                    for (i, c) in md.clusters.iter_mut().enumerate() {
+                        if t.clusters.get(i) == Some(c) {
+                            *c = 0;
+                        }
+                    }
+                    for (i, e) in md.extent_pages.iter_mut().enumerate() {
+                        if t.extent_pages.get(i) == Some(e) {
+                            *e = 0;
+                        }
+                    }
+                }
+                self.mark_dirty_if_needed().await?;
+                if let Err(e) = self.delete_io(&md, &chain).await {
+                    self.st.lock().md_failed = true;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// `spdk_bs_create_clone`: a new thin blob reading from read-only blob `snap`.
     pub(crate) async fn create_clone(
         &self,

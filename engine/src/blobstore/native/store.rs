@@ -260,7 +260,15 @@ impl<D: Device> NativeBlobStore<D> {
             closed: false,
             md_failed: false,
         };
-        Ok(Self::from_parts(dev, layout, st, loaded_clean))
+        let store = Self::from_parts(dev, layout, st, loaded_clean);
+        if !loaded_clean && !salvage {
+            // A crash may have interrupted a snapshot's creation or deletion (SPDK's load
+            // repairs those; only a dirty store can hold one).
+            if let Err(e) = store.inner.finish_interrupted().await {
+                log::warn!("blobstore: could not finish an interrupted snapshot operation: {e}");
+            }
+        }
+        Ok(store)
     }
 
     /// See `Inner::restore_blob_md`: `repair`'s way back for a blob whose md page is lost.
@@ -377,7 +385,7 @@ impl<D: Device> Inner<D> {
         Ok(())
     }
 
-    async fn mark_dirty_if_needed(&self) -> Result<()> {
+    pub(crate) async fn mark_dirty_if_needed(&self) -> Result<()> {
         let need = self.st.lock().disk_clean;
         if need {
             self.mark_dirty().await?;
@@ -1365,7 +1373,7 @@ impl<D: Device> Inner<D> {
     }
 
     /// The device side of a delete, then the release of its claims.
-    async fn delete_io(&self, md: &BlobMd, chain: &[u32]) -> Result<()> {
+    pub(crate) async fn delete_io(&self, md: &BlobMd, chain: &[u32]) -> Result<()> {
         let l = &self.layout;
         let zero = vec![0u8; l.md_page_size as usize];
         self.dev.write(l.md_offset(chain[0]), &zero).await?;
