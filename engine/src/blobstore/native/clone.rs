@@ -3,10 +3,15 @@
 //! the copy on first write of `bs_allocate_and_copy_cluster`): the same metadata in the same
 //! order, so a replay of SPDK's operations produces SPDK's image byte for byte.
 //!
-//! Not done: deleting a snapshot that has clones (SPDK moves its clusters into the single
-//! clone), inflate / decouple, and SPDK's load-time repair of a snapshot whose creation a
-//! crash interrupted (`SNAPTMP`); such a store loads and reads, with the half-made snapshot
-//! listed as a blob of its own.
+//! Also `spdk_bs_inflate_blob`, `spdk_bs_blob_decouple_parent`, the delete of a snapshot with
+//! one clone (`update_clone_on_snapshot_deletion`) and the load-time repair of a snapshot
+//! operation a crash cut short (`bs_load_iter`).
+//!
+//! Where we differ: a snapshot of an open blob is refused (`Busy`; SPDK freezes its I/O),
+//! as is the delete of a snapshot whose one clone is open; inflate and decouple refuse a
+//! read-only blob; decoupling from a snapshot that is itself an esnap clone is unsupported.
+//! The load-time repair frees the clusters of a deleted half-made snapshot that its clone
+//! does not share (SPDK drops its whole map, leaking them until the next recovery).
 
 use std::sync::Arc;
 
