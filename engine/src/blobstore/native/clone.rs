@@ -10,6 +10,8 @@
 //! Where we differ: a snapshot of an open blob is refused (`Busy`; SPDK freezes its I/O),
 //! as is the delete of a snapshot whose one clone is open; inflate and decouple refuse a
 //! read-only blob; decoupling from a snapshot that is itself an esnap clone is unsupported.
+//! When a snapshot hands its extent page to a clone grown past it, we rewrite the page to
+//! the clone's size (SPDK keeps the shorter page, and the clone then loads shorter).
 //! The load-time repair frees the clusters of a deleted half-made snapshot that its clone
 //! does not share (SPDK drops its whole map, leaking them until the next recovery).
 
@@ -300,16 +302,21 @@ impl<D: Device> Inner<D> {
             for slot in 0..ne {
                 let ep = s.md.extent_pages[slot];
                 if ep != 0 && c.md.extent_pages[slot] == 0 {
-                    // The clone takes the snapshot's extent page as it is on the device
-                    // (it lists exactly the clusters the clone now has in that slot).
+                    // The clone takes the snapshot's extent page as it is on the device (it
+                    // lists exactly the clusters the clone now has in that slot). Where the
+                    // clone is larger and the page holds fewer entries than the clone's
+                    // slot, SPDK leaves it so and the clone loads shorter; we rewrite it.
                     c.md.extent_pages[slot] = ep;
-                    if let Some(e) = c.clean.extent_pages.get_mut(slot) {
-                        *e = ep;
-                    }
                     let per = CLUSTERS_PER_EXTENT_PAGE as usize;
                     let (a, b) = (slot * per, ((slot + 1) * per).min(n));
-                    if c.clean.clusters.len() >= b {
-                        c.clean.clusters[a..b].copy_from_slice(&c.md.clusters[a..b]);
+                    let clone_end = ((slot + 1) * per).min(c.md.clusters.len());
+                    if clone_end == b {
+                        if let Some(e) = c.clean.extent_pages.get_mut(slot) {
+                            *e = ep;
+                        }
+                        if c.clean.clusters.len() >= b {
+                            c.clean.clusters[a..b].copy_from_slice(&c.md.clusters[a..b]);
+                        }
                     }
                 }
             }
@@ -335,7 +342,8 @@ impl<D: Device> Inner<D> {
             self.put(c);
             self.put(s);
         }
-        self.persist_locked(clone).await?;
+        // The clone may be a snapshot itself (read-only metadata): SPDK lifts that too.
+        self.persist_ro(clone).await?;
         {
             let mut st = self.st.lock();
             let cm = st
