@@ -446,11 +446,14 @@ fn model_smoke_sequence() {
 mod chains {
     use std::collections::BTreeMap;
 
+    use std::sync::Arc;
+
+    use blobcask::blobstore::native::esnap::{EsnapMap, EsnapResolver};
     use blobcask::blobstore::native::{BlobParent, NativeBlobStore};
     use blobcask::blobstore::{
         Blob, BlobId, BlobStore, CreateOpts, Error, InitOpts, IoChannel, LoadOpts,
     };
-    use blobcask::device::{CrashMode, SimDevice};
+    use blobcask::device::{CrashMode, MemoryDevice, SimDevice};
     use proptest::prelude::*;
 
     use super::{b, Store, DEV, UNIT, UPC};
@@ -458,6 +461,9 @@ mod chains {
     #[derive(Debug, Clone)]
     enum Op {
         Create {
+            n: u64,
+        },
+        EsnapClone {
             n: u64,
         },
         Write {
@@ -492,6 +498,7 @@ mod chains {
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             2 => (1u64..6).prop_map(|n| Op::Create { n }),
+            1 => (1u64..7).prop_map(|n| Op::EsnapClone { n }),
             6 => (any::<usize>(), 0u64..24, 1u64..6, 1u8..255)
                 .prop_map(|(sel, unit, len, fill)| Op::Write { sel, unit, len, fill }),
             3 => any::<usize>().prop_map(|sel| Op::Snapshot { sel }),
@@ -516,6 +523,8 @@ mod chains {
         ro: bool,
         /// Inflated: thick, so a resize allocates.
         thick: bool,
+        /// An esnap clone of [`EXT_ID`] (then `parent` is `None`).
+        ext: bool,
     }
 
     struct H {
@@ -545,6 +554,9 @@ mod chains {
             if m.own[u / UPC as usize] {
                 return m.units[u];
             }
+            if m.ext {
+                return Some(ext_byte(u));
+            }
             match m.parent {
                 Some(p) if u < self.model[&p].units.len() => self.view(p, u),
                 _ => Some(0),
@@ -555,15 +567,23 @@ mod chains {
         /// chain ends in zeroes there (then nothing is copied and the bytes are undefined).
         fn alloc(&mut self, id: BlobId, c: usize) {
             let per = UPC as usize;
+            // Copied from an ancestor that has it, past an ancestor's end (zeroes), or from
+            // the external snapshot; nothing when the chain ends in zeroes.
             let mut copy = false;
-            let mut cur = self.model[&id].parent;
-            while let Some(p) = cur {
+            let mut cur = id;
+            loop {
+                let m = &self.model[&cur];
+                if m.ext {
+                    copy = true;
+                    break;
+                }
+                let Some(p) = m.parent else { break };
                 let pm = &self.model[&p];
                 if c >= pm.own.len() || pm.own[c] {
                     copy = true;
                     break;
                 }
-                cur = pm.parent;
+                cur = p;
             }
             let data: Vec<Option<u8>> = (c * per..(c + 1) * per)
                 .map(|u| if copy { self.view(id, u) } else { None })
@@ -598,6 +618,24 @@ mod chains {
                             parent: None,
                             ro: false,
                             thick: false,
+                            ext: false,
+                        };
+                        self.model.insert(id, m);
+                    }
+                }
+                Op::EsnapClone { n } => {
+                    let o = CreateOpts {
+                        num_clusters: n,
+                        ..CreateOpts::default()
+                    };
+                    if let Ok(id) = b(self.s().create_esnap_clone(o, EXT_ID)) {
+                        let m = M {
+                            units: vec![None; (n * UPC) as usize],
+                            own: vec![false; n as usize],
+                            parent: None,
+                            ro: false,
+                            thick: false,
+                            ext: true,
                         };
                         self.model.insert(id, m);
                     }
@@ -654,6 +692,7 @@ mod chains {
                             o.parent = Some(snap);
                             o.own.fill(false);
                             o.thick = false;
+                            o.ext = false;
                         }
                         Err(Error::NoMdSpace(_)) => {}
                         Err(e) => panic!("{}", ctx(&e.to_string())),
@@ -672,6 +711,7 @@ mod chains {
                                 parent: Some(id),
                                 ro: false,
                                 thick: false,
+                                ext: false,
                             };
                             self.model.insert(c, m);
                         }
@@ -692,6 +732,7 @@ mod chains {
                             for c in clones {
                                 let m = self.model.get_mut(&c).unwrap();
                                 m.parent = gone.parent;
+                                m.ext = gone.ext;
                                 for k in 0..m.own.len().min(gone.own.len()) {
                                     if !m.own[k] && gone.own[k] {
                                         m.own[k] = true;
@@ -711,7 +752,8 @@ mod chains {
                     let Some(id) = self.pick(sel, Some(false)) else {
                         return;
                     };
-                    let all = matches!(op, Op::Inflate { .. });
+                    // Decoupling an esnap clone inflates it, as in SPDK.
+                    let all = matches!(op, Op::Inflate { .. }) || self.model[&id].ext;
                     let r = if all {
                         b(self.s().inflate(id))
                     } else {
@@ -728,14 +770,19 @@ mod chains {
                                 }
                             }
                             let grand = parent.and_then(|p| self.model[&p].parent);
+                            let m = self.model.get_mut(&id).unwrap();
                             if all {
-                                self.model.get_mut(&id).unwrap().thick = true;
+                                m.thick = true;
+                                m.ext = false;
                             }
-                            self.model.get_mut(&id).unwrap().parent =
-                                if all { None } else { grand };
+                            m.parent = if all { None } else { grand };
                         }
                         Err(Error::InvalidArgument(_)) => {
                             assert!(!all && parent.is_none(), "{}", ctx("invalid"))
+                        }
+                        Err(Error::Unsupported(_)) => {
+                            let p_ext = parent.is_some_and(|p| self.model[&p].ext);
+                            assert!(!all && p_ext, "{}", ctx("unsupported"))
                         }
                         Err(Error::NoSpace) => {}
                         Err(e) => panic!("{}", ctx(&e.to_string())),
@@ -768,6 +815,7 @@ mod chains {
                     };
                     let s = b(NativeBlobStore::load(dev, LoadOpts::default()))
                         .unwrap_or_else(|e| panic!("{}", ctx(&e.to_string())));
+                    s.set_esnap_resolver(Some(ext_resolver()));
                     self.store = Some(s);
                     self.check(true);
                 }
@@ -801,7 +849,14 @@ mod chains {
                 }
                 let own: Vec<bool> = s.cluster_map(&h).iter().map(|&c| c != 0).collect();
                 assert_eq!(own, m.own, "{ctx}: own clusters of {id:#x}");
-                let want = m.parent.map_or(BlobParent::None, BlobParent::Snapshot);
+                let want = if m.ext {
+                    BlobParent::External {
+                        id: EXT_ID.to_vec(),
+                        available: true,
+                    }
+                } else {
+                    m.parent.map_or(BlobParent::None, BlobParent::Snapshot)
+                };
                 assert_eq!(h.parent(), want, "{ctx}: parent of {id:#x}");
                 assert_eq!(h.is_read_only(), m.ro, "{ctx}: read-only {id:#x}");
                 owned.extend(s.cluster_map(&h).into_iter().filter(|&c| c != 0));
@@ -820,6 +875,27 @@ mod chains {
         }
     }
 
+    const EXT_ID: &[u8] = b"ext-uuid";
+    /// The external snapshot: 5 clusters (blobs may be larger: zeroes past it).
+    const EXT_UNITS: usize = 5 * UPC as usize;
+
+    fn ext_byte(u: usize) -> u8 {
+        if u < EXT_UNITS {
+            (u as u8).wrapping_mul(7) | 1
+        } else {
+            0
+        }
+    }
+
+    fn ext_resolver() -> Arc<dyn EsnapResolver> {
+        let dev = MemoryDevice::new((EXT_UNITS * UNIT) as u64, 4096).unwrap();
+        let data: Vec<u8> = (0..EXT_UNITS * UNIT).map(|i| ext_byte(i / UNIT)).collect();
+        b(blobcask::device::Device::write(&dev, 0, &data)).unwrap();
+        let mut m = EsnapMap::new();
+        m.insert(EXT_ID, Arc::new(dev));
+        Arc::new(m)
+    }
+
     fn run(seed: u64, ops: &[Op]) {
         let dev = SimDevice::new(DEV, 4096, seed).unwrap();
         dev.set_crash_mode(CrashMode::Random);
@@ -828,8 +904,10 @@ mod chains {
             num_md_pages: Some(48),
             ..InitOpts::default()
         };
+        let s = b(NativeBlobStore::init(dev, opts)).unwrap();
+        s.set_esnap_resolver(Some(ext_resolver()));
         let mut h = H {
-            store: Some(b(NativeBlobStore::init(dev, opts)).unwrap()),
+            store: Some(s),
             model: BTreeMap::new(),
             seed,
         };

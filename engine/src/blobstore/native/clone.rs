@@ -417,6 +417,15 @@ impl<D: Device> Inner<D> {
             return Ok(());
         }
         let backing = shared.backing.load_full();
+        if let Backing::Snapshot(p) = &*backing {
+            let grand = p.backing.load();
+            if !all && matches!(**grand, Backing::External(..) | Backing::MissingExternal(_)) {
+                // SPDK fails this after copying; we refuse before changing anything.
+                return Err(Error::Unsupported(format!(
+                    "decoupling blob {id:#x} from a snapshot that is an esnap clone"
+                )));
+            }
+        }
         let map = shared.map.load_full();
         let needs = |ci: u64| {
             map.get(ci) == 0
