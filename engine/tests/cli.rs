@@ -905,3 +905,31 @@ fn blobs_and_blob_read_snapshots_clones_and_esnap_clones() {
         "inspection wrote nothing"
     );
 }
+
+/// `replay` of SPDK's recorded snapshot, clone, esnap clone, delete and inflate operations
+/// writes SPDK's image exactly (the external snapshot comes from the manifest's pattern).
+#[test]
+fn replay_of_snapshot_manifests_prints_spdks_sha256() {
+    let dir = tempfile::tempdir().unwrap();
+    for n in [
+        "snapshots",
+        "snapshots-dirty",
+        "snapshots-delete",
+        "snapshots-inflate",
+    ] {
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture(&format!("{n}.json"))).unwrap())
+                .unwrap();
+        let out = dir.path().join(format!("{n}.img"));
+        let got = ok(&[
+            "replay",
+            fixture(&format!("{n}.json")).to_str().unwrap(),
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(
+            got.split_whitespace().next(),
+            m["image"]["sha256"].as_str(),
+            "{n}"
+        );
+    }
+}

@@ -3,10 +3,17 @@
 //! the copy on first write of `bs_allocate_and_copy_cluster`): the same metadata in the same
 //! order, so a replay of SPDK's operations produces SPDK's image byte for byte.
 //!
-//! Not done: deleting a snapshot that has clones (SPDK moves its clusters into the single
-//! clone), inflate / decouple, and SPDK's load-time repair of a snapshot whose creation a
-//! crash interrupted (`SNAPTMP`); such a store loads and reads, with the half-made snapshot
-//! listed as a blob of its own.
+//! Also `spdk_bs_inflate_blob`, `spdk_bs_blob_decouple_parent`, the delete of a snapshot with
+//! one clone (`update_clone_on_snapshot_deletion`) and the load-time repair of a snapshot
+//! operation a crash cut short (`bs_load_iter`).
+//!
+//! Where we differ: a snapshot of an open blob is refused (`Busy`; SPDK freezes its I/O),
+//! as is the delete of a snapshot whose one clone is open; inflate and decouple refuse a
+//! read-only blob; decoupling from a snapshot that is itself an esnap clone is unsupported.
+//! When a snapshot hands its extent page to a clone grown past it, we rewrite the page to
+//! the clone's size (SPDK keeps the shorter page, and the clone then loads shorter).
+//! The load-time repair frees the clusters of a deleted half-made snapshot that its clone
+//! does not share (SPDK drops its whole map, leaking them until the next recovery).
 
 use std::sync::Arc;
 
@@ -66,7 +73,8 @@ impl<D: Device> Inner<D> {
         if matches!(**shared.backing.load(), Backing::Zeroes) || fresh.is_empty() {
             return Ok(());
         }
-        let cs = u64::from(self.layout.cluster_size);
+        let layout = self.layout.load_full();
+        let cs = u64::from(layout.cluster_size);
         let mut buf = vec![0u8; cs as usize];
         let mut copied = false;
         for &(ci, c, _) in fresh {
@@ -75,7 +83,7 @@ impl<D: Device> Inner<D> {
                 Source::PastEnd => buf.fill(0),
                 Source::Cluster(src) => {
                     self.dev
-                        .read(self.layout.cluster_offset(src), &mut buf)
+                        .read(layout.cluster_offset(src), &mut buf)
                         .await?
                 }
                 Source::External(d) => read_external(d.as_ref(), ci * cs, &mut buf).await?,
@@ -86,7 +94,7 @@ impl<D: Device> Inner<D> {
                     })
                 }
             }
-            self.dev.write(self.layout.cluster_offset(c), &buf).await?;
+            self.dev.write(layout.cluster_offset(c), &buf).await?;
             copied = true;
         }
         if copied {
@@ -295,16 +303,21 @@ impl<D: Device> Inner<D> {
             for slot in 0..ne {
                 let ep = s.md.extent_pages[slot];
                 if ep != 0 && c.md.extent_pages[slot] == 0 {
-                    // The clone takes the snapshot's extent page as it is on the device
-                    // (it lists exactly the clusters the clone now has in that slot).
+                    // The clone takes the snapshot's extent page as it is on the device (it
+                    // lists exactly the clusters the clone now has in that slot). Where the
+                    // clone is larger and the page holds fewer entries than the clone's
+                    // slot, SPDK leaves it so and the clone loads shorter; we rewrite it.
                     c.md.extent_pages[slot] = ep;
-                    if let Some(e) = c.clean.extent_pages.get_mut(slot) {
-                        *e = ep;
-                    }
                     let per = CLUSTERS_PER_EXTENT_PAGE as usize;
                     let (a, b) = (slot * per, ((slot + 1) * per).min(n));
-                    if c.clean.clusters.len() >= b {
-                        c.clean.clusters[a..b].copy_from_slice(&c.md.clusters[a..b]);
+                    let clone_end = ((slot + 1) * per).min(c.md.clusters.len());
+                    if clone_end == b {
+                        if let Some(e) = c.clean.extent_pages.get_mut(slot) {
+                            *e = ep;
+                        }
+                        if c.clean.clusters.len() >= b {
+                            c.clean.clusters[a..b].copy_from_slice(&c.md.clusters[a..b]);
+                        }
                     }
                 }
             }
@@ -330,7 +343,8 @@ impl<D: Device> Inner<D> {
             self.put(c);
             self.put(s);
         }
-        self.persist_locked(clone).await?;
+        // The clone may be a snapshot itself (read-only metadata): SPDK lifts that too.
+        self.persist_ro(clone).await?;
         {
             let mut st = self.st.lock();
             let cm = st
@@ -404,6 +418,15 @@ impl<D: Device> Inner<D> {
             return Ok(());
         }
         let backing = shared.backing.load_full();
+        if let Backing::Snapshot(p) = &*backing {
+            let grand = p.backing.load();
+            if !all && matches!(**grand, Backing::External(..) | Backing::MissingExternal(_)) {
+                // SPDK fails this after copying; we refuse before changing anything.
+                return Err(Error::Unsupported(format!(
+                    "decoupling blob {id:#x} from a snapshot that is an esnap clone"
+                )));
+            }
+        }
         let map = shared.map.load_full();
         let needs = |ci: u64| {
             map.get(ci) == 0
@@ -481,6 +504,76 @@ impl<D: Device> Inner<D> {
             }
         }
         self.persist_locked(id).await
+    }
+
+    /// SPDK's load-time repair (`bs_load_iter`): a snapshot still marked `SNAPTMP` (its
+    /// creation was cut short) or `SNAPRM` (its deletion was) is kept, finished as a
+    /// read-only snapshot, when the blob named in the mark is its clone by now; otherwise
+    /// it is deleted, leaving the clusters it shares with that blob to the blob.
+    pub(crate) async fn finish_interrupted(&self) -> Result<()> {
+        let _g = self.gate.lock().await;
+        let ids: Vec<BlobId> = self
+            .st
+            .lock()
+            .blobids
+            .ones()
+            .map(super::blobmd::blob_id)
+            .collect();
+        for id in ids {
+            let Ok((md, chain)) = self.read_blob(id).await else {
+                continue;
+            };
+            let mark = md
+                .internal_xattr(XATTR_SNAPSHOT_PENDING_REMOVAL)
+                .or_else(|| md.internal_xattr(XATTR_SNAPSHOT_IN_PROGRESS));
+            let Some(Ok(v)) = mark.map(<[u8; 8]>::try_from) else {
+                continue;
+            };
+            let other = u64::from_le_bytes(v);
+            let theirs = self.read_blob(other).await.ok().map(|(m, _)| m);
+            let keep = theirs
+                .as_ref()
+                .is_some_and(|m| matches!(m.parent(), Ok(Parent::Snapshot(p)) if p == id));
+            log::warn!(
+                "blobstore: snapshot {id:#x} was cut short by a crash; {}",
+                if keep { "finishing it" } else { "deleting it" }
+            );
+            if keep {
+                let h = self.open_locked(id).await?;
+                {
+                    let mut st = self.st.lock();
+                    if let Some(s) = st.open.get_mut(&id) {
+                        remove_internal(&mut s.md, XATTR_SNAPSHOT_PENDING_REMOVAL);
+                        remove_internal(&mut s.md, XATTR_SNAPSHOT_IN_PROGRESS);
+                        s.md.data_ro_flags |= FLAG_READ_ONLY;
+                        s.dirty = true;
+                    }
+                }
+                let r = self.persist_ro(id).await;
+                self.close_locked(&h).await?;
+                r?;
+            } else {
+                let mut md = md;
+                if let Some(t) = &theirs {
+                    for (i, c) in md.clusters.iter_mut().enumerate() {
+                        if t.clusters.get(i) == Some(c) {
+                            *c = 0;
+                        }
+                    }
+                    for (i, e) in md.extent_pages.iter_mut().enumerate() {
+                        if t.extent_pages.get(i) == Some(e) {
+                            *e = 0;
+                        }
+                    }
+                }
+                self.mark_dirty_if_needed().await?;
+                if let Err(e) = self.delete_io(&md, &chain).await {
+                    self.st.lock().md_failed = true;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// `spdk_bs_create_clone`: a new thin blob reading from read-only blob `snap`.

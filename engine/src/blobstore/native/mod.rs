@@ -6,7 +6,7 @@
 //! [`mdpage`], [`descriptor`], [`layout`]; the blob metadata model [`blobmd`]; the store
 //! ([`NativeBlobStore`]) and its data path ([`NativeChannel`]).
 //!
-//! # Snapshots, clones and esnap clones (read side)
+//! # Snapshots, clones and esnap clones
 //! Stores SPDK made with `spdk_bs_create_snapshot`, `spdk_bs_create_clone`,
 //! `spdk_blob_set_read_only` and esnap clones load and read as SPDK reads them. A thin blob
 //! with internal xattr `SNAP` (the parent's id, u64) reads an unallocated cluster from its
@@ -14,9 +14,10 @@
 //! blob with invalid flag `EXTERNAL_SNAPSHOT` reads it from the device an [`esnap`] resolver
 //! gives for its `EXTSNAP` id (without one, such reads fail with `EsnapUnavailable`). As
 //! SPDK, opening a clone opens its parents, which stay open until the clone's last close.
-//! Recovery marks every blob's own clusters. Not written yet: copy on first write into a
-//! clone and deleting a snapshot that has clones fail `Unsupported`; unmap of a clone's
-//! cluster unmaps the range but keeps the cluster (as SPDK does for a blob not backed by
+//! Recovery marks every blob's own clusters. The write side (copy on first write, snapshot,
+//! clone, esnap clone, inflate, decouple, delete of a snapshot with one clone, the load-time
+//! repair of a cut-short snapshot operation) is in `clone`. An unmap of a clone's cluster
+//! unmaps the range but keeps the cluster (SPDK releases clusters only of blobs backed by
 //! zeroes).
 //!
 //! # Behaviour chosen to match SPDK byte for byte
@@ -383,7 +384,7 @@ impl<D: Device> NativeChannel<D> {
                             }
                             Source::Cluster(c) => c,
                             Source::External(d) => {
-                                let cs = u64::from(self.inner.layout.cluster_size);
+                                let cs = u64::from(self.inner.layout.load().cluster_size);
                                 ext.push((d, ci * cs + u * ius as u64, a));
                                 continue;
                             }

@@ -262,7 +262,15 @@ impl<D: Device> NativeBlobStore<D> {
             closed: false,
             md_failed: false,
         };
-        Ok(Self::from_parts(dev, layout, st, loaded_clean))
+        let store = Self::from_parts(dev, layout, st, loaded_clean);
+        if !loaded_clean && !salvage {
+            // A crash may have interrupted a snapshot's creation or deletion (SPDK's load
+            // repairs those; only a dirty store can hold one).
+            if let Err(e) = store.inner.finish_interrupted().await {
+                log::warn!("blobstore: could not finish an interrupted snapshot operation: {e}");
+            }
+        }
+        Ok(store)
     }
 
     /// Grow the store to `new_size` bytes of its device (SPDK `spdk_bs_grow_live`, after the
@@ -391,7 +399,7 @@ impl<D: Device> Inner<D> {
         Ok(())
     }
 
-    async fn mark_dirty_if_needed(&self) -> Result<()> {
+    pub(crate) async fn mark_dirty_if_needed(&self) -> Result<()> {
         let need = self.st.lock().disk_clean;
         if need {
             self.mark_dirty().await?;
@@ -1162,12 +1170,12 @@ impl<D: Device> Inner<D> {
             return Ok(Backing::MissingExternal(eid));
         };
         let bs = dev.block_len();
-        if bs == 0 || !self.layout.io_unit_size.is_multiple_of(bs) {
+        if bs == 0 || !self.layout.load().io_unit_size.is_multiple_of(bs) {
             return Err(Error::invalid(format!(
                 "external snapshot {} of blob {id:#x}: its {bs}-byte blocks do not divide the \
                  {}-byte io unit",
                 show_id(&eid),
-                self.layout.io_unit_size
+                self.layout.load().io_unit_size
             )));
         }
         Ok(Backing::External(eid, dev))
@@ -1379,7 +1387,7 @@ impl<D: Device> Inner<D> {
     }
 
     /// The device side of a delete, then the release of its claims.
-    async fn delete_io(&self, md: &BlobMd, chain: &[u32]) -> Result<()> {
+    pub(crate) async fn delete_io(&self, md: &BlobMd, chain: &[u32]) -> Result<()> {
         let l = &*self.layout.load_full();
         let zero = vec![0u8; l.md_page_size as usize];
         self.dev.write(l.md_offset(chain[0]), &zero).await?;

@@ -1159,10 +1159,27 @@ fn crashes_during_snapshot_and_copy_on_write_recover() {
             for (i, (&g, (&o, &n))) in got.iter().zip(old.iter().zip(&new)).enumerate() {
                 assert!(g == o || g == n, "op {op} crash at {k}: byte {i} is {g:#x}");
             }
+            // The load finished or undid a cut-short snapshot operation: no marks left, and
+            // no cluster belongs to two blobs.
+            let mut owned = Vec::new();
             for id in b(s.blob_ids()).unwrap() {
                 let h = b(s.open(id)).unwrap_or_else(|e| panic!("op {op} crash at {k}: {e}"));
+                let marks = s.internal_xattrs(&h).unwrap();
+                assert!(
+                    marks.iter().all(|(n, _)| n != "SNAPTMP" && n != "SNAPRM"),
+                    "op {op} crash at {k}: {marks:?}"
+                );
+                owned.extend(s.cluster_map(&h).into_iter().filter(|&c| c != 0));
                 b(s.close(h)).unwrap();
             }
+            let n = owned.len();
+            owned.sort();
+            owned.dedup();
+            assert_eq!(
+                n,
+                owned.len(),
+                "op {op} crash at {k}: a cluster owned twice"
+            );
             b(s.close(h)).unwrap();
             if done {
                 break;
