@@ -20,6 +20,7 @@ pub(crate) const X_LEN: &str = "bc.len";
 pub(crate) const X_FORMAT: &str = "bc.format";
 pub(crate) const X_SHARDS: &str = "bc.shards";
 pub(crate) const X_EPOCH: &str = "bc.epoch";
+pub(crate) const X_TOTALS: &str = "bc.totals";
 pub(crate) const FORMAT_VERSION: u32 = 2;
 
 pub(crate) const ROLE_DATA: &[u8] = b"data";

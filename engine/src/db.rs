@@ -576,10 +576,28 @@ impl<S: BlobStore> Inner<S> {
     }
 }
 
+/// Record the counters of every run so far in the super blob (`bc.totals`).
+fn write_totals<S: BlobStore>(core: &Core<S>) -> Result<()> {
+    let store = &core.store;
+    let Some(id) = store.super_blob() else {
+        return Ok(());
+    };
+    let totals = crate::stats::collect(core).totals.encode();
+    let blob = store.block_on(store.open(id))?;
+    let res = store
+        .block_on(store.set_xattr(&blob, crate::blobs::X_TOTALS, &totals))
+        .and_then(|()| store.block_on(store.sync_md(&blob)));
+    store.block_on(store.close(blob))?;
+    Ok(res?)
+}
+
 /// Write the catalog, close every open blob and unload the blobstore.
 fn close_all<S: BlobStore>(core: &Core<S>) -> Result<()> {
     let store = &core.store;
     let mut first: Option<Error> = None;
+    if let Err(e) = write_totals(core) {
+        first.get_or_insert(e);
+    }
     if let Err(e) = write_catalog(store, core.cfg.cluster, true) {
         first.get_or_insert(e);
     }
@@ -622,25 +640,23 @@ impl Db {
             _ => None,
         };
         let (dev, fresh) = match spec {
-            DeviceSpec::Path(p) if opts.read_only && p.exists() => {
+            DeviceSpec::Path(p) if p.exists() => {
                 let fo = crate::device::FileOptions {
-                    read_only: true,
+                    read_only: opts.read_only,
+                    lock_wait: opts.lock_wait,
                     ..Default::default()
                 };
                 (AnyDevice::open_path_with(&p, &fo)?, false)
             }
+            DeviceSpec::Path(p) if opts.create && !opts.read_only => {
+                opts.check_new_store(opts.device_size)?;
+                (AnyDevice::create_path(&p, opts.device_size)?, true)
+            }
             DeviceSpec::Path(p) => {
-                if p.exists() {
-                    (AnyDevice::open_path(&p)?, false)
-                } else if opts.create && !opts.read_only {
-                    opts.check_new_store(opts.device_size)?;
-                    (AnyDevice::create_path(&p, opts.device_size)?, true)
-                } else {
-                    return Err(Error::invalid(format!(
-                        "{} does not exist (set create to make it)",
-                        p.display()
-                    )));
-                }
+                return Err(Error::invalid(format!(
+                    "{} does not exist (`Options::create` makes a new store there)",
+                    p.display()
+                )));
             }
             DeviceSpec::Memory { size } => (AnyDevice::memory(size, 4096)?, true),
             DeviceSpec::Sim(s) => (AnyDevice::from(s), false),

@@ -196,6 +196,8 @@ pub(crate) struct Config {
     pub read_only: bool,
     /// What open does with damaged records.
     pub recovery: RecoveryMode,
+    /// Counters of earlier runs, as the super blob's `bc.totals` holds them.
+    pub stored_totals: crate::stats::Totals,
 }
 
 /// State shared by the handle, the shard threads and the merge worker.

@@ -8,6 +8,7 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use blobcask::blobstore::native::descriptor::Descriptor;
 use blobcask::blobstore::native::mdpage::{self, MdPage};
@@ -23,10 +24,12 @@ use crate::CliResult;
 
 type ReadOnlyStore = NativeBlobStore<Overlay<FileDevice>>;
 
-/// Load any SPDK blobstore on `path` without writing to it.
-fn load_read_only(path: &Path) -> Result<ReadOnlyStore, blobcask::Error> {
+/// Load any SPDK blobstore on `path` without writing to it (a shared lock, waiting up to
+/// `wait` for a writer to let go).
+fn load_read_only(path: &Path, wait: Option<Duration>) -> Result<ReadOnlyStore, blobcask::Error> {
     let opts = FileOptions {
         read_only: true,
+        lock_wait: wait,
         ..FileOptions::default()
     };
     let dev = Overlay::new(FileDevice::open_with(path, &opts)?);
@@ -50,8 +53,7 @@ fn blob_json(bs: &ReadOnlyStore, id: u64) -> Result<Value, blobcask::Error> {
         }
         let flags = root_flags(bs, blob.id()).await?;
         let v = json!({
-            "id": blob.id(),
-            "id_hex": format!("{:#x}", blob.id()),
+            "id": format!("{:#x}", blob.id()),
             "num_clusters": blob.num_clusters(),
             "num_allocated_clusters": blob.num_allocated_clusters(),
             "num_io_units": blob.num_io_units(),
@@ -104,7 +106,7 @@ fn super_json(bs: &ReadOnlyStore) -> Result<Value, blobcask::Error> {
     Ok(json!({
         "version": sb.version,
         "clean": sb.clean,
-        "super_blob": sb.super_blob,
+        "super_blob": format!("{:#x}", sb.super_blob),
         "cluster_size": sb.cluster_size,
         "io_unit_size": bs.io_unit_size(),
         "md_page_size": bs.md_page_size(),
@@ -125,8 +127,8 @@ fn super_json(bs: &ReadOnlyStore) -> Result<Value, blobcask::Error> {
 }
 
 /// `blobcask blobs`.
-pub fn blobs(path: &Path, as_json: bool) -> CliResult {
-    let bs = load_read_only(path)?;
+pub fn blobs(path: &Path, as_json: bool, wait: Option<Duration>) -> CliResult {
+    let bs = load_read_only(path, wait)?;
     let ids = bs.block_on(bs.blob_ids())?;
     let mut list = Vec::with_capacity(ids.len());
     for id in ids {
@@ -167,7 +169,7 @@ pub fn blobs(path: &Path, as_json: bool) -> CliResult {
         writeln!(
             out,
             "{:<20} {:>10} {:>10} {:>5} {:>8} {}",
-            b["id_hex"].as_str().unwrap_or(""),
+            b["id"].as_str().unwrap_or(""),
             b["num_clusters"].as_u64().unwrap_or(0),
             b["num_allocated_clusters"].as_u64().unwrap_or(0),
             if b["thin_provisioned"] == true {
@@ -214,9 +216,19 @@ fn parse_range(s: &str) -> Result<(u64, u64), blobcask::Error> {
 }
 
 /// `blobcask blob <id>`.
-pub fn blob(path: &Path, id: &str, as_json: bool, read: Option<&str>) -> CliResult {
+pub fn blob(
+    path: &Path,
+    id: &str,
+    as_json: bool,
+    read: Option<&str>,
+    wait: Option<Duration>,
+) -> CliResult {
     let id = parse_id(id)?;
-    let bs = load_read_only(path)?;
+    let bs = load_read_only(path, wait)?;
+    if !bs.block_on(bs.blob_ids())?.contains(&id) {
+        let _ = writeln!(std::io::stderr().lock(), "NOT_FOUND: no blob {id:#x}");
+        return Ok(ExitCode::from(1));
+    }
     if let Some(r) = read {
         let (offset, len) = parse_range(r)?;
         let digest = bs.block_on(async {
@@ -225,7 +237,7 @@ pub fn blob(path: &Path, id: &str, as_json: bool, read: Option<&str>) -> CliResu
             bs.close(blob).await?;
             res
         })?;
-        println!("{digest}");
+        writeln!(std::io::stdout().lock(), "{digest}")?;
         return Ok(ExitCode::SUCCESS);
     }
     let b = blob_json(&bs, id)?;
@@ -233,7 +245,7 @@ pub fn blob(path: &Path, id: &str, as_json: bool, read: Option<&str>) -> CliResu
     if as_json {
         writeln!(out, "{}", serde_json::to_string_pretty(&b)?)?;
     } else {
-        writeln!(out, "blob {}", b["id_hex"].as_str().unwrap_or(""))?;
+        writeln!(out, "blob {}", b["id"].as_str().unwrap_or(""))?;
         for k in [
             "num_clusters",
             "num_allocated_clusters",
@@ -287,26 +299,37 @@ async fn hash_range(
     Ok(hex::encode(h.finalize()))
 }
 
-/// Print `Db::stats` for people or as JSON.
+/// Print `Db::stats` for people or as JSON: the same figures, each once. The counters of
+/// writes and merges are the store's totals over every run (persisted at each clean close),
+/// not this process's, which only read.
 pub fn print_stats(s: &Stats, as_json: bool) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
+    let t = &s.totals;
+    let blobs = s.blobs.iter().map(|b| {
+        (
+            format!("{:#x}", b.id),
+            b,
+            format!("{:?}", b.role).to_lowercase(),
+        )
+    });
     if as_json {
-        let blobs: Vec<Value> = s
-            .blobs
-            .iter()
-            .map(|b| {
-                json!({"id": b.id, "shard": b.shard, "seq": b.seq, "role": format!("{:?}", b.role),
+        let blobs: Vec<Value> = blobs
+            .map(|(id, b, state)| {
+                json!({"id": id, "role": "data", "state": state, "shard": b.shard, "seq": b.seq,
                        "size": b.size, "live_bytes": b.live_bytes, "dead_bytes": b.dead_bytes})
             })
             .collect();
         let doc = json!({
-            "keys": s.keys, "live_bytes": s.live_bytes, "dead_bytes": s.dead_bytes,
-            "keydir_bytes": s.keydir_bytes, "keydir_bytes_per_key": s.keydir_bytes_per_key,
-            "merges": s.merges, "write_amplification": s.write_amplification,
-            "mean_group_size": s.mean_group_size, "free_clusters": s.free_clusters,
-            "total_clusters": s.total_clusters, "io_path": s.io_path,
-            "recovery_ms": s.recovery_time.as_secs_f64() * 1e3,
-            "recovery_used_hints": s.recovery_used_hints, "blobs": blobs,
+            "keys": s.keys, "shards": s.shards.len(),
+            "live_bytes": s.live_bytes, "dead_bytes": s.dead_bytes,
+            "keydir_bytes_per_key": s.keydir_bytes_per_key,
+            "free_clusters": s.free_clusters, "total_clusters": s.total_clusters,
+            "merges": t.merges, "merged_bytes": t.merged_bytes,
+            "user_bytes_written": t.user_bytes, "device_bytes_written": t.device_bytes,
+            "write_amplification": t.write_amplification(),
+            "io_path": s.io_path,
+            "open_ms": s.recovery_time.as_secs_f64() * 1e3,
+            "open_used_hints": s.recovery_used_hints, "blobs": blobs,
         });
         return writeln!(
             out,
@@ -325,7 +348,7 @@ pub fn print_stats(s: &Stats, as_json: bool) -> std::io::Result<()> {
     writeln!(out, "live bytes           {}", s.live_bytes)?;
     writeln!(
         out,
-        "dead bytes           {} ({frag:.1}% fragmentation)",
+        "dead bytes           {} ({frag:.1}% of the logs)",
         s.dead_bytes
     )?;
     writeln!(out, "keydir bytes per key {:.1}", s.keydir_bytes_per_key)?;
@@ -334,10 +357,22 @@ pub fn print_stats(s: &Stats, as_json: bool) -> std::io::Result<()> {
         "free clusters        {} of {}",
         s.free_clusters, s.total_clusters
     )?;
+    writeln!(
+        out,
+        "merges               {} ({} bytes rewritten; all runs)",
+        t.merges, t.merged_bytes
+    )?;
+    writeln!(
+        out,
+        "bytes written        {} by users, {} to the device (write amplification {:.2}; all runs)",
+        t.user_bytes,
+        t.device_bytes,
+        t.write_amplification()
+    )?;
     writeln!(out, "io path              {}", s.io_path)?;
     writeln!(
         out,
-        "last open            {:.1} ms ({})",
+        "open took            {:.1} ms ({})",
         s.recovery_time.as_secs_f64() * 1e3,
         if s.recovery_used_hints {
             "from hints"
@@ -347,19 +382,14 @@ pub fn print_stats(s: &Stats, as_json: bool) -> std::io::Result<()> {
     )?;
     writeln!(
         out,
-        "{:<20} {:>5} {:>6} {:>12} {:>12} {:>12}",
-        "blob", "shard", "role", "size", "live", "dead"
+        "{:<20} {:>5} {:>5} {:>7} {:>12} {:>12} {:>12}",
+        "data blob", "shard", "seq", "state", "size", "live", "dead"
     )?;
-    for b in &s.blobs {
+    for (id, b, state) in blobs {
         writeln!(
             out,
-            "{:<20} {:>5} {:>6} {:>12} {:>12} {:>12}",
-            format!("{:#x}", b.id),
-            b.shard,
-            format!("{:?}", b.role).to_lowercase(),
-            b.size,
-            b.live_bytes,
-            b.dead_bytes
+            "{:<20} {:>5} {:>5} {:>7} {:>12} {:>12} {:>12}",
+            id, b.shard, b.seq, state, b.size, b.live_bytes, b.dead_bytes
         )?;
     }
     Ok(())
@@ -370,23 +400,24 @@ pub fn replay(manifest: &Path, out: &Path) -> CliResult {
     let text = std::fs::read_to_string(manifest)?;
     let m: Value = serde_json::from_str(&text)?;
     let digest = blobcask::blobstore::replay::replay(&m, out)?;
-    println!("{digest}  {}", out.display());
+    writeln!(std::io::stdout().lock(), "{digest}  {}", out.display())?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn open_ro(path: &Path) -> Result<FileDevice, blobcask::Error> {
+fn open_ro(path: &Path, wait: Option<Duration>) -> Result<FileDevice, blobcask::Error> {
     Ok(FileDevice::open_with(
         path,
         &FileOptions {
             read_only: true,
+            lock_wait: wait,
             ..FileOptions::default()
         },
     )?)
 }
 
 /// `blobcask check`: exit 0 when clean, 1 when problems were found.
-pub fn check(path: &Path) -> CliResult {
-    let rep = blobcask::fsck::check(|| open_ro(path))?;
+pub fn check(path: &Path, wait: Option<Duration>) -> CliResult {
+    let rep = blobcask::fsck::check(|| open_ro(path, wait))?;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -433,7 +464,8 @@ pub fn repair(path: &Path, output: Option<&Path>, report: Option<&Path>) -> CliR
         ))
         .into());
     }
-    let rep = blobcask::fsck::salvage(open_ro(path)?).map_err(blobcask::fsck::unsalvageable)?;
+    let rep =
+        blobcask::fsck::salvage(open_ro(path, None)?).map_err(blobcask::fsck::unsalvageable)?;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -479,7 +511,8 @@ pub fn repair(path: &Path, output: Option<&Path>, report: Option<&Path>) -> CliR
         rep.suspect.len()
     )?;
     if let Some(r) = report {
-        let json = blobcask::salvage::report_json(&rep);
+        let mut json = blobcask::salvage::report_json(&rep);
+        hex_ids(&mut json);
         let f = std::fs::File::create(r)?;
         serde_json::to_writer_pretty(std::io::BufWriter::new(&f), &json)
             .map_err(std::io::Error::other)?;
@@ -516,6 +549,22 @@ pub fn repair(path: &Path, output: Option<&Path>, report: Option<&Path>) -> CliR
         rep.live.len()
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Blob ids in hex, as everywhere in the CLI: every `blob` field of the report's lists.
+fn hex_ids(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                match x.as_u64() {
+                    Some(id) if k == "blob" => *x = Value::String(format!("{id:#x}")),
+                    _ => hex_ids(x),
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(hex_ids),
+        _ => {}
+    }
 }
 
 /// A path beside `p` named `p` + `suffix` (+ `.N` if taken) that does not exist yet.
