@@ -32,7 +32,7 @@ use crate::shard::{Op, Req};
 use crate::state::{Core, ShardShared};
 
 pub use crate::options::{DeviceSpec, MergeOptions, Options, SyncPolicy};
-pub use crate::stats::{BlobRole, BlobStats, ShardStats, Stats};
+pub use crate::stats::{BlobRole, BlobStats, ShardStats, Stats, Totals};
 
 #[cfg(feature = "spdk")]
 mod spdk;

@@ -50,7 +50,7 @@ struct SuperInfo {
     /// The epoch of this run (the stored one + 1).
     epoch: u64,
     /// Counters of earlier runs (`bc.totals`; zero on a new or older store).
-    totals: crate::stats::Totals,
+    totals: crate::state::Totals,
 }
 
 /// Read the super blob, writing nothing.
@@ -83,7 +83,7 @@ fn read_super<S: BlobStore>(store: &S, opts: &Options) -> Result<SuperInfo> {
     let (role, format, shards, epoch, totals) = read?;
     let totals = totals
         .as_deref()
-        .and_then(crate::stats::Totals::decode)
+        .and_then(crate::state::Totals::decode)
         .unwrap_or_default();
     match (role.as_deref(), format, shards) {
         (Some(ROLE_SUPER), Some(FORMAT_VERSION), Some(n)) if n >= 1 => {
