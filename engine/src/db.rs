@@ -767,7 +767,7 @@ pub fn native_store(
         ));
     } else {
         return Err(Error::NotABlobstore(
-            "the device holds no blobstore (set create to format it)".into(),
+            "the device holds no blobstore (`Options::create` formats it)".into(),
         ));
     };
     Ok(store)

@@ -388,6 +388,23 @@ fn every_command_documents_its_exit_codes_and_keeps_them() {
     let e = err(&o);
     assert!(e.contains("does not exist; `blobcask format"), "{e}");
     assert!(!e.contains("set create"), "{e}");
+    let zeros = dir.path().join("zeros.img");
+    std::fs::File::create(&zeros)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let o = run(&["get", zeros.to_str().unwrap(), "k"]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = err(&o);
+    assert!(e.contains("holds no blobstore"), "{e}");
+    assert!(e.contains("`blobcask format`"), "{e}");
+    assert!(!e.contains("Options::") && !e.contains("set create"), "{e}");
+    // Flags are checked with their own names, before anything is touched.
+    let o = run(&["format", zeros.to_str().unwrap(), "--shards", "0"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("--shards"), "{}", err(&o));
+    let o = run(&["format", zeros.to_str().unwrap(), "--cluster-size", "1000"]);
+    assert!(err(&o).contains("--cluster-size"), "{}", err(&o));
 }
 
 fn sha(path: &str) -> Vec<u8> {

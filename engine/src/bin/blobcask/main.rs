@@ -184,11 +184,12 @@ enum Cmd {
         /// Size of a new image file, e.g. 1G, 512M (default: an existing image's size, else 1G).
         #[arg(long, value_parser = parse_size)]
         size: Option<u64>,
-        /// Blobstore cluster size, e.g. 1M, 64K.
-        #[arg(long, default_value = "1M", value_parser = parse_size)]
+        /// Blobstore cluster size, e.g. 1M, 64K (a multiple of 4K).
+        #[arg(long, default_value = "1M", value_parser = parse_cluster_size)]
         cluster_size: u64,
-        /// Number of shards (default: number of cores, fewer if the device cannot hold them).
-        #[arg(long)]
+        /// Number of shards, 1 to 1024 (default: number of cores, fewer if the device cannot
+        /// hold them).
+        #[arg(long, value_parser = parse_shards)]
         shards: Option<usize>,
         /// Reformat a device that already holds data (it is lost), with the new geometry.
         #[arg(long)]
@@ -203,7 +204,8 @@ enum Cmd {
         codec: CodecArgs,
         /// The key (escaped, or hex with --hex).
         key: String,
-        /// The value (escaped, or hex with --hex); `-` reads the raw bytes from stdin.
+        /// The value (escaped, or hex with --hex); `-` reads the raw bytes from stdin (a value
+        /// that is a lone dash is written \x2d).
         #[arg(required_unless_present_any = ["value_file", "stdin"])]
         value: Option<String>,
         /// Read the value's raw bytes from PATH.
@@ -437,14 +439,27 @@ type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
 fn open(store: &WriteArgs) -> Result<Db, Box<dyn std::error::Error>> {
     let mut opts = store_options(&store.device, store.salvage, store.lock)?;
     opts.sync = store.sync.into();
-    Ok(report_damage(Db::open(opts)?)?)
+    Ok(report_damage(Db::open(opts).map_err(in_cli_terms)?)?)
 }
 
 /// Open for a command that changes nothing: a shared lock, and the device is never written,
 /// not even at close.
 fn open_read_only(store: &ReadArgs) -> Result<Db, Box<dyn std::error::Error>> {
     let opts = store_options(&store.device, store.salvage, store.lock)?;
-    Ok(report_damage(Db::open_read_only(opts)?)?)
+    Ok(report_damage(
+        Db::open_read_only(opts).map_err(in_cli_terms)?,
+    )?)
+}
+
+/// An open error told with the CLI's commands rather than the library's options (the hint
+/// printed by `main` names `blobcask format`).
+fn in_cli_terms(e: blobcask::Error) -> blobcask::Error {
+    match e {
+        blobcask::Error::NotABlobstore(m) if m.contains("Options::create") => {
+            blobcask::Error::NotABlobstore("the device holds no blobstore".into())
+        }
+        e => e,
+    }
 }
 
 fn store_options(device: &Path, salvage: bool, lock: LockArgs) -> Result<Options, Failure> {
@@ -1185,6 +1200,24 @@ impl<'a> Batched<'a> {
         }
         self.db.write_batch(self.batch)
     }
+}
+
+/// `--cluster-size`: a size, a multiple of 4 KiB that fits 32 bits.
+fn parse_cluster_size(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if n == 0 || n % 4096 != 0 || n > u64::from(u32::MAX) {
+        return Err(format!("{s:?} is not a multiple of 4K below 4G"));
+    }
+    Ok(n)
+}
+
+/// `--shards`: 1 to 1024, the engine's maximum (which `Options::validate` enforces as well).
+fn parse_shards(s: &str) -> Result<usize, String> {
+    let max = 1024;
+    s.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| format!("{s:?} is not a shard count from 1 to {max}"))
 }
 
 /// Parse `4096`, `64K`, `1M`, `2G` (binary units).
