@@ -30,7 +30,7 @@
 //!
 //! **Exclusion.** A writable open takes `flock(LOCK_EX)` on the file, a read-only one
 //! `flock(LOCK_SH)`: any number of readers at once, or one writer alone. An open that cannot
-//! get its lock retries for [`FileOptions::lock_wait`] (default [`LOCK_RETRY`]) and then fails
+//! get its lock retries for [`FileOptions::lock_wait`] (default half a second) and then fails
 //! with [`Error::Locked`]. The lock is advisory.
 
 use std::cell::RefCell;
@@ -79,8 +79,9 @@ pub struct FileOptions {
     pub lock: bool,
     /// Open `O_RDONLY`; every write fails `ReadOnly` (inspection tools).
     pub read_only: bool,
-    /// How long to wait for a lock another handle holds before failing `Locked` (default: a
-    /// moment, see [`LOCK_RETRY`]; `Duration::MAX` waits for as long as it takes).
+    /// How long to wait for a lock another handle holds before failing `Locked` (default:
+    /// half a second; `Duration::MAX` waits for as long as it takes). Never less than the
+    /// default: a handle closed a moment ago may still hold the lock briefly.
     pub lock_wait: Option<std::time::Duration>,
 }
 
@@ -535,7 +536,7 @@ fn open_fd(path: &Path, direct: bool, read_only: bool) -> Result<(File, bool)> {
 
 /// How long a held lock is retried before `Locked`: a handle closed a moment ago may still be
 /// pinned by io_uring's deferred file release, which the kernel finishes within milliseconds.
-pub const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Take the exclusive lock, or a shared one when `shared` (several readers at once, no writer
 /// while one holds it), retrying for `wait` (default [`LOCK_RETRY`]).
