@@ -481,7 +481,7 @@ fn readers_share_the_lock_and_writers_wait_for_it() {
         err(&o)
     );
     let t = Instant::now();
-    let o = run(&["put", &db, "k", "w", "--wait-lock", "1.5"]);
+    let o = run(&["put", &db, "k", "w", "--wait-lock=1.5"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
         t.elapsed() >= Duration::from_millis(1400),
@@ -490,7 +490,7 @@ fn readers_share_the_lock_and_writers_wait_for_it() {
     );
     // A writer that waits gets the store once the reader lets go.
     let waiting = bin()
-        .args(["put", &db, "k", "w", "--wait-lock"])
+        .args(["put", "--wait-lock", &db, "k", "w"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -506,7 +506,7 @@ fn readers_share_the_lock_and_writers_wait_for_it() {
     assert_eq!(o.status.code(), Some(2));
     assert!(err(&o).contains("already open"), "{}", err(&o));
     let waiting = bin()
-        .args(["get", &db, "k", "--wait-lock", "60"])
+        .args(["get", &db, "k", "--wait-lock=60"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

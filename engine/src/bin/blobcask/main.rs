@@ -98,9 +98,9 @@ impl From<SyncArg> for SyncPolicy {
 #[derive(clap::Args, Clone, Copy)]
 struct LockArgs {
     /// Wait for another process's lock on the store instead of failing after half a second:
-    /// forever, or at most SECS seconds.
-    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "forever",
-          value_parser = parse_wait)]
+    /// forever, or with `--wait-lock=SECS` at most SECS seconds.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, require_equals = true,
+          default_missing_value = "forever", value_parser = parse_wait)]
     wait_lock: Option<Duration>,
 }
 
