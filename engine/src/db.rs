@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use crate::blobs::write_catalog;
+use crate::blobs::{write_catalog, write_totals};
 use crate::blobstore::BlobStore;
 use crate::device::{AlignedBuf, IoPath};
 use crate::error::{Error, Result};
@@ -576,26 +576,11 @@ impl<S: BlobStore> Inner<S> {
     }
 }
 
-/// Record the counters of every run so far in the super blob (`bc.totals`).
-fn write_totals<S: BlobStore>(core: &Core<S>) -> Result<()> {
-    let store = &core.store;
-    let Some(id) = store.super_blob() else {
-        return Ok(());
-    };
-    let totals = crate::stats::collect(core).totals.encode();
-    let blob = store.block_on(store.open(id))?;
-    let res = store
-        .block_on(store.set_xattr(&blob, crate::blobs::X_TOTALS, &totals))
-        .and_then(|()| store.block_on(store.sync_md(&blob)));
-    store.block_on(store.close(blob))?;
-    Ok(res?)
-}
-
 /// Write the catalog, close every open blob and unload the blobstore.
 fn close_all<S: BlobStore>(core: &Core<S>) -> Result<()> {
     let store = &core.store;
     let mut first: Option<Error> = None;
-    if let Err(e) = write_totals(core) {
+    if let Err(e) = write_totals(store, &core.totals()) {
         first.get_or_insert(e);
     }
     if let Err(e) = write_catalog(store, core.cfg.cluster, true) {

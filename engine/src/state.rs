@@ -104,8 +104,8 @@ impl<S: BlobStore> Index<S> {
 }
 
 /// Counters summed over every run of a store: persisted in the super blob (`bc.totals`) at
-/// each clean close, so they survive across processes. A run that ends in a crash loses what
-/// it added.
+/// each clean close and after each merge, so they survive across processes. A run that ends in
+/// a crash loses what it added since its last merge.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Totals {
     pub merges: u64,
@@ -359,6 +359,20 @@ impl<S: BlobStore> Core<S> {
     /// A new cross-shard batch id.
     pub fn next_batch_id(&self) -> u64 {
         self.next_batch.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The counters of every run so far: the stored ones plus this run's.
+    pub fn totals(&self) -> Totals {
+        let this_run = self.shards.iter().fold(Totals::default(), |t, sh| {
+            let c = &sh.ctr;
+            t.plus(Totals {
+                merges: c.merges.load(Ordering::Relaxed),
+                merged_bytes: c.merged_bytes.load(Ordering::Relaxed),
+                user_bytes: c.user_bytes.load(Ordering::Relaxed),
+                device_bytes: c.device_bytes.load(Ordering::Relaxed),
+            })
+        });
+        self.cfg.stored_totals.plus(this_run)
     }
 
     /// How long the last open took, and whether it used hints.

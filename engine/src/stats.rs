@@ -147,12 +147,7 @@ pub(crate) fn collect<S: BlobStore>(core: &Core<S>) -> Stats {
     if st.groups > 0 {
         st.mean_group_size = st.group_ops as f64 / st.groups as f64;
     }
-    st.totals = core.cfg.stored_totals.plus(Totals {
-        merges: st.merges,
-        merged_bytes: st.merged_bytes,
-        user_bytes: st.user_bytes,
-        device_bytes: st.device_bytes,
-    });
+    st.totals = core.totals();
     let (t, h) = core.recovery_info();
     st.recovery_time = t;
     st.recovery_used_hints = h;

@@ -109,3 +109,25 @@ fn totals_survive_close_and_reopen() {
     assert_eq!(s.totals.merges, first.totals.merges);
     r.close().unwrap();
 }
+
+#[test]
+fn a_merge_is_counted_even_if_the_process_then_dies() {
+    use blobcask_tests::harness;
+    let dev = harness::device(harness::template(2), 7);
+    let db = harness::open(&dev, SyncPolicy::Always, 2).unwrap();
+    for i in 0..300u32 {
+        db.put(format!("k{}", i % 10).as_bytes(), b"value").unwrap();
+    }
+    db.merge().unwrap();
+    let merged = db.stats().unwrap().totals;
+    assert!(merged.merges >= 1);
+    // A power cut now: only what was flushed survives (the old handle's close reaches only
+    // the old device).
+    let after = harness::device(dev.durable_image(), 8);
+    drop(db);
+    let db = harness::open(&after, SyncPolicy::Always, 2).unwrap();
+    let t = db.stats().unwrap().totals;
+    assert_eq!(t.merges, merged.merges, "{t:?}");
+    assert_eq!(t.user_bytes, merged.user_bytes, "{t:?}");
+    db.close().unwrap();
+}

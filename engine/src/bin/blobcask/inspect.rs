@@ -300,7 +300,7 @@ async fn hash_range(
 }
 
 /// Print `Db::stats` for people or as JSON: the same figures, each once. The counters of
-/// writes and merges are the store's totals over every run (persisted at each clean close),
+/// writes and merges are the store's totals over every run (persisted at each clean close and merge),
 /// not this process's, which only read.
 pub fn print_stats(s: &Stats, as_json: bool) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
