@@ -79,6 +79,7 @@ pub enum Backend {
 #[derive(Debug, Clone, Parser, serde::Serialize)]
 #[command(
     name = "db_bench",
+    version,
     about = "db_bench-compatible benchmark for blobcask and its peers",
     long_about = "Runs RocksDB db_bench workloads in order on one store. Benchmarks: fillseq, \
 fillrandom, overwrite, readrandom, multireadrandom, readmissing, readseq, \

@@ -160,3 +160,19 @@ fn rawread_on_memory_reports_qd1_qd32_and_the_batch() {
     );
     assert!(r.raw.iter().all(|f| f.raw > 0.0));
 }
+
+#[test]
+fn every_binary_prints_its_version() {
+    for bin in [
+        env!("CARGO_BIN_EXE_db_bench"),
+        env!("CARGO_BIN_EXE_hotpath"),
+    ] {
+        let o = std::process::Command::new(bin)
+            .arg("--version")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{bin} --version failed");
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains(env!("CARGO_PKG_VERSION")), "{bin}: {out}");
+    }
+}

@@ -20,12 +20,28 @@ pub(crate) const X_LEN: &str = "bc.len";
 pub(crate) const X_FORMAT: &str = "bc.format";
 pub(crate) const X_SHARDS: &str = "bc.shards";
 pub(crate) const X_EPOCH: &str = "bc.epoch";
+pub(crate) const X_TOTALS: &str = "bc.totals";
 pub(crate) const FORMAT_VERSION: u32 = 2;
 
 pub(crate) const ROLE_DATA: &[u8] = b"data";
 pub(crate) const ROLE_HINT: &[u8] = b"hint";
 pub(crate) const ROLE_SNAPSHOT: &[u8] = b"snapshot";
 pub(crate) const ROLE_SUPER: &[u8] = b"super";
+
+/// Record the counters of every run so far in the super blob (`bc.totals`): at each clean
+/// close and after each merge (from the merge worker, the only writer of it while the store
+/// runs). Nothing to do before the super blob exists.
+pub(crate) fn write_totals<S: BlobStore>(store: &S, totals: &crate::state::Totals) -> Result<()> {
+    let Some(id) = store.super_blob() else {
+        return Ok(());
+    };
+    let blob = store.block_on(store.open(id))?;
+    let res = store
+        .block_on(store.set_xattr(&blob, X_TOTALS, &totals.encode()))
+        .and_then(|()| store.block_on(store.sync_md(&blob)));
+    store.block_on(store.close(blob))?;
+    Ok(res?)
+}
 
 /// Create an engine blob: run-length extents in the root page (see [`data_xattrs`]).
 pub(crate) fn create_blob<S: BlobStore>(

@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use crate::blobs::write_catalog;
+use crate::blobs::{write_catalog, write_totals};
 use crate::blobstore::BlobStore;
 use crate::device::{AlignedBuf, IoPath};
 use crate::error::{Error, Result};
@@ -32,7 +32,7 @@ use crate::shard::{Op, Req};
 use crate::state::{Core, ShardShared};
 
 pub use crate::options::{DeviceSpec, MergeOptions, Options, SyncPolicy};
-pub use crate::stats::{BlobRole, BlobStats, ShardStats, Stats};
+pub use crate::stats::{BlobRole, BlobStats, ShardStats, Stats, Totals};
 
 #[cfg(feature = "spdk")]
 mod spdk;
@@ -580,6 +580,9 @@ impl<S: BlobStore> Inner<S> {
 fn close_all<S: BlobStore>(core: &Core<S>) -> Result<()> {
     let store = &core.store;
     let mut first: Option<Error> = None;
+    if let Err(e) = write_totals(store, &core.totals()) {
+        first.get_or_insert(e);
+    }
     if let Err(e) = write_catalog(store, core.cfg.cluster, true) {
         first.get_or_insert(e);
     }
@@ -622,34 +625,32 @@ impl Db {
             _ => None,
         };
         let (dev, fresh) = match spec {
-            DeviceSpec::Path(p) if opts.read_only && p.exists() => {
+            DeviceSpec::Path(p) if p.exists() => {
                 let fo = crate::device::FileOptions {
-                    read_only: true,
+                    read_only: opts.read_only,
+                    lock_wait: opts.lock_wait,
                     ..Default::default()
                 };
                 (AnyDevice::open_path_with(&p, &fo)?, false)
             }
+            DeviceSpec::Path(p) if opts.create && !opts.read_only => {
+                opts.check_new_store(opts.device_size)?;
+                // A small io unit needs blocks that small (buffered I/O if direct I/O cannot do
+                // them); the default one works on any detected block size.
+                let fo = crate::device::FileOptions {
+                    block_size: (opts.io_unit_size < 4096).then_some(opts.io_unit_size),
+                    ..Default::default()
+                };
+                (
+                    AnyDevice::create_path_with(&p, opts.device_size, &fo)?,
+                    true,
+                )
+            }
             DeviceSpec::Path(p) => {
-                if p.exists() {
-                    (AnyDevice::open_path(&p)?, false)
-                } else if opts.create && !opts.read_only {
-                    opts.check_new_store(opts.device_size)?;
-                    // A small io unit needs blocks that small (buffered I/O if direct I/O
-                    // cannot do them); the default one works on any detected block size.
-                    let fo = crate::device::FileOptions {
-                        block_size: (opts.io_unit_size < 4096).then_some(opts.io_unit_size),
-                        ..Default::default()
-                    };
-                    (
-                        AnyDevice::create_path_with(&p, opts.device_size, &fo)?,
-                        true,
-                    )
-                } else {
-                    return Err(Error::invalid(format!(
-                        "{} does not exist (set create to make it)",
-                        p.display()
-                    )));
-                }
+                return Err(Error::invalid(format!(
+                    "{} does not exist (`Options::create` makes a new store there)",
+                    p.display()
+                )));
             }
             DeviceSpec::Memory { size } => (AnyDevice::memory(size, opts.io_unit_size)?, true),
             DeviceSpec::Sim(s) => (AnyDevice::from(s), false),
@@ -761,7 +762,7 @@ pub fn native_store(
         ));
     } else {
         return Err(Error::NotABlobstore(
-            "the device holds no blobstore (set create to format it)".into(),
+            "the device holds no blobstore (`Options::create` formats it)".into(),
         ));
     };
     Ok(store)

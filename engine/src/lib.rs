@@ -27,7 +27,7 @@ mod stats;
 
 pub use db::{
     native_store, BlobRole, BlobStats, Db, DeviceSpec, MergeOptions, Options, ShardStats, Stats,
-    SyncPolicy, WriteBatch,
+    SyncPolicy, Totals, WriteBatch,
 };
 pub use error::{Error, Result};
 pub use options::RecoveryMode;

@@ -35,7 +35,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::blob_scan::scan_blob;
-use crate::blobs::{create_blob, data_xattrs, write_catalog, ROLE_HINT, X_INPUTS, X_LEN, X_MERGE};
+use crate::blobs::{
+    create_blob, data_xattrs, write_catalog, write_totals, ROLE_HINT, X_INPUTS, X_LEN, X_MERGE,
+};
 use crate::blobstore::{BlobStore, IoChannel as _};
 use crate::device::AlignedBuf;
 use crate::error::{Error, Result};
@@ -325,6 +327,10 @@ pub(crate) fn merge_shard<S: BlobStore>(core: &Core<S>, ch: &S::Channel, s: usiz
         // The catalog names blobs for open and check; a failure here loses no data.
         if let Err(e) = write_catalog(&core.store, core.cfg.cluster, false) {
             log::warn!("blobcask: catalog after the merge of shard {s}: {e}");
+        }
+        // The counters, so that a crash after the merge keeps it counted.
+        if let Err(e) = write_totals(&core.store, &core.totals()) {
+            log::warn!("blobcask: totals after the merge of shard {s}: {e}");
         }
     }
     if let Err(e) = &res {

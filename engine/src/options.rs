@@ -119,6 +119,10 @@ pub struct Options {
     /// runs in memory only, and every write (put, delete, batch, sync, merge) fails
     /// [`Error::ReadOnly`]. Nothing reaches the device, not even at close.
     pub read_only: bool,
+    /// How long open waits for the image's lock while another handle holds it (a writer holds
+    /// it exclusively, readers share it) before failing [`Error::Locked`]. Default `None`: half
+    /// a second. `Some(Duration::MAX)` waits for as long as it takes.
+    pub lock_wait: Option<Duration>,
     /// What open does with damaged records.
     pub recovery: RecoveryMode,
 }
@@ -142,6 +146,7 @@ impl Default for Options {
             cache_bytes: crate::cache::default_budget(),
             bstype: "BLOBCASK".to_string(),
             read_only: false,
+            lock_wait: None,
             recovery: RecoveryMode::default(),
         }
     }

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use crate::blob_scan::{blob_source, read_hint};
 use crate::blobs::{
     close_and_delete, le_u32, le_u64, read_meta, Meta, FORMAT_VERSION, ROLE_DATA, ROLE_HINT,
-    ROLE_SNAPSHOT, ROLE_SUPER, X_EPOCH, X_FORMAT, X_MERGE, X_ROLE, X_SHARDS,
+    ROLE_SNAPSHOT, ROLE_SUPER, X_EPOCH, X_FORMAT, X_MERGE, X_ROLE, X_SHARDS, X_TOTALS,
 };
 use crate::blobstore::{Blob as _, BlobId, BlobStore, CreateOpts};
 use crate::catalog;
@@ -49,6 +49,8 @@ struct SuperInfo {
     shards: usize,
     /// The epoch of this run (the stored one + 1).
     epoch: u64,
+    /// Counters of earlier runs (`bc.totals`; zero on a new or older store).
+    totals: crate::state::Totals,
 }
 
 /// Read the super blob, writing nothing.
@@ -63,6 +65,7 @@ fn read_super<S: BlobStore>(store: &S, opts: &Options) -> Result<SuperInfo> {
             id: None,
             shards: opts.shards,
             epoch: 1,
+            totals: Default::default(),
         });
     };
     let blob = store.block_on(store.open(id))?;
@@ -73,10 +76,15 @@ fn read_super<S: BlobStore>(store: &S, opts: &Options) -> Result<SuperInfo> {
             le_u32(&x(X_FORMAT)?),
             le_u32(&x(X_SHARDS)?),
             le_u64(&x(X_EPOCH)?),
+            x(X_TOTALS)?,
         ))
     })();
     store.block_on(store.close(blob))?;
-    let (role, format, shards, epoch) = read?;
+    let (role, format, shards, epoch, totals) = read?;
+    let totals = totals
+        .as_deref()
+        .and_then(crate::state::Totals::decode)
+        .unwrap_or_default();
     match (role.as_deref(), format, shards) {
         (Some(ROLE_SUPER), Some(FORMAT_VERSION), Some(n)) if n >= 1 => {
             if n as usize != opts.shards {
@@ -89,6 +97,7 @@ fn read_super<S: BlobStore>(store: &S, opts: &Options) -> Result<SuperInfo> {
                 id: Some(id),
                 shards: n as usize,
                 epoch: epoch.unwrap_or(0) + 1,
+                totals,
             })
         }
         (Some(ROLE_SUPER), f, _) => Err(Error::Unsupported(format!(
@@ -241,6 +250,7 @@ fn resolve_config<S: BlobStore>(store: &S, opts: &Options, sup: &SuperInfo) -> R
         merge_reserve: geo.merge_reserve,
         read_only: opts.read_only,
         recovery: opts.recovery,
+        stored_totals: sup.totals,
     })
 }
 

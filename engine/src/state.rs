@@ -103,6 +103,75 @@ impl<S: BlobStore> Index<S> {
     }
 }
 
+/// Counters summed over every run of a store: persisted in the super blob (`bc.totals`) at
+/// each clean close and after each merge, so they survive across processes. A run that ends in
+/// a crash loses what it added since its last merge.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub merges: u64,
+    /// Bytes merge rewrote.
+    pub merged_bytes: u64,
+    /// Key + value bytes the user handed to put/delete/write_batch.
+    pub user_bytes: u64,
+    /// Bytes written to the device by shards and merges.
+    pub device_bytes: u64,
+}
+
+impl Totals {
+    /// Encoded length of `bc.totals`.
+    pub(crate) const LEN: usize = 32;
+
+    /// `device_bytes / user_bytes` (0 before any write).
+    pub fn write_amplification(&self) -> f64 {
+        if self.user_bytes == 0 {
+            0.0
+        } else {
+            self.device_bytes as f64 / self.user_bytes as f64
+        }
+    }
+
+    /// Four little-endian u64s in field order.
+    pub(crate) fn encode(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        let f = [
+            self.merges,
+            self.merged_bytes,
+            self.user_bytes,
+            self.device_bytes,
+        ];
+        for (c, v) in b.chunks_exact_mut(8).zip(f) {
+            c.copy_from_slice(&v.to_le_bytes());
+        }
+        b
+    }
+
+    /// Undo [`Totals::encode`]; any other length (an older store has none) is `None`.
+    pub(crate) fn decode(b: &[u8]) -> Option<Totals> {
+        if b.len() != Self::LEN {
+            return None;
+        }
+        let mut f = b
+            .chunks_exact(8)
+            .map(|c| c.try_into().map(u64::from_le_bytes).unwrap_or(0));
+        let mut next = || f.next().unwrap_or(0);
+        Some(Totals {
+            merges: next(),
+            merged_bytes: next(),
+            user_bytes: next(),
+            device_bytes: next(),
+        })
+    }
+
+    pub(crate) fn plus(self, o: Totals) -> Totals {
+        Totals {
+            merges: self.merges.saturating_add(o.merges),
+            merged_bytes: self.merged_bytes.saturating_add(o.merged_bytes),
+            user_bytes: self.user_bytes.saturating_add(o.user_bytes),
+            device_bytes: self.device_bytes.saturating_add(o.device_bytes),
+        }
+    }
+}
+
 /// Counters of one shard (relaxed atomics; read by `stats`).
 #[derive(Default)]
 pub(crate) struct Counters {
@@ -196,6 +265,8 @@ pub(crate) struct Config {
     pub read_only: bool,
     /// What open does with damaged records.
     pub recovery: RecoveryMode,
+    /// Counters of earlier runs, as the super blob's `bc.totals` holds them.
+    pub stored_totals: Totals,
 }
 
 /// State shared by the handle, the shard threads and the merge worker.
@@ -290,6 +361,20 @@ impl<S: BlobStore> Core<S> {
         self.next_batch.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// The counters of every run so far: the stored ones plus this run's.
+    pub fn totals(&self) -> Totals {
+        let this_run = self.shards.iter().fold(Totals::default(), |t, sh| {
+            let c = &sh.ctr;
+            t.plus(Totals {
+                merges: c.merges.load(Ordering::Relaxed),
+                merged_bytes: c.merged_bytes.load(Ordering::Relaxed),
+                user_bytes: c.user_bytes.load(Ordering::Relaxed),
+                device_bytes: c.device_bytes.load(Ordering::Relaxed),
+            })
+        });
+        self.cfg.stored_totals.plus(this_run)
+    }
+
     /// How long the last open took, and whether it used hints.
     pub fn recovery_info(&self) -> (Duration, bool) {
         (self.recovery_time, self.recovery_used_hints)
@@ -339,4 +424,25 @@ pub enum BlobRole {
     Sealed,
     /// Being written by a merge.
     Merging,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Totals;
+
+    #[test]
+    fn totals_round_trip_and_refuse_other_lengths() {
+        let t = Totals {
+            merges: 3,
+            merged_bytes: 1 << 40,
+            user_bytes: 100,
+            device_bytes: 250,
+        };
+        assert_eq!(Totals::decode(&t.encode()), Some(t));
+        assert_eq!(Totals::decode(&t.encode()[..31]), None);
+        assert_eq!(Totals::decode(&[]), None);
+        assert_eq!(t.write_amplification(), 2.5);
+        assert_eq!(Totals::default().write_amplification(), 0.0);
+        assert_eq!(t.plus(t).merges, 6);
+    }
 }

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::blobstore::{BlobId, BlobStore};
-pub use crate::state::BlobRole;
+pub use crate::state::{BlobRole, Totals};
 use crate::state::{Core, ShardShared};
 
 /// One data blob.
@@ -77,6 +77,9 @@ pub struct Stats {
     pub recovery_used_hints: bool,
     pub free_clusters: u64,
     pub total_clusters: u64,
+    /// The counters above summed over every run of the store, this one included (the per-run
+    /// fields start at zero at each open).
+    pub totals: Totals,
 }
 
 pub(crate) fn collect<S: BlobStore>(core: &Core<S>) -> Stats {
@@ -106,6 +109,7 @@ pub(crate) fn collect<S: BlobStore>(core: &Core<S>) -> Stats {
         recovery_used_hints: false,
         free_clusters: core.store.free_clusters(),
         total_clusters: core.store.total_data_clusters(),
+        totals: Totals::default(),
     };
     let mut overhead = 0u64;
     for (i, sh) in core.shards.iter().enumerate() {
@@ -143,6 +147,7 @@ pub(crate) fn collect<S: BlobStore>(core: &Core<S>) -> Stats {
     if st.groups > 0 {
         st.mean_group_size = st.group_ops as f64 / st.groups as f64;
     }
+    st.totals = core.totals();
     let (t, h) = core.recovery_info();
     st.recovery_time = t;
     st.recovery_used_hints = h;

@@ -302,7 +302,7 @@ fn format_explains_bad_cluster_sizes_and_gives_advice_that_applies() {
     for cs in ["0", "0K", "1000"] {
         refused(
             &["format", p, "--size", "16M", "--cluster-size", cs],
-            "cluster_size",
+            "--cluster-size",
         );
     }
     let advice = |args: &[&str]| {

@@ -67,6 +67,7 @@ static GLOBAL: Counting = Counting;
 #[derive(Parser)]
 #[command(
     name = "hotpath",
+    version,
     about = "allocations per put and per get of blobcask"
 )]
 struct Args {

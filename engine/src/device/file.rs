@@ -36,8 +36,10 @@
 //! files it does nothing: the old bytes stay, as with SPDK's aio bdev on a file without hole
 //! punching, so nobody may rely on unmapped ranges reading as zero.
 //!
-//! **Exclusion.** Every open takes `flock(LOCK_EX | LOCK_NB)` on the file; a second open, from
-//! this or another process, fails with [`Error::Locked`]. The lock is advisory.
+//! **Exclusion.** A writable open takes `flock(LOCK_EX)` on the file, a read-only one
+//! `flock(LOCK_SH)`: any number of readers at once, or one writer alone. An open that cannot
+//! get its lock retries for [`FileOptions::lock_wait`] (default half a second) and then fails
+//! with [`Error::Locked`]. The lock is advisory.
 
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
@@ -89,6 +91,10 @@ pub struct FileOptions {
     pub lock: bool,
     /// Open `O_RDONLY`; every write fails `ReadOnly` (inspection tools).
     pub read_only: bool,
+    /// How long to wait for a lock another handle holds before failing `Locked` (default:
+    /// half a second; `Duration::MAX` waits for as long as it takes). Never less than the
+    /// default: a handle closed a moment ago may still hold the lock briefly.
+    pub lock_wait: Option<std::time::Duration>,
 }
 
 impl Default for FileOptions {
@@ -100,6 +106,7 @@ impl Default for FileOptions {
             discard: true,
             lock: true,
             read_only: false,
+            lock_wait: None,
         }
     }
 }
@@ -197,7 +204,7 @@ impl FileDevice {
         }
         let (mut file, mut direct) = open_fd(path, opts.direct, opts.read_only)?;
         if opts.lock {
-            lock_file(&file, path, opts.read_only)?;
+            lock_file(&file, path, opts.read_only, opts.lock_wait)?;
         }
         let meta = file.metadata().map_err(|e| io_ctx(path, "stat", e))?;
         let block_device = meta.file_type().is_block_device();
@@ -241,7 +248,7 @@ impl FileDevice {
             drop(file);
             (file, direct) = open_fd(path, false, opts.read_only)?;
             if opts.lock {
-                lock_file(&file, path, opts.read_only)?;
+                lock_file(&file, path, opts.read_only, opts.lock_wait)?;
             }
         }
         let io_path = if uring_wanted(opts) && ring_available() {
@@ -597,8 +604,16 @@ fn open_fd(path: &Path, direct: bool, read_only: bool) -> Result<(File, bool)> {
 /// pinned by io_uring's deferred file release, which the kernel finishes within milliseconds.
 const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
-fn lock_file(file: &File, path: &Path, shared: bool) -> Result<()> {
+/// Take the exclusive lock, or a shared one when `shared` (several readers at once, no writer
+/// while one holds it), retrying for `wait` (default [`LOCK_RETRY`]).
+fn lock_file(
+    file: &File,
+    path: &Path,
+    shared: bool,
+    wait: Option<std::time::Duration>,
+) -> Result<()> {
     let mode = if shared { libc::LOCK_SH } else { libc::LOCK_EX };
+    let wait = wait.unwrap_or(LOCK_RETRY).max(LOCK_RETRY);
     let t0 = std::time::Instant::now();
     loop {
         // SAFETY: flock only takes integers; the fd is owned by `file`.
@@ -610,9 +625,14 @@ fn lock_file(file: &File, path: &Path, shared: bool) -> Result<()> {
         if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
             return Err(io_ctx(path, "flock", e));
         }
-        if t0.elapsed() >= LOCK_RETRY {
+        if t0.elapsed() >= wait {
+            let held = if shared {
+                "a writer holds its exclusive lock"
+            } else {
+                "another handle holds its lock"
+            };
             return Err(Error::Locked(format!(
-                "{} is already open (exclusive flock held by another process or handle)",
+                "{} is already open elsewhere ({held})",
                 path.display()
             )));
         }

@@ -9,6 +9,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use blobcask::blobstore::native::descriptor::Descriptor;
 use blobcask::blobstore::native::esnap::{show_id, EsnapMap};
@@ -25,11 +26,17 @@ use crate::CliResult;
 
 type ReadOnlyStore = NativeBlobStore<Overlay<FileDevice>>;
 
-/// Load any SPDK blobstore on `path` without writing to it. `esnap` maps esnap ids to image
-/// files (`ID=PATH`), opened read-only, for the reads of esnap clones.
-fn load_read_only(path: &Path, esnap: &[String]) -> Result<ReadOnlyStore, blobcask::Error> {
+/// Load any SPDK blobstore on `path` without writing to it (a shared lock, waiting up to
+/// `wait` for a writer to let go). `esnap` maps esnap ids to image files (`ID=PATH`), opened
+/// read-only, for the reads of esnap clones.
+fn load_read_only(
+    path: &Path,
+    esnap: &[String],
+    wait: Option<Duration>,
+) -> Result<ReadOnlyStore, blobcask::Error> {
     let opts = FileOptions {
         read_only: true,
+        lock_wait: wait,
         ..FileOptions::default()
     };
     let mut map = EsnapMap::new();
@@ -68,7 +75,7 @@ fn kind(b: &Value) -> String {
         }
         .to_owned(),
     );
-    if let Some(p) = b["parent"]["snapshot_id_hex"].as_str() {
+    if let Some(p) = b["parent"]["snapshot_id"].as_str() {
         k.push(format!("clone of {p}"));
     }
     if let Some(e) = b["parent"]["esnap_id"].as_str() {
@@ -94,12 +101,12 @@ fn mark_snapshots(list: &mut [Value]) {
     let parents: Vec<(String, String)> = list
         .iter()
         .filter_map(|b| {
-            let p = b["parent"]["snapshot_id_hex"].as_str()?;
-            Some((p.to_owned(), b["id_hex"].as_str()?.to_owned()))
+            let p = b["parent"]["snapshot_id"].as_str()?;
+            Some((p.to_owned(), b["id"].as_str()?.to_owned()))
         })
         .collect();
     for b in list.iter_mut() {
-        let me = b["id_hex"].as_str().unwrap_or("").to_owned();
+        let me = b["id"].as_str().unwrap_or("").to_owned();
         let clones: Vec<&String> = parents
             .iter()
             .filter(|(p, _)| *p == me)
@@ -121,7 +128,7 @@ fn all_blobs(bs: &ReadOnlyStore) -> Result<Vec<Value>, blobcask::Error> {
     let mut list = Vec::with_capacity(ids.len());
     for id in ids {
         list.push(blob_json(bs, id).unwrap_or_else(
-            |e| json!({ "id": id, "id_hex": format!("{id:#x}"), "error": e.to_string() }),
+            |e| json!({ "id": format!("{id:#x}"), "error": e.to_string() }),
         ));
     }
     mark_snapshots(&mut list);
@@ -135,8 +142,7 @@ fn blob_json(bs: &ReadOnlyStore, id: u64) -> Result<Value, blobcask::Error> {
             BlobParent::None => json!({ "kind": "none" }),
             BlobParent::Snapshot(p) => json!({
                 "kind": "snapshot",
-                "snapshot_id": p,
-                "snapshot_id_hex": format!("{p:#x}"),
+                "snapshot_id": format!("{p:#x}"),
             }),
             BlobParent::External { id, available } => json!({
                 "kind": "esnap",
@@ -161,8 +167,7 @@ fn blob_json(bs: &ReadOnlyStore, id: u64) -> Result<Value, blobcask::Error> {
         }
         let flags = root_flags(bs, blob.id()).await?;
         let v = json!({
-            "id": blob.id(),
-            "id_hex": format!("{:#x}", blob.id()),
+            "id": format!("{:#x}", blob.id()),
             "num_clusters": blob.num_clusters(),
             "num_allocated_clusters": blob.num_allocated_clusters(),
             "num_io_units": blob.num_io_units(),
@@ -219,7 +224,7 @@ fn super_json(bs: &ReadOnlyStore) -> Result<Value, blobcask::Error> {
     Ok(json!({
         "version": sb.version,
         "clean": sb.clean,
-        "super_blob": sb.super_blob,
+        "super_blob": format!("{:#x}", sb.super_blob),
         "cluster_size": sb.cluster_size,
         "io_unit_size": bs.io_unit_size(),
         "md_page_size": bs.md_page_size(),
@@ -240,8 +245,8 @@ fn super_json(bs: &ReadOnlyStore) -> Result<Value, blobcask::Error> {
 }
 
 /// `blobcask blobs`.
-pub fn blobs(path: &Path, as_json: bool, esnap: &[String]) -> CliResult {
-    let bs = load_read_only(path, esnap)?;
+pub fn blobs(path: &Path, as_json: bool, esnap: &[String], wait: Option<Duration>) -> CliResult {
+    let bs = load_read_only(path, esnap, wait)?;
     let list = all_blobs(&bs)?;
     let mut out = std::io::stdout().lock();
     if as_json {
@@ -272,7 +277,7 @@ pub fn blobs(path: &Path, as_json: bool, esnap: &[String]) -> CliResult {
     )?;
     for b in &list {
         if let Some(e) = b["error"].as_str() {
-            writeln!(out, "{:<20} error: {e}", b["id_hex"].as_str().unwrap_or(""))?;
+            writeln!(out, "{:<20} error: {e}", b["id"].as_str().unwrap_or(""))?;
             continue;
         }
         let names: Vec<&str> = b["xattrs"]
@@ -287,7 +292,7 @@ pub fn blobs(path: &Path, as_json: bool, esnap: &[String]) -> CliResult {
         writeln!(
             out,
             "{:<20} {:>10} {:>10} {:>5} {:>8} {names} / {}",
-            b["id_hex"].as_str().unwrap_or(""),
+            b["id"].as_str().unwrap_or(""),
             b["num_clusters"].as_u64().unwrap_or(0),
             b["num_allocated_clusters"].as_u64().unwrap_or(0),
             if b["thin_provisioned"] == true {
@@ -340,9 +345,14 @@ pub fn blob(
     as_json: bool,
     read: Option<&str>,
     esnap: &[String],
+    wait: Option<Duration>,
 ) -> CliResult {
     let id = parse_id(id)?;
-    let bs = load_read_only(path, esnap)?;
+    let bs = load_read_only(path, esnap, wait)?;
+    if !bs.block_on(bs.blob_ids())?.contains(&id) {
+        let _ = writeln!(std::io::stderr().lock(), "NOT_FOUND: no blob {id:#x}");
+        return Ok(ExitCode::from(1));
+    }
     if let Some(r) = read {
         let (offset, len) = parse_range(r)?;
         let digest = bs.block_on(async {
@@ -353,23 +363,26 @@ pub fn blob(
         });
         if let Err(blobcask::Error::Blobstore(BsError::EsnapUnavailable { esnap_id, .. })) = &digest
         {
-            eprintln!("hint: give its image with `--esnap {esnap_id}=PATH`");
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "hint: give its image with `--esnap {esnap_id}=PATH`"
+            );
         }
         let digest = digest?;
-        println!("{digest}");
+        writeln!(std::io::stdout().lock(), "{digest}")?;
         return Ok(ExitCode::SUCCESS);
     }
     // Fails like before for a blob that does not open; a snapshot is known from the others.
     blob_json(&bs, id)?;
     let b = all_blobs(&bs)?
         .into_iter()
-        .find(|b| b["id"] == json!(id))
+        .find(|b| b["id"] == json!(format!("{id:#x}")))
         .ok_or_else(|| blobcask::Error::NotFound(format!("blob {id:#x}")))?;
     let mut out = std::io::stdout().lock();
     if as_json {
         writeln!(out, "{}", serde_json::to_string_pretty(&b)?)?;
     } else {
-        writeln!(out, "blob {}", b["id_hex"].as_str().unwrap_or(""))?;
+        writeln!(out, "blob {}", b["id"].as_str().unwrap_or(""))?;
         writeln!(out, "  kind: {}", b["kind"].as_str().unwrap_or(""))?;
         for k in [
             "num_clusters",
@@ -429,26 +442,37 @@ async fn hash_range(
     Ok(hex::encode(h.finalize()))
 }
 
-/// Print `Db::stats` for people or as JSON.
+/// Print `Db::stats` for people or as JSON: the same figures, each once. The counters of
+/// writes and merges are the store's totals over every run (persisted at each clean close and merge),
+/// not this process's, which only read.
 pub fn print_stats(s: &Stats, as_json: bool) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
+    let t = &s.totals;
+    let blobs = s.blobs.iter().map(|b| {
+        (
+            format!("{:#x}", b.id),
+            b,
+            format!("{:?}", b.role).to_lowercase(),
+        )
+    });
     if as_json {
-        let blobs: Vec<Value> = s
-            .blobs
-            .iter()
-            .map(|b| {
-                json!({"id": b.id, "shard": b.shard, "seq": b.seq, "role": format!("{:?}", b.role),
+        let blobs: Vec<Value> = blobs
+            .map(|(id, b, state)| {
+                json!({"id": id, "role": "data", "state": state, "shard": b.shard, "seq": b.seq,
                        "size": b.size, "live_bytes": b.live_bytes, "dead_bytes": b.dead_bytes})
             })
             .collect();
         let doc = json!({
-            "keys": s.keys, "live_bytes": s.live_bytes, "dead_bytes": s.dead_bytes,
-            "keydir_bytes": s.keydir_bytes, "keydir_bytes_per_key": s.keydir_bytes_per_key,
-            "merges": s.merges, "write_amplification": s.write_amplification,
-            "mean_group_size": s.mean_group_size, "free_clusters": s.free_clusters,
-            "total_clusters": s.total_clusters, "io_path": s.io_path,
-            "recovery_ms": s.recovery_time.as_secs_f64() * 1e3,
-            "recovery_used_hints": s.recovery_used_hints, "blobs": blobs,
+            "keys": s.keys, "shards": s.shards.len(),
+            "live_bytes": s.live_bytes, "dead_bytes": s.dead_bytes,
+            "keydir_bytes_per_key": s.keydir_bytes_per_key,
+            "free_clusters": s.free_clusters, "total_clusters": s.total_clusters,
+            "merges": t.merges, "merged_bytes": t.merged_bytes,
+            "user_bytes_written": t.user_bytes, "device_bytes_written": t.device_bytes,
+            "write_amplification": t.write_amplification(),
+            "io_path": s.io_path,
+            "open_ms": s.recovery_time.as_secs_f64() * 1e3,
+            "open_used_hints": s.recovery_used_hints, "blobs": blobs,
         });
         return writeln!(
             out,
@@ -467,7 +491,7 @@ pub fn print_stats(s: &Stats, as_json: bool) -> std::io::Result<()> {
     writeln!(out, "live bytes           {}", s.live_bytes)?;
     writeln!(
         out,
-        "dead bytes           {} ({frag:.1}% fragmentation)",
+        "dead bytes           {} ({frag:.1}% of the logs)",
         s.dead_bytes
     )?;
     writeln!(out, "keydir bytes per key {:.1}", s.keydir_bytes_per_key)?;
@@ -476,10 +500,22 @@ pub fn print_stats(s: &Stats, as_json: bool) -> std::io::Result<()> {
         "free clusters        {} of {}",
         s.free_clusters, s.total_clusters
     )?;
+    writeln!(
+        out,
+        "merges               {} ({} bytes rewritten; all runs)",
+        t.merges, t.merged_bytes
+    )?;
+    writeln!(
+        out,
+        "bytes written        {} by users, {} to the device (write amplification {:.2}; all runs)",
+        t.user_bytes,
+        t.device_bytes,
+        t.write_amplification()
+    )?;
     writeln!(out, "io path              {}", s.io_path)?;
     writeln!(
         out,
-        "last open            {:.1} ms ({})",
+        "open took            {:.1} ms ({})",
         s.recovery_time.as_secs_f64() * 1e3,
         if s.recovery_used_hints {
             "from hints"
@@ -489,19 +525,14 @@ pub fn print_stats(s: &Stats, as_json: bool) -> std::io::Result<()> {
     )?;
     writeln!(
         out,
-        "{:<20} {:>5} {:>6} {:>12} {:>12} {:>12}",
-        "blob", "shard", "role", "size", "live", "dead"
+        "{:<20} {:>5} {:>5} {:>7} {:>12} {:>12} {:>12}",
+        "data blob", "shard", "seq", "state", "size", "live", "dead"
     )?;
-    for b in &s.blobs {
+    for (id, b, state) in blobs {
         writeln!(
             out,
-            "{:<20} {:>5} {:>6} {:>12} {:>12} {:>12}",
-            format!("{:#x}", b.id),
-            b.shard,
-            format!("{:?}", b.role).to_lowercase(),
-            b.size,
-            b.live_bytes,
-            b.dead_bytes
+            "{:<20} {:>5} {:>5} {:>7} {:>12} {:>12} {:>12}",
+            id, b.shard, b.seq, state, b.size, b.live_bytes, b.dead_bytes
         )?;
     }
     Ok(())
@@ -512,23 +543,24 @@ pub fn replay(manifest: &Path, out: &Path) -> CliResult {
     let text = std::fs::read_to_string(manifest)?;
     let m: Value = serde_json::from_str(&text)?;
     let digest = blobcask::blobstore::replay::replay(&m, out)?;
-    println!("{digest}  {}", out.display());
+    writeln!(std::io::stdout().lock(), "{digest}  {}", out.display())?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn open_ro(path: &Path) -> Result<FileDevice, blobcask::Error> {
+fn open_ro(path: &Path, wait: Option<Duration>) -> Result<FileDevice, blobcask::Error> {
     Ok(FileDevice::open_with(
         path,
         &FileOptions {
             read_only: true,
+            lock_wait: wait,
             ..FileOptions::default()
         },
     )?)
 }
 
 /// `blobcask check`: exit 0 when clean, 1 when problems were found.
-pub fn check(path: &Path) -> CliResult {
-    let rep = blobcask::fsck::check(|| open_ro(path))?;
+pub fn check(path: &Path, wait: Option<Duration>) -> CliResult {
+    let rep = blobcask::fsck::check(|| open_ro(path, wait))?;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -575,7 +607,8 @@ pub fn repair(path: &Path, output: Option<&Path>, report: Option<&Path>) -> CliR
         ))
         .into());
     }
-    let rep = blobcask::fsck::salvage(open_ro(path)?).map_err(blobcask::fsck::unsalvageable)?;
+    let rep =
+        blobcask::fsck::salvage(open_ro(path, None)?).map_err(blobcask::fsck::unsalvageable)?;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -621,7 +654,8 @@ pub fn repair(path: &Path, output: Option<&Path>, report: Option<&Path>) -> CliR
         rep.suspect.len()
     )?;
     if let Some(r) = report {
-        let json = blobcask::salvage::report_json(&rep);
+        let mut json = blobcask::salvage::report_json(&rep);
+        hex_ids(&mut json);
         let f = std::fs::File::create(r)?;
         serde_json::to_writer_pretty(std::io::BufWriter::new(&f), &json)
             .map_err(std::io::Error::other)?;
@@ -658,6 +692,22 @@ pub fn repair(path: &Path, output: Option<&Path>, report: Option<&Path>) -> CliR
         rep.live.len()
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Blob ids in hex, as everywhere in the CLI: every `blob` field of the report's lists.
+fn hex_ids(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                match x.as_u64() {
+                    Some(id) if k == "blob" => *x = Value::String(format!("{id:#x}")),
+                    _ => hex_ids(x),
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(hex_ids),
+        _ => {}
+    }
 }
 
 /// A path beside `p` named `p` + `suffix` (+ `.N` if taken) that does not exist yet.

@@ -1,6 +1,11 @@
 //! `blobcask`: use, inspect, check and repair a store on an image file or a block device.
+//!
+//! Behaves like RocksDB's `ldb`: one key/value encoding everywhere (`tsv.rs`), exit status 0
+//! found / 1 not found / 2 error for every command, read-only commands under a shared lock, and
+//! a closed output pipe ends a command quietly. Nothing here prints with `println!` (which
+//! panics on a closed pipe): every write goes through an `io::Write` whose error is returned.
 
-use std::io::{self, BufRead, BufWriter, IsTerminal, Write};
+use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -11,12 +16,58 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 mod grow;
 mod inspect;
+mod records;
 mod shell;
 mod tsv;
 
+use tsv::Encoding;
+
+/// The key/value encoding and the limits (the limits are the engine's defaults, checked by a
+/// test against `Options::default()`).
+macro_rules! encoding_help {
+    () => {
+        "Keys and values, in arguments and in output alike: printable ASCII as is; tab, newline, \
+         carriage return and backslash as \\t \\n \\r \\\\; any other byte as \\xHH, so what \
+         `keys`, `scan` and `dump` print can be passed back to `get`, `put` and `delete`. With \
+         --hex: plain hex instead. Keys hold 1 to 1024 bytes, values at most 16 MiB (16777216 \
+         bytes)."
+    };
+}
+
+macro_rules! exit_help {
+    ($what:literal) => {
+        concat!(
+            "Exit status: ",
+            $what,
+            ". A closed output pipe (`| head`) ends the command quietly with status 0."
+        )
+    };
+}
+
+/// Exit status of commands that find nothing in particular.
+const EXIT_OK: &str = exit_help!("0 ok, 2 error");
+const EXIT_OK_KV: &str = concat!(encoding_help!(), "\n\n", exit_help!("0 ok, 2 error"));
+
 /// A Bitcask-style key-value store on an SPDK-format blobstore.
 #[derive(Parser)]
-#[command(name = "blobcask", version, about, long_about = None)]
+#[command(
+    name = "blobcask",
+    version,
+    about,
+    long_about = None,
+    after_help = concat!(
+        encoding_help!(),
+        "\n\n",
+        exit_help!(
+            "0 success (key found), 1 not found (`get`/`delete` of a missing key, `blob` of a \
+             missing id, `check` that found problems), 2 error (bad arguments, a damaged, foreign \
+             or locked store, I/O)"
+        ),
+        "\n\nRead-only commands (get, keys, scan, dump, stats, check, blobs, blob) take a shared \
+         lock: any number of them run at once, but not beside a writer (put, delete, load, \
+         merge, shell, repair, format), which holds the lock alone. --wait-lock waits for it."
+    )
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -44,96 +95,231 @@ impl From<SyncArg> for SyncPolicy {
     }
 }
 
-/// Options shared by every command that opens a store.
+/// Waiting for the store's lock.
+#[derive(clap::Args, Clone, Copy)]
+struct LockArgs {
+    /// Wait for another process's lock on the store instead of failing after half a second:
+    /// forever, or with `--wait-lock=SECS` at most SECS seconds.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, require_equals = true,
+          default_missing_value = "forever", value_parser = parse_wait)]
+    wait_lock: Option<Duration>,
+}
+
+/// A store opened to read: a shared lock, nothing written to the device.
 #[derive(clap::Args, Clone)]
-struct StoreArgs {
+struct ReadArgs {
+    /// Image file or block device holding the store.
+    device: PathBuf,
+    /// Read even if a data log is damaged: skip the damaged ranges and keep every valid record
+    /// after them (older values may come back; the ranges skipped are printed on stderr).
+    #[arg(long)]
+    salvage: bool,
+    #[command(flatten)]
+    lock: LockArgs,
+}
+
+/// A store opened to write: the lock alone.
+#[derive(clap::Args, Clone)]
+struct WriteArgs {
     /// Image file or block device holding the store.
     device: PathBuf,
     /// Durability of writes.
     #[arg(long, value_enum, default_value = "always")]
     sync: SyncArg,
     /// Open even if a data log is damaged: skip the damaged ranges and keep every valid record
-    /// after them (older values may come back; the ranges skipped are printed).
+    /// after them (older values may come back; the ranges skipped are printed on stderr).
     #[arg(long)]
     salvage: bool,
+    #[command(flatten)]
+    lock: LockArgs,
+}
+
+/// The key/value encoding.
+#[derive(clap::Args, Clone, Copy)]
+struct CodecArgs {
+    /// Keys and values in hex (arguments, input lines and output) instead of the escaped form.
+    #[arg(long)]
+    hex: bool,
+}
+
+/// Which records `scan` and `keys` visit.
+#[derive(clap::Args, Clone)]
+struct SelectArgs {
+    /// Only keys that start with PREFIX.
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Only keys at or after KEY.
+    #[arg(long, value_name = "KEY")]
+    from: Option<String>,
+    /// Only keys before KEY (exclusive).
+    #[arg(long, value_name = "KEY")]
+    to: Option<String>,
+    /// At most N records.
+    #[arg(long, value_name = "N")]
+    limit: Option<u64>,
+}
+
+impl SelectArgs {
+    fn selection(&self, enc: Encoding) -> Result<records::Selection, Failure> {
+        let field = |what: &str, s: &Option<String>| {
+            s.as_deref()
+                .map(|s| enc.decode(s).map_err(|e| Failure(format!("--{what}: {e}"))))
+                .transpose()
+        };
+        Ok(records::Selection {
+            prefix: field("prefix", &self.prefix)?,
+            from: field("from", &self.from)?,
+            to: field("to", &self.to)?,
+            limit: self.limit,
+        })
+    }
 }
 
 #[derive(Subcommand)]
 enum Cmd {
     /// Create a store: format an image file (created with --size) or a block device.
+    #[command(after_help = EXIT_OK)]
     Format {
+        /// Image file (created if missing) or block device to format.
         device: PathBuf,
         /// Size of a new image file, e.g. 1G, 512M (default: an existing image's size, else 1G).
         #[arg(long, value_parser = parse_size)]
         size: Option<u64>,
-        /// Blobstore cluster size, e.g. 1M, 64K.
-        #[arg(long, default_value = "1M", value_parser = parse_size)]
+        /// Blobstore cluster size, e.g. 1M, 64K (a multiple of 4K).
+        #[arg(long, default_value = "1M", value_parser = parse_cluster_size)]
         cluster_size: u64,
         /// Io unit size: 4096, or 512 (2048, 1024) for a store as SPDK makes on a device with
         /// 512-byte blocks.
         #[arg(long, default_value = "4096", value_parser = parse_size)]
         io_unit: u64,
-        /// Number of shards (default: number of cores, fewer if the device cannot hold them).
-        #[arg(long)]
+        /// Number of shards, 1 to 1024 (default: number of cores, fewer if the device cannot
+        /// hold them).
+        #[arg(long, value_parser = parse_shards)]
         shards: Option<usize>,
         /// Reformat a device that already holds data (it is lost), with the new geometry.
         #[arg(long)]
         force: bool,
     },
-    /// Store a value.
+    /// Store a value under a key (the value from the command line, stdin or a file).
+    #[command(after_help = EXIT_OK_KV)]
     Put {
         #[command(flatten)]
-        store: StoreArgs,
+        store: WriteArgs,
+        #[command(flatten)]
+        codec: CodecArgs,
+        /// The key (escaped, or hex with --hex).
         key: String,
-        value: String,
+        /// The value (escaped, or hex with --hex); `-` reads the raw bytes from stdin (a value
+        /// that is a lone dash is written \x2d).
+        #[arg(required_unless_present_any = ["value_file", "stdin"])]
+        value: Option<String>,
+        /// Read the value's raw bytes from PATH.
+        #[arg(long, value_name = "PATH", conflicts_with_all = ["value", "stdin"])]
+        value_file: Option<PathBuf>,
+        /// Read the value's raw bytes from stdin (as VALUE `-` does).
+        #[arg(long, conflicts_with = "value")]
+        stdin: bool,
     },
-    /// Print a value (exit code 1 when the key is absent).
+    /// Print the value of a key (escaped, or hex with --hex).
+    #[command(after_help = concat!(encoding_help!(), "\n\n",
+        exit_help!("0 found (the value on stdout), 1 not found (NOT_FOUND on stderr), 2 error")))]
     Get {
         #[command(flatten)]
-        store: StoreArgs,
+        store: ReadArgs,
+        #[command(flatten)]
+        codec: CodecArgs,
+        /// The key (escaped, or hex with --hex).
         key: String,
+        /// Write the value's bytes unchanged, with no newline (for binary values).
+        #[arg(long, conflicts_with = "hex")]
+        raw: bool,
     },
     /// Delete a key.
+    #[command(after_help = concat!(encoding_help!(), "\n\n",
+        exit_help!("0 deleted (OK on stdout), 1 not found (NOT_FOUND on stderr, nothing written), 2 error")))]
     Delete {
         #[command(flatten)]
-        store: StoreArgs,
+        store: WriteArgs,
+        #[command(flatten)]
+        codec: CodecArgs,
+        /// The key (escaped, or hex with --hex).
         key: String,
     },
-    /// List keys (TSV-escaped), optionally only those with a prefix.
+    /// List keys in order, one per line (`scan --keys-only`).
+    #[command(after_help = EXIT_OK_KV)]
     Keys {
         #[command(flatten)]
-        store: StoreArgs,
-        #[arg(long)]
-        prefix: Option<String>,
+        store: ReadArgs,
+        #[command(flatten)]
+        codec: CodecArgs,
+        #[command(flatten)]
+        select: SelectArgs,
     },
-    /// Bulk import `key<TAB>value` lines from a file or `-` (stdin).
+    /// Print records in key order as `key<TAB>value` lines, selected by prefix and range.
+    #[command(after_help = EXIT_OK_KV)]
+    Scan {
+        #[command(flatten)]
+        store: ReadArgs,
+        #[command(flatten)]
+        codec: CodecArgs,
+        #[command(flatten)]
+        select: SelectArgs,
+        /// Print only the keys.
+        #[arg(long)]
+        keys_only: bool,
+    },
+    /// Import `key<TAB>value` lines (the form `dump` prints) from a file or `-` (stdin).
+    #[command(after_help = concat!(encoding_help!(), "\n\n",
+        "Records are written in batches of 256. If a line is bad or a write fails, the error names \
+         the file and line, how many records were committed (every line before the failing batch) \
+         and the line to resume from; with --atomic nothing of the file is written.\n\n",
+        exit_help!("0 ok, 2 error")))]
     Load {
         #[command(flatten)]
-        store: StoreArgs,
+        store: WriteArgs,
+        #[command(flatten)]
+        codec: CodecArgs,
+        /// File of `key<TAB>value` lines, or `-` for stdin.
         input: String,
+        /// All or nothing: check every line first, then write the whole file as one batch.
+        #[arg(long)]
+        atomic: bool,
     },
-    /// Export every live record as `key<TAB>value` lines.
+    /// Print every record in key order as `key<TAB>value` lines (what `load` reads).
+    #[command(after_help = EXIT_OK_KV)]
     Dump {
         #[command(flatten)]
-        store: StoreArgs,
+        store: ReadArgs,
+        #[command(flatten)]
+        codec: CodecArgs,
     },
-    /// Keys, live and dead bytes per blob, fragmentation, keydir bytes per key.
+    /// Keys, bytes, space, lifetime counters (merges, bytes written) and the data blobs.
+    #[command(after_help = EXIT_OK)]
     Stats {
         #[command(flatten)]
-        store: StoreArgs,
+        store: ReadArgs,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Merge: rewrite live records, write hints, free dead blobs.
+    #[command(after_help = EXIT_OK)]
     Merge {
         #[command(flatten)]
-        store: StoreArgs,
+        store: WriteArgs,
     },
     /// Verify a store (read-only): record CRCs, hints against data, masks against metadata.
-    /// Exit code 0 = clean, 1 = problems found, 2 = could not check.
-    Check { device: PathBuf },
+    #[command(after_help = exit_help!("0 clean, 1 problems found, 2 could not check"))]
+    Check {
+        /// Image file or block device holding the store.
+        device: PathBuf,
+        #[command(flatten)]
+        lock: LockArgs,
+    },
     /// Salvage every readable record into a consistent store; reports what was lost.
+    #[command(after_help = EXIT_OK)]
     Repair {
+        /// Image file or block device holding the damaged store.
         device: PathBuf,
         /// Write the repaired store to a new image instead of rebuilding in place.
         #[arg(long)]
@@ -143,19 +329,27 @@ enum Cmd {
         report: Option<PathBuf>,
     },
     /// List the blobs of any SPDK blobstore image (read-only).
+    #[command(after_help = EXIT_OK)]
     Blobs {
+        /// Image file or block device holding an SPDK blobstore.
         device: PathBuf,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
         /// The image file of an external snapshot: esnap ID (text, or 0x-hex bytes) = PATH.
         #[arg(long, value_name = "ID=PATH")]
         esnap: Vec<String>,
+        #[command(flatten)]
+        lock: LockArgs,
     },
     /// Show one blob of any SPDK blobstore image (read-only).
+    #[command(after_help = exit_help!("0 shown, 1 no blob with that id, 2 error"))]
     Blob {
+        /// Image file or block device holding an SPDK blobstore.
         device: PathBuf,
-        /// Blob id, decimal or 0x-hex.
+        /// Blob id, 0x-hex (as `blobs` prints it) or decimal.
         id: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
         /// Print the sha256 of io units OFFSET..OFFSET+LEN.
@@ -164,25 +358,51 @@ enum Cmd {
         /// The image file of an external snapshot: esnap ID (text, or 0x-hex bytes) = PATH.
         #[arg(long, value_name = "ID=PATH")]
         esnap: Vec<String>,
+        #[command(flatten)]
+        lock: LockArgs,
     },
     /// Interactive prompt (`put k v`, `get k`, `delete k`, `keys`, `help`); from a pipe it
     /// prints exactly one result line per command.
+    #[command(after_help = EXIT_OK_KV)]
     Shell {
         #[command(flatten)]
-        store: StoreArgs,
+        store: WriteArgs,
+        /// Keep a history of commands in ~/.blobcask_history (values left out: `put KEY`).
+        #[arg(long)]
+        history: bool,
     },
     /// Run an SPDK fixture manifest's operations on the native blobstore into a new image and
     /// print the image's sha256.
-    Replay { manifest: PathBuf, out: PathBuf },
+    #[command(after_help = EXIT_OK)]
+    Replay {
+        /// Fixture manifest (JSON).
+        manifest: PathBuf,
+        /// New image file to write.
+        out: PathBuf,
+    },
     /// Grow the blobstore to the device's size (SPDK's live grow): an image file is first
     /// extended to --size; a block device is grown to its current size.
+    #[command(after_help = EXIT_OK)]
     Grow {
+        /// Image file or block device holding a blobstore.
         device: PathBuf,
         /// New size of an image file, e.g. 2G (default: the file's current size).
         #[arg(long, value_parser = parse_size)]
         size: Option<u64>,
     },
 }
+
+/// A message for the user (the CLI's own errors).
+#[derive(Debug)]
+pub struct Failure(pub String);
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Failure {}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -191,12 +411,24 @@ fn main() -> ExitCode {
         // A reader that went away (`keys | head`) is not an error of ours.
         Err(e) if broken_pipe(e.as_ref()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
-            if let Some(blobcask::Error::NotABlobstore(_)) = e.downcast_ref::<blobcask::Error>() {
-                eprintln!(
-                    "hint: if this device held a store whose metadata is damaged, `blobcask \
-                     check` diagnoses it and `blobcask repair` recovers its records"
-                );
+            let mut err = io::stderr().lock();
+            let _ = writeln!(err, "error: {e}");
+            match e.downcast_ref::<blobcask::Error>() {
+                Some(blobcask::Error::NotABlobstore(_)) => {
+                    let _ = writeln!(
+                        err,
+                        "hint: `blobcask format` makes a new store; if this device held a store \
+                         whose metadata is damaged, `blobcask check` diagnoses it and \
+                         `blobcask repair` recovers its records"
+                    );
+                }
+                Some(blobcask::Error::Locked(_)) => {
+                    let _ = writeln!(
+                        err,
+                        "hint: --wait-lock waits until the other process lets go of the store"
+                    );
+                }
+                _ => {}
             }
             ExitCode::from(2)
         }
@@ -224,35 +456,114 @@ fn broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
 
 type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
 
-fn open(store: &StoreArgs) -> Result<Db, blobcask::Error> {
-    let mut opts = store_options(store);
+/// Open to write: the lock alone.
+fn open(store: &WriteArgs) -> Result<Db, Box<dyn std::error::Error>> {
+    let mut opts = store_options(&store.device, store.salvage, store.lock)?;
     opts.sync = store.sync.into();
-    report_damage(Db::open(opts)?)
+    Ok(report_damage(Db::open(opts).map_err(in_cli_terms)?)?)
 }
 
-/// Open for a command that changes nothing: the device is never written, not even at close.
-fn open_read_only(store: &StoreArgs) -> Result<Db, blobcask::Error> {
-    report_damage(Db::open_read_only(store_options(store))?)
+/// Open for a command that changes nothing: a shared lock, and the device is never written,
+/// not even at close.
+fn open_read_only(store: &ReadArgs) -> Result<Db, Box<dyn std::error::Error>> {
+    let opts = store_options(&store.device, store.salvage, store.lock)?;
+    Ok(report_damage(
+        Db::open_read_only(opts).map_err(in_cli_terms)?,
+    )?)
 }
 
-fn store_options(store: &StoreArgs) -> Options {
-    let mut opts = Options::new(DeviceSpec::Path(store.device.clone()));
+/// An open error told with the CLI's commands rather than the library's options (the hint
+/// printed by `main` names `blobcask format`).
+fn in_cli_terms(e: blobcask::Error) -> blobcask::Error {
+    match e {
+        blobcask::Error::NotABlobstore(m) if m.contains("Options::create") => {
+            blobcask::Error::NotABlobstore("the device holds no blobstore".into())
+        }
+        e => e,
+    }
+}
+
+fn store_options(device: &Path, salvage: bool, lock: LockArgs) -> Result<Options, Failure> {
+    if !device.exists() {
+        return Err(Failure(format!(
+            "{} does not exist; `blobcask format {}` creates a store",
+            device.display(),
+            device.display()
+        )));
+    }
+    let mut opts = Options::new(DeviceSpec::Path(device.to_path_buf()));
     opts.create = false;
-    if store.salvage {
+    opts.lock_wait = lock.wait_lock;
+    if salvage {
         opts.recovery = blobcask::RecoveryMode::Salvage;
     }
-    opts
+    Ok(opts)
 }
 
 /// Say what a salvage open skipped.
 fn report_damage(db: Db) -> Result<Db, blobcask::Error> {
+    let mut err = io::stderr().lock();
     for d in db.damage()? {
-        eprintln!(
+        let _ = writeln!(
+            err,
             "salvage: skipped {} damaged bytes at offset {} of blob {:#x} (shard {})",
             d.len, d.offset, d.blob, d.shard
         );
     }
     Ok(db)
+}
+
+/// The limits of keys and values (the engine's defaults; the CLI opens with them).
+struct Limits {
+    key: usize,
+    value: usize,
+}
+
+impl Limits {
+    fn new() -> Self {
+        let o = Options::default();
+        Limits {
+            key: o.max_key_size,
+            value: o.max_value_size,
+        }
+    }
+
+    fn check(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), blobcask::Error> {
+        if key.is_empty() {
+            return Err(blobcask::Error::invalid("empty key"));
+        }
+        if key.len() > self.key {
+            return Err(blobcask::Error::KeyTooLarge {
+                len: key.len(),
+                max: self.key,
+            });
+        }
+        match value {
+            Some(v) if v.len() > self.value => Err(blobcask::Error::ValueTooLarge {
+                len: v.len(),
+                max: self.value,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn decode_arg(enc: Encoding, what: &str, s: &str) -> Result<Vec<u8>, Failure> {
+    enc.decode(s).map_err(|e| Failure(format!("{what}: {e}")))
+}
+
+/// Read at most `max` + 1 bytes (enough to refuse a value over the limit without reading it
+/// all).
+fn read_value(r: impl Read, max: usize) -> io::Result<Vec<u8>> {
+    let mut v = Vec::new();
+    r.take(max as u64 + 1).read_to_end(&mut v)?;
+    Ok(v)
+}
+
+/// NOT_FOUND on stderr, exit status 1: the same for every command that looks a key up.
+fn not_found() -> CliResult {
+    let _ = writeln!(io::stderr().lock(), "NOT_FOUND");
+    Ok(ExitCode::from(1))
 }
 
 fn run(cmd: Cmd) -> CliResult {
@@ -265,63 +576,95 @@ fn run(cmd: Cmd) -> CliResult {
             shards,
             force,
         } => format(&device, size, cluster_size, io_unit, shards, force),
-        Cmd::Put { store, key, value } => {
+        Cmd::Put {
+            store,
+            codec,
+            key,
+            value,
+            value_file,
+            stdin,
+        } => {
+            let enc = Encoding::new(codec.hex);
+            let limits = Limits::new();
+            let key = decode_arg(enc, "key", &key)?;
+            let value = if let Some(p) = value_file {
+                let f = std::fs::File::open(&p)
+                    .map_err(|e| Failure(format!("--value-file {}: {e}", p.display())))?;
+                read_value(f, limits.value)?
+            } else if stdin || value.as_deref() == Some("-") {
+                read_value(io::stdin().lock(), limits.value)?
+            } else {
+                decode_arg(enc, "value", value.as_deref().unwrap_or_default())?
+            };
+            limits.check(&key, Some(&value))?;
             let db = open(&store)?;
-            db.put(key.as_bytes(), value.as_bytes())?;
+            db.put(&key, &value)?;
             db.close()?;
-            println!("OK");
+            writeln!(io::stdout().lock(), "OK")?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Get { store, key } => {
+        Cmd::Get {
+            store,
+            codec,
+            key,
+            raw,
+        } => {
+            let enc = Encoding::new(codec.hex);
+            let key = decode_arg(enc, "key", &key)?;
             let db = open_read_only(&store)?;
-            let v = db.get(key.as_bytes())?;
+            let v = db.get(&key)?;
             db.close()?;
-            match v {
-                Some(v) => {
-                    let mut out = io::stdout().lock();
-                    out.write_all(&v)?;
-                    out.write_all(b"\n")?;
-                    Ok(ExitCode::SUCCESS)
-                }
-                None => {
-                    eprintln!("NOT_FOUND");
-                    Ok(ExitCode::from(1))
-                }
-            }
-        }
-        Cmd::Delete { store, key } => {
-            let db = open(&store)?;
-            let existed = db.contains(key.as_bytes())?;
-            db.delete(key.as_bytes())?;
-            db.close()?;
-            println!("{}", if existed { "OK" } else { "NOT_FOUND" });
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Keys { store, prefix } => {
-            let db = open_read_only(&store)?;
-            let mut keys = db.keys()?;
-            db.close()?;
-            keys.sort();
-            let mut out = BufWriter::new(io::stdout().lock());
-            for k in keys {
-                if prefix.as_ref().is_none_or(|p| k.starts_with(p.as_bytes())) {
-                    writeln!(out, "{}", tsv::escape(&k))?;
-                }
+            let Some(v) = v else { return not_found() };
+            let mut out = io::stdout().lock();
+            if raw {
+                out.write_all(&v)?;
+            } else {
+                writeln!(out, "{}", enc.encode(&v))?;
             }
             out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Load { store, input } => load(&store, &input),
-        Cmd::Dump { store } => {
-            let db = open_read_only(&store)?;
-            let mut out = BufWriter::new(io::stdout().lock());
-            let res = db.fold(Ok(()), |acc: io::Result<()>, k, v| {
-                acc.and_then(|()| writeln!(out, "{}\t{}", tsv::escape(k), tsv::escape(v)))
-            })?;
+        Cmd::Delete { store, codec, key } => {
+            let enc = Encoding::new(codec.hex);
+            let key = decode_arg(enc, "key", &key)?;
+            Limits::new().check(&key, None)?;
+            let db = open(&store)?;
+            let existed = db.contains(&key)?;
+            if existed {
+                db.delete(&key)?;
+            }
             db.close()?;
-            res?;
-            out.flush()?;
+            if !existed {
+                return not_found();
+            }
+            writeln!(io::stdout().lock(), "OK")?;
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Keys {
+            store,
+            codec,
+            select,
+        } => scan(&store, codec, &select, true),
+        Cmd::Scan {
+            store,
+            codec,
+            select,
+            keys_only,
+        } => scan(&store, codec, &select, keys_only),
+        Cmd::Load {
+            store,
+            codec,
+            input,
+            atomic,
+        } => load(&store, Encoding::new(codec.hex), &input, atomic),
+        Cmd::Dump { store, codec } => {
+            let all = SelectArgs {
+                prefix: None,
+                from: None,
+                to: None,
+                limit: None,
+            };
+            scan(&store, codec, &all, false)
         }
         Cmd::Stats { store, json } => {
             let db = open_read_only(&store)?;
@@ -335,21 +678,23 @@ fn run(cmd: Cmd) -> CliResult {
             let before = db.stats()?;
             let spinner = spinner("merging");
             let t = Instant::now();
-            db.merge()?;
+            let merged = db.merge();
             spinner.finish_and_clear();
+            merged?;
             let after = db.stats()?;
             db.close()?;
-            println!(
+            writeln!(
+                io::stdout().lock(),
                 "merged in {:.2?}: {} blobs -> {} blobs, dead bytes {} -> {}",
                 t.elapsed(),
                 before.blobs.len(),
                 after.blobs.len(),
                 before.blobs.iter().map(|b| b.dead_bytes).sum::<u64>(),
                 after.blobs.iter().map(|b| b.dead_bytes).sum::<u64>(),
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Check { device } => inspect::check(&device),
+        Cmd::Check { device, lock } => inspect::check(&device, lock.wait_lock),
         Cmd::Repair {
             device,
             output,
@@ -359,18 +704,20 @@ fn run(cmd: Cmd) -> CliResult {
             device,
             json,
             esnap,
-        } => inspect::blobs(&device, json, &esnap),
+            lock,
+        } => inspect::blobs(&device, json, &esnap, lock.wait_lock),
         Cmd::Blob {
             device,
             id,
             json,
             read,
             esnap,
-        } => inspect::blob(&device, &id, json, read.as_deref(), &esnap),
-        Cmd::Shell { store } => {
+            lock,
+        } => inspect::blob(&device, &id, json, read.as_deref(), &esnap, lock.wait_lock),
+        Cmd::Shell { store, history } => {
             let db = open(&store)?;
             let interactive = io::stdin().is_terminal();
-            let res = shell::run(&db, interactive);
+            let res = shell::run(&db, interactive, history);
             db.close()?;
             res?;
             Ok(ExitCode::SUCCESS)
@@ -378,6 +725,26 @@ fn run(cmd: Cmd) -> CliResult {
         Cmd::Replay { manifest, out } => inspect::replay(&manifest, &out),
         Cmd::Grow { device, size } => grow::grow(&device, size),
     }
+}
+
+/// `scan`, `keys` and `dump`: records in key order, one line each.
+fn scan(store: &ReadArgs, codec: CodecArgs, select: &SelectArgs, keys_only: bool) -> CliResult {
+    let enc = Encoding::new(codec.hex);
+    let sel = select.selection(enc)?;
+    let db = open_read_only(store)?;
+    let mut out = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
+    let res = records::scan(&db, &sel, keys_only, |k, v| {
+        let r = match v {
+            None => writeln!(out, "{}", enc.encode(k)),
+            Some(v) => writeln!(out, "{}\t{}", enc.encode(k), enc.encode(v)),
+        };
+        r.map_err(Box::<dyn std::error::Error>::from)
+    });
+    let res = res.and_then(|_| Ok(out.flush()?));
+    let closed = db.close();
+    res?;
+    closed?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Format `device`: check the geometry before touching anything, refuse a device holding data
@@ -471,12 +838,13 @@ fn format(
             }
         }
     };
-    println!(
+    writeln!(
+        io::stdout().lock(),
         "formatted {}: {} shards, io path {}",
         device.display(),
         stats.shards.len(),
         stats.io_path
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -568,48 +936,273 @@ fn all_zero(p: &Path) -> Result<bool, io::Error> {
     }
 }
 
-fn load(store: &StoreArgs, input: &str) -> CliResult {
-    let reader: Box<dyn BufRead> = if input == "-" {
+/// Where a failed `load` stopped; the message tells how to resume.
+#[derive(Debug)]
+struct LoadError {
+    input: String,
+    /// The line the error is about (1-based).
+    line: u64,
+    /// Records written before the failure, and the line the next run should start at.
+    committed: u64,
+    resume_at: u64,
+    atomic: bool,
+    source: Box<dyn std::error::Error>,
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: {}; ", self.input, self.line, self.source)?;
+        if self.atomic {
+            write!(f, "nothing was written (--atomic)")
+        } else if self.committed == 0 {
+            write!(f, "nothing was written")
+        } else {
+            write!(
+                f,
+                "{} records were committed (every record before line {}); resume from line {} \
+                 (`tail -n +{} FILE | blobcask load DEVICE -`)",
+                self.committed, self.resume_at, self.resume_at, self.resume_at
+            )
+        }
+    }
+}
+
+impl std::error::Error for LoadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.source.as_ref())
+    }
+}
+
+/// Records per batch of a non-atomic load (one group commit each).
+const LOAD_BATCH: usize = 256;
+
+/// `blobcask load`: `key<TAB>value` lines in batches of [`LOAD_BATCH`]; or, `atomic`, every
+/// line checked first and the whole file written as one batch.
+fn load(store: &WriteArgs, enc: Encoding, input: &str, atomic: bool) -> CliResult {
+    let name = if input == "-" { "<stdin>" } else { input };
+    let mut reader: Box<dyn BufRead> = if input == "-" {
         Box::new(io::stdin().lock())
     } else {
-        Box::new(io::BufReader::new(std::fs::File::open(input)?))
+        let f = std::fs::File::open(input).map_err(|e| Failure(format!("{input}: {e}")))?;
+        Box::new(io::BufReader::with_capacity(1 << 20, f))
     };
-    let total = if input == "-" {
-        None
-    } else {
-        std::fs::metadata(input).ok().map(|m| m.len())
+    let total = (input != "-")
+        .then(|| std::fs::metadata(input).ok().map(|m| m.len()))
+        .flatten();
+    let limits = Limits::new();
+    let db = open(store)?;
+    let mut bar = Progress::new(total);
+    let mut st = LoadState {
+        input: name.to_string(),
+        atomic,
+        committed: 0,
+        resume_at: 1,
+        batch: blobcask::WriteBatch::new(),
+        batch_first: 1,
     };
-    let bar = match total {
-        Some(n) => {
+    let mut line_no = 0u64;
+    let mut buf = Vec::new();
+    let res = (|| -> Result<(), LoadError> {
+        loop {
+            buf.clear();
+            let n = reader
+                .read_until(b'\n', &mut buf)
+                .map_err(|e| st.fail(&db, line_no + 1, e.into()))?;
+            if n == 0 {
+                break;
+            }
+            line_no += 1;
+            bar.advance(n as u64);
+            let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+            if line.is_empty() || line == b"\r" {
+                continue;
+            }
+            let (k, v) = std::str::from_utf8(line)
+                .map_err(|_| {
+                    "the line is not UTF-8 (write other bytes as \\xHH, or use --hex)".to_string()
+                })
+                .and_then(|l| enc.split_line(l))
+                .map_err(|e| st.fail(&db, line_no, Failure(e).into()))?;
+            limits
+                .check(&k, Some(&v))
+                .map_err(|e| st.fail(&db, line_no, e.into()))?;
+            if st.batch.is_empty() {
+                st.batch_first = line_no;
+            }
+            st.batch.put(&k, &v);
+            if !atomic && st.batch.len() >= LOAD_BATCH {
+                st.commit(&db, line_no)?;
+            }
+            bar.record();
+        }
+        st.commit(&db, line_no)?;
+        db.sync().map_err(|e| LoadError {
+            input: st.input.clone(),
+            line: line_no,
+            committed: 0,
+            resume_at: 1,
+            atomic,
+            source: e.into(),
+        })
+    })();
+    bar.finish();
+    let closed = db.close();
+    res?;
+    closed?;
+    writeln!(io::stdout().lock(), "loaded {} records", st.committed)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+struct LoadState {
+    input: String,
+    atomic: bool,
+    /// Records written so far, and the first line not yet written.
+    committed: u64,
+    resume_at: u64,
+    batch: blobcask::WriteBatch,
+    /// Line of the batch's first record.
+    batch_first: u64,
+}
+
+impl LoadState {
+    /// Write the pending batch, which ends at line `last`.
+    fn commit(&mut self, db: &Db, last: u64) -> Result<(), LoadError> {
+        if self.batch.is_empty() {
+            self.resume_at = last + 1;
+            return Ok(());
+        }
+        let n = self.batch.len() as u64;
+        let first = self.batch_first;
+        match db.write_batch(std::mem::take(&mut self.batch)) {
+            Ok(()) => {
+                self.committed += n;
+                self.resume_at = last + 1;
+                Ok(())
+            }
+            Err(e) => Err(self.error(first, e.into())),
+        }
+    }
+
+    /// A failure at `line`: what was read before it is committed first (unless atomic), so
+    /// the message can say "every record before line N".
+    fn fail(&mut self, db: &Db, line: u64, e: Box<dyn std::error::Error>) -> LoadError {
+        if !self.atomic {
+            if let Err(flush) = self.commit(db, line - 1) {
+                return flush;
+            }
+        }
+        self.error(line, e)
+    }
+
+    fn error(&self, line: u64, source: Box<dyn std::error::Error>) -> LoadError {
+        LoadError {
+            input: self.input.clone(),
+            line,
+            committed: if self.atomic { 0 } else { self.committed },
+            resume_at: self.resume_at,
+            atomic: self.atomic,
+            source,
+        }
+    }
+}
+
+/// A progress display on stderr, only when stderr is a terminal: input bytes (MiB, MiB/s) and
+/// records (records/s).
+struct Progress {
+    bar: ProgressBar,
+    t0: Instant,
+    records: u64,
+}
+
+impl Progress {
+    fn new(total: Option<u64>) -> Self {
+        let bar = if !io::stderr().is_terminal() {
+            ProgressBar::hidden()
+        } else if let Some(n) = total {
             let b = ProgressBar::new(n);
             b.set_style(
-                ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {per_sec} {eta}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                ProgressStyle::with_template(
+                    "{bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} \
+                     {msg} eta {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             b
+        } else {
+            let b = ProgressBar::new_spinner();
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} {binary_bytes} {binary_bytes_per_sec} {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            b
+        };
+        Progress {
+            bar,
+            t0: Instant::now(),
+            records: 0,
         }
-        None => spinner("loading"),
-    };
-    let db = open(store)?;
-    let mut batch = Batched::new(&db);
-    let mut count = 0u64;
-    for (n, line) in reader.lines().enumerate() {
-        let line = line?;
-        bar.inc(line.len() as u64 + 1);
-        if line.is_empty() {
-            continue;
-        }
-        let (k, v) = tsv::split_line(&line)
-            .map_err(|e| blobcask::Error::invalid(format!("{input}:{}: {e}", n + 1)))?;
-        batch.put(&k, &v)?;
-        count += 1;
     }
-    batch.finish()?;
-    db.sync()?;
-    db.close()?;
-    bar.finish_and_clear();
-    println!("loaded {count} records");
-    Ok(ExitCode::SUCCESS)
+
+    fn advance(&self, bytes: u64) {
+        self.bar.inc(bytes);
+    }
+
+    fn record(&mut self) {
+        self.records += 1;
+        if self.records.is_multiple_of(4096) {
+            self.bar.set_message(rate(self.records, self.t0.elapsed()));
+        }
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// `1234567 records (45.6k records/s)`: whole records, a rate with a unit and three digits.
+fn rate(records: u64, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64();
+    let per = if secs > 0.0 {
+        records as f64 / secs
+    } else {
+        0.0
+    };
+    let (v, unit) = if per >= 1e6 {
+        (per / 1e6, "M")
+    } else if per >= 1e3 {
+        (per / 1e3, "k")
+    } else {
+        (per, "")
+    };
+    format!("{records} records ({v:.1}{unit} records/s)")
+}
+
+fn spinner(msg: &'static str) -> ProgressBar {
+    if !io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let s = ProgressBar::new_spinner();
+    s.set_style(
+        ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    s.set_message(msg);
+    s.enable_steady_tick(Duration::from_millis(120));
+    s
+}
+
+/// `--wait-lock` without a value waits forever.
+fn parse_wait(s: &str) -> Result<Duration, String> {
+    if s == "forever" {
+        return Ok(Duration::MAX);
+    }
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("not a number of seconds: {s:?}"))
 }
 
 /// Bulk writes in batches of 256 records, one group commit each.
@@ -642,11 +1235,22 @@ impl<'a> Batched<'a> {
     }
 }
 
-fn spinner(msg: &'static str) -> ProgressBar {
-    let s = ProgressBar::new_spinner();
-    s.set_message(msg);
-    s.enable_steady_tick(Duration::from_millis(120));
-    s
+/// `--cluster-size`: a size, a multiple of 4 KiB that fits 32 bits.
+fn parse_cluster_size(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if n == 0 || n % 4096 != 0 || n > u64::from(u32::MAX) {
+        return Err(format!("{s:?} is not a multiple of 4K below 4G"));
+    }
+    Ok(n)
+}
+
+/// `--shards`: 1 to 1024, the engine's maximum (which `Options::validate` enforces as well).
+fn parse_shards(s: &str) -> Result<usize, String> {
+    let max = 1024;
+    s.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| format!("{s:?} is not a shard count from 1 to {max}"))
 }
 
 /// Parse `4096`, `64K`, `1M`, `2G` (binary units).
@@ -672,7 +1276,69 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::*;
+
+    #[test]
+    fn the_help_states_the_engine_limits() {
+        let o = Options::default();
+        let help = encoding_help!();
+        assert!(
+            help.contains(&format!("1 to {} bytes", o.max_key_size)),
+            "{help}"
+        );
+        assert!(
+            help.contains(&format!("({} bytes)", o.max_value_size)),
+            "{help}"
+        );
+        assert_eq!(o.max_value_size, 16 << 20, "the help says 16 MiB");
+    }
+
+    #[test]
+    fn rates_have_units_and_few_digits() {
+        assert_eq!(
+            rate(7_112_154, Duration::from_secs(1)),
+            "7112154 records (7.1M records/s)"
+        );
+        assert_eq!(
+            rate(500, Duration::from_secs(2)),
+            "500 records (250.0 records/s)"
+        );
+        assert_eq!(parse_wait("forever"), Ok(Duration::MAX));
+        assert_eq!(parse_wait("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_wait("-1").is_err());
+    }
+
+    #[test]
+    fn the_cli_is_well_formed_and_every_argument_has_help() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        for sub in cmd.get_subcommands() {
+            assert!(
+                sub.get_after_help().is_some(),
+                "{} lacks exit codes",
+                sub.get_name()
+            );
+            for a in sub.get_arguments() {
+                assert!(
+                    a.get_help().is_some(),
+                    "{} {} has no help",
+                    sub.get_name(),
+                    a.get_id()
+                );
+            }
+            let read_only = [
+                "get", "keys", "scan", "dump", "stats", "check", "blobs", "blob",
+            ];
+            if read_only.contains(&sub.get_name()) {
+                assert!(
+                    sub.get_arguments().all(|a| a.get_id() != "sync"),
+                    "{} offers --sync",
+                    sub.get_name()
+                );
+            }
+        }
+    }
 
     #[test]
     fn sizes_parse_with_binary_suffixes() {

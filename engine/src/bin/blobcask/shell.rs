@@ -1,8 +1,10 @@
 //! `blobcask shell`: a line-oriented prompt over an open store.
 //!
-//! Every command prints exactly one result line: `OK`, the value (TSV-escaped so it stays on
-//! one line), `NOT_FOUND`, or `ERR <message>`. Interactive sessions get line editing and
-//! history; piped input gets no prompt, so scripts can read results line by line.
+//! Every command prints exactly one result line: `OK`, the value (escaped as everywhere in
+//! the CLI, so it stays on one line), `NOT_FOUND`, or `ERR <message>`. Interactive sessions get
+//! line editing, and a history saved to `~/.blobcask_history` only when asked for (`--history`),
+//! never with values in it (`put KEY` only); piped input gets no prompt, so scripts can read
+//! results line by line.
 
 use std::io::{self, BufRead, Write};
 
@@ -13,10 +15,10 @@ use crate::tsv;
 const HELP: &str = "commands: put KEY VALUE | get KEY | delete KEY | contains KEY | \
                     keys [PREFIX] | sync | merge | stats | help | quit";
 
-/// Run the prompt until `quit` or end of input.
-pub fn run(db: &Db, interactive: bool) -> io::Result<()> {
+/// Run the prompt until `quit` or end of input; `history` keeps a history file.
+pub fn run(db: &Db, interactive: bool, history: bool) -> io::Result<()> {
     if interactive {
-        return run_interactive(db);
+        return run_interactive(db, history);
     }
     let stdin = io::stdin();
     let mut out = io::stdout().lock();
@@ -34,24 +36,27 @@ pub fn run(db: &Db, interactive: bool) -> io::Result<()> {
     Ok(())
 }
 
-fn run_interactive(db: &Db) -> io::Result<()> {
+fn run_interactive(db: &Db, keep: bool) -> io::Result<()> {
     let mut rl = rustyline::DefaultEditor::new().map_err(io::Error::other)?;
-    let history =
-        std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".blobcask_history"));
+    let history = keep
+        .then(|| std::env::var_os("HOME"))
+        .flatten()
+        .map(|h| std::path::PathBuf::from(h).join(".blobcask_history"));
     if let Some(h) = &history {
         let _ = rl.load_history(h);
     }
-    println!("{HELP}");
+    let mut out = io::stdout().lock();
+    writeln!(out, "{HELP}")?;
     loop {
         match rl.readline("blobcask> ") {
             Ok(line) => {
                 if !line.trim().is_empty() {
-                    let _ = rl.add_history_entry(line.as_str());
+                    let _ = rl.add_history_entry(without_value(&line));
                 }
                 match execute(db, &line) {
                     Reply::Quit => break,
                     Reply::Nothing => {}
-                    Reply::Line(s) => println!("{s}"),
+                    Reply::Line(s) => writeln!(out, "{s}")?,
                 }
             }
             Err(rustyline::error::ReadlineError::Interrupted)
@@ -63,6 +68,18 @@ fn run_interactive(db: &Db) -> io::Result<()> {
         let _ = rl.save_history(h);
     }
     Ok(())
+}
+
+/// A command line as history keeps it: a `put` loses its value (values may be secrets).
+fn without_value(line: &str) -> String {
+    let t = line.trim();
+    let mut words = t.split_whitespace();
+    match (words.next(), words.next()) {
+        (Some(cmd), Some(key)) if matches!(cmd.to_ascii_lowercase().as_str(), "put" | "set") => {
+            format!("{cmd} {key}")
+        }
+        _ => t.to_string(),
+    }
 }
 
 #[derive(Debug, PartialEq)]
@@ -154,4 +171,17 @@ fn run_cmd(db: &Db, cmd: &str, rest: &str) -> Result<Reply, String> {
         other => return Err(format!("unknown command {other:?} ({HELP})")),
     };
     Ok(Reply::Line(reply))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_value;
+
+    #[test]
+    fn history_keeps_no_values() {
+        assert_eq!(without_value("  put k s3cret value "), "put k");
+        assert_eq!(without_value("SET k v"), "SET k");
+        assert_eq!(without_value("get k"), "get k");
+        assert_eq!(without_value("keys"), "keys");
+    }
 }

@@ -1,6 +1,6 @@
-//! TSV escaping for `load` and `dump`: one `key<TAB>value` line per record, bytes outside
-//! printable ASCII written as `\xHH`, and `\t`, `\n`, `\r`, `\\` escaped, so any binary key or
-//! value survives a round trip.
+//! The CLI's one key/value encoding, used alike for arguments, output and `load`/`dump` lines
+//! (`key<TAB>value`): bytes outside printable ASCII written as `\xHH`, and `\t`, `\n`, `\r`,
+//! `\\` escaped, so any binary key or value survives a round trip; or, with `--hex`, plain hex.
 
 /// Escape arbitrary bytes into one TSV field.
 pub fn escape(bytes: &[u8]) -> String {
@@ -48,14 +48,49 @@ pub fn unescape(field: &str) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// Split one TSV line into key and value (exactly one tab).
-pub fn split_line(line: &str) -> Result<(Vec<u8>, Vec<u8>), String> {
-    let line = line.strip_suffix('\r').unwrap_or(line);
-    let (k, v) = line.split_once('\t').ok_or("expected key<TAB>value")?;
-    if v.contains('\t') {
-        return Err("more than one tab on the line".into());
+/// How keys and values are written on the command line, in output and in `load`/`dump` lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    /// [`escape`] / [`unescape`].
+    Escaped,
+    /// Lowercase hex out; either case in.
+    Hex,
+}
+
+impl Encoding {
+    pub fn new(hex: bool) -> Self {
+        if hex {
+            Encoding::Hex
+        } else {
+            Encoding::Escaped
+        }
     }
-    Ok((unescape(k)?, unescape(v)?))
+
+    pub fn encode(self, bytes: &[u8]) -> String {
+        match self {
+            Encoding::Escaped => escape(bytes),
+            Encoding::Hex => hex::encode(bytes),
+        }
+    }
+
+    pub fn decode(self, field: &str) -> Result<Vec<u8>, String> {
+        match self {
+            Encoding::Escaped => unescape(field),
+            Encoding::Hex => hex::decode(field).map_err(|e| format!("not hex ({e}): {field:?}")),
+        }
+    }
+
+    /// Split one line into key and value (exactly one tab).
+    pub fn split_line(self, line: &str) -> Result<(Vec<u8>, Vec<u8>), String> {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        let (k, v) = line.split_once('\t').ok_or("expected key<TAB>value")?;
+        if v.contains('\t') {
+            return Err("more than one tab on the line".into());
+        }
+        let key = self.decode(k).map_err(|e| format!("key: {e}"))?;
+        let value = self.decode(v).map_err(|e| format!("value: {e}"))?;
+        Ok((key, value))
+    }
 }
 
 #[cfg(test)]
@@ -72,12 +107,20 @@ mod tests {
 
     #[test]
     fn lines_split_on_one_tab() {
+        let e = Encoding::Escaped;
         assert_eq!(
-            split_line("a\\tb\tc\\x00").unwrap(),
+            e.split_line("a\\tb\tc\\x00").unwrap(),
             (b"a\tb".to_vec(), b"c\0".to_vec())
         );
-        assert!(split_line("no tab").is_err());
-        assert!(split_line("a\tb\tc").is_err());
+        assert!(e.split_line("no tab").is_err());
+        assert!(e.split_line("a\tb\tc").is_err());
+        let h = Encoding::Hex;
+        assert_eq!(
+            h.split_line("6109\t00FF\r").unwrap(),
+            (b"a\t".to_vec(), vec![0, 0xff])
+        );
+        assert!(h.split_line("zz\t00").is_err());
+        assert_eq!(h.encode(b"a\t"), "6109");
         assert!(unescape("bad\\q").is_err());
         assert!(unescape("bad\\x4").is_err());
     }
