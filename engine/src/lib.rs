@@ -11,6 +11,7 @@ pub mod device;
 mod error;
 pub mod fsck;
 pub mod hint;
+mod iter;
 pub mod keydir;
 mod merge;
 mod options;
@@ -26,8 +27,8 @@ mod state;
 mod stats;
 
 pub use db::{
-    native_store, BlobRole, BlobStats, Db, DeviceSpec, MergeOptions, Options, ShardStats, Stats,
-    SyncPolicy, WriteBatch,
+    native_store, BlobRole, BlobStats, Db, DeviceSpec, Iter, KeyIter, MergeOptions, Options,
+    ShardStats, Stats, SyncPolicy, WriteBatch,
 };
 pub use error::{Error, Result};
 pub use options::RecoveryMode;
