@@ -158,10 +158,11 @@ impl<S: BlobStore> Engine for Blobcask<S> {
     }
     fn scan(&self, f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> BenchResult<u64> {
         let mut n = 0u64;
-        for item in self.db.iter()? {
+        let mut it = self.db.iter()?;
+        while let Some(item) = it.next_pair() {
             let (k, v) = item?;
             n += 1;
-            if !f(&k, &v) {
+            if !f(k, v) {
                 break;
             }
         }

@@ -85,7 +85,8 @@ pub struct Db<S: BlobStore = crate::blobstore::native::NativeBlobStore<crate::de
     inner: Arc<Inner<S>>,
 }
 
-/// A streaming iterator over live `(key, value)` pairs; see [`Db::iter`].
+/// A streaming iterator over live `(key, value)` pairs; see [`Db::iter`]. Besides
+/// `Iterator` (owned pairs), [`Iter::next_pair`] lends each pair without copying it.
 pub struct Iter<S: BlobStore = crate::blobstore::native::NativeBlobStore<crate::device::AnyDevice>>
 {
     db: Db<S>,
@@ -96,7 +97,17 @@ impl<S: BlobStore> Iterator for Iter<S> {
     type Item = Result<(Vec<u8>, Vec<u8>)>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.cursor.next(self.db.core())
+        self.cursor
+            .next_ref(self.db.core())
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
+    }
+}
+
+impl<S: BlobStore> Iter<S> {
+    /// The next pair, borrowed from the iterator's read buffers (valid until the next call):
+    /// no allocation per pair.
+    pub fn next_pair(&mut self) -> Option<Result<(&[u8], &[u8])>> {
+        self.cursor.next_ref(self.db.core())
     }
 }
 
@@ -470,9 +481,10 @@ impl<S: BlobStore> Db<S> {
     /// Stops at the first error.
     pub fn fold<T>(&self, init: T, mut f: impl FnMut(T, &[u8], &[u8]) -> T) -> Result<T> {
         let mut acc = init;
-        for item in self.iter()? {
+        let mut it = self.iter()?;
+        while let Some(item) = it.next_pair() {
             let (k, v) = item?;
-            acc = f(acc, &k, &v);
+            acc = f(acc, k, v);
         }
         Ok(acc)
     }

@@ -54,6 +54,11 @@ impl Select {
         }
     }
 
+    /// Every key matches.
+    fn is_all(&self) -> bool {
+        self.prefix.is_empty() && self.from.is_none() && self.to.is_none()
+    }
+
     pub fn matches(&self, key: &[u8]) -> bool {
         if !key.starts_with(&self.prefix) {
             return false;
@@ -82,6 +87,25 @@ struct Entry {
     len: u32,
 }
 
+impl Entry {
+    /// Sort key: blob, then offset.
+    fn place(&self) -> u64 {
+        (u64::from(self.blob) << 32) | u64::from(self.offset)
+    }
+}
+
+/// A decoded item: a pair inside `bufs[buf]` (key at `key..value`, value at `value..end`),
+/// or an error.
+enum Ready {
+    Pair {
+        buf: u32,
+        key: u32,
+        value: u32,
+        end: u32,
+    },
+    Err(Error),
+}
+
 /// A blob the current shard's snapshot points into.
 struct SnapBlob<S: BlobStore> {
     handle: Weak<BlobHandle<S>>,
@@ -104,7 +128,9 @@ pub(crate) struct Cursor<S: BlobStore> {
     blobs: Vec<SnapBlob<S>>,
     todo: Vec<Entry>,
     pos: usize,
-    ready: VecDeque<Result<(Vec<u8>, Vec<u8>)>>,
+    ready: VecDeque<Ready>,
+    /// The windows of the last refill, which `ready` points into.
+    bufs: Vec<AlignedBuf>,
     /// Window buffers of `WINDOW` bytes, reused across refills.
     pool: Vec<AlignedBuf>,
     /// An error ended the iteration.
@@ -121,17 +147,31 @@ impl<S: BlobStore> Cursor<S> {
             todo: Vec::new(),
             pos: 0,
             ready: VecDeque::new(),
+            bufs: Vec::new(),
             pool: Vec::new(),
             done: false,
         }
     }
 
     /// The next pair, or `None` at the end. An error is yielded for the records it concerns;
-    /// iteration goes on with the others.
-    pub fn next(&mut self, core: &Core<S>) -> Option<Result<(Vec<u8>, Vec<u8>)>> {
+    /// iteration goes on with the others. The pair borrows the cursor's buffers.
+    pub fn next_ref(&mut self, core: &Core<S>) -> Option<Result<(&[u8], &[u8])>> {
         loop {
-            if let Some(r) = self.ready.pop_front() {
-                return Some(r);
+            match self.ready.pop_front() {
+                Some(Ready::Pair {
+                    buf,
+                    key,
+                    value,
+                    end,
+                }) => {
+                    let b = &self.bufs[buf as usize];
+                    return Some(Ok((
+                        &b[key as usize..value as usize],
+                        &b[value as usize..end as usize],
+                    )));
+                }
+                Some(Ready::Err(e)) => return Some(Err(e)),
+                None => {}
             }
             if self.done {
                 return None;
@@ -153,7 +193,7 @@ impl<S: BlobStore> Cursor<S> {
     }
 
     /// End the iteration with `e`.
-    fn finish(&mut self, e: Error) -> Option<Result<(Vec<u8>, Vec<u8>)>> {
+    fn finish<T>(&mut self, e: Error) -> Option<Result<T>> {
         self.done = true;
         self.todo.clear();
         self.pos = 0;
@@ -169,21 +209,25 @@ impl<S: BlobStore> Cursor<S> {
         self.todo.clear();
         self.pos = 0;
         let ix = core.shards[s].index.read();
-        let mut slot_to_idx: HashMap<u16, u32> = HashMap::new();
+        // Blob table slot -> index into `blobs` (u32::MAX: not yet seen).
+        let mut slot_to_idx: Vec<u32> = vec![u32::MAX; ix.blobs.len()];
+        let all = self.sel.is_all();
+        self.todo.reserve(if all { ix.keydir.len() } else { 0 });
         for (key, loc) in ix.keydir.iter() {
-            if !self.sel.matches(key) {
+            if !all && !self.sel.matches(key) {
                 continue;
             }
             let Some(e) = ix.blobs.get(usize::from(loc.blob)).and_then(Option::as_ref) else {
                 continue;
             };
-            let blobs = &mut self.blobs;
-            let idx = *slot_to_idx.entry(loc.blob).or_insert_with(|| {
-                blobs.push(SnapBlob {
+            let idx = &mut slot_to_idx[usize::from(loc.blob)];
+            if *idx == u32::MAX {
+                self.blobs.push(SnapBlob {
                     handle: Arc::downgrade(&e.handle),
                 });
-                (blobs.len() - 1) as u32
-            });
+                *idx = (self.blobs.len() - 1) as u32;
+            }
+            let idx = *idx;
             self.todo.push(Entry {
                 hash: hash_key(key),
                 blob: idx,
@@ -192,7 +236,7 @@ impl<S: BlobStore> Cursor<S> {
             });
         }
         drop(ix);
-        self.todo.sort_unstable_by_key(|e| (e.blob, e.offset));
+        self.todo.sort_unstable_by_key(Entry::place);
     }
 
     /// Read the next windows and decode their records into `ready`.
@@ -235,7 +279,7 @@ impl<S: BlobStore> Cursor<S> {
                     offset: u64::from(first.offset),
                     detail: "record lies past the end of its blob".into(),
                 };
-                self.ready.push_back(Err(e));
+                self.ready.push_back(Ready::Err(e));
                 self.pos = j;
                 i = j;
                 continue;
@@ -252,6 +296,11 @@ impl<S: BlobStore> Cursor<S> {
         self.pos = i;
         if windows.is_empty() {
             return Ok(());
+        }
+        for b in self.bufs.drain(..) {
+            if b.len() == WINDOW as usize {
+                self.pool.push(b);
+            }
         }
         let mut bufs: Vec<AlignedBuf> = windows
             .iter()
@@ -308,29 +357,38 @@ impl<S: BlobStore> Cursor<S> {
             }
             Ok(core.store.block_on(ch.submit(&mut ios))?)
         })?;
-        for ((w, h), buf) in windows.iter().zip(&handles).zip(&bufs) {
+        for (bi, ((w, h), buf)) in windows.iter().zip(&handles).zip(&bufs).enumerate() {
             for e in &self.todo[w.entries.clone()] {
                 let at = (u64::from(e.offset) - w.start) as usize;
                 let bytes = &buf[at..at + e.len as usize];
-                let corrupt = |detail: &str| Error::Corruption {
-                    blob: h.id,
-                    offset: u64::from(e.offset),
-                    detail: detail.to_string(),
+                let corrupt = |detail: &str| {
+                    Ready::Err(Error::Corruption {
+                        blob: h.id,
+                        offset: u64::from(e.offset),
+                        detail: detail.to_string(),
+                    })
                 };
                 self.ready.push_back(match record::decode(bytes, h.salt) {
-                    None => Err(corrupt("record fails its crc")),
+                    None => corrupt("record fails its crc"),
                     Some(r) if r.header.kind() != Kind::Put => {
-                        Err(corrupt("keydir points at a record without a value"))
+                        corrupt("keydir points at a record without a value")
                     }
-                    Some(r) => Ok((r.key.to_vec(), r.value.to_vec())),
+                    Some(r) => {
+                        // Where the decoded slices lie in the window.
+                        let base = buf.as_ptr() as usize;
+                        let key = r.key.as_ptr() as usize - base;
+                        let value = r.value.as_ptr() as usize - base;
+                        Ready::Pair {
+                            buf: bi as u32,
+                            key: key as u32,
+                            value: value as u32,
+                            end: (value + r.value.len()) as u32,
+                        }
+                    }
                 });
             }
         }
-        for b in bufs {
-            if b.len() == WINDOW as usize {
-                self.pool.push(b);
-            }
-        }
+        self.bufs = bufs;
         Ok(())
     }
 
@@ -370,7 +428,7 @@ impl<S: BlobStore> Cursor<S> {
             });
         }
         drop(ix);
-        kept.sort_unstable_by_key(|e| (e.blob, e.offset));
+        kept.sort_unstable_by_key(Entry::place);
         self.todo.truncate(at);
         self.todo.extend(kept);
     }
