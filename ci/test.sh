@@ -65,6 +65,10 @@ section "clippy (default features)"
 cargo clippy --quiet --workspace --all-targets -- -D warnings
 echo "no warnings"
 
+section "docs"
+RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps -p blobcask -p blobcask-capi
+echo "no warnings"
+
 section "tests (default features)"
 run_tests default --workspace
 
