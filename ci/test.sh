@@ -69,6 +69,11 @@ section "docs"
 RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps -p blobcask -p blobcask-capi
 echo "no warnings"
 
+section "package"
+# The library crates as they would be published (each is built from its packaged files).
+cargo package --quiet -p spdk-sys -p ffi-shim -p blobcask
+echo "packaged"
+
 section "tests (default features)"
 run_tests default --workspace
 
