@@ -65,6 +65,15 @@ section "clippy (default features)"
 cargo clippy --quiet --workspace --all-targets -- -D warnings
 echo "no warnings"
 
+section "docs"
+RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps -p blobcask -p blobcask-capi
+echo "no warnings"
+
+section "package"
+# The library crates as they would be published (each is built from its packaged files).
+cargo package --quiet -p spdk-sys -p ffi-shim -p blobcask
+echo "packaged"
+
 section "tests (default features)"
 run_tests default --workspace
 

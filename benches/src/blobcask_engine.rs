@@ -157,13 +157,16 @@ impl<S: BlobStore> Engine for Blobcask<S> {
         Ok(self.db.sync()?)
     }
     fn scan(&self, f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> BenchResult<u64> {
-        let mut go = true;
-        Ok(self.db.fold(0u64, |n, k, v| {
-            if go {
-                go = f(k, v);
+        let mut n = 0u64;
+        let mut it = self.db.iter()?;
+        while let Some(item) = it.next_pair() {
+            let (k, v) = item?;
+            n += 1;
+            if !f(k, v) {
+                break;
             }
-            n + 1
-        })?)
+        }
+        Ok(n)
     }
     fn compact(&self) -> BenchResult<()> {
         Ok(self.db.merge()?)

@@ -96,6 +96,31 @@ pub fn seq_write(t: &dyn Target, region: u64, chunk: usize, flush_every: u64) ->
     Ok((n * chunk as u64) as f64 / secs / MIB as f64)
 }
 
+/// One pass of reads over `region`, `chunk` bytes each, `qd` per submission (the shape of
+/// the engine's iteration: 1 MiB windows, 4 per submission). Returns MB/s.
+pub fn seq_read(t: &dyn Target, region: u64, chunk: usize, qd: usize) -> BenchResult<f64> {
+    let qd = qd.max(1);
+    let mut bufs: Vec<AlignedBuf> = (0..qd).map(|_| AlignedBuf::zeroed(chunk)).collect();
+    let n = region / chunk as u64;
+    let start = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let k = (n - i).min(qd as u64) as usize;
+        let mut reqs: Vec<IoRequest<'_>> = bufs[..k]
+            .iter_mut()
+            .enumerate()
+            .map(|(j, buf)| IoRequest::Read {
+                offset: (i + j as u64) * chunk as u64,
+                buf: &mut buf[..],
+            })
+            .collect();
+        t.submit(&mut reqs)?;
+        i += k as u64;
+    }
+    let secs = start.elapsed().as_secs_f64().max(1e-9);
+    Ok((n * chunk as u64) as f64 / secs / MIB as f64)
+}
+
 /// `ops` random 4 KiB I/Os in `region` in batches of `qd`. Returns IOPS.
 pub fn rand_io(
     t: &dyn Target,
@@ -240,6 +265,13 @@ pub fn rawdevice_on<D: Device>(cfg: &Config, dev: &D) -> BenchResult<Vec<RawFigu
         seq_write(&t, small, 128 * KIB, 1)?,
         None,
     ));
+    v.push(figure(
+        b,
+        "seqread 1M QD4",
+        "MB/s",
+        seq_read(&t, region, 1 << 20, 4)?,
+        None,
+    ));
     let wf_ops = (cfg.raw_ops / 10).clamp(100, 5000);
     v.push(figure(
         b,
@@ -297,6 +329,13 @@ pub fn rawread_on<D: Device>(cfg: &Config, dev: &D) -> BenchResult<Vec<RawFigure
         seq_write(&t, region, 1 << 20, 0)?,
         None,
     )];
+    v.push(figure(
+        b,
+        "seqread 1M QD4",
+        "MB/s",
+        seq_read(&t, region, 1 << 20, 4)?,
+        None,
+    ));
     let seed = cfg.effective_seed();
     let mut qds = vec![1, 32, cfg.batch_size.max(1)];
     qds.sort_unstable();

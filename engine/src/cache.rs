@@ -126,23 +126,7 @@ impl PageCache {
     /// cached with those bytes valid. A range inside one page is handed out in place; one that
     /// spans pages is gathered into a buffer.
     pub fn range(&self, salt: u64, offset: u64, len: u64) -> Option<CachedRange> {
-        self.range_as(salt, offset, len, false)
-    }
-
-    /// [`PageCache::range`] for a scan: a hit does not count as a reuse, so a scan that reads
-    /// every record of a page does not make the page look hot.
-    pub fn range_for_scan(&self, salt: u64, offset: u64, len: u64) -> Option<CachedRange> {
-        self.range_as(salt, offset, len, true)
-    }
-
-    fn range_as(&self, salt: u64, offset: u64, len: u64, scan: bool) -> Option<CachedRange> {
-        let get = |index: u64| {
-            if scan {
-                self.pages.peek(&(salt, index))
-            } else {
-                self.pages.get(&(salt, index))
-            }
-        };
+        let get = |index: u64| self.pages.get(&(salt, index));
         if len == 0 {
             return None;
         }

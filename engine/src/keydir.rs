@@ -3,7 +3,7 @@
 //! Compact by construction, since memory per key is a headline figure:
 //! - keys live in a chunked **arena** (1 MiB chunks, each key prefixed by its u16 length, no
 //!   per-key allocation); a key never straddles a chunk, so an arena offset is a plain `u32`;
-//! - the table is **open addressing with linear probing** over 16-byte [`Slot`]s (arena offset,
+//! - the table is **open addressing with linear probing** over 16-byte `Slot`s (arena offset,
 //!   15-bit hash tag, blob slot, record offset, value length), any capacity (index by
 //!   multiply-shift, so it grows by 1.5× rather than 2×), at most 85 % full, deletions by
 //!   backward shift (no tombstone slots).

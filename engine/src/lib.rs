@@ -1,5 +1,53 @@
 //! blobcask: a Bitcask-style key-value store whose data files are blobs on an SPDK-format
 //! blobstore.
+//!
+//! Records are appended to per-shard logs; an in-memory keydir maps each key to its newest
+//! record, so a read is one lookup and at most one device read, and a write is one append
+//! (shared with concurrent writers by group commit). The logs are blobs of a blobstore that
+//! speaks SPDK's on-disk format, on an image file, a block device or memory (`O_DIRECT` and
+//! io_uring), or on real SPDK with the `spdk` feature.
+//!
+//! # Quickstart
+//!
+//! ```
+//! use blobcask::{Db, DeviceSpec, Options};
+//!
+//! # let dir = tempfile::tempdir()?;
+//! # let path = dir.path().join("store.img");
+//! // Creates (and formats) the image file when it does not exist yet.
+//! let mut opts = Options::new(DeviceSpec::Path(path.clone()));
+//! opts.device_size = 64 << 20;
+//! let db = Db::open(opts)?;
+//!
+//! db.put(b"user:1", b"ada")?;
+//! assert_eq!(db.get(b"user:1")?.as_deref(), Some(&b"ada"[..]));
+//!
+//! let mut batch = blobcask::WriteBatch::new();
+//! batch.put(b"user:2", b"grace").delete(b"user:1");
+//! db.write_batch(batch)?; // all or nothing, also across a crash
+//!
+//! for item in db.iter_prefix(b"user:")? {
+//!     let (key, value) = item?;
+//!     println!("{} = {}", String::from_utf8_lossy(&key), String::from_utf8_lossy(&value));
+//! }
+//! db.close()?; // flush, write hints, unload cleanly (dropping the last handle does too)
+//!
+//! // Everything acknowledged is there after a reopen (or a crash).
+//! let db = Db::open_read_only(Options::new(DeviceSpec::Path(path)))?;
+//! assert_eq!(db.get(b"user:2")?.as_deref(), Some(&b"grace"[..]));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Where to go next
+//!
+//! - [`Options`]: durability ([`SyncPolicy`]), shards, cache, merge, recovery of damaged logs
+//!   ([`RecoveryMode`]); every field says its default.
+//! - [`Db`]: point reads and writes, `multi_get`, batches, iteration ([`Db::iter`]), async
+//!   variants (`put_async`, `get_async`, ...), `sync`, `merge`, `stats`, `damage`.
+//! - The `examples/` directory: basic use, batches, iteration, async, crash recovery, and
+//!   reading any SPDK blobstore with [`blobstore::native::NativeBlobStore`].
+//! - `engine/FORMAT.md` (the engine's on-disk records, hints and snapshots) and
+//!   `engine/ARCHITECTURE.md` (modules, threads, locks, the write and read paths).
 
 mod blob_scan;
 mod blobs;
@@ -11,6 +59,7 @@ pub mod device;
 mod error;
 pub mod fsck;
 pub mod hint;
+mod iter;
 pub mod keydir;
 mod merge;
 mod options;
@@ -26,8 +75,8 @@ mod state;
 mod stats;
 
 pub use db::{
-    native_store, BlobRole, BlobStats, Db, DeviceSpec, MergeOptions, Options, ShardStats, Stats,
-    SyncPolicy, Totals, WriteBatch,
+    native_store, BlobRole, BlobStats, Db, DeviceSpec, Iter, KeyIter, MergeOptions, Options,
+    ShardStats, Stats, SyncPolicy, Totals, WriteBatch,
 };
 pub use error::{Error, Result};
 pub use options::RecoveryMode;

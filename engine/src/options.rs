@@ -86,7 +86,32 @@ impl Default for MergeOptions {
     }
 }
 
-/// Options of [`crate::Db::open`].
+/// Options of [`crate::Db::open`]. Start from [`Options::new`] (or [`Options::at`] for an
+/// image file) and change what you need, with the chainable setters or the public fields.
+///
+/// | option | default |
+/// |---|---|
+/// | `create` | `true`: format the device if it holds no blobstore, create a missing image file |
+/// | `device_size` | 1 GiB: size of an image file that `create` makes |
+/// | `cluster_size` | 1 MiB (when formatting) |
+/// | `shards` | the machine's cores (an existing store keeps its own count) |
+/// | `max_blob_size` | 256 MiB: a data blob past this is sealed |
+/// | `sync` | [`SyncPolicy::GroupCommit`] with a 200 µs gather window: a write returns once durable |
+/// | `merge` | [`MergeOptions::default`]: automatic, blobs 60 % dead or 512 MiB dead, 16 small blobs |
+/// | `max_key_size` / `max_value_size` | 1024 B / 16 MiB |
+/// | `cache_bytes` | a sixteenth of the machine's memory, at least 32 MiB, at most 1 GiB |
+/// | `bstype` | `"BLOBCASK"` |
+/// | `read_only` | `false` |
+/// | `recovery` | [`RecoveryMode::TolerateTornTail`]: open refuses a damaged log |
+///
+/// ```
+/// use blobcask::{Options, SyncPolicy};
+/// let opts = Options::at("/tmp/example-store.img")
+///     .device_size(256 << 20)
+///     .shards(4)
+///     .sync(SyncPolicy::Always);
+/// assert_eq!(opts.device_size, 256 << 20);
+/// ```
 #[derive(Debug)]
 pub struct Options {
     pub device: DeviceSpec,
@@ -392,6 +417,92 @@ impl Options {
             }
         }
         Ok(())
+    }
+}
+
+/// Chainable setters, one per field (each says its default in the table of [`Options`]).
+impl Options {
+    /// Defaults on the image file or block device at `path`.
+    pub fn at(path: impl Into<PathBuf>) -> Self {
+        Options::new(DeviceSpec::Path(path.into()))
+    }
+
+    /// Format a device without a blobstore / create a missing image file.
+    pub fn create(mut self, create: bool) -> Self {
+        self.create = create;
+        self
+    }
+
+    /// Size of an image file `create` makes, in bytes.
+    pub fn device_size(mut self, bytes: u64) -> Self {
+        self.device_size = bytes;
+        self
+    }
+
+    /// Cluster size when formatting, in bytes (a multiple of 4096).
+    pub fn cluster_size(mut self, bytes: u32) -> Self {
+        self.cluster_size = bytes;
+        self
+    }
+
+    /// Shards of a new store.
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = shards;
+        self
+    }
+
+    /// Size past which a data blob is sealed, in bytes.
+    pub fn max_blob_size(mut self, bytes: u64) -> Self {
+        self.max_blob_size = bytes;
+        self
+    }
+
+    /// When a write is durable.
+    pub fn sync(mut self, sync: SyncPolicy) -> Self {
+        self.sync = sync;
+        self
+    }
+
+    /// When and how merge runs.
+    pub fn merge(mut self, merge: MergeOptions) -> Self {
+        self.merge = merge;
+        self
+    }
+
+    /// Largest key, in bytes.
+    pub fn max_key_size(mut self, bytes: usize) -> Self {
+        self.max_key_size = bytes;
+        self
+    }
+
+    /// Largest value, in bytes.
+    pub fn max_value_size(mut self, bytes: usize) -> Self {
+        self.max_value_size = bytes;
+        self
+    }
+
+    /// Read cache over all shards, in bytes (0 disables it).
+    pub fn cache_bytes(mut self, bytes: usize) -> Self {
+        self.cache_bytes = bytes;
+        self
+    }
+
+    /// Blobstore type tag (at most 16 bytes).
+    pub fn bstype(mut self, bstype: impl Into<String>) -> Self {
+        self.bstype = bstype.into();
+        self
+    }
+
+    /// Open for reading only.
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
+    }
+
+    /// What open does with a damaged log.
+    pub fn recovery(mut self, recovery: RecoveryMode) -> Self {
+        self.recovery = recovery;
+        self
     }
 }
 

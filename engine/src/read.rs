@@ -28,8 +28,6 @@ pub(crate) enum Lookup<S: BlobStore, T> {
 /// A record to read from the device: whole pages `[start, end)` of its blob.
 pub(crate) struct PendingRead<S: BlobStore> {
     shard: usize,
-    /// Cache the pages read.
-    fill: bool,
     handle: Arc<BlobHandle<S>>,
     offset: u64,
     start: u64,
@@ -57,7 +55,7 @@ impl<S: BlobStore> PendingRead<S> {
         let rec = record::decode_for_read(&buf[at..], h.salt, key, h.id, self.offset)?;
         let out = f(rec.value);
         let cache = core.shards[self.shard].cache.as_ref();
-        if let Some(c) = cache.filter(|_| self.fill) {
+        if let Some(c) = cache {
             let log = self.log_end.saturating_sub(self.start) as usize;
             c.insert_run(h.salt, self.start, buf, log);
         }
@@ -65,21 +63,10 @@ impl<S: BlobStore> PendingRead<S> {
     }
 }
 
-/// How a read treats the cache.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Mode {
-    /// A point read: a hit counts as a reuse, a miss caches the pages it read.
-    Point,
-    /// Part of a scan over the store: the cache is consulted but neither promoted nor filled,
-    /// so one pass over everything does not evict what point reads keep using.
-    Scan,
-}
-
 /// Find `key`'s record and, when it is in memory, run `f` on its value.
 pub(crate) fn lookup<S: BlobStore, T>(
     core: &Core<S>,
     key: &[u8],
-    mode: Mode,
     f: impl FnOnce(&[u8]) -> T,
 ) -> Result<Lookup<S, T>> {
     let hash = hash_key(key);
@@ -91,11 +78,7 @@ pub(crate) fn lookup<S: BlobStore, T>(
     let salt = found.handle.salt;
     let (id, offset) = (found.handle.id, found.offset);
     if let Some(c) = &sh.cache {
-        let hit = match mode {
-            Mode::Point => c.range(salt, found.offset, found.len),
-            Mode::Scan => c.range_for_scan(salt, found.offset, found.len),
-        };
-        if let Some(bytes) = hit {
+        if let Some(bytes) = c.range(salt, found.offset, found.len) {
             sh.ctr.cache_hits.fetch_add(1, Ordering::Relaxed);
             let rec = record::decode_for_read(&bytes, salt, key, id, offset)?;
             return Ok(Lookup::Done(f(rec.value)));
@@ -153,7 +136,6 @@ pub(crate) fn lookup<S: BlobStore, T>(
         .max(found.offset + found.len);
     Ok(Lookup::Read(PendingRead {
         shard,
-        fill: mode == Mode::Point,
         handle: found.handle,
         offset: found.offset,
         start,
@@ -195,11 +177,10 @@ fn probe<S: BlobStore>(sh: &ShardShared<S>, key: &[u8], hash: u64) -> Result<Opt
 pub(crate) fn get_with<S: BlobStore, T>(
     core: &Core<S>,
     key: &[u8],
-    mode: Mode,
     f: impl FnOnce(&[u8]) -> T,
 ) -> Result<Option<T>> {
     let mut f = Some(f);
-    let pending = match lookup(core, key, mode, |v| f.take().map(|f| f(v)))? {
+    let pending = match lookup(core, key, |v| f.take().map(|f| f(v)))? {
         Lookup::Absent => return Ok(None),
         Lookup::Done(v) => return Ok(v),
         Lookup::Read(p) => p,
@@ -220,9 +201,9 @@ pub(crate) fn get_with<S: BlobStore, T>(
 /// and the future completes when it does; others read in place.
 pub(crate) async fn get_async<S: BlobStore>(core: &Core<S>, key: &[u8]) -> Result<Option<Vec<u8>>> {
     if !core.store.drives_itself() {
-        return get_with(core, key, Mode::Point, <[u8]>::to_vec);
+        return get_with(core, key, <[u8]>::to_vec);
     }
-    let pending = match lookup(core, key, Mode::Point, <[u8]>::to_vec)? {
+    let pending = match lookup(core, key, <[u8]>::to_vec)? {
         Lookup::Absent => return Ok(None),
         Lookup::Done(v) => return Ok(Some(v)),
         Lookup::Read(p) => p,
@@ -246,7 +227,7 @@ pub(crate) fn multi_get<S: BlobStore, K: AsRef<[u8]>>(
     let mut out = Vec::with_capacity(keys.len());
     let mut reads: Vec<(usize, PendingRead<S>)> = Vec::new();
     for (i, k) in keys.iter().enumerate() {
-        match lookup(core, k.as_ref(), Mode::Point, <[u8]>::to_vec)? {
+        match lookup(core, k.as_ref(), <[u8]>::to_vec)? {
             Lookup::Absent => out.push(None),
             Lookup::Done(v) => out.push(Some(v)),
             Lookup::Read(p) => {

@@ -1,6 +1,6 @@
 //! `NativeBlobStore`: SPDK's blobstore semantics and on-disk format over a [`Device`].
 //!
-//! Concurrency: every metadata operation holds the [`Gate`] for its whole duration (SPDK's md
+//! Concurrency: every metadata operation holds the `Gate` for its whole duration (SPDK's md
 //! thread); the in-memory metadata lives in a `parking_lot` mutex that is only held between
 //! awaits. Data I/O reads each blob's [`DataMap`] snapshot lock-free and takes the gate only
 //! to allocate (or release) a thin cluster.
