@@ -285,7 +285,8 @@ enum Cmd {
         #[arg(long)]
         atomic: bool,
     },
-    /// Print every record in key order as `key<TAB>value` lines (what `load` reads).
+    /// Print every record as `key<TAB>value` lines (what `load` reads), in the store's log
+    /// order: the data is read sequentially, at the device's speed (`scan` sorts by key).
     #[command(after_help = EXIT_OK_KV)]
     Dump {
         #[command(flatten)]
@@ -657,15 +658,7 @@ fn run(cmd: Cmd) -> CliResult {
             input,
             atomic,
         } => load(&store, Encoding::new(codec.hex), &input, atomic),
-        Cmd::Dump { store, codec } => {
-            let all = SelectArgs {
-                prefix: None,
-                from: None,
-                to: None,
-                limit: None,
-            };
-            scan(&store, codec, &all, false)
-        }
+        Cmd::Dump { store, codec } => dump(&store, codec),
         Cmd::Stats { store, json } => {
             let db = open_read_only(&store)?;
             let stats = db.stats()?;
@@ -739,6 +732,22 @@ fn scan(store: &ReadArgs, codec: CodecArgs, select: &SelectArgs, keys_only: bool
             Some(v) => writeln!(out, "{}\t{}", enc.encode(k), enc.encode(v)),
         };
         r.map_err(Box::<dyn std::error::Error>::from)
+    });
+    let res = res.and_then(|_| Ok(out.flush()?));
+    let closed = db.close();
+    res?;
+    closed?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dump`: every record, streamed in log order.
+fn dump(store: &ReadArgs, codec: CodecArgs) -> CliResult {
+    let enc = Encoding::new(codec.hex);
+    let db = open_read_only(store)?;
+    let mut out = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
+    let res = records::dump(&db, |k, v| {
+        writeln!(out, "{}\t{}", enc.encode(k), enc.encode(v))
+            .map_err(Box::<dyn std::error::Error>::from)
     });
     let res = res.and_then(|_| Ok(out.flush()?));
     let closed = db.close();

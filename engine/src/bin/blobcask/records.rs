@@ -60,6 +60,23 @@ pub fn scan<E: From<blobcask::Error>>(
     Ok(n)
 }
 
+/// Visit every live record in the store's log order (no sorting, no key list in memory): the
+/// streaming iterator reads each data blob sequentially in large I/Os. Stops at the first
+/// error, of the store (a damaged record) or of `visit`. Returns how many were visited.
+pub fn dump<E: From<blobcask::Error>>(
+    db: &Db,
+    mut visit: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
+) -> Result<u64, E> {
+    let mut it = db.iter()?;
+    let mut n = 0u64;
+    while let Some(item) = it.next_pair() {
+        let (k, v) = item?;
+        visit(k, v)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
