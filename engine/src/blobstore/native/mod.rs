@@ -1,6 +1,6 @@
 //! Native blobstore: a pure-Rust implementation of SPDK's blobstore over a
 //! [`crate::device::Device`], reading and writing SPDK's on-disk format (super block
-//! version 3, `spdk-blobstore-format.md` in the design notes).
+//! version 3, documented in `docs/blobstore-format.md` at the repository root).
 //!
 //! Modules, one per on-disk structure (each with its byte table): [`superblock`], [`mask`],
 //! [`mdpage`], [`descriptor`], [`layout`]; the blob metadata model [`blobmd`]; the store
