@@ -1,5 +1,5 @@
-//! Errors of the blobstore layer, and the one mapping between them and SPDK's negative errnos
-//! (`spdk-blob-api.md` §7), so the native and the SPDK backend report the same thing for the
+//! Errors of the blobstore layer, and the one mapping between them and SPDK's negative errnos,
+//! so the native and the SPDK backend report the same thing for the
 //! same fault.
 
 use std::io;

@@ -127,9 +127,10 @@ fn all_blobs(bs: &ReadOnlyStore) -> Result<Vec<Value>, blobcask::Error> {
     let ids = bs.block_on(bs.blob_ids())?;
     let mut list = Vec::with_capacity(ids.len());
     for id in ids {
-        list.push(blob_json(bs, id).unwrap_or_else(
-            |e| json!({ "id": format!("{id:#x}"), "error": e.to_string() }),
-        ));
+        list.push(
+            blob_json(bs, id)
+                .unwrap_or_else(|e| json!({ "id": format!("{id:#x}"), "error": e.to_string() })),
+        );
     }
     mark_snapshots(&mut list);
     Ok(list)

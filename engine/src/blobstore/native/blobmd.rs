@@ -1,12 +1,12 @@
-//! One blob's metadata in memory, its serialization into an md chain (format notes §10.1) and
-//! its parsing back (§6, §7, §19).
+//! One blob's metadata in memory, its serialization into an md chain (`docs/blobstore-format.md`) and
+//! its parsing back.
 //!
 //! Writer order, as SPDK's: root page starts with FLAGS; then every user xattr, then every
 //! internal xattr, each whole (a new page when one does not fit); then the cluster map as
 //! EXTENT_TABLE entries (extent-table mode) or EXTENT_RLE runs, starting a new page when fewer
 //! than 13 bytes remain. Matching SPDK byte for byte requires the same packing, including two
 //! quirks we reproduce on purpose: an extent table with no entries is omitted when fewer than
-//! 13 bytes remain on the last page (§19.2), and a table descriptor with zero entries is
+//! 13 bytes remain on the last page, and a table descriptor with zero entries is
 //! emitted when 13..21 bytes remain before continuing on a new page.
 
 use super::descriptor::{
@@ -511,7 +511,7 @@ mod tests {
         }
     }
 
-    /// Example C of the format notes §15.
+    /// the worked example of `docs/blobstore-format.md`
     #[test]
     fn example_c_root_and_extent_page() {
         let m = md((5..15).collect(), vec![1], true, false);

@@ -81,11 +81,7 @@ impl<D: Device> Inner<D> {
             match source(shared, ci) {
                 Source::Zeroes => continue,
                 Source::PastEnd => buf.fill(0),
-                Source::Cluster(src) => {
-                    self.dev
-                        .read(layout.cluster_offset(src), &mut buf)
-                        .await?
-                }
+                Source::Cluster(src) => self.dev.read(layout.cluster_offset(src), &mut buf).await?,
                 Source::External(d) => read_external(d.as_ref(), ci * cs, &mut buf).await?,
                 Source::Missing(b, id) => {
                     return Err(Error::EsnapUnavailable {

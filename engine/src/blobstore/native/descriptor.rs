@@ -1,4 +1,4 @@
-//! Blob metadata descriptors (format notes §7). Every descriptor is a 5-byte header
+//! Blob metadata descriptors (`docs/blobstore-format.md`). Every descriptor is a 5-byte header
 //! `type u8 | length u32` (length = payload bytes after the header) and a payload:
 //!
 //! | type | name | payload |
@@ -244,7 +244,7 @@ mod tests {
         b
     }
 
-    /// The descriptors of example C of the format notes §15.
+    /// The descriptors of the worked example of `docs/blobstore-format.md`
     #[test]
     fn example_c_byte_tables() {
         let flags = Descriptor::Flags {

@@ -1,4 +1,4 @@
-//! Device layout (format notes §2, §5.3, §14): where the masks, the md region and the data
+//! Device layout (`docs/blobstore-format.md`): where the masks, the md region and the data
 //! clusters are, computed at init or from a loaded super block.
 
 use super::mask::MASK_HEADER;
@@ -38,7 +38,7 @@ pub fn pages_for(bits: u64, md_page_size: u32) -> u32 {
 
 impl Layout {
     /// The layout `spdk_bs_init` picks for a device of `dev_size` bytes and `block_size`
-    /// blocks (§14).
+    /// blocks.
     pub fn for_init(dev_size: u64, block_size: u32, opts: &InitOpts) -> Result<Layout> {
         let io_unit_size = opts.io_unit_size.unwrap_or(block_size);
         if !io_unit_size.is_power_of_two()

@@ -1,4 +1,4 @@
-//! The three allocation masks (format notes §5): used md pages, used clusters, used blob ids.
+//! The three allocation masks (`docs/blobstore-format.md`): used md pages, used clusters, used blob ids.
 //!
 //! Byte table of a mask region (`len` md pages, read and written as one transfer):
 //!

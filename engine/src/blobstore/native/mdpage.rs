@@ -1,4 +1,4 @@
-//! Metadata pages (format notes §6): blob chain pages and extent pages.
+//! Metadata pages (`docs/blobstore-format.md`): blob chain pages and extent pages.
 //!
 //! Byte table (the first 4096 bytes of an md page slot; a larger slot's tail is written as
 //! zero and ignored on read):
@@ -8,7 +8,7 @@
 //! | 0 | 8 | id: owning blob id |
 //! | 8 | 4 | sequence_num: 0 root, 1, 2, … chain pages; 0 for extent pages |
 //! | 12 | 4 | reserved0 (zero) |
-//! | 16 | 4072 | descriptor stream (§6.1), zero-filled after the last descriptor |
+//! | 16 | 4072 | descriptor stream, zero-filled after the last descriptor |
 //! | 4088 | 4 | next md index, `0xFFFF_FFFF` = end of chain |
 //! | 4092 | 4 | CRC-32C of bytes 0..4092 |
 //!

@@ -148,7 +148,7 @@ struct PersistPlan {
 }
 
 impl<D: Device> NativeBlobStore<D> {
-    /// Format `dev` (SPDK `spdk_bs_init`, format notes §14): zero bytes
+    /// Format `dev` (SPDK `spdk_bs_init`, `docs/blobstore-format.md`): zero bytes
     /// `0 .. num_md_pages * md_page_size`, clear the rest per `opts.clear_method` (unmap by
     /// default, which on a file image without hole punching leaves the old bytes, as SPDK's
     /// aio bdev does), then write the super block with `clean = 0`. The masks are not written:
@@ -201,7 +201,7 @@ impl<D: Device> NativeBlobStore<D> {
         }
     }
 
-    /// Load a store (SPDK `spdk_bs_load`, §12): validate the super block, then read the masks
+    /// Load a store (SPDK `spdk_bs_load`): validate the super block, then read the masks
     /// (clean store) or rebuild them in memory from the md region (dirty store, legacy store
     /// without blob-id mask, or `force_recover`). Loading writes nothing: a clean store stays
     /// `clean = 1` on disk until the first metadata change, a dirty one keeps its stale masks
@@ -383,7 +383,7 @@ impl<D: Device> Inner<D> {
         read_md_page(&self.dev, &self.layout.load_full(), i).await
     }
 
-    /// Write the super block with `clean = 0` and flush (SPDK's mark-dirty, §10.2 step 0).
+    /// Write the super block with `clean = 0` and flush (SPDK's mark-dirty step 0).
     async fn mark_dirty(&self) -> Result<()> {
         let bytes = {
             let mut st = self.st.lock();
@@ -510,7 +510,7 @@ impl<D: Device> Inner<D> {
         })
     }
 
-    /// Persist a blob's metadata (§10.2, with our flushes). Caller holds the gate.
+    /// Persist a blob's metadata (with our flushes). Caller holds the gate.
     pub(crate) async fn persist_locked(&self, id: BlobId) -> Result<()> {
         let Some(plan) = self.plan_persist(id)? else {
             return Ok(());
@@ -631,7 +631,7 @@ impl<D: Device> Inner<D> {
         // grown map before the root (the old root reads only its own, shorter prefix of
         // them), a shrunk one after it (the new root reads a prefix of the old, longer
         // page). SPDK instead rewrites truncated extent pages with zero entries before the
-        // commit (§10.2 step 1); we do not.
+        // commit (step 1); we do not.
         let mut pre: Vec<&(u64, Vec<u8>)> = plan.chain_pages.iter().collect();
         pre.extend(plan.new_extent_pages.iter());
         if plan.grow {
@@ -703,7 +703,7 @@ impl<D: Device> Inner<D> {
         }
     }
 
-    /// Thin allocation for the data path (§13): the lowest free cluster for every listed
+    /// Thin allocation for the data path: the lowest free cluster for every listed
     /// unallocated blob cluster (and, in extent-table mode, the lowest free md index ≥ 1 for
     /// a missing extent page), then a persist, then the new map is published. Metadata is
     /// durable before the caller writes data. Where SPDK rewrites only the extent page in
@@ -1476,7 +1476,7 @@ impl<D: Device> Inner<D> {
         Ok(())
     }
 
-    /// Clean unload (§11): md-page mask, blob-id mask, cluster mask, flush, then the super
+    /// Clean unload: md-page mask, blob-id mask, cluster mask, flush, then the super
     /// block with `clean = 1`, flush.
     pub(crate) async fn unload(&self) -> Result<()> {
         let _g = self.gate.lock().await;
@@ -1616,7 +1616,7 @@ async fn write_masks<D: Device>(dev: &D, l: &Layout, m: &Mask, c: &Mask, b: &Mas
     .map_err(Error::from)
 }
 
-/// Rebuild the three masks from the md region (§12.2). Roots are pages with a valid CRC,
+/// Rebuild the three masks from the md region. Roots are pages with a valid CRC,
 /// sequence 0 and `id == 0x1_0000_0000 | index`; their chains (stopping at a bad CRC) and
 /// extent pages are marked, and so are the clusters they reference. Differences from SPDK:
 /// only clusters inside the blob's size are marked (an extent page may hold more entries after

@@ -1,4 +1,4 @@
-//! The super block (format notes §3): page 0 of the device, 4096 bytes, CRC-32C protected.
+//! The super block (`docs/blobstore-format.md`): page 0 of the device, 4096 bytes, CRC-32C protected.
 //!
 //! Byte table (little-endian, packed):
 //!
@@ -168,7 +168,7 @@ impl SuperBlock {
 mod tests {
     use super::*;
 
-    /// Example A of the format notes §15 (1 GiB, 512-byte blocks, defaults), as SPDK writes it.
+    /// the worked example of `docs/blobstore-format.md` (1 GiB, 512-byte blocks, defaults), as SPDK writes it.
     pub(crate) fn example_a(clean: u32) -> SuperBlock {
         SuperBlock {
             version: 3,
