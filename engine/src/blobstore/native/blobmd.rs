@@ -511,7 +511,7 @@ mod tests {
         }
     }
 
-    /// the worked example of `docs/blobstore-format.md`
+    /// The worked example of `docs/blobstore-format.md`
     #[test]
     fn example_c_root_and_extent_page() {
         let m = md((5..15).collect(), vec![1], true, false);

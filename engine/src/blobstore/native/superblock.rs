@@ -168,7 +168,7 @@ impl SuperBlock {
 mod tests {
     use super::*;
 
-    /// the worked example of `docs/blobstore-format.md` (1 GiB, 512-byte blocks, defaults), as SPDK writes it.
+    /// The worked example of `docs/blobstore-format.md` (1 GiB, 512-byte blocks, defaults), as SPDK writes it.
     pub(crate) fn example_a(clean: u32) -> SuperBlock {
         SuperBlock {
             version: 3,

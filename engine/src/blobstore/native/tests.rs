@@ -57,7 +57,7 @@ fn thin(n: u64) -> CreateOpts {
     }
 }
 
-/// the worked example of `docs/blobstore-format.md`: init of a 1 GiB device with 512-byte blocks writes exactly these bytes.
+/// The worked example of `docs/blobstore-format.md`: init of a 1 GiB device with 512-byte blocks writes exactly these bytes.
 #[test]
 fn init_writes_example_a_super_block() {
     let dev = MemoryDevice::new(1 << 30, 512).unwrap();
@@ -76,7 +76,7 @@ fn init_writes_example_a_super_block() {
     assert!(SuperBlock::decode(&img).unwrap().is_clean());
 }
 
-/// the worked example of `docs/blobstore-format.md`: the first blob, thick, 10 clusters, extent table, xattr name=foo.
+/// The worked example of `docs/blobstore-format.md`: the first blob, thick, 10 clusters, extent table, xattr name=foo.
 #[test]
 fn example_c_chain_bytes() {
     let dev = MemoryDevice::new(1 << 30, 512).unwrap();
