@@ -153,6 +153,7 @@ fn rawread_on_memory_reports_qd1_qd32_and_the_batch() {
         names,
         [
             "seqwrite 1M (fill)",
+            "seqread 1M QD4",
             "randread 4K QD1",
             "randread 4K QD8",
             "randread 4K QD32"
