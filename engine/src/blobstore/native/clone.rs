@@ -23,9 +23,10 @@ use super::blobmd::{
     XATTR_SNAPSHOT_IN_PROGRESS, XATTR_SNAPSHOT_PENDING_REMOVAL,
 };
 use super::datamap::{Backing, BlobShared, DataMap};
-use super::descriptor::CLUSTERS_PER_EXTENT_PAGE;
+use super::descriptor::{CLUSTERS_PER_EXTENT_PAGE, TYPE_XATTR_INTERNAL};
 use super::esnap::show_id;
-use super::store::{Inner, OpenBlob};
+use super::mdpage::{walk, MdPage, NO_NEXT};
+use super::store::{read_md_page, Inner, OpenBlob};
 use super::{read_external, source, Source};
 use crate::blobstore::error::{Error, Result};
 use crate::blobstore::{BlobId, CreateOpts};
@@ -502,6 +503,28 @@ impl<D: Device> Inner<D> {
         self.persist_locked(id).await
     }
 
+    /// Whether blob `id` may have internal xattrs: its root page holds one, or continues
+    /// on chain pages (false when the root does not decode: the blob's own open reports
+    /// that). Not the `INTERNAL_XATTR` flag: a snapshot being made carries `SNAPTMP` with
+    /// the original's flags, which may lack it.
+    async fn root_has_internal_xattrs(&self, id: BlobId) -> bool {
+        let Some(root) = super::blobmd::root_index(id) else {
+            return false;
+        };
+        let Ok(b) = read_md_page(&self.dev, &self.layout, root).await else {
+            return false;
+        };
+        let Ok(page) = MdPage::decode(&b, self.layout.md_offset(root)) else {
+            return false;
+        };
+        if page.next != NO_NEXT {
+            return true;
+        }
+        walk(&page.descriptors)
+            .map(|ds| ds.iter().any(|d| d.ty == TYPE_XATTR_INTERNAL))
+            .unwrap_or(false)
+    }
+
     /// SPDK's load-time repair (`bs_load_iter`): a snapshot still marked `SNAPTMP` (its
     /// creation was cut short) or `SNAPRM` (its deletion was) is kept, finished as a
     /// read-only snapshot, when the blob named in the mark is its clone by now; otherwise
@@ -516,6 +539,11 @@ impl<D: Device> Inner<D> {
             .map(super::blobmd::blob_id)
             .collect();
         for id in ids {
+            // Only a blob with internal xattrs can carry a mark; looking at the root first
+            // spares reading every extent page of every other blob.
+            if !self.root_has_internal_xattrs(id).await {
+                continue;
+            }
             let Ok((md, chain)) = self.read_blob(id).await else {
                 continue;
             };
