@@ -511,10 +511,11 @@ impl<D: Device> Inner<D> {
         let Some(root) = super::blobmd::root_index(id) else {
             return false;
         };
-        let Ok(b) = read_md_page(&self.dev, &self.layout, root).await else {
+        let layout = self.layout.load_full();
+        let Ok(b) = read_md_page(&self.dev, &layout, root).await else {
             return false;
         };
-        let Ok(page) = MdPage::decode(&b, self.layout.md_offset(root)) else {
+        let Ok(page) = MdPage::decode(&b, layout.md_offset(root)) else {
             return false;
         };
         if page.next != NO_NEXT {
