@@ -15,6 +15,7 @@ mod error;
 pub use error::{Error, Result};
 
 pub mod native;
+#[cfg(feature = "replay")]
 pub mod replay;
 #[cfg(feature = "spdk")]
 pub mod spdk;

@@ -85,6 +85,9 @@ impl EsnapResolver for EsnapMap {
 pub fn show_id(id: &[u8]) -> String {
     match std::str::from_utf8(id) {
         Ok(s) if !s.is_empty() && s.chars().all(|c| !c.is_control()) => s.to_owned(),
-        _ => format!("0x{}", hex::encode(id)),
+        _ => {
+            let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+            format!("0x{hex}")
+        }
     }
 }

@@ -49,6 +49,7 @@ mod clone;
 pub mod datamap;
 pub mod descriptor;
 pub mod esnap;
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
 mod gate;
 pub mod layout;
