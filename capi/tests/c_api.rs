@@ -13,10 +13,27 @@ fn crate_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The directory holding `libblobcask_c.a` of this build (`target/<profile>`).
+/// The directory holding `libblobcask_c.a` of this build (`target/<profile>`). `cargo test`
+/// builds only the library's rlib for the tests, so the static library is built here when
+/// it is missing (once per run; CI builds it beforehand).
 fn lib_dir() -> PathBuf {
+    static BUILT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !*built && !dir.join("libblobcask_c.a").exists() {
+        let target = dir.parent().unwrap();
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--quiet", "-p", "blobcask-capi", "--target-dir"])
+            .arg(target)
+            .current_dir(crate_dir());
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let st = cmd.status().unwrap();
+        assert!(st.success(), "cargo build -p blobcask-capi failed");
+    }
+    *built = true;
     assert!(
         dir.join("libblobcask_c.a").exists(),
         "no libblobcask_c.a in {}",
