@@ -96,7 +96,13 @@ pub(crate) struct Meta<S: BlobStore> {
     pub len: u64,
 }
 
-pub(crate) fn read_meta<S: BlobStore>(store: &S, id: BlobId) -> Result<Option<Meta<S>>> {
+/// `view`: `None` reads the live store (blobs with `bc.role`); `Some(name)` reads checkpoint
+/// `name` (its snapshot blobs, whose role is in `bc.ckpt.role`; see `checkpoint.rs`).
+pub(crate) fn read_meta<S: BlobStore>(
+    store: &S,
+    id: BlobId,
+    view: Option<&str>,
+) -> Result<Option<Meta<S>>> {
     let blob = match store.block_on(store.open(id)).map_err(Error::from) {
         Ok(b) => b,
         // Enumerated but no root page of its own: a stray blob-id mask bit (a leak that
@@ -107,7 +113,15 @@ pub(crate) fn read_meta<S: BlobStore>(store: &S, id: BlobId) -> Result<Option<Me
         }
         Err(e) => return Err(e),
     };
-    let role = store.block_on(store.get_xattr(&blob, X_ROLE))?;
+    let role = match view {
+        None => store.block_on(store.get_xattr(&blob, X_ROLE))?,
+        Some(name) => match store.block_on(store.get_xattr(&blob, crate::checkpoint::X_CKPT))? {
+            Some(n) if n == name.as_bytes() => {
+                store.block_on(store.get_xattr(&blob, crate::checkpoint::X_CKPT_ROLE))?
+            }
+            _ => None,
+        },
+    };
     let Some(role) = role else {
         store.block_on(store.close(blob))?;
         return Ok(None);

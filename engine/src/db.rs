@@ -736,7 +736,12 @@ impl<S: BlobStore> Drop for Inner<S> {
 
 impl Db {
     /// Open (or, with `create`, format) a store on the native blobstore.
-    pub fn open(mut opts: Options) -> Result<Db> {
+    pub fn open(opts: Options) -> Result<Db> {
+        Db::open_as(opts, None)
+    }
+
+    /// Open the live store (`view` `None`) or, read-only, checkpoint `view`.
+    fn open_as(mut opts: Options, view: Option<&str>) -> Result<Db> {
         use crate::device::{AnyDevice, Device};
 
         opts.validate()?;
@@ -788,7 +793,54 @@ impl Db {
             Err(e @ Error::Corruption { .. }) => return Err(name_load_damage(twin, path, e)),
             Err(e) => return Err(e),
         };
-        start(crate::recovery::recover(store, &opts)?, &opts, io_path)
+        match view {
+            // What a checkpoint creation or deletion cut short leaves (no blob is open yet).
+            None if !opts.read_only => {
+                crate::checkpoint::clean_leftovers(&store)?;
+            }
+            None => {}
+            Some(name) => {
+                crate::checkpoint::find_on(&store, name)?;
+            }
+        }
+        start(
+            crate::recovery::recover_view(store, &opts, view)?,
+            &opts,
+            io_path,
+        )
+    }
+
+    /// Open checkpoint `name` of the store on `opts.device`, read-only: gets and iteration
+    /// see the store as it was when the checkpoint was made; writes fail
+    /// [`Error::ReadOnly`]. See [`Db::create_checkpoint`].
+    pub fn open_checkpoint(mut opts: Options, name: &str) -> Result<Db> {
+        opts.read_only = true;
+        opts.create = false;
+        Db::open_as(opts, Some(name))
+    }
+
+    /// Freeze the store on `opts.device` as checkpoint `name`: a blobstore snapshot of every
+    /// engine blob (metadata only; no data is copied) and a marker blob that commits it.
+    /// The store must not be open elsewhere (the native blobstore snapshots closed blobs
+    /// only; an image file's lock is taken as by a writable open). Space: the snapshots
+    /// share every cluster with the live store until the live store writes over one (its
+    /// cluster is then copied) or merge deletes the blob (the snapshot keeps it).
+    pub fn create_checkpoint(opts: Options, name: &str) -> Result<crate::checkpoint::Checkpoint> {
+        crate::checkpoint::check_name(name)?;
+        crate::checkpoint::with_store(opts, |s| crate::checkpoint::create_on(s, name))
+    }
+
+    /// The store's committed checkpoints, by name.
+    pub fn list_checkpoints(mut opts: Options) -> Result<Vec<crate::checkpoint::Checkpoint>> {
+        opts.read_only = true;
+        let store = crate::checkpoint::load(opts)?;
+        crate::checkpoint::list_on(&store)
+    }
+
+    /// Delete checkpoint `name`, freeing the clusters only it held. The store must not be
+    /// open elsewhere.
+    pub fn delete_checkpoint(opts: Options, name: &str) -> Result<()> {
+        crate::checkpoint::with_store(opts, |s| crate::checkpoint::delete_on(s, name))
     }
 
     /// Open an existing store for reading only (see [`Options::read_only`]).

@@ -1,0 +1,217 @@
+//! Checkpoints: blobstore snapshots of every engine blob, committed by one marker blob.
+//! A checkpoint reads the state of the store when it was made, across later overwrites,
+//! deletes, merges and other checkpoints; deleting one frees what only it held; a crash at
+//! every device I/O of a creation leaves no checkpoint or a complete one, and the live store
+//! intact.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use blobcask::device::SimDevice;
+use blobcask::{Db, DeviceSpec, Error, Options};
+
+fn opts(dev: &Arc<SimDevice>) -> Options {
+    let mut o = Options::new(DeviceSpec::Sim(dev.clone()));
+    o.cluster_size = 64 << 10;
+    o.shards = 2;
+    o.max_blob_size = 128 << 10;
+    o.max_value_size = 8 << 10;
+    o.cache_bytes = 0;
+    o.merge.auto = false;
+    o.create = true;
+    o
+}
+
+fn sim() -> Arc<SimDevice> {
+    Arc::new(SimDevice::new(16 << 20, 4096, 7).unwrap())
+}
+
+type State = BTreeMap<Vec<u8>, Vec<u8>>;
+
+fn write(db: &Db, gen: u32, n: u32, len: usize) -> State {
+    let mut m = State::new();
+    for i in 0..n {
+        let k = format!("key{i:04}").into_bytes();
+        let mut v = format!("g{gen}:{i}|").into_bytes();
+        v.resize(len, b'a' + (gen % 26) as u8);
+        db.put(&k, &v).unwrap();
+        m.insert(k, v);
+    }
+    m
+}
+
+fn contents(db: &Db) -> State {
+    db.iter().unwrap().map(|r| r.unwrap()).collect()
+}
+
+fn assert_reads(db: &Db, want: &State) {
+    assert_eq!(&contents(db), want);
+    for (k, v) in want {
+        assert_eq!(db.get(k).unwrap().as_ref(), Some(v));
+    }
+}
+
+#[test]
+fn checkpoint_reads_its_state_across_overwrites_merge_and_reopen() {
+    let dev = sim();
+    let db = Db::open(opts(&dev)).unwrap();
+    let v1 = write(&db, 1, 120, 700);
+    db.close().unwrap();
+
+    let c = Db::create_checkpoint(opts(&dev), "first").unwrap();
+    assert_eq!(c.name, "first");
+    assert!(!c.blobs.is_empty());
+    assert_eq!(c.shards, 2);
+    assert_eq!(
+        Db::create_checkpoint(opts(&dev), "first")
+            .unwrap_err()
+            .to_string()
+            .contains("exists"),
+        true
+    );
+
+    // The live store goes on: overwrite, delete, merge.
+    let db = Db::open(opts(&dev)).unwrap();
+    assert_reads(&db, &v1);
+    let mut v2 = write(&db, 2, 120, 900);
+    for i in 0..30 {
+        let k = format!("key{i:04}").into_bytes();
+        db.delete(&k).unwrap();
+        v2.remove(&k);
+    }
+    db.merge().unwrap();
+    assert_reads(&db, &v2);
+    db.close().unwrap();
+
+    let list = Db::list_checkpoints(opts(&dev)).unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0], c);
+
+    let ck = Db::open_checkpoint(opts(&dev), "first").unwrap();
+    assert_reads(&ck, &v1);
+    assert!(matches!(ck.put(b"x", b"y"), Err(Error::ReadOnly(_))));
+    assert!(matches!(ck.delete(b"key0001"), Err(Error::ReadOnly(_))));
+    ck.close().unwrap();
+
+    assert!(matches!(
+        Db::open_checkpoint(opts(&dev), "nope"),
+        Err(Error::NotFound(_))
+    ));
+    let db = Db::open(opts(&dev)).unwrap();
+    assert_reads(&db, &v2);
+    db.close().unwrap();
+}
+
+#[test]
+fn chained_checkpoints_and_delete_frees_space() {
+    let dev = sim();
+    let db = Db::open(opts(&dev)).unwrap();
+    let v1 = write(&db, 1, 100, 1500);
+    let free0 = db.stats().unwrap().free_clusters;
+    db.close().unwrap();
+    Db::create_checkpoint(opts(&dev), "a").unwrap();
+
+    let db = Db::open(opts(&dev)).unwrap();
+    let v2 = write(&db, 2, 100, 1500);
+    db.merge().unwrap();
+    db.close().unwrap();
+    Db::create_checkpoint(opts(&dev), "b").unwrap();
+
+    let db = Db::open(opts(&dev)).unwrap();
+    let v3 = write(&db, 3, 100, 1500);
+    db.merge().unwrap();
+    let held = db.stats().unwrap().free_clusters;
+    db.close().unwrap();
+    assert!(held < free0, "checkpoints hold the overwritten data");
+
+    let names: Vec<String> = Db::list_checkpoints(opts(&dev))
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+
+    // Delete the older one first: the newer one (its clone) keeps what it shares.
+    Db::delete_checkpoint(opts(&dev), "a").unwrap();
+    let ck = Db::open_checkpoint(opts(&dev), "b").unwrap();
+    assert_reads(&ck, &v2);
+    ck.close().unwrap();
+    assert!(matches!(
+        Db::open_checkpoint(opts(&dev), "a"),
+        Err(Error::NotFound(_))
+    ));
+    let db = Db::open(opts(&dev)).unwrap();
+    let after_a = db.stats().unwrap().free_clusters;
+    assert!(
+        after_a > held,
+        "deleting a frees its clusters: {held} -> {after_a}"
+    );
+    assert_reads(&db, &v3);
+    db.close().unwrap();
+
+    Db::delete_checkpoint(opts(&dev), "b").unwrap();
+    assert!(Db::list_checkpoints(opts(&dev)).unwrap().is_empty());
+    let db = Db::open(opts(&dev)).unwrap();
+    let after_b = db.stats().unwrap().free_clusters;
+    assert!(
+        after_b > after_a,
+        "deleting b frees its clusters: {after_a} -> {after_b}"
+    );
+    assert_reads(&db, &v3);
+    db.close().unwrap();
+    let _ = v1;
+}
+
+#[test]
+fn crash_at_every_io_of_a_creation_leaves_none_or_a_complete_one() {
+    let dev = sim();
+    let db = Db::open(opts(&dev)).unwrap();
+    let v1 = write(&db, 1, 60, 1200);
+    db.close().unwrap();
+    Db::create_checkpoint(opts(&dev), "old").unwrap();
+    let db = Db::open(opts(&dev)).unwrap();
+    let v2 = write(&db, 2, 60, 1000);
+    db.close().unwrap();
+    let image = dev.durable_image();
+
+    let mut completed = 0;
+    let mut n = 0u64;
+    loop {
+        let d = Arc::new(SimDevice::from_image(image.clone(), 4096, n).unwrap());
+        d.stop_after(n);
+        let made = Db::create_checkpoint(opts(&d), "new").is_ok();
+        let next = Arc::new(d.crash().unwrap());
+        let db = Db::open(opts(&next))
+            .unwrap_or_else(|e| panic!("crash after I/O {n}: live open failed: {e}"));
+        assert_reads(&db, &v2);
+        db.close().unwrap();
+        let names: Vec<String> = Db::list_checkpoints(opts(&next))
+            .unwrap()
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        assert!(
+            names == ["new", "old"] || names == ["old"],
+            "crash after I/O {n}: {names:?}"
+        );
+        if made {
+            assert_eq!(names, ["new", "old"], "an acknowledged checkpoint survives");
+        }
+        if names.len() == 2 {
+            completed += 1;
+            let ck = Db::open_checkpoint(opts(&next), "new").unwrap();
+            assert_reads(&ck, &v2);
+            ck.close().unwrap();
+        }
+        let ck = Db::open_checkpoint(opts(&next), "old").unwrap();
+        assert_reads(&ck, &v1);
+        ck.close().unwrap();
+        if made {
+            break;
+        }
+        n += 1;
+        assert!(n < 5000, "creation never completed");
+    }
+    assert!(completed >= 1);
+    eprintln!("swept {n} crash points");
+}
