@@ -172,10 +172,14 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Make checkpoint `name` on a loaded store no engine has open.
-pub(crate) fn create_on(store: &Store, name: &str) -> Result<Checkpoint> {
+/// Make checkpoint `name`: on a loaded store no engine has open (`live` false), or on the
+/// running store's blobstore with every write to its blobs frozen by the caller (`live`: the
+/// blobs stay open, and the catalog is written as after a merge).
+pub(crate) fn create_on(store: &Store, name: &str, live: bool) -> Result<Checkpoint> {
     check_name(name)?;
-    clean_leftovers(store)?;
+    if !live {
+        clean_leftovers(store)?;
+    }
     if list_on(store)?.iter().any(|c| c.name == name) {
         return Err(Error::invalid(format!(
             "a checkpoint named {name:?} exists"
@@ -222,7 +226,12 @@ pub(crate) fn create_on(store: &Store, name: &str) -> Result<Checkpoint> {
     }
     let mut blobs = Vec::with_capacity(originals.len());
     for (id, xattrs) in originals {
-        blobs.push(store.block_on(store.create_snapshot(id, &xattrs))?);
+        match store.block_on(store.create_snapshot_frozen(id, &xattrs)) {
+            Ok(s) => blobs.push(s),
+            // A merged-away blob its last reader deleted meanwhile: dead data only.
+            Err(crate::blobstore::Error::NotFound(_)) if live => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     let created_ms = now_ms();
     let list: Vec<u8> = blobs.iter().flat_map(|b| b.to_le_bytes()).collect();
@@ -242,7 +251,7 @@ pub(crate) fn create_on(store: &Store, name: &str) -> Result<Checkpoint> {
         ..CreateOpts::default()
     }))?;
     // The live blobs' cluster maps changed: the catalog must say so.
-    write_catalog(store, store.cluster_size() as u64, true)?;
+    write_catalog(store, store.cluster_size() as u64, !live)?;
     Ok(Checkpoint {
         name: name.to_string(),
         created_ms,

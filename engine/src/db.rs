@@ -827,7 +827,39 @@ impl Db {
     /// cluster is then copied) or merge deletes the blob (the snapshot keeps it).
     pub fn create_checkpoint(opts: Options, name: &str) -> Result<crate::checkpoint::Checkpoint> {
         crate::checkpoint::check_name(name)?;
-        crate::checkpoint::with_store(opts, |s| crate::checkpoint::create_on(s, name))
+        crate::checkpoint::with_store(opts, |s| crate::checkpoint::create_on(s, name, false))
+    }
+
+    /// Freeze the running store as checkpoint `name` (see [`Db::create_checkpoint`]): holds
+    /// every acknowledged write (buffered records are written out and flushed first) and
+    /// never half a batch; writes racing with the call may or may not be in it. Writes,
+    /// merges and batches wait while the blobs are snapshotted (metadata writes only);
+    /// reads go on.
+    pub fn checkpoint(&self, name: &str) -> Result<crate::checkpoint::Checkpoint> {
+        use crate::blobstore::IoChannel as _;
+
+        crate::checkpoint::check_name(name)?;
+        self.check_writable()?;
+        // Lock order: close, then merges (a merge takes its shard's lock, then the batch
+        // gate), then the batch gate (a batch holds it while it waits for its shards), then
+        // every shard's writer.
+        let done = self.inner.close_result.lock();
+        if done.is_some() {
+            return Err(Error::Closed);
+        }
+        let core = self.core();
+        let _merges: Vec<_> = core.shards.iter().map(|s| s.merge_lock.lock()).collect();
+        let _gate = core.batch_gate_exclusive();
+        let mut states: Vec<_> = self.inner.cells.iter().map(|c| c.state.lock()).collect();
+        let written = states
+            .iter_mut()
+            .try_for_each(|st| st.write_out())
+            .and_then(|()| core.with_channel(|ch| Ok(core.store.block_on(ch.flush())?)));
+        if let Err(e) = written {
+            core.poison();
+            return Err(e);
+        }
+        crate::checkpoint::create_on(&core.store, name, true)
     }
 
     /// The store's committed checkpoints, by name.

@@ -215,3 +215,121 @@ fn crash_at_every_io_of_a_creation_leaves_none_or_a_complete_one() {
     assert!(completed >= 1);
     eprintln!("swept {n} crash points");
 }
+
+/// The rule for a checkpoint of a running store: every write acknowledged before the call is
+/// in it, none started after it returned is, and each sequential writer's writes in it form
+/// a prefix (the cut holds every shard at once).
+#[test]
+fn live_checkpoint_under_concurrent_writes() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let dev = sim();
+    let db = Db::open(opts(&dev)).unwrap();
+    let v0 = write(&db, 0, 40, 500);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..2).map(|_| AtomicU64::new(0)).collect());
+    let writers: Vec<_> = (0..2usize)
+        .map(|t| {
+            let (db, stop, acked) = (db.clone(), stop.clone(), acked.clone());
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) && i < 3000 {
+                    db.put(format!("w{t}-{i:05}").as_bytes(), &[b'x'; 300])
+                        .unwrap();
+                    i += 1;
+                    acked[t].store(i, Ordering::Release);
+                }
+            })
+        })
+        .collect();
+    while acked.iter().any(|a| a.load(Ordering::Acquire) < 50) {
+        std::thread::yield_now();
+    }
+    let before: Vec<u64> = acked.iter().map(|a| a.load(Ordering::Acquire)).collect();
+    let c = db.checkpoint("live").unwrap();
+    let after: Vec<u64> = acked.iter().map(|a| a.load(Ordering::Acquire)).collect();
+    // Merge and overwrite while the checkpoint exists.
+    let v1 = write(&db, 1, 40, 800);
+    db.merge().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    assert!(db.checkpoint("live").is_err(), "names are unique");
+    db.close().unwrap();
+    assert_eq!(Db::list_checkpoints(opts(&dev)).unwrap(), [c]);
+
+    let ck = Db::open_checkpoint(opts(&dev), "live").unwrap();
+    for (k, v) in &v0 {
+        assert_eq!(ck.get(k).unwrap().as_ref(), Some(v));
+    }
+    for t in 0..2 {
+        let n = ck.iter_prefix(format!("w{t}-").as_bytes()).unwrap().count() as u64;
+        assert!(
+            n >= before[t] && n <= after[t] + 1,
+            "writer {t}: {n} of {before:?}..{after:?}"
+        );
+        for i in 0..n {
+            assert!(
+                ck.contains(format!("w{t}-{i:05}").as_bytes()).unwrap(),
+                "prefix"
+            );
+        }
+    }
+    ck.close().unwrap();
+
+    let db = Db::open(opts(&dev)).unwrap();
+    for (k, v) in &v1 {
+        assert_eq!(db.get(k).unwrap().as_ref(), Some(v));
+    }
+    db.close().unwrap();
+    Db::delete_checkpoint(opts(&dev), "live").unwrap();
+    assert!(Db::list_checkpoints(opts(&dev)).unwrap().is_empty());
+}
+
+#[test]
+fn crash_at_every_io_of_a_live_checkpoint() {
+    let dev = sim();
+    let db = Db::open(opts(&dev)).unwrap();
+    write(&db, 1, 60, 1200);
+    db.close().unwrap();
+    let image = dev.durable_image();
+
+    let mut n = 0u64;
+    loop {
+        let d = Arc::new(SimDevice::from_image(image.clone(), 4096, n).unwrap());
+        let db = Db::open(opts(&d)).unwrap();
+        let v2 = write(&db, 2, 30, 1000);
+        db.sync().unwrap();
+        let want: State = contents(&db);
+        d.stop_after(d.io_counts().total() + n);
+        let made = db.checkpoint("c").is_ok();
+        let next = Arc::new(d.crash().unwrap());
+        drop(db);
+        let db = Db::open(opts(&next))
+            .unwrap_or_else(|e| panic!("crash after I/O {n}: live open failed: {e}"));
+        assert_reads(&db, &want);
+        db.close().unwrap();
+        let names: Vec<String> = Db::list_checkpoints(opts(&next))
+            .unwrap()
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        if made {
+            assert_eq!(names, ["c"], "an acknowledged checkpoint survives");
+        }
+        if !names.is_empty() {
+            assert_eq!(names, ["c"]);
+            let ck = Db::open_checkpoint(opts(&next), "c").unwrap();
+            assert_reads(&ck, &want);
+            ck.close().unwrap();
+        }
+        let _ = v2;
+        if made {
+            break;
+        }
+        n += 1;
+        assert!(n < 5000, "creation never completed");
+    }
+    eprintln!("swept {n} crash points");
+}
