@@ -51,6 +51,13 @@ fn assert_reads(db: &Db, want: &State) {
     }
 }
 
+/// `blobcask check` of the device's image finds nothing wrong.
+fn assert_checks_clean(dev: &Arc<SimDevice>) {
+    let img = dev.current_image();
+    let rep = blobcask::fsck::check(|| Ok(SimDevice::from_image(img.clone(), 4096, 0)?)).unwrap();
+    assert!(rep.is_clean(), "{:?}", rep.problems);
+}
+
 #[test]
 fn checkpoint_reads_its_state_across_overwrites_merge_and_reopen() {
     let dev = sim();
@@ -100,6 +107,7 @@ fn checkpoint_reads_its_state_across_overwrites_merge_and_reopen() {
     let db = Db::open(opts(&dev)).unwrap();
     assert_reads(&db, &v2);
     db.close().unwrap();
+    assert_checks_clean(&dev);
 }
 
 #[test]
@@ -148,6 +156,7 @@ fn chained_checkpoints_and_delete_frees_space() {
     );
     assert_reads(&db, &v3);
     db.close().unwrap();
+    assert_checks_clean(&dev);
 
     Db::delete_checkpoint(opts(&dev), "b").unwrap();
     assert!(Db::list_checkpoints(opts(&dev)).unwrap().is_empty());
@@ -258,6 +267,7 @@ fn live_checkpoint_under_concurrent_writes() {
     assert!(db.checkpoint("live").is_err(), "names are unique");
     db.close().unwrap();
     assert_eq!(Db::list_checkpoints(opts(&dev)).unwrap(), [c]);
+    assert_checks_clean(&dev);
 
     let ck = Db::open_checkpoint(opts(&dev), "live").unwrap();
     for (k, v) in &v0 {
