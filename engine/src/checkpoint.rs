@@ -44,6 +44,7 @@ const X_CKPT_BLOBS: &str = "bc.ckpt.blobs";
 pub const MAX_NAME: usize = 255;
 
 type Store = NativeBlobStore<AnyDevice>;
+type Xattrs = Vec<(String, Vec<u8>)>;
 
 /// A committed checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,7 +195,7 @@ pub(crate) fn create_on(store: &Store, name: &str, live: bool) -> Result<Checkpo
             Err(crate::blobstore::Error::NotFound(_)) => continue,
             Err(e) => return Err(e.into()),
         };
-        let res = (|| -> Result<Option<Vec<(String, Vec<u8>)>>> {
+        let res = (|| -> Result<Option<Xattrs>> {
             if Some(id) == super_id {
                 shards = le_u32(&store.block_on(store.get_xattr(&blob, X_SHARDS))?).unwrap_or(0);
                 return Ok(None);
