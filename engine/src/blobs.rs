@@ -21,6 +21,10 @@ pub(crate) const X_FORMAT: &str = "bc.format";
 pub(crate) const X_SHARDS: &str = "bc.shards";
 pub(crate) const X_EPOCH: &str = "bc.epoch";
 pub(crate) const X_TOTALS: &str = "bc.totals";
+/// On a checkpoint's snapshot blob: the checkpoint's name (see `checkpoint.rs`).
+pub(crate) const X_CKPT: &str = "bc.ckpt";
+/// On a checkpoint's snapshot blob: the original's `bc.role`.
+pub(crate) const X_CKPT_ROLE: &str = "bc.ckpt.role";
 pub(crate) const FORMAT_VERSION: u32 = 2;
 
 pub(crate) const ROLE_DATA: &[u8] = b"data";
@@ -115,9 +119,9 @@ pub(crate) fn read_meta<S: BlobStore>(
     };
     let role = match view {
         None => store.block_on(store.get_xattr(&blob, X_ROLE))?,
-        Some(name) => match store.block_on(store.get_xattr(&blob, crate::checkpoint::X_CKPT))? {
+        Some(name) => match store.block_on(store.get_xattr(&blob, X_CKPT))? {
             Some(n) if n == name.as_bytes() => {
-                store.block_on(store.get_xattr(&blob, crate::checkpoint::X_CKPT_ROLE))?
+                store.block_on(store.get_xattr(&blob, X_CKPT_ROLE))?
             }
             _ => None,
         },

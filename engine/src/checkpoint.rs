@@ -19,23 +19,18 @@
 //! The native store refuses to snapshot an open blob (SPDK freezes its I/O instead), and the
 //! running engine holds every blob open, so checkpoints are made and deleted while no `Db`
 //! has the store open (they take the image's exclusive lock like a writable open). Reading one
-//! is [`crate::db::Db::open_checkpoint`]: a read-only open whose recovery takes the
+//! is `Db::open_checkpoint`: a read-only open whose recovery takes the
 //! checkpoint's snapshot blobs as the store's blobs.
 
 use std::collections::{HashMap, HashSet};
 
-use crate::blobs::{le_u32, le_u64, write_catalog, X_ROLE, X_SHARDS};
+use crate::blobs::{le_u32, le_u64, write_catalog, X_CKPT, X_CKPT_ROLE, X_ROLE, X_SHARDS};
 use crate::blobs::{ROLE_DATA, ROLE_HINT, ROLE_SNAPSHOT};
 use crate::blobstore::native::NativeBlobStore;
 use crate::blobstore::{BlobId, BlobStore, CreateOpts};
-use crate::db::{DeviceSpec, Options};
-use crate::device::{AnyDevice, FileOptions};
+use crate::device::AnyDevice;
 use crate::error::{Error, Result};
 
-/// On a snapshot blob: the checkpoint's name.
-pub(crate) const X_CKPT: &str = "bc.ckpt";
-/// On a snapshot blob: the original's `bc.role`.
-pub(crate) const X_CKPT_ROLE: &str = "bc.ckpt.role";
 /// On the marker blob: the checkpoint's name.
 const X_CKPT_NAME: &str = "bc.ckpt.name";
 const X_CKPT_TIME: &str = "bc.ckpt.time";
@@ -67,29 +62,6 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// Load the native blobstore of `opts.device` without opening the engine on it.
-pub(crate) fn load(mut opts: Options) -> Result<Store> {
-    opts.validate()?;
-    opts.create = false;
-    let spec = std::mem::replace(&mut opts.device, DeviceSpec::Memory { size: 0 });
-    let dev = match spec {
-        DeviceSpec::Path(p) => {
-            let fo = FileOptions {
-                read_only: opts.read_only,
-                lock_wait: opts.lock_wait,
-                ..Default::default()
-            };
-            AnyDevice::open_path_with(&p, &fo)?
-        }
-        DeviceSpec::Sim(s) => AnyDevice::from(s),
-        DeviceSpec::Device(d) => d,
-        DeviceSpec::Memory { .. } => {
-            return Err(Error::invalid("a checkpoint needs an existing store"));
-        }
-    };
-    crate::db::native_store(dev, false, &opts)
 }
 
 /// Every committed checkpoint on a loaded store, by name.
@@ -271,14 +243,4 @@ pub(crate) fn delete_on(store: &Store, name: &str) -> Result<()> {
     clean_leftovers(store)?;
     write_catalog(store, store.cluster_size() as u64, true)?;
     Ok(())
-}
-
-/// Run `f` on the loaded store, then unload it (also after an error, which is returned).
-pub(crate) fn with_store<T>(opts: Options, f: impl FnOnce(&Store) -> Result<T>) -> Result<T> {
-    let store = load(opts)?;
-    let res = f(&store);
-    let un = store.block_on(store.unload()).map_err(Error::from);
-    let v = res?;
-    un?;
-    Ok(v)
 }

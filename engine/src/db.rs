@@ -827,7 +827,7 @@ impl Db {
     /// cluster is then copied) or merge deletes the blob (the snapshot keeps it).
     pub fn create_checkpoint(opts: Options, name: &str) -> Result<crate::checkpoint::Checkpoint> {
         crate::checkpoint::check_name(name)?;
-        crate::checkpoint::with_store(opts, |s| crate::checkpoint::create_on(s, name, false))
+        with_store(opts, |s| crate::checkpoint::create_on(s, name, false))
     }
 
     /// Freeze the running store as checkpoint `name` (see [`Db::create_checkpoint`]): holds
@@ -865,14 +865,14 @@ impl Db {
     /// The store's committed checkpoints, by name.
     pub fn list_checkpoints(mut opts: Options) -> Result<Vec<crate::checkpoint::Checkpoint>> {
         opts.read_only = true;
-        let store = crate::checkpoint::load(opts)?;
+        let store = load_store(opts)?;
         crate::checkpoint::list_on(&store)
     }
 
     /// Delete checkpoint `name`, freeing the clusters only it held. The store must not be
     /// open elsewhere.
     pub fn delete_checkpoint(opts: Options, name: &str) -> Result<()> {
-        crate::checkpoint::with_store(opts, |s| crate::checkpoint::delete_on(s, name))
+        with_store(opts, |s| crate::checkpoint::delete_on(s, name))
     }
 
     /// Open an existing store for reading only (see [`Options::read_only`]).
@@ -912,6 +912,46 @@ fn name_load_damage(
         Ok(store) => crate::catalog::name_damaged(&store, blob, e),
         Err(_) => e,
     }
+}
+
+/// Load the native blobstore of `opts.device` without opening the engine on it.
+fn load_store(
+    mut opts: Options,
+) -> Result<crate::blobstore::native::NativeBlobStore<crate::device::AnyDevice>> {
+    opts.validate()?;
+    opts.create = false;
+    let spec = std::mem::replace(&mut opts.device, DeviceSpec::Memory { size: 0 });
+    use crate::device::{AnyDevice, FileOptions};
+
+    let dev = match spec {
+        DeviceSpec::Path(p) => {
+            let fo = FileOptions {
+                read_only: opts.read_only,
+                lock_wait: opts.lock_wait,
+                ..Default::default()
+            };
+            AnyDevice::open_path_with(&p, &fo)?
+        }
+        DeviceSpec::Sim(s) => AnyDevice::from(s),
+        DeviceSpec::Device(d) => d,
+        DeviceSpec::Memory { .. } => {
+            return Err(Error::invalid("a checkpoint needs an existing store"));
+        }
+    };
+    native_store(dev, false, &opts)
+}
+
+/// Run `f` on the loaded store, then unload it (also after an error, which is returned).
+fn with_store<T>(
+    opts: Options,
+    f: impl FnOnce(&crate::blobstore::native::NativeBlobStore<crate::device::AnyDevice>) -> Result<T>,
+) -> Result<T> {
+    let store = load_store(opts)?;
+    let res = f(&store);
+    let un = store.block_on(store.unload()).map_err(Error::from);
+    let v = res?;
+    un?;
+    Ok(v)
 }
 
 /// Load the native blobstore on `dev`, or format it when `fresh` (a device just made) or when
