@@ -22,7 +22,7 @@
 //! is `Db::open_checkpoint`: a read-only open whose recovery takes the
 //! checkpoint's snapshot blobs as the store's blobs.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use crate::blobs::{le_u32, le_u64, write_catalog, X_CKPT, X_CKPT_ROLE, X_ROLE, X_SHARDS};
 use crate::blobs::{ROLE_DATA, ROLE_HINT, ROLE_SNAPSHOT};
@@ -66,7 +66,14 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
 
 /// Every committed checkpoint on a loaded store, by name.
 pub(crate) fn list_on<S: BlobStore>(store: &S) -> Result<Vec<Checkpoint>> {
+    Ok(scan(store)?.0)
+}
+
+/// One pass over every blob: the committed checkpoints (by name) and the ids of every
+/// checkpoint snapshot blob.
+fn scan<S: BlobStore>(store: &S) -> Result<(Vec<Checkpoint>, Vec<BlobId>)> {
     let mut out = Vec::new();
+    let mut snaps = Vec::new();
     for id in store.block_on(store.blob_ids())? {
         let blob = match store.block_on(store.open(id)) {
             Ok(b) => b,
@@ -75,6 +82,10 @@ pub(crate) fn list_on<S: BlobStore>(store: &S) -> Result<Vec<Checkpoint>> {
         };
         let x = |n: &str| store.block_on(store.get_xattr(&blob, n));
         let res = (|| -> Result<Option<Checkpoint>> {
+            if x(X_CKPT)?.is_some() {
+                snaps.push(id);
+                return Ok(None);
+            }
             let Some(name) = x(X_CKPT_NAME)? else {
                 return Ok(None);
             };
@@ -94,7 +105,7 @@ pub(crate) fn list_on<S: BlobStore>(store: &S) -> Result<Vec<Checkpoint>> {
         out.extend(res?);
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
+    Ok((out, snaps))
 }
 
 /// The checkpoint named `name` on a loaded store.
@@ -105,36 +116,17 @@ pub(crate) fn find_on<S: BlobStore>(store: &S, name: &str) -> Result<Checkpoint>
         .ok_or_else(|| Error::NotFound(format!("no checkpoint named {name:?}")))
 }
 
-/// Snapshot blobs by the checkpoint name they carry.
-fn snapshots_on<S: BlobStore>(store: &S) -> Result<HashMap<Vec<u8>, Vec<BlobId>>> {
-    let mut out: HashMap<Vec<u8>, Vec<BlobId>> = HashMap::new();
-    for id in store.block_on(store.blob_ids())? {
-        let blob = match store.block_on(store.open(id)) {
-            Ok(b) => b,
-            Err(crate::blobstore::Error::NotFound(_)) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        let n = store.block_on(store.get_xattr(&blob, X_CKPT));
-        store.block_on(store.close(blob))?;
-        if let Some(n) = n? {
-            out.entry(n).or_default().push(id);
-        }
-    }
-    Ok(out)
-}
-
 /// Delete every snapshot blob no committed checkpoint lists (what a creation or deletion cut
 /// short left). Needs every blob closed: each leftover's clone takes back its clusters.
 /// Returns how many were deleted.
 pub(crate) fn clean_leftovers<S: BlobStore>(store: &S) -> Result<usize> {
-    let kept: HashSet<BlobId> = list_on(store)?.into_iter().flat_map(|c| c.blobs).collect();
+    let (cks, snaps) = scan(store)?;
+    let kept: HashSet<BlobId> = cks.into_iter().flat_map(|c| c.blobs).collect();
     let mut n = 0;
-    for ids in snapshots_on(store)?.into_values() {
-        for id in ids.into_iter().filter(|id| !kept.contains(id)) {
-            log::warn!("blobcask: deleting checkpoint leftover blob {id:#x}");
-            store.block_on(store.delete(id))?;
-            n += 1;
-        }
+    for id in snaps.into_iter().filter(|id| !kept.contains(id)) {
+        log::warn!("blobcask: deleting checkpoint leftover blob {id:#x}");
+        store.block_on(store.delete(id))?;
+        n += 1;
     }
     Ok(n)
 }

@@ -58,6 +58,32 @@ fn assert_checks_clean(dev: &Arc<SimDevice>) {
     assert!(rep.is_clean(), "{:?}", rep.problems);
 }
 
+/// Every blob that carries `bc.ckpt` belongs to a listed checkpoint (no leftovers).
+fn assert_no_leftovers(dev: &Arc<SimDevice>) {
+    use blobcask::blobstore::native::NativeBlobStore;
+    use blobcask::blobstore::{BlobStore, LoadOpts};
+
+    let listed: usize = Db::list_checkpoints(opts(dev))
+        .unwrap()
+        .iter()
+        .map(|c| c.blobs.len())
+        .sum();
+    let img = SimDevice::from_image(dev.current_image(), 4096, 0).unwrap();
+    let bs = pollster::block_on(NativeBlobStore::load(img, LoadOpts::default())).unwrap();
+    let mut tagged = 0;
+    for id in pollster::block_on(bs.blob_ids()).unwrap() {
+        let b = pollster::block_on(bs.open(id)).unwrap();
+        if pollster::block_on(bs.get_xattr(&b, "bc.ckpt"))
+            .unwrap()
+            .is_some()
+        {
+            tagged += 1;
+        }
+        pollster::block_on(bs.close(b)).unwrap();
+    }
+    assert_eq!(tagged, listed, "snapshot blobs no checkpoint lists");
+}
+
 #[test]
 fn checkpoint_reads_its_state_across_overwrites_merge_and_reopen() {
     let dev = sim();
@@ -210,6 +236,7 @@ fn crash_at_every_io_of_a_creation_leaves_none_or_a_complete_one() {
         let ck = Db::open_checkpoint(opts(&next), "old").unwrap();
         assert_reads(&ck, &v1);
         ck.close().unwrap();
+        assert_no_leftovers(&next);
         if made {
             break;
         }
@@ -329,6 +356,7 @@ fn crash_at_every_io_of_a_live_checkpoint() {
             assert_reads(&ck, &want);
             ck.close().unwrap();
         }
+        assert_no_leftovers(&next);
         let _ = v2;
         if made {
             break;
