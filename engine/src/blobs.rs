@@ -100,13 +100,17 @@ pub(crate) struct Meta<S: BlobStore> {
     pub len: u64,
 }
 
-/// `view`: `None` reads the live store (blobs with `bc.role`); `Some(name)` reads checkpoint
-/// `name` (its snapshot blobs, whose role is in `bc.ckpt.role`; see `checkpoint.rs`).
+/// `view`: `None` reads the live store (blobs with `bc.role`); `Some(ids)` reads a
+/// checkpoint: only its snapshot blobs `ids` (as its marker lists them), whose role is in
+/// `bc.ckpt.role` (see `checkpoint.rs`).
 pub(crate) fn read_meta<S: BlobStore>(
     store: &S,
     id: BlobId,
-    view: Option<&str>,
+    view: Option<&[BlobId]>,
 ) -> Result<Option<Meta<S>>> {
+    if view.is_some_and(|ids| !ids.contains(&id)) {
+        return Ok(None);
+    }
     let blob = match store.block_on(store.open(id)).map_err(Error::from) {
         Ok(b) => b,
         // Enumerated but no root page of its own: a stray blob-id mask bit (a leak that
@@ -119,11 +123,9 @@ pub(crate) fn read_meta<S: BlobStore>(
     };
     let role = match view {
         None => store.block_on(store.get_xattr(&blob, X_ROLE))?,
-        Some(name) => match store.block_on(store.get_xattr(&blob, X_CKPT))? {
-            Some(n) if n == name.as_bytes() => {
-                store.block_on(store.get_xattr(&blob, X_CKPT_ROLE))?
-            }
-            _ => None,
+        Some(_) => match store.block_on(store.get_xattr(&blob, X_CKPT))? {
+            Some(_) => store.block_on(store.get_xattr(&blob, X_CKPT_ROLE))?,
+            None => None,
         },
     };
     let Some(role) = role else {

@@ -793,18 +793,17 @@ impl Db {
             Err(e @ Error::Corruption { .. }) => return Err(name_load_damage(twin, path, e)),
             Err(e) => return Err(e),
         };
-        match view {
+        let ids = match view {
             // What a checkpoint creation or deletion cut short leaves (no blob is open yet).
             None if !opts.read_only => {
                 crate::checkpoint::clean_leftovers(&store)?;
+                None
             }
-            None => {}
-            Some(name) => {
-                crate::checkpoint::find_on(&store, name)?;
-            }
-        }
+            None => None,
+            Some(name) => Some(crate::checkpoint::find_on(&store, name)?.blobs),
+        };
         start(
-            crate::recovery::recover_view(store, &opts, view)?,
+            crate::recovery::recover_view(store, &opts, ids.as_deref())?,
             &opts,
             io_path,
         )

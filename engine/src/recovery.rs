@@ -188,11 +188,12 @@ pub(crate) fn recover<S: BlobStore>(store: S, opts: &Options) -> Result<Recovere
     recover_view(store, opts, None)
 }
 
-/// [`recover`] of the live store (`view` `None`) or, read-only, of checkpoint `view`.
+/// [`recover`] of the live store (`view` `None`) or, read-only, of the checkpoint whose
+/// snapshot blobs are `view`.
 pub(crate) fn recover_view<S: BlobStore>(
     store: S,
     opts: &Options,
-    view: Option<&str>,
+    view: Option<&[BlobId]>,
 ) -> Result<Recovered<S>> {
     opts.validate()?;
     if view.is_some() && !opts.read_only {
@@ -275,7 +276,7 @@ fn read_catalog<S: BlobStore>(
     store: &S,
     sup: &SuperInfo,
     shards: usize,
-    view: Option<&str>,
+    view: Option<&[BlobId]>,
 ) -> Result<Settled<S>> {
     let super_id = store.super_blob();
     let ids = store.block_on(store.blob_ids())?;

@@ -7,34 +7,45 @@ use std::process::ExitCode;
 use blobcask::Db;
 
 use crate::tsv::Encoding;
-use crate::{store_options, CliResult, CodecArgs, LockArgs};
+use crate::{store_options, CliResult, CodecArgs, LockArgs, EXIT_OK};
 
 #[derive(clap::Subcommand)]
 pub enum CkptCmd {
     /// Freeze the store as checkpoint NAME: blobstore snapshots of its blobs (no data is
     /// copied; later writes to the store cost a cluster copy the first time they touch one).
+    #[command(after_help = EXIT_OK)]
     Create {
+        /// Image file or block device holding the store.
         store: PathBuf,
+        /// Checkpoint name (1 to 255 bytes).
         name: String,
         #[command(flatten)]
         lock: LockArgs,
     },
     /// List the checkpoints: name, creation time (unix ms), snapshot blobs.
+    #[command(after_help = EXIT_OK)]
     List {
+        /// Image file or block device holding the store.
         store: PathBuf,
         #[command(flatten)]
         lock: LockArgs,
     },
     /// Delete checkpoint NAME, freeing the clusters only it held.
+    #[command(after_help = EXIT_OK)]
     Delete {
+        /// Image file or block device holding the store.
         store: PathBuf,
+        /// Checkpoint name (1 to 255 bytes).
         name: String,
         #[command(flatten)]
         lock: LockArgs,
     },
     /// Print every key and value of checkpoint NAME, as `dump` does for the store.
+    #[command(after_help = EXIT_OK)]
     Dump {
+        /// Image file or block device holding the store.
         store: PathBuf,
+        /// Checkpoint name (1 to 255 bytes).
         name: String,
         #[command(flatten)]
         codec: CodecArgs,

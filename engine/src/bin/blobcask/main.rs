@@ -393,6 +393,7 @@ enum Cmd {
         size: Option<u64>,
     },
     /// Checkpoints: create, list, delete, dump (the store must not be open elsewhere).
+    #[command(after_help = EXIT_OK)]
     Checkpoint {
         #[command(subcommand)]
         cmd: checkpoint::CkptCmd,
