@@ -136,6 +136,17 @@ pub(crate) fn clean_leftovers<S: BlobStore>(store: &S) -> Result<usize> {
     Ok(n)
 }
 
+/// A closed store's checkpoints are made and deleted only after a clean close: the catalog
+/// they rewrite is then exact, and the engine's own recovery of a crash stays its own.
+fn require_clean(store: &Store) -> Result<()> {
+    if store.loaded_clean() {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        "the store was not closed cleanly: open and close it first",
+    ))
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -148,6 +159,7 @@ fn now_ms() -> u64 {
 pub(crate) fn create_on(store: &Store, name: &str, live: bool) -> Result<Checkpoint> {
     check_name(name)?;
     if !live {
+        require_clean(store)?;
         clean_leftovers(store)?;
     }
     if list_on(store)?.iter().any(|c| c.name == name) {
@@ -235,6 +247,7 @@ pub(crate) fn create_on(store: &Store, name: &str, live: bool) -> Result<Checkpo
 /// commit point), then its snapshots (each one's clone takes what it still shares; the rest
 /// is freed).
 pub(crate) fn delete_on(store: &Store, name: &str) -> Result<()> {
+    require_clean(store)?;
     let c = find_on(store, name)?;
     store.block_on(store.delete(c.marker))?;
     clean_leftovers(store)?;

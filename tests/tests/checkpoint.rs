@@ -366,3 +366,21 @@ fn crash_at_every_io_of_a_live_checkpoint() {
     }
     eprintln!("swept {n} crash points");
 }
+
+#[test]
+fn a_store_not_closed_cleanly_is_refused_offline() {
+    let dev = sim();
+    let db = Db::open(opts(&dev)).unwrap();
+    write(&db, 1, 20, 300);
+    db.sync().unwrap();
+    let next = Arc::new(dev.crash().unwrap());
+    drop(db);
+    let e = Db::create_checkpoint(opts(&next), "c").unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+    // The live store takes checkpoints at any time.
+    let db = Db::open(opts(&next)).unwrap();
+    db.checkpoint("c").unwrap();
+    db.close().unwrap();
+    assert_eq!(Db::list_checkpoints(opts(&next)).unwrap().len(), 1);
+    assert_no_leftovers(&next);
+}
