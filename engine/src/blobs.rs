@@ -21,6 +21,10 @@ pub(crate) const X_FORMAT: &str = "bc.format";
 pub(crate) const X_SHARDS: &str = "bc.shards";
 pub(crate) const X_EPOCH: &str = "bc.epoch";
 pub(crate) const X_TOTALS: &str = "bc.totals";
+/// On a checkpoint's snapshot blob: the checkpoint's name (see `checkpoint.rs`).
+pub(crate) const X_CKPT: &str = "bc.ckpt";
+/// On a checkpoint's snapshot blob: the original's `bc.role`.
+pub(crate) const X_CKPT_ROLE: &str = "bc.ckpt.role";
 pub(crate) const FORMAT_VERSION: u32 = 2;
 
 pub(crate) const ROLE_DATA: &[u8] = b"data";
@@ -96,7 +100,17 @@ pub(crate) struct Meta<S: BlobStore> {
     pub len: u64,
 }
 
-pub(crate) fn read_meta<S: BlobStore>(store: &S, id: BlobId) -> Result<Option<Meta<S>>> {
+/// `view`: `None` reads the live store (blobs with `bc.role`); `Some(ids)` reads a
+/// checkpoint: only its snapshot blobs `ids` (as its marker lists them), whose role is in
+/// `bc.ckpt.role` (see `checkpoint.rs`).
+pub(crate) fn read_meta<S: BlobStore>(
+    store: &S,
+    id: BlobId,
+    view: Option<&[BlobId]>,
+) -> Result<Option<Meta<S>>> {
+    if view.is_some_and(|ids| !ids.contains(&id)) {
+        return Ok(None);
+    }
     let blob = match store.block_on(store.open(id)).map_err(Error::from) {
         Ok(b) => b,
         // Enumerated but no root page of its own: a stray blob-id mask bit (a leak that
@@ -107,7 +121,13 @@ pub(crate) fn read_meta<S: BlobStore>(store: &S, id: BlobId) -> Result<Option<Me
         }
         Err(e) => return Err(e),
     };
-    let role = store.block_on(store.get_xattr(&blob, X_ROLE))?;
+    let role = match view {
+        None => store.block_on(store.get_xattr(&blob, X_ROLE))?,
+        Some(_) => match store.block_on(store.get_xattr(&blob, X_CKPT))? {
+            Some(_) => store.block_on(store.get_xattr(&blob, X_CKPT_ROLE))?,
+            None => None,
+        },
+    };
     let Some(role) = role else {
         store.block_on(store.close(blob))?;
         return Ok(None);

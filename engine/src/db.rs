@@ -736,7 +736,12 @@ impl<S: BlobStore> Drop for Inner<S> {
 
 impl Db {
     /// Open (or, with `create`, format) a store on the native blobstore.
-    pub fn open(mut opts: Options) -> Result<Db> {
+    pub fn open(opts: Options) -> Result<Db> {
+        Db::open_as(opts, None)
+    }
+
+    /// Open the live store (`view` `None`) or, read-only, checkpoint `view`.
+    fn open_as(mut opts: Options, view: Option<&str>) -> Result<Db> {
         use crate::device::{AnyDevice, Device};
 
         opts.validate()?;
@@ -788,7 +793,93 @@ impl Db {
             Err(e @ Error::Corruption { .. }) => return Err(name_load_damage(twin, path, e)),
             Err(e) => return Err(e),
         };
-        start(crate::recovery::recover(store, &opts)?, &opts, io_path)
+        let ids = match view {
+            // What a checkpoint creation or deletion cut short leaves (no blob is open yet).
+            None if !opts.read_only => {
+                crate::checkpoint::clean_leftovers(&store)?;
+                None
+            }
+            None => None,
+            Some(name) => Some(crate::checkpoint::find_on(&store, name)?.blobs),
+        };
+        start(
+            crate::recovery::recover_view(store, &opts, ids.as_deref())?,
+            &opts,
+            io_path,
+        )
+    }
+
+    /// Open checkpoint `name` of the store on `opts.device`, read-only: gets and iteration
+    /// see the store as it was when the checkpoint was made; writes fail
+    /// [`Error::ReadOnly`]. See [`Db::create_checkpoint`].
+    pub fn open_checkpoint(mut opts: Options, name: &str) -> Result<Db> {
+        opts.read_only = true;
+        opts.create = false;
+        Db::open_as(opts, Some(name))
+    }
+
+    /// Freeze the store on `opts.device` as checkpoint `name`: a blobstore snapshot of every
+    /// engine blob (metadata only; no data is copied) and a marker blob that commits it.
+    /// The store must not be open elsewhere (the native blobstore snapshots closed blobs
+    /// only; an image file's lock is taken as by a writable open). Space: the snapshots
+    /// share every cluster with the live store until the live store writes over one (its
+    /// cluster is then copied) or merge deletes the blob (the snapshot keeps it).
+    pub fn create_checkpoint(opts: Options, name: &str) -> Result<crate::checkpoint::Checkpoint> {
+        crate::checkpoint::check_name(name)?;
+        with_store(opts, |s| crate::checkpoint::create_on(s, name, false))
+    }
+
+    /// Freeze the running store as checkpoint `name` (see [`Db::create_checkpoint`]): holds
+    /// every acknowledged write (buffered records are written out and flushed first) and
+    /// never half a batch; writes racing with the call may or may not be in it. Writes,
+    /// merges and batches wait while the blobs are snapshotted (metadata writes only);
+    /// reads go on.
+    pub fn checkpoint(&self, name: &str) -> Result<crate::checkpoint::Checkpoint> {
+        use crate::blobstore::IoChannel as _;
+
+        crate::checkpoint::check_name(name)?;
+        self.check_writable()?;
+        // Lock order: close, then merges (a merge takes its shard's lock, then the batch
+        // gate), then the batch gate (a batch holds it while it waits for its shards), then
+        // every shard's writer.
+        let done = self.inner.close_result.lock();
+        if done.is_some() {
+            return Err(Error::Closed);
+        }
+        let core = self.core();
+        let _merges: Vec<_> = core.shards.iter().map(|s| s.merge_lock.lock()).collect();
+        let _gate = core.batch_gate_exclusive();
+        let mut states: Vec<_> = self.inner.cells.iter().map(|c| c.state.lock()).collect();
+        let written = states
+            .iter_mut()
+            .try_for_each(|st| st.write_out())
+            .and_then(|()| core.with_channel(|ch| Ok(core.store.block_on(ch.flush())?)));
+        if let Err(e) = written {
+            core.poison();
+            return Err(e);
+        }
+        let made = crate::checkpoint::create_on(&core.store, name, true);
+        if let Err(e) = &made {
+            if !matches!(e, Error::InvalidArgument(_)) {
+                // A snapshot cut short may leave a blob's in-memory metadata ahead of the
+                // device: refuse writes until a reopen (which deletes the leftovers).
+                core.poison();
+            }
+        }
+        made
+    }
+
+    /// The store's committed checkpoints, by name.
+    pub fn list_checkpoints(mut opts: Options) -> Result<Vec<crate::checkpoint::Checkpoint>> {
+        opts.read_only = true;
+        let store = load_store(opts)?;
+        crate::checkpoint::list_on(&store)
+    }
+
+    /// Delete checkpoint `name`, freeing the clusters only it held. The store must not be
+    /// open elsewhere.
+    pub fn delete_checkpoint(opts: Options, name: &str) -> Result<()> {
+        with_store(opts, |s| crate::checkpoint::delete_on(s, name))
     }
 
     /// Open an existing store for reading only (see [`Options::read_only`]).
@@ -828,6 +919,46 @@ fn name_load_damage(
         Ok(store) => crate::catalog::name_damaged(&store, blob, e),
         Err(_) => e,
     }
+}
+
+/// Load the native blobstore of `opts.device` without opening the engine on it.
+fn load_store(
+    mut opts: Options,
+) -> Result<crate::blobstore::native::NativeBlobStore<crate::device::AnyDevice>> {
+    use crate::device::{AnyDevice, FileOptions};
+
+    opts.validate()?;
+    opts.create = false;
+    let spec = std::mem::replace(&mut opts.device, DeviceSpec::Memory { size: 0 });
+    let dev = match spec {
+        DeviceSpec::Path(p) => {
+            let fo = FileOptions {
+                read_only: opts.read_only,
+                lock_wait: opts.lock_wait,
+                ..Default::default()
+            };
+            AnyDevice::open_path_with(&p, &fo)?
+        }
+        DeviceSpec::Sim(s) => AnyDevice::from(s),
+        DeviceSpec::Device(d) => d,
+        DeviceSpec::Memory { .. } => {
+            return Err(Error::invalid("a checkpoint needs an existing store"));
+        }
+    };
+    native_store(dev, false, &opts)
+}
+
+/// Run `f` on the loaded store, then unload it (also after an error, which is returned).
+fn with_store<T>(
+    opts: Options,
+    f: impl FnOnce(&crate::blobstore::native::NativeBlobStore<crate::device::AnyDevice>) -> Result<T>,
+) -> Result<T> {
+    let store = load_store(opts)?;
+    let res = f(&store);
+    let un = store.block_on(store.unload()).map_err(Error::from);
+    let v = res?;
+    un?;
+    Ok(v)
 }
 
 /// Load the native blobstore on `dev`, or format it when `fresh` (a device just made) or when

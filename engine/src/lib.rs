@@ -54,6 +54,7 @@ mod blobs;
 pub mod blobstore;
 mod cache;
 pub mod catalog;
+pub mod checkpoint;
 pub mod db;
 pub mod device;
 mod error;

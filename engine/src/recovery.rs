@@ -185,11 +185,24 @@ pub(crate) struct RecoveredShard<S: BlobStore> {
 /// Recover a blobcask store on an already loaded or initialised blobstore: validate and
 /// rebuild everything first, then (unless read-only) commit; see the module doc.
 pub(crate) fn recover<S: BlobStore>(store: S, opts: &Options) -> Result<Recovered<S>> {
+    recover_view(store, opts, None)
+}
+
+/// [`recover`] of the live store (`view` `None`) or, read-only, of the checkpoint whose
+/// snapshot blobs are `view`.
+pub(crate) fn recover_view<S: BlobStore>(
+    store: S,
+    opts: &Options,
+    view: Option<&[BlobId]>,
+) -> Result<Recovered<S>> {
     opts.validate()?;
+    if view.is_some() && !opts.read_only {
+        return Err(Error::invalid("a checkpoint opens read-only"));
+    }
     let t0 = Instant::now();
     let sup = read_super(&store, opts)?;
     let cfg = resolve_config(&store, opts, &sup)?;
-    let (metas, doomed) = read_catalog(&store, &sup, cfg.shards)?;
+    let (metas, doomed) = read_catalog(&store, &sup, cfg.shards, view)?;
     let mut rebuilt = rebuild_shards(&store, &cfg, metas)?;
     let used_hints = apply_committed_batches(&mut rebuilt);
     if !opts.read_only {
@@ -259,7 +272,12 @@ type Settled<S> = (Vec<Meta<S>>, Vec<Meta<S>>);
 
 /// Read every blob's xattrs, hold the enumeration to the last clean close's catalog, and
 /// settle merges: returns the blobs to keep and the doomed ones (deleted only by the commit).
-fn read_catalog<S: BlobStore>(store: &S, sup: &SuperInfo, shards: usize) -> Result<Settled<S>> {
+fn read_catalog<S: BlobStore>(
+    store: &S,
+    sup: &SuperInfo,
+    shards: usize,
+    view: Option<&[BlobId]>,
+) -> Result<Settled<S>> {
     let super_id = store.super_blob();
     let ids = store.block_on(store.blob_ids())?;
     let mut metas: Vec<Meta<S>> = Vec::new();
@@ -268,7 +286,7 @@ fn read_catalog<S: BlobStore>(store: &S, sup: &SuperInfo, shards: usize) -> Resu
         if Some(id) == super_id {
             continue;
         }
-        let meta = read_meta(store, id).map_err(|e| catalog::name_damaged(store, id, e))?;
+        let meta = read_meta(store, id, view).map_err(|e| catalog::name_damaged(store, id, e))?;
         if let Some(m) = meta {
             if m.shard < shards {
                 metas.push(m);

@@ -14,6 +14,7 @@ use blobcask::{Db, DeviceSpec, Options, SyncPolicy};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
+mod checkpoint;
 mod grow;
 mod inspect;
 mod records;
@@ -391,6 +392,12 @@ enum Cmd {
         #[arg(long, value_parser = parse_size)]
         size: Option<u64>,
     },
+    /// Checkpoints: create, list, delete, dump (the store must not be open elsewhere).
+    #[command(after_help = EXIT_OK)]
+    Checkpoint {
+        #[command(subcommand)]
+        cmd: checkpoint::CkptCmd,
+    },
 }
 
 /// A message for the user (the CLI's own errors).
@@ -717,6 +724,7 @@ fn run(cmd: Cmd) -> CliResult {
         }
         Cmd::Replay { manifest, out } => inspect::replay(&manifest, &out),
         Cmd::Grow { device, size } => grow::grow(&device, size),
+        Cmd::Checkpoint { cmd } => checkpoint::run(cmd),
     }
 }
 

@@ -102,15 +102,17 @@ impl<D: Device> Inner<D> {
 
     /// `spdk_bs_create_snapshot`: a new read-only blob takes `id`'s clusters (and its
     /// parent), and `id` becomes an empty thin clone of it. Refused while `id` is open
-    /// (SPDK freezes its I/O instead) and for a read-only blob.
+    /// (SPDK freezes its I/O instead) unless the caller froze it (`frozen`), and for a
+    /// read-only blob.
     pub(crate) async fn create_snapshot(
         &self,
         id: BlobId,
         xattrs: &[(String, Vec<u8>)],
+        frozen: bool,
     ) -> Result<BlobId> {
         let _g = self.gate.lock().await;
         self.check_open()?;
-        if self.st.lock().open.contains_key(&id) {
+        if !frozen && self.st.lock().open.contains_key(&id) {
             return Err(Error::Busy(format!("blob {id:#x} is open")));
         }
         let orig = self.open_locked(id).await?;
@@ -677,7 +679,20 @@ impl<D: Device> super::NativeBlobStore<D> {
         id: BlobId,
         xattrs: &[(String, Vec<u8>)],
     ) -> Result<BlobId> {
-        self.inner.create_snapshot(id, xattrs).await
+        self.inner.create_snapshot(id, xattrs, false).await
+    }
+
+    /// [`Self::create_snapshot`] of a blob that may be open, for a caller that froze its
+    /// writes (SPDK freezes the blob's I/O itself): no write to `id` may be in flight or
+    /// start until this returns, or it could land in a cluster the snapshot took after the
+    /// clone copied it. Open handles switch to the clone's map at once; reads in flight are
+    /// unaffected (the data does not move).
+    pub async fn create_snapshot_frozen(
+        &self,
+        id: BlobId,
+        xattrs: &[(String, Vec<u8>)],
+    ) -> Result<BlobId> {
+        self.inner.create_snapshot(id, xattrs, true).await
     }
 
     /// SPDK `spdk_bs_inflate_blob`: blob `id` gets its own copy of every cluster and no
