@@ -1340,7 +1340,8 @@ fn a_crash_at_every_io_of_create_clone_recovers_old_or_new() {
         let s = b(NativeBlobStore::load(dev.clone(), LoadOpts::default())).unwrap();
         dev.stop_after(dev.io_counts().total() + k);
         let done = b(s.create_clone(snap, &xattrs)).is_ok();
-        let mut images = vec![dev.crash_image()];
+        // Two random survivor sets, plus "only flushed writes survive".
+        let mut images = vec![dev.crash_image(), dev.crash_image_with_seed(k ^ 0x5EED)];
         dev.set_crash_mode(CrashMode::DropAll);
         images.push(dev.crash_image());
         drop(s);
