@@ -3,6 +3,8 @@
 //! - images the native backend wrote through the engine — closed cleanly, after a merge, and
 //!   dirty after a kill — load under SPDK with every blob as the native backend itself loads
 //!   it: ids, sizes, flags, xattrs and the bytes of every io unit of every cluster;
+//! - snapshots, a snapshot of a snapshot and a clone the native backend made load under SPDK
+//!   the same way, their reads through each backing chain included;
 //! - stores the engine made on SPDK (an aio bdev over an image file) and unloaded reopen
 //!   natively with every key and value as the model says.
 //!
@@ -529,6 +531,129 @@ mod with_spdk {
             "a killed native store left a clean super block"
         );
         assert_same_under_both(&path);
+    }
+
+    /// Snapshots and clones made by blobcask load under SPDK: a thin blob A written, snapshot
+    /// S1 of it, A written again (copy on first write, and a cluster past S1's data), snapshot
+    /// S2 of A, A written once more, clone C of S1 written into and set read-only, and a thick
+    /// read-only blob T. SPDK sees every blob with the same flags and xattrs, and its reads of
+    /// every io unit — through A -> S2 -> S1 and C -> S1 — are the bytes blobcask reads, which
+    /// are the model's. (The SPDK backend does not wrap parent queries: the chains are checked
+    /// natively and through the reads.)
+    #[test]
+    fn native_snapshots_and_clones_load_identically_under_spdk() {
+        use blobcask::blobstore::native::BlobParent;
+        use blobcask::blobstore::{CreateOpts, InitOpts};
+
+        need_spdk!();
+        const UNIT: usize = 4096;
+        const CLUSTER: usize = 64 << 10;
+        const UNITS: u64 = (CLUSTER / UNIT) as u64;
+        let path = tmp("snapshots.img");
+        let mut rng = ChaCha8Rng::seed_from_u64(14);
+        let mut model: HashMap<u64, Vec<u8>> = HashMap::new();
+        let (a, s1, s2, c, t) = pollster::block_on(async {
+            let dev = FileDevice::create(&path, IMAGE, 4096).expect("image");
+            let s = NativeBlobStore::init(
+                dev,
+                InitOpts {
+                    cluster_size: CLUSTER as u32,
+                    ..InitOpts::default()
+                },
+            )
+            .await
+            .expect("native init");
+            let ch = s.channel().expect("channel");
+            // Writes `units` random io units at `unit` of blob `id`, in the model too.
+            macro_rules! put {
+                ($id:expr, $unit:expr, $units:expr) => {{
+                    let (id, unit): (u64, u64) = ($id, $unit);
+                    let data: Vec<u8> = (0..$units * UNIT).map(|_| rng.gen()).collect();
+                    let m = model.get_mut(&id).expect("modelled blob");
+                    m[unit as usize * UNIT..][..data.len()].copy_from_slice(&data);
+                    let b = s.open(id).await.expect("open");
+                    ch.write(&b, unit, &data).await.expect("write");
+                    s.close(b).await.expect("close");
+                }};
+            }
+            let xattr = |v: &str| vec![("name".to_owned(), v.as_bytes().to_vec())];
+            let a = s
+                .create(CreateOpts {
+                    num_clusters: 6,
+                    thin_provision: true,
+                    xattrs: xattr("a"),
+                    ..CreateOpts::default()
+                })
+                .await
+                .expect("create A");
+            model.insert(a, vec![0; 6 * CLUSTER]);
+            put!(a, 0, 20); // cluster 0 and part of 1
+            put!(a, 3 * UNITS + 5, 2);
+            let s1 = s.create_snapshot(a, &xattr("s1")).await.expect("snap 1");
+            model.insert(s1, model[&a].clone());
+            put!(a, UNITS + 7, 1); // copy on first write
+            put!(a, 4 * UNITS, 3); // S1 has zeroes here
+            let s2 = s.create_snapshot(a, &[]).await.expect("snap 2");
+            model.insert(s2, model[&a].clone());
+            put!(a, 3 * UNITS + 6, 1); // a copy from two levels down
+            put!(a, 5 * UNITS + 15, 1);
+            let c = s.create_clone(s1, &xattr("c")).await.expect("clone");
+            model.insert(c, model[&s1].clone());
+            put!(c, 2, 1);
+            put!(c, 2 * UNITS, UNITS as usize); // a whole cluster: no copy
+            let t = s
+                .create(CreateOpts {
+                    num_clusters: 2,
+                    ..CreateOpts::default()
+                })
+                .await
+                .expect("create T");
+            model.insert(t, vec![0; 2 * CLUSTER]);
+            put!(t, 9, 12);
+            for id in [c, t] {
+                let b = s.open(id).await.expect("open");
+                s.set_read_only(&b).await.expect("set read-only");
+                s.close(b).await.expect("close");
+            }
+            for (id, parent) in [
+                (a, BlobParent::Snapshot(s2)),
+                (s2, BlobParent::Snapshot(s1)),
+                (s1, BlobParent::None),
+                (c, BlobParent::Snapshot(s1)),
+                (t, BlobParent::None),
+            ] {
+                let b = s.open(id).await.expect("open");
+                assert_eq!(b.parent(), parent, "parent of {id:#x}");
+                s.close(b).await.expect("close");
+            }
+            drop(ch);
+            s.unload().await.expect("native unload");
+            (a, s1, s2, c, t)
+        });
+
+        let native = assert_same_under_both(&path);
+        assert_eq!(native.blobs.len(), 5, "{:?}", native.blobs.keys());
+        for (id, thin, ro, name) in [
+            (a, true, false, Some("a")),
+            (s1, true, true, Some("s1")),
+            (s2, true, true, None),
+            (c, true, true, Some("c")),
+            (t, false, true, None),
+        ] {
+            let b = &native.blobs[&id];
+            assert_eq!((b.thin, b.read_only), (thin, ro), "flags of {id:#x}");
+            let want: Vec<(String, Vec<u8>)> = name
+                .map(|n| ("name".to_owned(), n.as_bytes().to_vec()))
+                .into_iter()
+                .collect();
+            assert_eq!(b.xattrs, want, "xattrs of {id:#x}");
+            let units: Vec<[u8; 32]> = model[&id]
+                .chunks(UNIT)
+                .map(|u| <[u8; 32]>::from(Sha256::digest(u)))
+                .collect();
+            assert!(b.units == units, "bytes of {id:#x} differ from the model");
+        }
+        std::fs::remove_file(&path).expect("remove image");
     }
 
     /// A store the engine made on SPDK (aio bdev) and unloaded: reopened natively, it holds

@@ -1290,6 +1290,124 @@ fn damaged_snapshot_links_fail_the_open_only() {
     assert_eq!(b(s.blob_ids()).unwrap().len(), 4);
 }
 
+/// A crash at every device I/O of `create_clone` leaves the old state (no clone; the snapshot
+/// and its first clone as they were) or the new one (the clone, thin, a clone of the snapshot,
+/// with its xattr, reading exactly its parent's bytes), with no cluster owned twice or leaked.
+#[test]
+fn a_crash_at_every_io_of_create_clone_recovers_old_or_new() {
+    use std::sync::Arc as A;
+    const LEN: usize = 4 * 16 * 4096;
+    let (base, a, snap) = {
+        let dev = A::new(SimDevice::new(4 << 20, 4096, 11).unwrap());
+        let s = b(NativeBlobStore::init(
+            dev.clone(),
+            InitOpts {
+                cluster_size: 65536,
+                ..InitOpts::default()
+            },
+        ))
+        .unwrap();
+        let a = b(s.create(thin(4))).unwrap();
+        let h = b(s.open(a)).unwrap();
+        let ch = s.channel().unwrap();
+        b(ch.write(&h, 0, &vec![0x10u8; 2 * 16 * 4096])).unwrap();
+        b(s.close(h)).unwrap();
+        let snap = b(s.create_snapshot(a, &[])).unwrap();
+        // The first clone copies cluster 1 on its first write.
+        let h = b(s.open(a)).unwrap();
+        b(ch.write(&h, 16 + 3, &[0xA1u8; 4096])).unwrap();
+        b(s.close(h)).unwrap();
+        drop(ch);
+        b(s.unload()).unwrap();
+        drop(s);
+        (dev.current_image(), a, snap)
+    };
+    let mut snap_bytes = vec![0u8; LEN];
+    snap_bytes[..2 * 16 * 4096].fill(0x10);
+    let mut a_bytes = snap_bytes.clone();
+    a_bytes[(16 + 3) * 4096..(16 + 4) * 4096].fill(0xA1);
+    let xattrs = vec![("name".to_owned(), b"clone".to_vec())];
+    let read = |s: &NativeBlobStore<MemoryDevice>, h: &NativeBlob| {
+        let mut r = vec![0xEEu8; LEN];
+        b(s.channel().unwrap().read(h, 0, &mut r)).unwrap();
+        r
+    };
+    let (mut olds, mut news) = (0, 0);
+    let mut k = 0;
+    loop {
+        let dev = A::new(SimDevice::from_image(base.clone(), 4096, k).unwrap());
+        dev.set_crash_mode(CrashMode::Random);
+        let s = b(NativeBlobStore::load(dev.clone(), LoadOpts::default())).unwrap();
+        dev.stop_after(dev.io_counts().total() + k);
+        let done = b(s.create_clone(snap, &xattrs)).is_ok();
+        // Two random survivor sets, plus "only flushed writes survive".
+        let mut images = vec![dev.crash_image(), dev.crash_image_with_seed(k ^ 0x5EED)];
+        dev.set_crash_mode(CrashMode::DropAll);
+        images.push(dev.crash_image());
+        drop(s);
+        for image in images {
+            let s = b(NativeBlobStore::load(
+                MemoryDevice::from_bytes(image, 4096).unwrap(),
+                LoadOpts::default(),
+            ))
+            .unwrap_or_else(|e| panic!("crash at {k}: load: {e}"));
+            let ids = b(s.blob_ids()).unwrap();
+            let mut owned: Vec<u32> = (0..s.layout().num_md_clusters).collect();
+            for &id in &ids {
+                let h = b(s.open(id)).unwrap_or_else(|e| panic!("crash at {k}: open: {e}"));
+                let marks = s.internal_xattrs(&h).unwrap();
+                assert!(
+                    marks.iter().all(|(n, _)| n != "SNAPTMP" && n != "SNAPRM"),
+                    "crash at {k}: {marks:?}"
+                );
+                owned.extend(s.cluster_map(&h).into_iter().filter(|&c| c != 0));
+                let (want, parent, ro) = if id == snap {
+                    (&snap_bytes, BlobParent::None, true)
+                } else if id == a {
+                    (&a_bytes, BlobParent::Snapshot(snap), false)
+                } else {
+                    assert!(h.is_thin(), "crash at {k}: the clone is thick");
+                    assert_eq!(h.num_clusters(), 4, "crash at {k}");
+                    assert_eq!(h.num_allocated_clusters(), 0, "crash at {k}");
+                    assert_eq!(
+                        b(s.get_xattr(&h, "name")).unwrap(),
+                        Some(b"clone".to_vec()),
+                        "crash at {k}"
+                    );
+                    (&snap_bytes, BlobParent::Snapshot(snap), false)
+                };
+                assert_eq!(h.parent(), parent, "crash at {k}: parent of {id:#x}");
+                assert_eq!(h.is_read_only(), ro, "crash at {k}: {id:#x}");
+                assert!(read(&s, &h) == *want, "crash at {k}: bytes of {id:#x}");
+                b(s.close(h)).unwrap();
+            }
+            owned.sort();
+            let n = owned.len();
+            owned.dedup();
+            assert_eq!(n, owned.len(), "crash at {k}: a cluster owned twice");
+            assert_eq!(s.used_clusters(), owned, "crash at {k}: leak");
+            match ids.len() {
+                2 => olds += 1,
+                3 => news += 1,
+                n => panic!("crash at {k}: {n} blobs"),
+            }
+            assert!(
+                ids.contains(&a) && ids.contains(&snap),
+                "crash at {k}: {ids:?}"
+            );
+        }
+        if done {
+            break;
+        }
+        k += 1;
+        assert!(k < 200, "create_clone never completed");
+    }
+    assert!(
+        k > 0 && olds > 0 && news > 0,
+        "k {k}, old {olds}, new {news}"
+    );
+}
+
 #[test]
 fn deleting_a_snapshot_hands_its_clusters_to_its_only_clone() {
     let s = small(65536);
