@@ -13,7 +13,7 @@
 //!   (the snapshot ids, u64 LE each) and `bc.shards` (the store's shard count, u32 LE).
 //! - A snapshot whose checkpoint has no marker (a creation cut short, or a deletion, which
 //!   deletes the marker first) is a leftover: a writable open deletes it, and the live blob
-//!   takes back the clusters it still shares ([`clean_leftovers`]).
+//!   takes back the clusters it still shares (`clean_leftovers`).
 //! - The blobstore's own load repairs a snapshot cut short inside `create_snapshot`.
 //!
 //! The native store refuses to snapshot an open blob (SPDK freezes its I/O instead), and the
