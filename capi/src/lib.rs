@@ -194,6 +194,32 @@ unsafe fn obj_mut<'a, T>(p: *mut T, what: &str) -> Result<&'a mut T, Failure> {
     unsafe { p.as_mut() }.ok_or_else(|| invalid(&format!("{what} is NULL")))
 }
 
+/// Free a `Box` this library handed out as a raw pointer (NULL is ignored).
+///
+/// # Safety
+/// `p` must be NULL or come from `Box::into_raw`, freed once.
+unsafe fn free_box<T>(p: *mut T) {
+    if !p.is_null() {
+        // SAFETY: the caller's promise.
+        drop(unsafe { Box::from_raw(p) });
+    }
+}
+
+/// Change one option.
+///
+/// # Safety
+/// As [`obj_mut`].
+unsafe fn set_option(
+    opts: *mut blobcask_options,
+    f: impl FnOnce(&mut blobcask_options),
+) -> blobcask_status {
+    guard(|| {
+        // SAFETY: the caller's promise.
+        f(unsafe { obj_mut(opts, "options") }?);
+        Ok(BLOBCASK_OK)
+    })
+}
+
 /// The message of the last call that failed on this thread ("" if none). Owned by the
 /// library; valid until the next failing call on this thread.
 #[no_mangle]
@@ -243,10 +269,8 @@ pub unsafe extern "C" fn blobcask_options_new(path: *const c_char) -> *mut blobc
 /// `opts` must be NULL or come from `blobcask_options_new`, freed once.
 #[no_mangle]
 pub unsafe extern "C" fn blobcask_options_free(opts: *mut blobcask_options) {
-    if !opts.is_null() {
-        // SAFETY: made by `Box::into_raw` in `blobcask_options_new`, freed once.
-        drop(unsafe { Box::from_raw(opts) });
-    }
+    // SAFETY: made by `blobcask_options_new` (or NULL), freed once.
+    unsafe { free_box(opts) }
 }
 
 /// Create the image file (and format it) when it does not exist. Default: 1.
@@ -258,11 +282,8 @@ pub unsafe extern "C" fn blobcask_options_set_create(
     opts: *mut blobcask_options,
     create: bool,
 ) -> blobcask_status {
-    guard(|| {
-        // SAFETY: the caller promises a live object or NULL.
-        unsafe { obj_mut(opts, "options") }?.create = create;
-        Ok(BLOBCASK_OK)
-    })
+    // SAFETY: the caller promises a live object or NULL.
+    unsafe { set_option(opts, |o| o.create = create) }
 }
 
 /// Open for reading only (shared lock; every write fails BLOBCASK_READ_ONLY; nothing is
@@ -275,11 +296,8 @@ pub unsafe extern "C" fn blobcask_options_set_read_only(
     opts: *mut blobcask_options,
     read_only: bool,
 ) -> blobcask_status {
-    guard(|| {
-        // SAFETY: the caller promises a live object or NULL.
-        unsafe { obj_mut(opts, "options") }?.read_only = read_only;
-        Ok(BLOBCASK_OK)
-    })
+    // SAFETY: the caller promises a live object or NULL.
+    unsafe { set_option(opts, |o| o.read_only = read_only) }
 }
 
 /// Size of an image file created by open, in bytes. Default: 1 GiB.
@@ -291,11 +309,8 @@ pub unsafe extern "C" fn blobcask_options_set_device_size(
     opts: *mut blobcask_options,
     bytes: u64,
 ) -> blobcask_status {
-    guard(|| {
-        // SAFETY: the caller promises a live object or NULL.
-        unsafe { obj_mut(opts, "options") }?.device_size = bytes;
-        Ok(BLOBCASK_OK)
-    })
+    // SAFETY: the caller promises a live object or NULL.
+    unsafe { set_option(opts, |o| o.device_size = bytes) }
 }
 
 /// Shards of a new store (an existing store keeps its count). Default: the cores.
@@ -307,14 +322,12 @@ pub unsafe extern "C" fn blobcask_options_set_shards(
     opts: *mut blobcask_options,
     shards: usize,
 ) -> blobcask_status {
-    guard(|| {
-        if shards == 0 {
-            return Err(invalid("shards must be at least 1"));
-        }
-        // SAFETY: the caller promises a live object or NULL.
-        unsafe { obj_mut(opts, "options") }?.shards = shards;
-        Ok(BLOBCASK_OK)
-    })
+    if shards == 0 {
+        set_error("shards must be at least 1");
+        return BLOBCASK_INVALID_ARGUMENT;
+    }
+    // SAFETY: the caller promises a live object or NULL.
+    unsafe { set_option(opts, |o| o.shards = shards) }
 }
 
 /// Read cache bytes (0 disables it). Default: a sixteenth of memory, 32 MiB..1 GiB.
@@ -326,11 +339,8 @@ pub unsafe extern "C" fn blobcask_options_set_cache_bytes(
     opts: *mut blobcask_options,
     bytes: usize,
 ) -> blobcask_status {
-    guard(|| {
-        // SAFETY: the caller promises a live object or NULL.
-        unsafe { obj_mut(opts, "options") }?.cache_bytes = Some(bytes);
-        Ok(BLOBCASK_OK)
-    })
+    // SAFETY: the caller promises a live object or NULL.
+    unsafe { set_option(opts, |o| o.cache_bytes = Some(bytes)) }
 }
 
 /// When writes are durable. Default: BLOBCASK_SYNC_GROUP.
@@ -342,11 +352,8 @@ pub unsafe extern "C" fn blobcask_options_set_sync(
     opts: *mut blobcask_options,
     sync: blobcask_sync_mode,
 ) -> blobcask_status {
-    guard(|| {
-        // SAFETY: the caller promises a live object or NULL.
-        unsafe { obj_mut(opts, "options") }?.sync = sync;
-        Ok(BLOBCASK_OK)
-    })
+    // SAFETY: the caller promises a live object or NULL.
+    unsafe { set_option(opts, |o| o.sync = sync) }
 }
 
 /// Open (or create) the store `opts` describes; `*out` receives the handle (close it with
@@ -522,10 +529,8 @@ pub extern "C" fn blobcask_batch_new() -> *mut blobcask_batch {
 /// `batch` must be NULL or come from `blobcask_batch_new`, freed once.
 #[no_mangle]
 pub unsafe extern "C" fn blobcask_batch_free(batch: *mut blobcask_batch) {
-    if !batch.is_null() {
-        // SAFETY: made by `Box::into_raw` in `blobcask_batch_new`, freed once.
-        drop(unsafe { Box::from_raw(batch) });
-    }
+    // SAFETY: made by `blobcask_batch_new` (or NULL), freed once.
+    unsafe { free_box(batch) }
 }
 
 /// Add a put to the batch (the bytes are copied).
@@ -684,10 +689,8 @@ pub unsafe extern "C" fn blobcask_iter_next(
 /// `it` must be NULL or come from `blobcask_iter_new`, freed once.
 #[no_mangle]
 pub unsafe extern "C" fn blobcask_iter_free(it: *mut blobcask_iter) {
-    if !it.is_null() {
-        // SAFETY: made by `Box::into_raw` in `blobcask_iter_new`, freed once.
-        drop(unsafe { Box::from_raw(it) });
-    }
+    // SAFETY: made by `blobcask_iter_new` (or NULL), freed once.
+    unsafe { free_box(it) }
 }
 
 /// Make every acknowledged write durable.

@@ -14,7 +14,7 @@
 //! idle iterator. When a blob has gone (merged and deleted), its remaining records are found
 //! again through the keydir by key hash and read where they live now.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::ops::Bound;
 use std::sync::{Arc, Weak};
 
@@ -208,34 +208,11 @@ impl<S: BlobStore> Cursor<S> {
         self.blobs.clear();
         self.todo.clear();
         self.pos = 0;
-        let ix = core.shards[s].index.read();
-        // Blob table slot -> index into `blobs` (u32::MAX: not yet seen).
-        let mut slot_to_idx: Vec<u32> = vec![u32::MAX; ix.blobs.len()];
         let all = self.sel.is_all();
-        self.todo.reserve(if all { ix.keydir.len() } else { 0 });
-        for (key, loc) in ix.keydir.iter() {
-            if !all && !self.sel.matches(key) {
-                continue;
-            }
-            let Some(e) = ix.blobs.get(usize::from(loc.blob)).and_then(Option::as_ref) else {
-                continue;
-            };
-            let idx = &mut slot_to_idx[usize::from(loc.blob)];
-            if *idx == u32::MAX {
-                self.blobs.push(SnapBlob {
-                    handle: Arc::downgrade(&e.handle),
-                });
-                *idx = (self.blobs.len() - 1) as u32;
-            }
-            let idx = *idx;
-            self.todo.push(Entry {
-                hash: hash_key(key),
-                blob: idx,
-                offset: loc.offset,
-                len: record_len(key.len(), loc) as u32,
-            });
-        }
-        drop(ix);
+        let sel = &self.sel;
+        collect(core, s, &mut self.blobs, &mut self.todo, |key| {
+            (all || sel.matches(key)).then(|| hash_key(key))
+        });
         self.todo.sort_unstable_by_key(Entry::place);
     }
 
@@ -403,34 +380,48 @@ impl<S: BlobStore> Cursor<S> {
         let (lost, mut kept): (Vec<Entry>, Vec<Entry>) =
             self.todo[at..].iter().partition(|e| gone[e.blob as usize]);
         let hashes: HashSet<u64> = lost.iter().map(|e| e.hash).collect();
-        let ix = core.shards[self.cur].index.read();
-        let mut by_ptr: HashMap<*const BlobHandle<S>, u32> = HashMap::new();
-        for (key, loc) in ix.keydir.iter() {
+        let sel = &self.sel;
+        collect(core, self.cur, &mut self.blobs, &mut kept, |key| {
             let hash = hash_key(key);
-            if !hashes.contains(&hash) || !self.sel.matches(key) {
-                continue;
-            }
-            let Some(e) = ix.blobs.get(usize::from(loc.blob)).and_then(Option::as_ref) else {
-                continue;
-            };
-            let blobs = &mut self.blobs;
-            let idx = *by_ptr.entry(Arc::as_ptr(&e.handle)).or_insert_with(|| {
-                blobs.push(SnapBlob {
-                    handle: Arc::downgrade(&e.handle),
-                });
-                (blobs.len() - 1) as u32
-            });
-            kept.push(Entry {
-                hash,
-                blob: idx,
-                offset: loc.offset,
-                len: record_len(key.len(), loc) as u32,
-            });
-        }
-        drop(ix);
+            (hashes.contains(&hash) && sel.matches(key)).then_some(hash)
+        });
         kept.sort_unstable_by_key(Entry::place);
         self.todo.truncate(at);
         self.todo.extend(kept);
+    }
+}
+
+/// Append to `out` the current location of every key of `shard` that `keep`
+/// accepts (it returns the key's hash), registering in `blobs` the blobs they point into. One pass
+/// under the shard's index read lock.
+fn collect<S: BlobStore>(
+    core: &Core<S>,
+    shard: usize,
+    blobs: &mut Vec<SnapBlob<S>>,
+    out: &mut Vec<Entry>,
+    keep: impl Fn(&[u8]) -> Option<u64>,
+) {
+    let ix = core.shards[shard].index.read();
+    // Blob table slot -> index into `blobs` (u32::MAX: not registered by this pass).
+    let mut slot_to_idx: Vec<u32> = vec![u32::MAX; ix.blobs.len()];
+    for (key, loc) in ix.keydir.iter() {
+        let Some(hash) = keep(key) else { continue };
+        let Some(e) = ix.blobs.get(usize::from(loc.blob)).and_then(Option::as_ref) else {
+            continue;
+        };
+        let idx = &mut slot_to_idx[usize::from(loc.blob)];
+        if *idx == u32::MAX {
+            blobs.push(SnapBlob {
+                handle: Arc::downgrade(&e.handle),
+            });
+            *idx = (blobs.len() - 1) as u32;
+        }
+        out.push(Entry {
+            hash,
+            blob: *idx,
+            offset: loc.offset,
+            len: record_len(key.len(), loc) as u32,
+        });
     }
 }
 
