@@ -35,6 +35,7 @@ pub fn options(cfg: &Config, device: DeviceSpec, create: bool) -> BenchResult<Op
     let mut o = Options::new(device);
     o.create = create;
     o.device_size = cfg.device_bytes();
+    o.preallocate = cfg.preallocate;
     if cfg.shards > 0 {
         o.shards = cfg.shards;
     }
@@ -230,6 +231,7 @@ fn convert_stats(s: &blobcask::Stats, cluster_size: u64) -> EngineStats {
 fn open_raw(path: &Path, lock: bool, size: u64) -> BenchResult<(FileDevice, bool)> {
     let opts = FileOptions {
         lock,
+        preallocate: true,
         ..FileOptions::default()
     };
     if path.exists() {

@@ -146,6 +146,10 @@ pub struct Config {
     /// Device / image size (K/M/G suffixes; 0 = sized from --num and --value_size).
     #[arg(long = "device_size", default_value = "0", value_parser = parse_size)]
     pub device_size: u64,
+    /// Allocate a new image file whole (as a deployed store would be; the engine's own default
+    /// is a sparse image). `--preallocate=0` measures the sparse default.
+    #[arg(long = "preallocate", default_value = "1", value_parser = parse_bool, num_args = 0..=1, default_missing_value = "1")]
+    pub preallocate: bool,
     /// Read cache bytes: blobcask's read cache, RocksDB's block cache, sled/fjall/redb cache
     /// (K/M/G suffixes; -1 = the engine's default; 0 = off / smallest).
     #[arg(long = "cache_size", default_value = "-1", allow_hyphen_values = true)]

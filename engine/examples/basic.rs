@@ -9,7 +9,8 @@ fn main() -> blobcask::Result<()> {
         .nth(1)
         .unwrap_or_else(|| "basic.img".into());
     let mut opts = Options::new(DeviceSpec::Path(path.clone().into()));
-    // The image file is created with this size when it does not exist (default 1 GiB).
+    // A missing image file is created this size (default 1 GiB), sparse: it takes space on
+    // the file system as the store writes it (`Options::preallocate` allocates it whole).
     opts.device_size = 64 << 20;
     let db = Db::open(opts)?;
 

@@ -77,6 +77,9 @@ struct Inner<S: BlobStore> {
     merge: Mutex<Option<crate::merge::Worker>>,
     /// `Some` once close began: a second close gets `Error::Closed`.
     close_result: Mutex<Option<bool>>,
+    /// The store's hold on a device handle the caller shares (`DeviceSpec::Device`); released
+    /// when close has finished with the device.
+    claim: Mutex<Option<crate::device::FileClaim>>,
 }
 
 /// A blobcask store. Cheap to clone; every clone is the same store. Blocking methods may be
@@ -690,6 +693,7 @@ impl<S: BlobStore> Inner<S> {
             first_err.get_or_insert(e);
         }
         log::info!("blobcask: closed in {:?}", t0.elapsed());
+        self.claim.lock().take();
         match first_err {
             Some(e) => Err(e),
             None => Ok(()),
@@ -765,6 +769,7 @@ impl Db {
                 // them); the default one works on any detected block size.
                 let fo = crate::device::FileOptions {
                     block_size: (opts.io_unit_size < 4096).then_some(opts.io_unit_size),
+                    preallocate: opts.preallocate,
                     ..Default::default()
                 };
                 (
@@ -781,6 +786,11 @@ impl Db {
             DeviceSpec::Memory { size } => (AnyDevice::memory(size, opts.io_unit_size)?, true),
             DeviceSpec::Sim(s) => (AnyDevice::from(s), false),
             DeviceSpec::Device(d) => (d, false),
+        };
+        // A cloned `Options` shares its device handle: one store on it at a time.
+        let claim = match &dev {
+            AnyDevice::File(f) => Some(crate::device::FileClaim::new(f)?),
+            _ => None,
         };
         let io_path = dev.io_path();
         let twin = match &dev {
@@ -802,11 +812,13 @@ impl Db {
             None => None,
             Some(name) => Some(crate::checkpoint::find_on(&store, name)?.blobs),
         };
-        start(
+        let db = start(
             crate::recovery::recover_view(store, &opts, ids.as_deref())?,
             &opts,
             io_path,
-        )
+        )?;
+        *db.inner.claim.lock() = claim;
+        Ok(db)
     }
 
     /// Open checkpoint `name` of the store on `opts.device`, read-only: gets and iteration
@@ -872,7 +884,7 @@ impl Db {
     /// The store's committed checkpoints, by name.
     pub fn list_checkpoints(mut opts: Options) -> Result<Vec<crate::checkpoint::Checkpoint>> {
         opts.read_only = true;
-        let store = load_store(opts)?;
+        let (store, _claim) = load_store(opts)?;
         crate::checkpoint::list_on(&store)
     }
 
@@ -921,10 +933,14 @@ fn name_load_damage(
     }
 }
 
-/// Load the native blobstore of `opts.device` without opening the engine on it.
+/// Load the native blobstore of `opts.device` without opening the engine on it (with the
+/// claim on a shared device handle, held until the store is done with).
 fn load_store(
     mut opts: Options,
-) -> Result<crate::blobstore::native::NativeBlobStore<crate::device::AnyDevice>> {
+) -> Result<(
+    crate::blobstore::native::NativeBlobStore<crate::device::AnyDevice>,
+    Option<crate::device::FileClaim>,
+)> {
     use crate::device::{AnyDevice, FileOptions};
 
     opts.validate()?;
@@ -945,7 +961,11 @@ fn load_store(
             return Err(Error::invalid("a checkpoint needs an existing store"));
         }
     };
-    native_store(dev, false, &opts)
+    let claim = match &dev {
+        AnyDevice::File(f) => Some(crate::device::FileClaim::new(f)?),
+        _ => None,
+    };
+    Ok((native_store(dev, false, &opts)?, claim))
 }
 
 /// Run `f` on the loaded store, then unload it (also after an error, which is returned).
@@ -953,7 +973,7 @@ fn with_store<T>(
     opts: Options,
     f: impl FnOnce(&crate::blobstore::native::NativeBlobStore<crate::device::AnyDevice>) -> Result<T>,
 ) -> Result<T> {
-    let store = load_store(opts)?;
+    let (store, _claim) = load_store(opts)?;
     let res = f(&store);
     let un = store.block_on(store.unload()).map_err(Error::from);
     let v = res?;
@@ -1079,6 +1099,7 @@ fn start<S: BlobStore>(rec: Recovered<S>, opts: &Options, io_path: IoPath) -> Re
             threads: Mutex::new(threads),
             merge: Mutex::new(worker),
             close_result: Mutex::new(None),
+            claim: Mutex::new(None),
         }),
     })
 }

@@ -163,7 +163,7 @@ pub struct Hint {
 /// Decode a whole hint (`buf` holds at least `header.total_len()` bytes).
 pub fn decode(buf: &[u8], blob: u64) -> Result<Hint> {
     let h = decode_ref(buf, blob)?;
-    let entries = h.entries().map(|e| e.to_owned()).collect();
+    let entries = h.entries().map(|e| e.to_entry()).collect();
     Ok(Hint {
         header: h.header,
         owner_seq: h.owner_seq,
@@ -183,7 +183,7 @@ pub struct EntryRef<'a> {
 }
 
 impl EntryRef<'_> {
-    pub fn to_owned(&self) -> Entry {
+    pub fn to_entry(self) -> Entry {
         Entry {
             blob_seq: self.blob_seq,
             seq: self.seq,
@@ -318,7 +318,7 @@ mod tests {
         }
         assert!(decode(&buf[..total - 1], 1).is_err());
         let r = decode_ref(&buf, 1).unwrap();
-        let walked: Vec<Entry> = r.entries().map(|e| e.to_owned()).collect();
+        let walked: Vec<Entry> = r.entries().map(|e| e.to_entry()).collect();
         assert_eq!(walked, h.entries);
     }
 }

@@ -112,6 +112,7 @@ impl KeyDir {
         self.used - self.dead_marked
     }
 
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

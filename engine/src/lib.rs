@@ -49,32 +49,54 @@
 //! - `engine/FORMAT.md` (the engine's on-disk records, hints and snapshots) and
 //!   `engine/ARCHITECTURE.md` (modules, threads, locks, the write and read paths).
 
+// The public layers: the engine's API (re-exported below), the devices it runs on, the
+// blobstore beneath it (usable alone, e.g. to read any SPDK blobstore) and the offline check
+// and salvage of a store.
+pub mod blobstore;
+pub mod device;
+pub mod fsck;
+
+// Internals: public with the `internals` feature only (the CLI, the test suites and the
+// fuzzers use them); no compatibility promise covers them.
+macro_rules! internal {
+    ($($(#[$attr:meta])* $name:ident;)*) => {$(
+        $(#[$attr])*
+        #[cfg(feature = "internals")]
+        pub mod $name;
+        $(#[$attr])*
+        #[cfg(not(feature = "internals"))]
+        mod $name;
+    )*};
+}
+
+internal! {
+    catalog;
+    /// Checkpoints: [`Db::checkpoint`] and the calls beside it.
+    checkpoint;
+    db;
+    hint;
+    keydir;
+    record;
+    salvage;
+    scan;
+}
+
 mod blob_scan;
 mod blobs;
-pub mod blobstore;
 mod cache;
-pub mod catalog;
-pub mod checkpoint;
-pub mod db;
-pub mod device;
 mod error;
-pub mod fsck;
-pub mod hint;
 mod iter;
-pub mod keydir;
 mod merge;
 mod options;
 mod read;
-pub mod record;
 mod recovery;
 mod reply;
-pub mod salvage;
-pub mod scan;
 mod shard;
 mod snapshot;
 mod state;
 mod stats;
 
+pub use checkpoint::Checkpoint;
 pub use db::{
     native_store, BlobRole, BlobStats, Db, DeviceSpec, Iter, KeyIter, MergeOptions, Options,
     ShardStats, Stats, SyncPolicy, Totals, WriteBatch,

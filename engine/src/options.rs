@@ -7,8 +7,9 @@ use std::time::Duration;
 use crate::device::{AnyDevice, SimDevice};
 use crate::error::{Error, Result};
 
-/// Where the store lives.
-#[derive(Debug)]
+/// Where the store lives. A clone of `Device`, `Sim` or a memory device is another handle to
+/// the same device.
+#[derive(Debug, Clone)]
 pub enum DeviceSpec {
     /// An image file or a block device (created as an image file of `device_size` bytes when
     /// absent and `create` is set).
@@ -92,7 +93,8 @@ impl Default for MergeOptions {
 /// | option | default |
 /// |---|---|
 /// | `create` | `true`: format the device if it holds no blobstore, create a missing image file |
-/// | `device_size` | 1 GiB: size of an image file that `create` makes |
+/// | `device_size` | 1 GiB: size of an image file that `create` makes (the store's limit) |
+/// | `preallocate` | `false`: a new image file is sparse and takes space as it is written |
 /// | `cluster_size` | 1 MiB (when formatting) |
 /// | `shards` | the machine's cores (an existing store keeps its own count) |
 /// | `max_blob_size` | 256 MiB: a data blob past this is sealed |
@@ -112,13 +114,21 @@ impl Default for MergeOptions {
 ///     .sync(SyncPolicy::Always);
 /// assert_eq!(opts.device_size, 256 << 20);
 /// ```
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Options {
     pub device: DeviceSpec,
     /// Format the device if it does not hold a blobstore (and create the image file).
     pub create: bool,
-    /// Size of an image file created for `DeviceSpec::Path`.
+    /// Size of an image file created for `DeviceSpec::Path`: the most the store can hold
+    /// (`blobcask grow` raises it later). Unless `preallocate` is set the file is sparse, so
+    /// it takes space on the file system only as the store writes it.
     pub device_size: u64,
+    /// Allocate a new image file whole with `fallocate` when creating it (default `false`).
+    /// Preallocation reserves the space up front (the store cannot later find the file
+    /// system full) and spares the file system block allocation during writes. A sparse
+    /// image on a file system that fills up fails the write that finds no room with an I/O
+    /// error; nothing acknowledged is lost.
+    pub preallocate: bool,
     /// Cluster size when formatting.
     pub cluster_size: u32,
     /// Io unit size when formatting: 4096 (default) or a smaller power of two down to 512 (a
@@ -158,6 +168,7 @@ impl Default for Options {
             device: DeviceSpec::Memory { size: 256 << 20 },
             create: true,
             device_size: 1 << 30,
+            preallocate: false,
             cluster_size: crate::blobstore::DEFAULT_CLUSTER_SIZE,
             io_unit_size: 4096,
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -433,9 +444,15 @@ impl Options {
         self
     }
 
-    /// Size of an image file `create` makes, in bytes.
+    /// Size of an image file `create` makes, in bytes: the store's limit.
     pub fn device_size(mut self, bytes: u64) -> Self {
         self.device_size = bytes;
+        self
+    }
+
+    /// Allocate a new image file whole when creating it (else it is sparse).
+    pub fn preallocate(mut self, yes: bool) -> Self {
+        self.preallocate = yes;
         self
     }
 

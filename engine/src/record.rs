@@ -247,13 +247,16 @@ pub fn decode_for_read<'a>(
 
 /// Iterate the valid prefix of a log held in `buf` (records from offset 0). Yields
 /// `(offset, record)`; stops at the first invalid record. [`Scan::end`] is then the length of
-/// the valid prefix.
+/// the valid prefix. (The engine reads logs through `scan.rs`; this plain walk serves tests and
+/// fuzzers.)
+#[cfg(any(test, feature = "internals"))]
 pub struct Scan<'a> {
     buf: &'a [u8],
     salt: u64,
     pos: usize,
 }
 
+#[cfg(any(test, feature = "internals"))]
 impl<'a> Scan<'a> {
     pub fn new(buf: &'a [u8], salt: u64) -> Self {
         Scan { buf, salt, pos: 0 }
@@ -265,6 +268,7 @@ impl<'a> Scan<'a> {
     }
 }
 
+#[cfg(any(test, feature = "internals"))]
 impl<'a> Iterator for Scan<'a> {
     type Item = (usize, Record<'a>);
 

@@ -136,3 +136,73 @@ fn recovery_after_merge_and_crash_uses_the_merge_hint() {
     assert_eq!(db.get(b"k7").unwrap().unwrap(), 8u32.to_le_bytes());
     db.close().unwrap();
 }
+
+/// A new image file is sparse up to `device_size`; `preallocate` allocates it whole.
+#[test]
+fn a_new_image_is_sparse_unless_preallocated() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let sparse = dir.path().join("sparse.img");
+    let db = Db::open(Options::at(&sparse).device_size(256 << 20).shards(2)).unwrap();
+    db.put(b"k", b"v").unwrap();
+    db.close().unwrap();
+    let meta = std::fs::metadata(&sparse).unwrap();
+    assert_eq!(meta.len(), 256 << 20);
+    assert!(
+        meta.blocks() * 512 < 64 << 20,
+        "a fresh store took {} bytes",
+        meta.blocks() * 512
+    );
+    let db = Db::open(Options::at(&sparse)).unwrap();
+    assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    db.close().unwrap();
+
+    let full = dir.path().join("full.img");
+    let opts = Options::at(&full)
+        .device_size(64 << 20)
+        .shards(2)
+        .preallocate(true);
+    Db::open(opts).unwrap().close().unwrap();
+    let meta = std::fs::metadata(&full).unwrap();
+    assert!(
+        meta.blocks() * 512 >= 64 << 20,
+        "{} bytes",
+        meta.blocks() * 512
+    );
+}
+
+/// `Options` is `Clone`: a clone reopens the same store, and two stores never share one
+/// device at once — by path the file lock refuses the second, by a shared device handle
+/// the handle's claim does.
+#[test]
+fn cloned_options_reopen_the_store_but_never_twice_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.img");
+    let opts = Options::at(&path).device_size(64 << 20).shards(2);
+    let db = Db::open(opts.clone()).unwrap();
+    db.put(b"a", b"1").unwrap();
+    assert!(matches!(Db::open(opts.clone()), Err(Error::Locked(_))));
+    db.close().unwrap();
+    let db = Db::open(opts.clone()).unwrap();
+    assert_eq!(db.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
+    db.close().unwrap();
+
+    let shared = Options::new(DeviceSpec::Device(AnyDevice::open_path(&path).unwrap()));
+    let db = Db::open(shared.clone()).unwrap();
+    let second = Db::open(shared.clone());
+    assert!(
+        matches!(second, Err(Error::Locked(_))),
+        "{:?}",
+        second.err()
+    );
+    assert!(matches!(
+        Db::create_checkpoint(shared.clone(), "c"),
+        Err(Error::Locked(_))
+    ));
+    db.put(b"b", b"2").unwrap();
+    drop(db);
+    // The claim went with the last handle of the first store.
+    let db = Db::open(shared).unwrap();
+    assert_eq!(db.get(b"b").unwrap().as_deref(), Some(&b"2"[..]));
+    db.close().unwrap();
+}

@@ -8,10 +8,11 @@ use super::{Device, FileDevice, FileOptions, IoPath, IoRequest, MemoryDevice, Si
 
 /// One of the device backends. Callers that pick a backend from a flag or a path (the `Db`,
 /// the CLI, the bench tool) hold this; the `match` in each method is the only dispatch cost.
-/// Memory and sim devices sit behind an `Arc` so a test can keep a handle to them.
-#[derive(Debug)]
+/// Every backend sits behind an `Arc`: a clone is another handle to the same open device (so
+/// [`crate::Options`] can be cloned, and a test can keep a handle to a memory or sim device).
+#[derive(Debug, Clone)]
 pub enum AnyDevice {
-    File(FileDevice),
+    File(Arc<FileDevice>),
     Memory(Arc<MemoryDevice>),
     Sim(Arc<SimDevice>),
 }
@@ -19,15 +20,15 @@ pub enum AnyDevice {
 impl AnyDevice {
     /// Open an existing image file or block device (default [`FileOptions`]).
     pub fn open_path(path: impl AsRef<Path>) -> Result<Self> {
-        FileDevice::open(path).map(AnyDevice::File)
+        FileDevice::open(path).map(AnyDevice::from)
     }
 
     /// Open an existing image file or block device with options.
     pub fn open_path_with(path: impl AsRef<Path>, opts: &FileOptions) -> Result<Self> {
-        FileDevice::open_with(path, opts).map(AnyDevice::File)
+        FileDevice::open_with(path, opts).map(AnyDevice::from)
     }
 
-    /// Create a preallocated image file of `size` bytes (its block size detected). If `path`
+    /// Create a sparse image file of `size` bytes (its block size detected). If `path`
     /// is a block device it is opened instead, and must hold at least `size` bytes.
     pub fn create_path(path: impl AsRef<Path>, size: u64) -> Result<Self> {
         Self::create_path_with(path, size, &FileOptions::default())
@@ -45,9 +46,9 @@ impl AnyDevice {
                     dev.size()
                 )));
             }
-            return Ok(AnyDevice::File(dev));
+            return Ok(AnyDevice::from(dev));
         }
-        FileDevice::create_with(path, size, opts).map(AnyDevice::File)
+        FileDevice::create_with(path, size, opts).map(AnyDevice::from)
     }
 
     /// A zero-filled memory device.
@@ -72,6 +73,12 @@ fn is_block_device(path: &Path) -> bool {
 
 impl From<FileDevice> for AnyDevice {
     fn from(d: FileDevice) -> Self {
+        AnyDevice::File(Arc::new(d))
+    }
+}
+
+impl From<Arc<FileDevice>> for AnyDevice {
+    fn from(d: Arc<FileDevice>) -> Self {
         AnyDevice::File(d)
     }
 }

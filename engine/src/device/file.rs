@@ -95,6 +95,9 @@ pub struct FileOptions {
     /// half a second; `Duration::MAX` waits for as long as it takes). Never less than the
     /// default: a handle closed a moment ago may still hold the lock briefly.
     pub lock_wait: Option<std::time::Duration>,
+    /// When creating an image file: allocate all of it with `fallocate` (default off: the
+    /// file is sparse and takes space on the file system as blocks are written).
+    pub preallocate: bool,
 }
 
 impl Default for FileOptions {
@@ -107,6 +110,7 @@ impl Default for FileOptions {
             lock: true,
             read_only: false,
             lock_wait: None,
+            preallocate: false,
         }
     }
 }
@@ -128,6 +132,35 @@ pub struct FileDevice {
     /// The completion thread of async reads, started by the first one (`None` inside: it
     /// could not start, and async reads are done in place).
     reactor: std::sync::OnceLock<Option<super::reactor::Reactor>>,
+    /// Held by the store open on this handle: the `flock` cannot keep two stores of one
+    /// process off a handle they share.
+    claimed: std::sync::atomic::AtomicBool,
+}
+
+/// A store's exclusive use of a shared [`FileDevice`] handle; released on drop.
+#[derive(Debug)]
+pub(crate) struct FileClaim(std::sync::Arc<FileDevice>);
+
+impl FileClaim {
+    /// Claim `dev` for one store; fails [`Error::Locked`] while another claim holds it.
+    pub(crate) fn new(dev: &std::sync::Arc<FileDevice>) -> Result<Self> {
+        use std::sync::atomic::Ordering;
+        if dev.claimed.swap(true, Ordering::AcqRel) {
+            return Err(Error::Locked(format!(
+                "{}: another store of this process is open on this device handle",
+                dev.path.display()
+            )));
+        }
+        Ok(FileClaim(dev.clone()))
+    }
+}
+
+impl Drop for FileClaim {
+    fn drop(&mut self) {
+        self.0
+            .claimed
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
 }
 
 impl FileDevice {
@@ -136,12 +169,14 @@ impl FileDevice {
     pub fn create(path: impl AsRef<Path>, size: u64, block_size: u32) -> Result<Self> {
         let opts = FileOptions {
             block_size: Some(block_size),
+            preallocate: true,
             ..FileOptions::default()
         };
         Self::create_with(path, size, &opts)
     }
 
-    /// [`FileDevice::create`] with options; the block size is `opts.block_size` or detected.
+    /// A new image file of `size` bytes as `opts` say: the block size is `opts.block_size` or
+    /// detected; the file is sparse unless `opts.preallocate`.
     pub fn create_with(path: impl AsRef<Path>, size: u64, opts: &FileOptions) -> Result<Self> {
         let path = path.as_ref();
         // Without a block size, any size the detection may pick must divide it.
@@ -152,7 +187,7 @@ impl FileDevice {
                 "image size {size} is not a positive multiple of the {bs}-byte block size"
             )));
         }
-        make_image(path, size)?;
+        make_image(path, size, opts.preallocate)?;
         Self::open_with(path, opts)
     }
 
@@ -281,6 +316,7 @@ impl FileDevice {
             read_only: opts.read_only,
             io_path,
             reactor: std::sync::OnceLock::new(),
+            claimed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -532,8 +568,9 @@ fn check_block_size(bs: u32) -> Result<()> {
     }
 }
 
-/// Create `path` (it must not exist) and allocate `size` bytes; durable on return.
-fn make_image(path: &Path, size: u64) -> Result<()> {
+/// Create `path` (it must not exist), `size` bytes long, sparse or allocated; durable on
+/// return.
+fn make_image(path: &Path, size: u64, preallocate: bool) -> Result<()> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -544,21 +581,26 @@ fn make_image(path: &Path, size: u64) -> Result<()> {
     let len = libc::off_t::try_from(size)
         .map_err(|_| Error::invalid(format!("image size {size} too large")))?;
     // SAFETY: fallocate only takes integers; the fd is owned by `file`, open for writing.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+    let rc = preallocate.then(|| unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) });
+    match rc {
+        Some(0) => {}
+        Some(_) => {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+                drop(file);
+                let _ = std::fs::remove_file(path);
+                return Err(io_ctx(path, "fallocate", e));
+            }
             log::warn!(
                 "{}: fallocate unsupported, image is sparse ({e})",
                 path.display()
             );
             file.set_len(size)
                 .map_err(|e| io_ctx(path, "set image length", e))?;
-        } else {
-            drop(file);
-            let _ = std::fs::remove_file(path);
-            return Err(io_ctx(path, "fallocate", e));
         }
+        None => file
+            .set_len(size)
+            .map_err(|e| io_ctx(path, "set image length", e))?,
     }
     file.sync_all().map_err(|e| io_ctx(path, "fsync", e))?;
     // Make the directory entry durable too.
@@ -1218,6 +1260,24 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         // fallocate reserved the blocks (st_blocks counts 512-byte units).
         assert!(meta.blocks() * 512 >= 8 * MIB, "blocks {}", meta.blocks());
+    }
+
+    #[test]
+    fn create_with_defaults_is_sparse() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("img");
+        let dev = FileDevice::create_with(&p, 64 * MIB, &FileOptions::default()).unwrap();
+        let meta = std::fs::metadata(&p).unwrap();
+        assert_eq!(meta.len(), 64 * MIB);
+        assert!(meta.blocks() * 512 < MIB, "blocks {}", meta.blocks());
+        // Written blocks take space; the rest reads as zeroes.
+        let data = vec![0xabu8; 4096];
+        pollster::block_on(dev.write(32 * MIB, &data)).unwrap();
+        let mut back = vec![1u8; 8192];
+        pollster::block_on(dev.read(32 * MIB, &mut back)).unwrap();
+        assert_eq!(&back[..4096], &data[..]);
+        assert!(back[4096..].iter().all(|&b| b == 0));
     }
 
     fn batch_at_qd(opts: &FileOptions, n: usize) {

@@ -37,6 +37,7 @@ mod reactor;
 pub mod sim;
 pub use any::AnyDevice;
 pub use buf::AlignedBuf;
+pub(crate) use file::FileClaim;
 pub use file::{FileDevice, FileOptions, DEFAULT_FILE_BLOCK_SIZE, NO_URING_ENV, RING_ENTRIES};
 pub use memory::MemoryDevice;
 pub use overlay::Overlay;

@@ -469,3 +469,36 @@ fn no_space_does_not_poison_a_store_without_sync() {
         );
     }
 }
+
+/// `format` makes a sparse image up to `--size`; `--preallocate` allocates all of it.
+#[test]
+fn format_makes_a_sparse_image_unless_asked_to_preallocate() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let sparse = dir.path().join("sparse.img");
+    ok(&["format", sparse.to_str().unwrap(), "--size", "256M"]);
+    ok(&["put", sparse.to_str().unwrap(), "k", "v"]);
+    let meta = std::fs::metadata(&sparse).unwrap();
+    assert_eq!(meta.len(), 256 << 20);
+    assert!(
+        meta.blocks() * 512 < 64 << 20,
+        "{} bytes",
+        meta.blocks() * 512
+    );
+    assert_eq!(ok(&["get", sparse.to_str().unwrap(), "k"]), "v\n");
+
+    let full = dir.path().join("full.img");
+    ok(&[
+        "format",
+        full.to_str().unwrap(),
+        "--size",
+        "64M",
+        "--preallocate",
+    ]);
+    let meta = std::fs::metadata(&full).unwrap();
+    assert!(
+        meta.blocks() * 512 >= 64 << 20,
+        "{} bytes",
+        meta.blocks() * 512
+    );
+}

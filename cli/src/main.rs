@@ -183,9 +183,14 @@ enum Cmd {
     Format {
         /// Image file (created if missing) or block device to format.
         device: PathBuf,
-        /// Size of a new image file, e.g. 1G, 512M (default: an existing image's size, else 1G).
+        /// Size of a new image file, e.g. 1G, 512M (default: an existing image's size, else 1G):
+        /// the most the store holds. The file is sparse: it takes space as the store writes.
         #[arg(long, value_parser = parse_size)]
         size: Option<u64>,
+        /// Allocate the whole image file now (fallocate) instead of a sparse file, so the
+        /// store never finds the file system full.
+        #[arg(long)]
+        preallocate: bool,
         /// Blobstore cluster size, e.g. 1M, 64K (a multiple of 4K).
         #[arg(long, default_value = "1M", value_parser = parse_cluster_size)]
         cluster_size: u64,
@@ -579,11 +584,22 @@ fn run(cmd: Cmd) -> CliResult {
         Cmd::Format {
             device,
             size,
+            preallocate,
             cluster_size,
             io_unit,
             shards,
             force,
-        } => format(&device, size, cluster_size, io_unit, shards, force),
+        } => format(
+            &device,
+            Geometry {
+                size,
+                preallocate,
+                cluster_size,
+                io_unit,
+                shards,
+            },
+            force,
+        ),
         Cmd::Put {
             store,
             codec,
@@ -768,14 +784,23 @@ fn dump(store: &ReadArgs, codec: CodecArgs) -> CliResult {
 /// unless `force`, and never replace anything but a regular file. An image is built beside the
 /// target and renamed over it only once complete, so a failed format leaves the old file as it
 /// was; a block device is formatted in place.
-fn format(
-    device: &Path,
+/// What `format` makes.
+struct Geometry {
     size: Option<u64>,
+    preallocate: bool,
     cluster_size: u64,
     io_unit: u64,
     shards: Option<usize>,
-    force: bool,
-) -> CliResult {
+}
+
+fn format(device: &Path, geometry: Geometry, force: bool) -> CliResult {
+    let Geometry {
+        size,
+        preallocate,
+        cluster_size,
+        io_unit,
+        shards,
+    } = geometry;
     let cluster_size = u32::try_from(cluster_size)
         .map_err(|_| blobcask::Error::invalid("cluster size does not fit 32 bits"))?;
     let io_unit = u32::try_from(io_unit)
@@ -793,6 +818,7 @@ fn format(
     let mut opts = Options::new(DeviceSpec::Path(device.to_path_buf()));
     opts.create = true;
     opts.device_size = dev_size;
+    opts.preallocate = preallocate;
     opts.cluster_size = cluster_size;
     opts.io_unit_size = io_unit;
     if let Some(s) = shards {
