@@ -24,7 +24,8 @@ use crate::blobstore::{BlobId, BlobStore, LoadOpts};
 use crate::device::{Device, Overlay};
 use crate::error::{Error, Result};
 use crate::salvage;
-pub use crate::salvage::SalvageReport;
+pub use crate::salvage::{LostBlob, SalvageReport, StoreShape};
+pub use crate::scan::LogDamage;
 
 /// What [`check`] found.
 #[derive(Debug, Default, Clone)]

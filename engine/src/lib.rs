@@ -103,3 +103,4 @@ pub use db::{
 };
 pub use error::{Error, Result};
 pub use options::RecoveryMode;
+pub use scan::LogDamage;
