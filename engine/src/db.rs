@@ -39,30 +39,55 @@ mod spdk;
 #[cfg(feature = "spdk")]
 pub use spdk::spdk_store;
 
-/// A batch of puts and deletes applied all-or-nothing (also after a crash).
+/// A batch of puts and deletes applied all-or-nothing (also after a crash), in order: a later
+/// operation on a key wins over an earlier one.
+///
+/// ```
+/// use blobcask::WriteBatch;
+/// # use blobcask::{Db, DeviceSpec, Options};
+/// # let db = Db::open(Options::new(DeviceSpec::Memory { size: 64 << 20 }))?;
+/// let mut batch = WriteBatch::new();
+/// batch.put(b"a", b"1").put(b"b", b"2").delete(b"a");
+/// assert_eq!(batch.len(), 3);
+/// db.write_batch(batch)?;
+/// assert_eq!(db.get(b"a")?, None);
+/// assert_eq!(db.get(b"b")?.as_deref(), Some(&b"2"[..]));
+/// # Ok::<(), blobcask::Error>(())
+/// ```
 #[derive(Debug, Default, Clone)]
 pub struct WriteBatch {
     pub(crate) ops: Vec<Op>,
 }
 
 impl WriteBatch {
+    /// An empty batch.
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// Add a put of `value` under `key`.
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> &mut Self {
         self.ops.push(Op::Put(key.to_vec(), value.to_vec()));
         self
     }
+
+    /// Add a delete of `key`.
     pub fn delete(&mut self, key: &[u8]) -> &mut Self {
         self.ops.push(Op::Delete(key.to_vec()));
         self
     }
+
+    /// Operations in the batch.
     pub fn len(&self) -> usize {
         self.ops.len()
     }
+
+    /// Whether the batch holds no operation (writing it does nothing).
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
+
+    /// Remove every operation, keeping the allocation for reuse.
     pub fn clear(&mut self) {
         self.ops.clear();
     }
@@ -258,22 +283,58 @@ impl<S: BlobStore> Db<S> {
     }
 
     /// Store `value` under `key`.
+    ///
+    /// ```
+    /// # use blobcask::{Db, DeviceSpec, Options};
+    /// # let db = Db::open(Options::new(DeviceSpec::Memory { size: 64 << 20 }))?;
+    /// db.put(b"color", b"blue")?;
+    /// db.put(b"color", b"green")?; // the newest value wins
+    /// assert_eq!(db.get(b"color")?.as_deref(), Some(&b"green"[..]));
+    /// # Ok::<(), blobcask::Error>(())
+    /// ```
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
         self.write_one(Op::Put(key.to_vec(), value.to_vec()))
     }
 
     /// Remove `key` (no error if absent).
+    ///
+    /// ```
+    /// # use blobcask::{Db, DeviceSpec, Options};
+    /// # let db = Db::open(Options::new(DeviceSpec::Memory { size: 64 << 20 }))?;
+    /// db.put(b"k", b"v")?;
+    /// db.delete(b"k")?;
+    /// db.delete(b"never-there")?; // not an error
+    /// assert_eq!(db.get(b"k")?, None);
+    /// # Ok::<(), blobcask::Error>(())
+    /// ```
     pub fn delete(&self, key: &[u8]) -> Result<()> {
         self.write_one(Op::Delete(key.to_vec()))
     }
 
     /// The latest value of `key`.
+    ///
+    /// ```
+    /// # use blobcask::{Db, DeviceSpec, Options};
+    /// # let db = Db::open(Options::new(DeviceSpec::Memory { size: 64 << 20 }))?;
+    /// db.put(b"k", b"v")?;
+    /// assert_eq!(db.get(b"k")?, Some(b"v".to_vec()));
+    /// assert_eq!(db.get(b"missing")?, None);
+    /// # Ok::<(), blobcask::Error>(())
+    /// ```
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.get_with(key, <[u8]>::to_vec)
     }
 
     /// Run `f` on the latest value of `key` without copying it out: the slice is the cached
     /// page (or the buffer the record was read into) itself.
+    ///
+    /// ```
+    /// # use blobcask::{Db, DeviceSpec, Options};
+    /// # let db = Db::open(Options::new(DeviceSpec::Memory { size: 64 << 20 }))?;
+    /// db.put(b"k", b"a long value")?;
+    /// assert_eq!(db.get_with(b"k", |v| v.len())?, Some(12));
+    /// # Ok::<(), blobcask::Error>(())
+    /// ```
     pub fn get_with<T>(&self, key: &[u8], f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>> {
         self.check_open()?;
         self.check_key(key)?;
@@ -282,6 +343,16 @@ impl<S: BlobStore> Db<S> {
 
     /// The latest values of `keys`, in the same order; the device reads of the keys not in
     /// memory are issued together (one submission, queue depth = their number).
+    ///
+    /// ```
+    /// # use blobcask::{Db, DeviceSpec, Options};
+    /// # let db = Db::open(Options::new(DeviceSpec::Memory { size: 64 << 20 }))?;
+    /// db.put(b"a", b"1")?;
+    /// db.put(b"c", b"3")?;
+    /// let got = db.multi_get(&[&b"a"[..], b"b", b"c"])?;
+    /// assert_eq!(got, vec![Some(b"1".to_vec()), None, Some(b"3".to_vec())]);
+    /// # Ok::<(), blobcask::Error>(())
+    /// ```
     pub fn multi_get<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Vec<u8>>>> {
         self.check_open()?;
         for k in keys {
@@ -291,6 +362,15 @@ impl<S: BlobStore> Db<S> {
     }
 
     /// Whether `key` has a value (keydir only, no I/O).
+    ///
+    /// ```
+    /// # use blobcask::{Db, DeviceSpec, Options};
+    /// # let db = Db::open(Options::new(DeviceSpec::Memory { size: 64 << 20 }))?;
+    /// db.put(b"k", b"")?; // an empty value is a value
+    /// assert!(db.contains(b"k")?);
+    /// assert!(!db.contains(b"other")?);
+    /// # Ok::<(), blobcask::Error>(())
+    /// ```
     pub fn contains(&self, key: &[u8]) -> Result<bool> {
         self.check_open()?;
         self.check_key(key)?;
@@ -300,6 +380,17 @@ impl<S: BlobStore> Db<S> {
     }
 
     /// Apply `batch` atomically: after a crash either all of it or none of it is there.
+    ///
+    /// ```
+    /// # use blobcask::{Db, DeviceSpec, Options};
+    /// # let db = Db::open(Options::new(DeviceSpec::Memory { size: 64 << 20 }))?;
+    /// db.put(b"from", b"100")?;
+    /// let mut batch = blobcask::WriteBatch::new();
+    /// batch.put(b"from", b"60").put(b"to", b"40").delete(b"pending");
+    /// db.write_batch(batch)?;
+    /// assert_eq!(db.get(b"to")?.as_deref(), Some(&b"40"[..]));
+    /// # Ok::<(), blobcask::Error>(())
+    /// ```
     pub fn write_batch(&self, batch: WriteBatch) -> Result<()> {
         self.write_batch_start(batch, true)?.wait()
     }
@@ -399,6 +490,17 @@ impl<S: BlobStore> Db<S> {
     }
 
     /// Every live key (unordered). [`Db::iter_keys`] streams them instead.
+    ///
+    /// ```
+    /// # use blobcask::{Db, DeviceSpec, Options};
+    /// # let db = Db::open(Options::new(DeviceSpec::Memory { size: 64 << 20 }))?;
+    /// db.put(b"b", b"2")?;
+    /// db.put(b"a", b"1")?;
+    /// let mut keys = db.keys()?;
+    /// keys.sort();
+    /// assert_eq!(keys, vec![b"a".to_vec(), b"b".to_vec()]);
+    /// # Ok::<(), blobcask::Error>(())
+    /// ```
     pub fn keys(&self) -> Result<Vec<Vec<u8>>> {
         self.check_open()?;
         let mut out = Vec::new();
@@ -411,6 +513,16 @@ impl<S: BlobStore> Db<S> {
 
     /// Stream every live key (unordered, no device I/O): the keys of one shard are copied
     /// when the iterator reaches it.
+    ///
+    /// ```
+    /// # use blobcask::{Db, DeviceSpec, Options};
+    /// # let db = Db::open(Options::new(DeviceSpec::Memory { size: 64 << 20 }))?;
+    /// for i in 0..10u8 {
+    ///     db.put(&[b'k', i], b"v")?;
+    /// }
+    /// assert_eq!(db.iter_keys()?.count(), 10);
+    /// # Ok::<(), blobcask::Error>(())
+    /// ```
     pub fn iter_keys(&self) -> Result<KeyIter<S>> {
         self.check_open()?;
         Ok(KeyIter {
@@ -455,6 +567,16 @@ impl<S: BlobStore> Db<S> {
     }
 
     /// [`Db::iter`] over the keys that start with `prefix`.
+    ///
+    /// ```
+    /// # use blobcask::{Db, DeviceSpec, Options};
+    /// # let db = Db::open(Options::new(DeviceSpec::Memory { size: 64 << 20 }))?;
+    /// db.put(b"user:1", b"ada")?;
+    /// db.put(b"item:1", b"lamp")?;
+    /// let users: Vec<_> = db.iter_prefix(b"user:")?.collect::<blobcask::Result<_>>()?;
+    /// assert_eq!(users, vec![(b"user:1".to_vec(), b"ada".to_vec())]);
+    /// # Ok::<(), blobcask::Error>(())
+    /// ```
     pub fn iter_prefix(&self, prefix: &[u8]) -> Result<Iter<S>> {
         self.iter_select(crate::iter::Select {
             prefix: prefix.to_vec(),
@@ -464,6 +586,22 @@ impl<S: BlobStore> Db<S> {
 
     /// [`Db::iter`] over the keys within `from` and `to` (byte order); the pairs still come
     /// in log order.
+    ///
+    /// ```
+    /// # use blobcask::{Db, DeviceSpec, Options};
+    /// # let db = Db::open(Options::new(DeviceSpec::Memory { size: 64 << 20 }))?;
+    /// use std::ops::Bound;
+    /// for k in [&b"a"[..], b"b", b"c", b"d"] {
+    ///     db.put(k, b"v")?;
+    /// }
+    /// let mut keys: Vec<Vec<u8>> = db
+    ///     .iter_range(Bound::Included(&b"b"[..]), Bound::Excluded(&b"d"[..]))?
+    ///     .map(|kv| kv.map(|(k, _)| k))
+    ///     .collect::<blobcask::Result<_>>()?;
+    /// keys.sort();
+    /// assert_eq!(keys, vec![b"b".to_vec(), b"c".to_vec()]);
+    /// # Ok::<(), blobcask::Error>(())
+    /// ```
     pub fn iter_range(
         &self,
         from: std::ops::Bound<&[u8]>,
@@ -482,6 +620,16 @@ impl<S: BlobStore> Db<S> {
 
     /// Fold over every live key and value, in log order, with [`Db::iter`]'s guarantees.
     /// Stops at the first error.
+    ///
+    /// ```
+    /// # use blobcask::{Db, DeviceSpec, Options};
+    /// # let db = Db::open(Options::new(DeviceSpec::Memory { size: 64 << 20 }))?;
+    /// db.put(b"a", b"12")?;
+    /// db.put(b"b", b"345")?;
+    /// let bytes = db.fold(0, |n, _key, value| n + value.len())?;
+    /// assert_eq!(bytes, 5);
+    /// # Ok::<(), blobcask::Error>(())
+    /// ```
     pub fn fold<T>(&self, init: T, mut f: impl FnMut(T, &[u8], &[u8]) -> T) -> Result<T> {
         let mut acc = init;
         let mut it = self.iter()?;
@@ -493,6 +641,18 @@ impl<S: BlobStore> Db<S> {
     }
 
     /// Make every acknowledged write durable.
+    ///
+    /// ```
+    /// # use blobcask::{Db, DeviceSpec, Options, SyncPolicy};
+    /// // Acknowledge writes before their flush, and flush at chosen points.
+    /// let opts = Options::new(DeviceSpec::Memory { size: 64 << 20 }).sync(SyncPolicy::Never);
+    /// let db = Db::open(opts)?;
+    /// for i in 0..100u32 {
+    ///     db.put(&i.to_be_bytes(), b"v")?;
+    /// }
+    /// db.sync()?; // all 100 are durable now
+    /// # Ok::<(), blobcask::Error>(())
+    /// ```
     pub fn sync(&self) -> Result<()> {
         for w in self.sync_start(true)? {
             w.wait()?;
@@ -512,6 +672,19 @@ impl<S: BlobStore> Db<S> {
     }
 
     /// Seal every shard's active blob and merge every shard now (blocks until done).
+    ///
+    /// ```
+    /// # use blobcask::{Db, DeviceSpec, Options};
+    /// # let db = Db::open(Options::new(DeviceSpec::Memory { size: 64 << 20 }))?;
+    /// for _ in 0..3 {
+    ///     for i in 0..100u32 {
+    ///         db.put(&i.to_be_bytes(), &[0u8; 100])?; // overwrites leave dead records
+    ///     }
+    /// }
+    /// db.merge()?; // rewrites the live records, frees the dead ones
+    /// assert_eq!(db.get(&7u32.to_be_bytes())?.map(|v| v.len()), Some(100));
+    /// # Ok::<(), blobcask::Error>(())
+    /// ```
     pub fn merge(&self) -> Result<()> {
         self.check_writable()?;
         let mut waits = Vec::new();
@@ -532,6 +705,13 @@ impl<S: BlobStore> Db<S> {
 
     /// The damaged log ranges open skipped (only under `RecoveryMode::Salvage`; the default
     /// mode refuses to open a damaged log). Empty for a healthy store.
+    ///
+    /// ```
+    /// # use blobcask::{Db, DeviceSpec, Options};
+    /// # let db = Db::open(Options::new(DeviceSpec::Memory { size: 64 << 20 }))?;
+    /// assert!(db.damage()?.is_empty()); // a healthy store
+    /// # Ok::<(), blobcask::Error>(())
+    /// ```
     pub fn damage(&self) -> Result<Vec<crate::scan::LogDamage>> {
         self.check_open()?;
         Ok(self
@@ -543,6 +723,15 @@ impl<S: BlobStore> Db<S> {
     }
 
     /// A snapshot of the counters and the blob layout.
+    ///
+    /// ```
+    /// # use blobcask::{Db, DeviceSpec, Options};
+    /// # let db = Db::open(Options::new(DeviceSpec::Memory { size: 64 << 20 }))?;
+    /// db.put(b"k", b"v")?;
+    /// let stats = db.stats()?;
+    /// assert_eq!(stats.keys, 1);
+    /// # Ok::<(), blobcask::Error>(())
+    /// ```
     pub fn stats(&self) -> Result<Stats> {
         self.check_open()?;
         Ok(crate::stats::collect(self.core()))
@@ -550,6 +739,15 @@ impl<S: BlobStore> Db<S> {
 
     /// Flush, write hints, close every blob and unload the blobstore cleanly. Other clones
     /// get [`Error::Closed`] afterwards. Dropping the last clone closes too (errors logged).
+    ///
+    /// ```
+    /// # use blobcask::{Db, DeviceSpec, Options};
+    /// # let db = Db::open(Options::new(DeviceSpec::Memory { size: 64 << 20 }))?;
+    /// let other = db.clone();
+    /// db.close()?;
+    /// assert!(matches!(other.get(b"k"), Err(blobcask::Error::Closed)));
+    /// # Ok::<(), blobcask::Error>(())
+    /// ```
     pub fn close(self) -> Result<()> {
         self.inner.close()
     }
@@ -557,6 +755,17 @@ impl<S: BlobStore> Db<S> {
     // ---- async variants: the future completes when the shard replies ----
 
     /// [`Db::put`] as a future.
+    ///
+    /// ```
+    /// # use blobcask::{Db, DeviceSpec, Options};
+    /// # let db = Db::open(Options::new(DeviceSpec::Memory { size: 64 << 20 }))?;
+    /// pollster::block_on(async {
+    ///     db.put_async(b"k", b"v").await?;
+    ///     assert_eq!(db.get_async(b"k").await?.as_deref(), Some(&b"v"[..]));
+    ///     Ok::<(), blobcask::Error>(())
+    /// })?;
+    /// # Ok::<(), blobcask::Error>(())
+    /// ```
     pub fn put_async(
         &self,
         key: &[u8],
@@ -579,6 +788,20 @@ impl<S: BlobStore> Db<S> {
     /// on an image file or block device is queued on the device's reactor and the future
     /// completes when it does, so one thread can keep many reads in flight (`join` them). On
     /// SPDK the read still completes in the first poll (through the SPDK thread).
+    ///
+    /// ```
+    /// # use blobcask::{Db, DeviceSpec, Options};
+    /// # let db = Db::open(Options::new(DeviceSpec::Memory { size: 64 << 20 }))?;
+    /// for i in 0..8u8 {
+    ///     db.put(&[i], &[i; 10])?;
+    /// }
+    /// // Start every read, then wait for them together: one thread, many reads in flight.
+    /// let reads: Vec<_> = (0..8u8).map(|i| db.get_async(&[i])).collect();
+    /// for (i, r) in reads.into_iter().enumerate() {
+    ///     assert_eq!(pollster::block_on(r)?, Some(vec![i as u8; 10]));
+    /// }
+    /// # Ok::<(), blobcask::Error>(())
+    /// ```
     pub fn get_async(
         &self,
         key: &[u8],
@@ -846,6 +1069,28 @@ impl Db {
     /// never half a batch; writes racing with the call may or may not be in it. Writes,
     /// merges and batches wait while the blobs are snapshotted (metadata writes only);
     /// reads go on.
+    ///
+    /// ```
+    /// # use blobcask::{Db, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("store.img");
+    /// # Db::open(Options::at(&path).device_size(64 << 20))?.close()?;
+    /// let db = Db::open(Options::at(&path))?;
+    /// db.put(b"k", b"before")?;
+    /// db.checkpoint("nightly")?;
+    /// db.put(b"k", b"after")?;
+    /// db.close()?;
+    /// let frozen = Db::open_checkpoint(Options::at(&path), "nightly")?;
+    /// assert_eq!(frozen.get(b"k")?.as_deref(), Some(&b"before"[..]));
+    /// frozen.close()?;
+    /// let names: Vec<String> = Db::list_checkpoints(Options::at(&path))?
+    ///     .into_iter()
+    ///     .map(|c| c.name)
+    ///     .collect();
+    /// assert_eq!(names, ["nightly"]);
+    /// Db::delete_checkpoint(Options::at(&path), "nightly")?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn checkpoint(&self, name: &str) -> Result<crate::checkpoint::Checkpoint> {
         use crate::blobstore::IoChannel as _;
 
@@ -895,6 +1140,19 @@ impl Db {
     }
 
     /// Open an existing store for reading only (see [`Options::read_only`]).
+    ///
+    /// ```
+    /// # use blobcask::{Db, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("store.img");
+    /// # Db::open(Options::at(&path).device_size(64 << 20))?.close()?;
+    /// // Several readers may share the image; writes fail `ReadOnly`.
+    /// let a = Db::open_read_only(Options::at(&path))?;
+    /// let b = Db::open_read_only(Options::at(&path))?;
+    /// assert!(matches!(a.put(b"k", b"v"), Err(blobcask::Error::ReadOnly(_))));
+    /// drop((a, b));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn open_read_only(mut opts: Options) -> Result<Db> {
         opts.read_only = true;
         opts.create = false;
