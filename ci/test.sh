@@ -69,6 +69,9 @@ section "docs"
 RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps -p blobcask -p blobcask-capi
 echo "no warnings"
 
+section "public API"
+bash ci/public-api.sh
+
 section "library alone"
 # An embedder's build: the library (default features) has none of the tool's dependencies.
 cargo clippy --quiet -p blobcask --all-targets -- -D warnings
