@@ -300,7 +300,7 @@ pub struct LostBlob {
     pub restored_prefix: bool,
 }
 
-/// What a salvage ([`crate::fsck::salvage`]) recovered and what it could not.
+/// What a salvage (`fsck::salvage`) recovered and what it could not.
 #[derive(Debug, Default)]
 pub struct SalvageReport {
     /// Live key → value.
