@@ -55,6 +55,7 @@ pub mod blobstore;
 mod cache;
 pub mod catalog;
 pub mod checkpoint;
+pub mod chunk;
 pub mod db;
 pub mod device;
 mod error;
