@@ -84,7 +84,10 @@ fn apply(state: &Option<Vec<u8>>, c: &Change) -> Option<Vec<u8>> {
 
 /// Whether `got` is `base` with some of `pending` applied, in order.
 fn reachable(base: &Option<Vec<u8>>, pending: &[Change], got: &Option<Vec<u8>>) -> bool {
-    assert!(pending.len() <= 12, "too many unsynced changes to enumerate");
+    assert!(
+        pending.len() <= 12,
+        "too many unsynced changes to enumerate"
+    );
     (0u32..1 << pending.len()).any(|mask| {
         let mut s = base.clone();
         for (i, c) in pending.iter().enumerate() {
@@ -377,7 +380,11 @@ fn sweep(
             let dev = Arc::new(next);
             let db = open_db(&dev, SyncPolicy::Never);
             let rep = blobcask::chunk::check(&db).unwrap();
-            assert!(rep.problems.is_empty(), "{name} crash at I/O {k}: {:?}", rep.problems);
+            assert!(
+                rep.problems.is_empty(),
+                "{name} crash at I/O {k}: {:?}",
+                rep.problems
+            );
             let cs = ChunkStore::open(&db, chunk_opts(2, true)).unwrap();
             check(read_all(&cs, 1), ok);
             cs.close().unwrap();
@@ -450,7 +457,9 @@ fn crash_at_every_io_of_a_remove() {
 
 #[test]
 fn bit_flips_in_chunk_pages_are_reported_never_returned() {
-    let old: Vec<u8> = (0..6 * PAGE).map(|i| (i / PAGE) as u8 * 16 + 0x0f).collect();
+    let old: Vec<u8> = (0..6 * PAGE)
+        .map(|i| (i / PAGE) as u8 * 16 + 0x0f)
+        .collect();
     let (image, id) = with_one_chunk(&old);
     // Find page 2 of the chunk on the medium (its bytes are all 0x2f).
     let at = image
@@ -493,7 +502,10 @@ fn bad_arguments_are_typed_errors() {
     let db = open_db(&dev, SyncPolicy::Never);
     let cs = ChunkStore::open(&db, chunk_opts(2, false)).unwrap();
     assert!(matches!(cs.read(99, 0, 1), Err(ChunkError::NotFound(99))));
-    assert!(matches!(cs.write(99, 0, b"a"), Err(ChunkError::NotFound(99))));
+    assert!(matches!(
+        cs.write(99, 0, b"a"),
+        Err(ChunkError::NotFound(99))
+    ));
     assert!(matches!(cs.remove(99), Err(ChunkError::NotFound(99))));
     assert!(matches!(cs.stat(99), Err(ChunkError::NotFound(99))));
     let id = cs.create(10).unwrap();
@@ -625,7 +637,10 @@ fn threads_workers_compaction() {
     }
     cs.compact().unwrap();
     let after = cs.space().unwrap();
-    assert!(after.free_pages > before.free_pages, "{before:?} -> {after:?}");
+    assert!(
+        after.free_pages > before.free_pages,
+        "{before:?} -> {after:?}"
+    );
     let (last, model) = &finals[5];
     let mut want = model.clone();
     want[..10_000].fill(0xee);

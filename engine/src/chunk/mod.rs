@@ -185,10 +185,8 @@ impl<T> Tx<T> {
 
 fn fill<T>(s: &Slot<T>, v: Result<T>) {
     let mut st = s.state.lock();
-    if let SlotState::Empty(w) = std::mem::replace(&mut *st, SlotState::Full(v)) {
-        if let Some(w) = w {
-            w.wake();
-        }
+    if let SlotState::Empty(Some(w)) = std::mem::replace(&mut *st, SlotState::Full(v)) {
+        w.wake();
     }
     s.cv.notify_all();
 }
@@ -392,7 +390,10 @@ impl<S: BlobStore> ChunkStore<S> {
             let detail = format!(
                 "{p}{}",
                 if rest.problems.len() > 1 {
-                    format!(" (and {} more; run `blobcask check`)", rest.problems.len() - 1)
+                    format!(
+                        " (and {} more; run `blobcask check`)",
+                        rest.problems.len() - 1
+                    )
                 } else {
                     String::new()
                 }
@@ -599,21 +600,25 @@ impl<S: BlobStore> ChunkStore<S> {
     /// deleted, giving their clusters back.
     pub fn compact(&self) -> Result<CompactStats> {
         let all = self.all(|reply| Msg::Compact { reply })?;
-        Ok(all.into_iter().fold(CompactStats::default(), |a, s| CompactStats {
-            moved_pages: a.moved_pages + s.moved_pages,
-            blobs_freed: a.blobs_freed + s.blobs_freed,
-            clusters_freed: a.clusters_freed + s.clusters_freed,
-        }))
+        Ok(all
+            .into_iter()
+            .fold(CompactStats::default(), |a, s| CompactStats {
+                moved_pages: a.moved_pages + s.moved_pages,
+                blobs_freed: a.blobs_freed + s.blobs_freed,
+                clusters_freed: a.clusters_freed + s.clusters_freed,
+            }))
     }
 
     /// Blobs and pages over every worker.
     pub fn space(&self) -> Result<SpaceStats> {
         let all = self.all(|reply| Msg::Space { reply })?;
-        Ok(all.into_iter().fold(SpaceStats::default(), |a, s| SpaceStats {
-            blobs: a.blobs + s.blobs,
-            pages: a.pages + s.pages,
-            free_pages: a.free_pages + s.free_pages,
-        }))
+        Ok(all
+            .into_iter()
+            .fold(SpaceStats::default(), |a, s| SpaceStats {
+                blobs: a.blobs + s.blobs,
+                pages: a.pages + s.pages,
+                free_pages: a.free_pages + s.free_pages,
+            }))
     }
 
     fn all<T>(&self, make: impl Fn(Tx<T>) -> Msg) -> Result<Vec<T>> {

@@ -138,7 +138,10 @@ pub(crate) fn restore<S: BlobStore>(db: &Db<S>, workers: usize) -> Result<Restor
                 continue;
             }
             let cp = base + i as u64;
-            let at = format!("chunk {id} page {cp} (chunk blob {}, page {})", r.blob, r.page);
+            let at = format!(
+                "chunk {id} page {cp} (chunk blob {}, page {})",
+                r.blob, r.page
+            );
             if cp * PAGE >= h.size {
                 problems.push(format!("{at} lies past the chunk's size {}", h.size));
             }

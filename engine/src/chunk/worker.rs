@@ -17,8 +17,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use super::alloc::Alloc;
 use super::meta::{self, ChunkHeader, PageRef, Segment, PAGE, SEG_PAGES};
 use super::{
-    ChunkError, ChunkId, ChunkStat, CompactStats, Msg, Result, Shared, SpaceStats,
-    MAX_CHUNK_SIZE, ROLE_CHUNK, X_CHUNK_NO,
+    ChunkError, ChunkId, ChunkStat, CompactStats, Msg, Result, Shared, SpaceStats, MAX_CHUNK_SIZE,
+    ROLE_CHUNK, X_CHUNK_NO,
 };
 use crate::blobs::X_ROLE;
 use crate::blobstore::{Blob as _, BlobIo, BlobStore, CreateOpts, IoChannel as _};
@@ -106,7 +106,12 @@ impl<S: BlobStore> Worker<S> {
                     durable,
                     reply,
                 } => reply.send(self.write(id, off, &data, durable)),
-                Msg::Read { id, off, len, reply } => reply.send(self.read(id, off, len)),
+                Msg::Read {
+                    id,
+                    off,
+                    len,
+                    reply,
+                } => reply.send(self.read(id, off, len)),
                 Msg::Truncate {
                     id,
                     size,
@@ -205,7 +210,10 @@ impl<S: BlobStore> Worker<S> {
                 return Err(corrupt(
                     id,
                     cp * PAGE,
-                    format!("references page {} past the end of chunk blob {}", r.page, r.blob),
+                    format!(
+                        "references page {} past the end of chunk blob {}",
+                        r.page, r.blob
+                    ),
                 ));
             }
             blobs.push(Some(b));
@@ -258,7 +266,9 @@ impl<S: BlobStore> Worker<S> {
             if seg_cache.as_ref().is_none_or(|(s, _)| *s != seg) {
                 seg_cache = Some((seg, self.segment(id, seg)?));
             }
-            let r = seg_cache.as_ref().map_or(PageRef::HOLE, |(_, s)| s.get(idx));
+            let r = seg_cache
+                .as_ref()
+                .map_or(PageRef::HOLE, |(_, s)| s.get(idx));
             refs.push((cp, r));
         }
         let mut buf = AlignedBuf::zeroed(refs.len() * PAGE as usize);
@@ -296,19 +306,15 @@ impl<S: BlobStore> Worker<S> {
         // Edge pages the write covers only partly keep their other bytes (zero past the size).
         let mut buf = AlignedBuf::zeroed(n * PAGE as usize);
         let mut edges = Vec::new();
-        if off % PAGE != 0 && first * PAGE < h.size {
+        if !off.is_multiple_of(PAGE) && first * PAGE < h.size {
             edges.push(first);
         }
-        if end % PAGE != 0 && last * PAGE < h.size && (last != first || edges.is_empty()) {
+        if !end.is_multiple_of(PAGE) && last * PAGE < h.size && (last != first || edges.is_empty()) {
             edges.push(last);
         }
         for cp in edges {
             let at = ((cp - first) * PAGE) as usize;
-            self.read_pages(
-                id,
-                &[(cp, old_ref(cp))],
-                &mut buf[at..at + PAGE as usize],
-            )?;
+            self.read_pages(id, &[(cp, old_ref(cp))], &mut buf[at..at + PAGE as usize])?;
         }
         let start = (off - first * PAGE) as usize;
         buf[start..start + data.len()].copy_from_slice(data);
@@ -328,7 +334,14 @@ impl<S: BlobStore> Worker<S> {
                 if !old.is_hole() {
                     freed.push((old.blob, old.page));
                 }
-                seg.set(i, PageRef { blob: b, page: p, crc });
+                seg.set(
+                    i,
+                    PageRef {
+                        blob: b,
+                        page: p,
+                        crc,
+                    },
+                );
             }
         }
         for (s, seg) in &segs {
@@ -493,7 +506,14 @@ impl<S: BlobStore> Worker<S> {
 
     /// The next blob number this worker may use: above every existing one, `≡ id (mod n)`.
     fn next_blob_no(&self) -> u32 {
-        let top = self.sh.blobs.load().keys().copied().max().map_or(0, |m| m + 1);
+        let top = self
+            .sh
+            .blobs
+            .load()
+            .keys()
+            .copied()
+            .max()
+            .map_or(0, |m| m + 1);
         let n = self.n as u32;
         let id = self.id as u32;
         top + (id + n - top % n) % n
@@ -537,11 +557,7 @@ impl<S: BlobStore> Worker<S> {
         let mut batch = WriteBatch::new();
         batch.put(
             &meta::chunk_key(id),
-            &ChunkHeader {
-                size,
-                hint: h.hint,
-            }
-            .encode(),
+            &ChunkHeader { size, hint: h.hint }.encode(),
         );
         if size >= h.size {
             return self.commit(batch, &[], Vec::new(), durable);
@@ -551,7 +567,7 @@ impl<S: BlobStore> Worker<S> {
         // The first page to drop whole, and the page cut in the middle (if any).
         let keep_pages = size.div_ceil(PAGE);
         let old_pages = h.size.div_ceil(PAGE);
-        let cut = (size % PAGE != 0).then_some(size / PAGE);
+        let cut = (!size.is_multiple_of(PAGE)).then_some(size / PAGE);
         let first_seg = split(keep_pages.saturating_sub(u64::from(cut.is_some()))).0;
         let last_seg = split(old_pages.saturating_sub(1)).0;
         for s in first_seg..=last_seg {
@@ -661,7 +677,11 @@ impl<S: BlobStore> Worker<S> {
         // Who references each victim: one pass over the segment metadata.
         let mut refs: HashMap<u32, BTreeMap<(ChunkId, u32), ()>> = HashMap::new();
         let mut foreign: Vec<u32> = Vec::new();
-        for item in self.sh.db.iter_prefix(&[META_SEG_PREFIX.as_slice()].concat())? {
+        for item in self
+            .sh
+            .db
+            .iter_prefix(&[META_SEG_PREFIX.as_slice()].concat())?
+        {
             let (k, v) = item?;
             let Some(meta::Key::Seg(id, s)) = meta::parse_key(&k) else {
                 continue;
@@ -741,7 +761,10 @@ const META_SEG_PREFIX: [u8; 5] = [0xff, 0xff, b'c', b'k', b's'];
 
 /// A chunk page number → (segment, index in it).
 fn split(cp: u64) -> (u32, usize) {
-    ((cp / SEG_PAGES as u64) as u32, (cp % SEG_PAGES as u64) as usize)
+    (
+        (cp / SEG_PAGES as u64) as u32,
+        (cp % SEG_PAGES as u64) as usize,
+    )
 }
 
 /// `Full` from the blobstore is the chunk store's `OutOfSpace`.

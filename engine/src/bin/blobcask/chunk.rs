@@ -157,8 +157,8 @@ pub fn run(cmd: ChunkCmd) -> CliResult {
             }
             Ok(ExitCode::SUCCESS)
         }),
-        ChunkCmd::Stat { store, id } => with_chunks(open_read_only(&store)?, |cs| {
-            match cs.stat(id) {
+        ChunkCmd::Stat { store, id } => {
+            with_chunks(open_read_only(&store)?, |cs| match cs.stat(id) {
                 Err(e) if missing(&e) => not_found(id),
                 r => {
                     let st = r?;
@@ -168,8 +168,8 @@ pub fn run(cmd: ChunkCmd) -> CliResult {
                     );
                     Ok(ExitCode::SUCCESS)
                 }
-            }
-        }),
+            })
+        }
     }
 }
 
