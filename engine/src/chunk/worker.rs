@@ -309,7 +309,8 @@ impl<S: BlobStore> Worker<S> {
         if !off.is_multiple_of(PAGE) && first * PAGE < h.size {
             edges.push(first);
         }
-        if !end.is_multiple_of(PAGE) && last * PAGE < h.size && (last != first || edges.is_empty()) {
+        if !end.is_multiple_of(PAGE) && last * PAGE < h.size && (last != first || edges.is_empty())
+        {
             edges.push(last);
         }
         for cp in edges {
