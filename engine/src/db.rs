@@ -303,7 +303,7 @@ impl<S: BlobStore> Db<S> {
     }
 
     /// `write_batch` of the engine's own keys (the chunk store's metadata, under
-    /// [`crate::chunk::META_PREFIX`]): the user's key and value limits do not apply.
+    /// [`crate::options::RESERVED_PREFIX`]): the user's key and value limits do not apply.
     pub(crate) fn write_batch_system(&self, batch: WriteBatch) -> Result<()> {
         self.write_batch_start(batch, true, true)?.wait()
     }
@@ -742,9 +742,9 @@ impl<S: BlobStore> Inner<S> {
     }
 }
 
-/// User writes never reach the engine's own keys (see [`crate::chunk::META_PREFIX`]).
+/// User writes never reach the engine's own keys (see [`crate::options::RESERVED_PREFIX`]).
 fn check_not_reserved(key: &[u8]) -> Result<()> {
-    if key.starts_with(crate::chunk::META_PREFIX) {
+    if key.starts_with(crate::options::RESERVED_PREFIX) {
         return Err(Error::invalid(
             "keys starting with bytes ff ff 63 6b are reserved for the chunk store's metadata",
         ));

@@ -39,7 +39,7 @@
 use crate::chunk::ChunkId;
 
 /// Prefix of every chunk metadata key: two `ff` bytes (never in a UTF-8 text key) then `ck`.
-pub const META_PREFIX: &[u8; 4] = b"\xff\xffck";
+pub const META_PREFIX: &[u8; 4] = crate::options::RESERVED_PREFIX;
 /// Bytes per chunk page: the unit of allocation, checksum and copy on write.
 pub const PAGE: u64 = 4096;
 /// log2 of the segment size: one metadata key per 1 MiB of a chunk.
