@@ -324,9 +324,9 @@ impl<S: BlobStore> Db<S> {
         self.core().cfg.read_only
     }
 
-    /// Whether every acknowledged write is already durable (`SyncPolicy::Always`).
+    /// Whether every acknowledged write is already durable (`Always`, `GroupCommit`).
     pub(crate) fn syncs_every_write(&self) -> bool {
-        matches!(self.core().cfg.sync, SyncPolicy::Always)
+        !matches!(self.core().cfg.sync, SyncPolicy::Never)
     }
 
     /// Clusters the KV keeps free for its deletes and merges (the chunk store leaves them).

@@ -228,8 +228,9 @@ fn run_one(a: &Args, engine: &str) -> Res<Outcome> {
     let t = setup(a, engine)?;
     let bs = a.bs as usize;
     let per_chunk = a.chunk_size / a.bs;
-    if a.rw == "randread" {
-        // Fill every chunk first (sequential 1 MiB writes), then make it durable.
+    if a.rw != "write" {
+        // Fill every chunk first (sequential 1 MiB writes), then make it durable: random
+        // I/O then overwrites allocated space in every engine.
         let step = (1u64 << 20).min(a.chunk_size) as usize;
         let mut buf = AlignedBuf::zeroed(step);
         rand::rngs::StdRng::seed_from_u64(1).fill(&mut buf[..]);
