@@ -198,7 +198,13 @@ fn setup(a: &Args, engine: &str) -> Res<Box<dyn Target>> {
             let dir = a.dir.join(format!("chunk_bench.{engine}"));
             std::fs::create_dir_all(&dir)?;
             let files = (0..a.chunks)
-                .map(|i| open_file(&dir.join(format!("c{i}")), a.chunk_size, engine == "odirect"))
+                .map(|i| {
+                    open_file(
+                        &dir.join(format!("c{i}")),
+                        a.chunk_size,
+                        engine == "odirect",
+                    )
+                })
                 .collect::<Res<Vec<_>>>()?;
             Box::new(Files {
                 files,
@@ -324,16 +330,7 @@ fn main() -> std::process::ExitCode {
         match run_one(&a, e) {
             Ok(o) => println!(
                 "| {e} | {} | {} | {} | {} | {} | {} | {:.0} | {:.1} | {} | {} |",
-                a.rw,
-                a.bs,
-                a.chunk_size,
-                a.chunks,
-                a.threads,
-                a.sync,
-                o.iops,
-                o.mbps,
-                o.p50,
-                o.p99
+                a.rw, a.bs, a.chunk_size, a.chunks, a.threads, a.sync, o.iops, o.mbps, o.p50, o.p99
             ),
             Err(err) => {
                 eprintln!("{e}: {err}");
