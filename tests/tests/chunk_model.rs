@@ -190,7 +190,7 @@ fn run(ops: Vec<Op>, seed: u64) {
     let mut dev = harness::device(template(), seed);
     // A third of the runs under a KV that flushes every batch: every change is durable when
     // acknowledged, and replaced pages are reused at once.
-    let sync = if seed % 3 == 0 {
+    let sync = if seed.is_multiple_of(3) {
         SyncPolicy::Always
     } else {
         SyncPolicy::Never
