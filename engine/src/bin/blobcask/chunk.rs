@@ -26,7 +26,9 @@ pub enum ChunkCmd {
     Write {
         #[command(flatten)]
         store: WriteArgs,
+        /// Chunk id.
         id: u64,
+        /// Byte offset in the chunk (e.g. 4096, 1M).
         #[arg(long, default_value = "0", value_parser = crate::parse_size)]
         offset: u64,
         /// Read the data from FILE instead of stdin.
@@ -38,9 +40,12 @@ pub enum ChunkCmd {
     Read {
         #[command(flatten)]
         store: ReadArgs,
+        /// Chunk id.
         id: u64,
+        /// Byte offset in the chunk.
         #[arg(long, default_value = "0", value_parser = crate::parse_size)]
         offset: u64,
+        /// Bytes to read (default: to the chunk's end).
         #[arg(long, value_parser = crate::parse_size)]
         len: Option<u64>,
     },
@@ -49,6 +54,7 @@ pub enum ChunkCmd {
     Rm {
         #[command(flatten)]
         store: WriteArgs,
+        /// Chunk id.
         id: u64,
     },
     /// List the chunks: id, size, pages holding data.
@@ -62,6 +68,7 @@ pub enum ChunkCmd {
     Stat {
         #[command(flatten)]
         store: ReadArgs,
+        /// Chunk id.
         id: u64,
     },
 }

@@ -400,6 +400,7 @@ enum Cmd {
         cmd: checkpoint::CkptCmd,
     },
     /// Chunks (byte arrays written and read at any offset): create, write, read, rm, ls, stat.
+    #[command(after_help = EXIT_OK)]
     Chunk {
         #[command(subcommand)]
         cmd: chunk::ChunkCmd,
