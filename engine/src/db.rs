@@ -77,6 +77,8 @@ struct Inner<S: BlobStore> {
     merge: Mutex<Option<crate::merge::Worker>>,
     /// `Some` once close began: a second close gets `Error::Closed`.
     close_result: Mutex<Option<bool>>,
+    /// A `chunk::ChunkStore` is open on this store (one at a time; close waits for it).
+    chunks_open: std::sync::atomic::AtomicBool,
 }
 
 /// A blobcask store. Cheap to clone; every clone is the same store. Blocking methods may be
@@ -593,7 +595,32 @@ impl<S: BlobStore> Db<S> {
     /// Flush, write hints, close every blob and unload the blobstore cleanly. Other clones
     /// get [`Error::Closed`] afterwards. Dropping the last clone closes too (errors logged).
     pub fn close(self) -> Result<()> {
+        if self
+            .inner
+            .chunks_open
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            // Its blobs are open: the unload would fail half way. Nothing is done.
+            return Err(Error::Busy(
+                "a chunk store is open on this store; close it first".into(),
+            ));
+        }
         self.inner.close()
+    }
+
+    /// Claim the store for a chunk store (false: one is open already).
+    pub(crate) fn claim_chunks(&self) -> bool {
+        !self
+            .inner
+            .chunks_open
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// The chunk store closed.
+    pub(crate) fn release_chunks(&self) {
+        self.inner
+            .chunks_open
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 
     // ---- async variants: the future completes when the shard replies ----
@@ -1134,6 +1161,7 @@ fn start<S: BlobStore>(rec: Recovered<S>, opts: &Options, io_path: IoPath) -> Re
             threads: Mutex::new(threads),
             merge: Mutex::new(worker),
             close_result: Mutex::new(None),
+            chunks_open: std::sync::atomic::AtomicBool::new(false),
         }),
     })
 }

@@ -549,6 +549,12 @@ fn bad_arguments_are_typed_errors() {
         }
     )
     .is_err());
+    // One chunk store per Db; the Db does not close under an open one.
+    assert!(matches!(
+        ChunkStore::open(&db, chunk_opts(1, false)),
+        Err(ChunkError::InvalidArgument(_))
+    ));
+    assert!(matches!(db.clone().close(), Err(blobcask::Error::Busy(_))));
     cs.close().unwrap();
     assert!(matches!(cs.read(id, 0, 1), Err(ChunkError::Closed)));
     db.close().unwrap();

@@ -20,8 +20,8 @@
 //! - **Restore** (`recover.rs`): the bitmaps are rebuilt from the committed segment values at
 //!   open; no bitmap is ever written.
 //!
-//! Close the [`ChunkStore`] before the [`Db`] (it holds its blobs open; the blobstore's unload
-//! refuses open blobs).
+//! One chunk store per [`Db`] at a time. Close the [`ChunkStore`] before the [`Db`]: it holds
+//! its blobs open, so `Db::close` refuses (`Busy`, nothing done) while it is open.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -385,7 +385,18 @@ impl<S: BlobStore> ChunkStore<S> {
                 "grow_clusters must be 1..=max_blob_clusters".into(),
             ));
         }
-        let rest = recover::restore(db, opts.workers)?;
+        if !db.claim_chunks() {
+            return Err(ChunkError::InvalidArgument(
+                "a chunk store is already open on this store".into(),
+            ));
+        }
+        let rest = match recover::restore(db, opts.workers) {
+            Ok(r) => r,
+            Err(e) => {
+                db.release_chunks();
+                return Err(e);
+            }
+        };
         if let Some(p) = rest.problems.first() {
             let detail = format!(
                 "{p}{}",
@@ -399,6 +410,7 @@ impl<S: BlobStore> ChunkStore<S> {
                 }
             );
             recover::close_blobs(db.blobstore(), rest.blobs.values());
+            db.release_chunks();
             return Err(ChunkError::Corruption {
                 chunk: 0,
                 offset: 0,
@@ -413,6 +425,7 @@ impl<S: BlobStore> ChunkStore<S> {
             let done = db.write_batch_system(b).and_then(|()| db.sync());
             if let Err(e) = done {
                 recover::close_blobs(db.blobstore(), rest.blobs.values());
+                db.release_chunks();
                 return Err(e.into());
             }
         }
@@ -657,6 +670,7 @@ impl<S: BlobStore> ChunkStore<S> {
         }
         let blobs = self.inner.shared.blobs.swap(Arc::default());
         recover::close_blobs(self.inner.shared.db.blobstore(), blobs.values());
+        self.inner.shared.db.release_chunks();
         first.map_or(Ok(()), Err)
     }
 }
