@@ -561,7 +561,12 @@ fn open_ro(path: &Path, wait: Option<Duration>) -> Result<FileDevice, blobcask::
 
 /// `blobcask check`: exit 0 when clean, 1 when problems were found.
 pub fn check(path: &Path, wait: Option<Duration>) -> CliResult {
-    let rep = blobcask::fsck::check(|| open_ro(path, wait))?;
+    let mut rep = blobcask::fsck::check(|| open_ro(path, wait))?;
+    if rep.is_clean() {
+        let (notes, problems) = crate::chunk::check(path, wait);
+        rep.notes.extend(notes);
+        rep.problems.extend(problems);
+    }
     let mut out = std::io::stdout().lock();
     writeln!(
         out,

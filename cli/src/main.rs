@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 mod checkpoint;
+mod chunk;
 mod grow;
 mod inspect;
 mod records;
@@ -403,6 +404,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: checkpoint::CkptCmd,
     },
+    /// Chunks (byte arrays written and read at any offset): create, write, read, rm, ls, stat.
+    #[command(after_help = EXIT_OK)]
+    Chunk {
+        #[command(subcommand)]
+        cmd: chunk::ChunkCmd,
+    },
 }
 
 /// A message for the user (the CLI's own errors).
@@ -741,6 +748,7 @@ fn run(cmd: Cmd) -> CliResult {
         Cmd::Replay { manifest, out } => inspect::replay(&manifest, &out),
         Cmd::Grow { device, size } => grow::grow(&device, size),
         Cmd::Checkpoint { cmd } => checkpoint::run(cmd),
+        Cmd::Chunk { cmd } => chunk::run(cmd),
     }
 }
 

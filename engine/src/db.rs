@@ -105,6 +105,8 @@ struct Inner<S: BlobStore> {
     /// The store's hold on a device handle the caller shares (`DeviceSpec::Device`); released
     /// when close has finished with the device.
     claim: Mutex<Option<crate::device::FileClaim>>,
+    /// A `chunk::ChunkStore` is open on this store (one at a time; close waits for it).
+    chunks_open: std::sync::atomic::AtomicBool,
 }
 
 /// A blobcask store. Cheap to clone; every clone is the same store. Blocking methods may be
@@ -253,6 +255,7 @@ impl<S: BlobStore> Db<S> {
         self.check_writable()?;
         let key = op.key();
         self.check_key(key)?;
+        check_not_reserved(key)?;
         if let Op::Put(_, v) = op {
             self.check_value(v)?;
         }
@@ -392,16 +395,60 @@ impl<S: BlobStore> Db<S> {
     /// # Ok::<(), blobcask::Error>(())
     /// ```
     pub fn write_batch(&self, batch: WriteBatch) -> Result<()> {
-        self.write_batch_start(batch, true)?.wait()
+        self.write_batch_start(batch, true, false)?.wait()
     }
 
-    fn write_batch_start(&self, batch: WriteBatch, direct: bool) -> Result<BatchWait<S>> {
+    /// `write_batch` of the engine's own keys (the chunk store's metadata, under
+    /// [`crate::options::RESERVED_PREFIX`]): the user's key and value limits do not apply.
+    pub(crate) fn write_batch_system(&self, batch: WriteBatch) -> Result<()> {
+        self.write_batch_start(batch, true, true)?.wait()
+    }
+
+    /// `get` of one of the engine's own keys (no user key limits).
+    pub(crate) fn get_system(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.check_open()?;
+        crate::read::get_with(self.core(), key, <[u8]>::to_vec)
+    }
+
+    /// The blobstore under the store (the chunk store keeps its data blobs there).
+    pub(crate) fn blobstore(&self) -> &S {
+        &self.core().store
+    }
+
+    /// Whether the store was opened read-only.
+    pub(crate) fn is_read_only(&self) -> bool {
+        self.core().cfg.read_only
+    }
+
+    /// Whether every acknowledged write is already durable (`Always`, `GroupCommit`).
+    pub(crate) fn syncs_every_write(&self) -> bool {
+        !matches!(self.core().cfg.sync, SyncPolicy::Never)
+    }
+
+    /// Clusters the KV keeps free for its deletes and merges (the chunk store leaves them).
+    pub(crate) fn kv_reserve_clusters(&self) -> u64 {
+        self.core().cfg.merge_reserve
+    }
+
+    fn write_batch_start(
+        &self,
+        batch: WriteBatch,
+        direct: bool,
+        system: bool,
+    ) -> Result<BatchWait<S>> {
         self.check_writable()?;
         let mut parts: Vec<Vec<Op>> = vec![Vec::new(); self.core().cfg.shards];
         for op in batch.ops {
-            self.check_key(op.key())?;
-            if let Op::Put(_, v) = &op {
-                self.check_value(v)?;
+            if system {
+                if op.key().is_empty() || op.key().len() > crate::options::MAX_KEY_LIMIT {
+                    return Err(Error::invalid("system key out of range"));
+                }
+            } else {
+                self.check_key(op.key())?;
+                check_not_reserved(op.key())?;
+                if let Op::Put(_, v) = &op {
+                    self.check_value(v)?;
+                }
             }
             parts[self.core().shard_of(hash_key(op.key()))].push(op);
         }
@@ -749,7 +796,32 @@ impl<S: BlobStore> Db<S> {
     /// # Ok::<(), blobcask::Error>(())
     /// ```
     pub fn close(self) -> Result<()> {
+        if self
+            .inner
+            .chunks_open
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            // Its blobs are open: the unload would fail half way. Nothing is done.
+            return Err(Error::Busy(
+                "a chunk store is open on this store; close it first".into(),
+            ));
+        }
         self.inner.close()
+    }
+
+    /// Claim the store for a chunk store (false: one is open already).
+    pub(crate) fn claim_chunks(&self) -> bool {
+        !self
+            .inner
+            .chunks_open
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// The chunk store closed.
+    pub(crate) fn release_chunks(&self) {
+        self.inner
+            .chunks_open
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 
     // ---- async variants: the future completes when the shard replies ----
@@ -821,7 +893,7 @@ impl<S: BlobStore> Db<S> {
         &self,
         batch: WriteBatch,
     ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
-        let r = self.write_batch_start(batch, false);
+        let r = self.write_batch_start(batch, false, false);
         async move {
             match r? {
                 BatchWait::Done => Ok(()),
@@ -922,6 +994,16 @@ impl<S: BlobStore> Inner<S> {
             None => Ok(()),
         }
     }
+}
+
+/// User writes never reach the engine's own keys (see [`crate::options::RESERVED_PREFIX`]).
+fn check_not_reserved(key: &[u8]) -> Result<()> {
+    if key.starts_with(crate::options::RESERVED_PREFIX) {
+        return Err(Error::invalid(
+            "keys starting with bytes ff ff 63 6b are reserved for the chunk store's metadata",
+        ));
+    }
+    Ok(())
 }
 
 /// Write the catalog, close every open blob and unload the blobstore.
@@ -1358,6 +1440,7 @@ fn start<S: BlobStore>(rec: Recovered<S>, opts: &Options, io_path: IoPath) -> Re
             merge: Mutex::new(worker),
             close_result: Mutex::new(None),
             claim: Mutex::new(None),
+            chunks_open: std::sync::atomic::AtomicBool::new(false),
         }),
     })
 }

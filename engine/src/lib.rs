@@ -49,10 +49,11 @@
 //! - `engine/FORMAT.md` (the engine's on-disk records, hints and snapshots) and
 //!   `engine/ARCHITECTURE.md` (modules, threads, locks, the write and read paths).
 
-// The public layers: the engine's API (re-exported below), the devices it runs on, the
-// blobstore beneath it (usable alone, e.g. to read any SPDK blobstore) and the offline check
-// and salvage of a store.
+// The public layers: the engine's API (re-exported below), the chunk store beside it, the
+// devices it runs on, the blobstore beneath it (usable alone, e.g. to read any SPDK
+// blobstore) and the offline check and salvage of a store.
 pub mod blobstore;
+pub mod chunk;
 pub mod device;
 pub mod fsck;
 

@@ -190,6 +190,10 @@ impl Default for Options {
 
 /// Hard limits of the on-disk format.
 pub const MAX_KEY_LIMIT: usize = u16::MAX as usize;
+/// Keys starting with these bytes are the engine's own (the chunk store's metadata keys,
+/// `chunk/meta.rs`): user writes of them are refused. Two `ff` bytes never occur
+/// in UTF-8 text, so no text key collides.
+pub const RESERVED_PREFIX: &[u8; 4] = b"\xff\xffck";
 pub const MAX_VALUE_LIMIT: usize = (1 << 31) - 1;
 pub const MAX_BLOB_LIMIT: u64 = u32::MAX as u64 + 1;
 pub const MAX_SHARDS: usize = 1024;

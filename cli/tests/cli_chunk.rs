@@ -1,0 +1,109 @@
+//! `blobcask chunk create|write|read|rm|ls|stat` and the chunk part of `check`, driven as a
+//! user would.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write as _;
+use std::process::{Command, Output, Stdio};
+
+fn run(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_blobcask"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run blobcask");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn ok_in(args: &[&str], stdin: &[u8]) -> Vec<u8> {
+    let o = run(args, stdin);
+    assert!(
+        o.status.success(),
+        "blobcask {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o.stdout
+}
+
+fn ok(args: &[&str]) -> String {
+    String::from_utf8(ok_in(args, b"")).unwrap()
+}
+
+#[test]
+fn chunk_create_write_read_stat_ls_rm_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("store.img");
+    let db = img.to_str().unwrap();
+    ok(&[
+        "format",
+        db,
+        "--size",
+        "32M",
+        "--cluster-size",
+        "64K",
+        "--shards",
+        "2",
+    ]);
+    ok(&["put", db, "k", "v"]);
+    let id = ok(&["chunk", "create", db, "--hint", "1M"])
+        .trim()
+        .to_string();
+    assert_eq!(id, "1");
+    let body: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    ok_in(&["chunk", "write", db, &id], &body);
+    ok_in(&["chunk", "write", db, &id, "--offset", "9000"], b"HELLO");
+    let mut want = body.clone();
+    want[9000..9005].copy_from_slice(b"HELLO");
+    assert_eq!(ok_in(&["chunk", "read", db, &id], b""), want);
+    assert_eq!(
+        ok_in(
+            &["chunk", "read", db, &id, "--offset", "8998", "--len", "9"],
+            b""
+        ),
+        &want[8998..9007]
+    );
+    let file = dir.path().join("data.bin");
+    std::fs::write(&file, b"from a file").unwrap();
+    ok(&[
+        "chunk",
+        "write",
+        db,
+        &id,
+        "--offset",
+        "20000",
+        "--file",
+        file.to_str().unwrap(),
+    ]);
+    let stat = ok(&["chunk", "stat", db, &id]);
+    assert_eq!(stat, "id\t1\nsize\t20011\nhint\t1048576\npages\t4\n");
+    let id2 = ok(&["chunk", "create", db]).trim().to_string();
+    assert_eq!(
+        ok(&["chunk", "ls", db]),
+        format!("1\t20011\t4\n{id2}\t0\t0\n")
+    );
+
+    let check = ok(&["check", db]);
+    assert!(check.contains("2 chunks in"), "{check}");
+    assert!(check.contains("clean"), "{check}");
+    // The KV still holds the user's key, and only it.
+    assert_eq!(ok(&["get", db, "k"]), "v\n");
+
+    ok(&["chunk", "rm", db, &id]);
+    assert_eq!(ok(&["chunk", "ls", db]), format!("{id2}\t0\t0\n"));
+    for args in [
+        vec!["chunk", "read", db, &id],
+        vec!["chunk", "stat", db, &id],
+        vec!["chunk", "rm", db, &id],
+    ] {
+        let o = run(&args, b"");
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("NOT_FOUND"));
+    }
+    let o = run(&["chunk", "write", db, "77"], b"x");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(ok(&["check", db]).contains("clean"));
+}

@@ -1,0 +1,679 @@
+//! The chunk store against an in-memory model on the sim device: random create / write /
+//! read / truncate / remove / sync / compact / crash sequences (proptest), a crash at every
+//! device I/O of one write and of one remove, bit flips in chunk pages, and threads writing
+//! and reading at once.
+//!
+//! After a crash: every synced change is there, and each chunk holds its synced content with
+//! some of its unsynced changes applied in order, each one whole (never part of a write).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+
+use blobcask::chunk::{ChunkError, ChunkId, ChunkOptions, ChunkStore};
+use blobcask::device::SimDevice;
+use blobcask::{Db, SyncPolicy};
+use blobcask_tests::harness;
+use proptest::prelude::*;
+
+const DEV: u64 = 8 << 20;
+const PAGE: usize = 4096;
+
+fn template() -> Vec<u8> {
+    static T: OnceLock<Vec<u8>> = OnceLock::new();
+    T.get_or_init(|| {
+        let dev = Arc::new(SimDevice::new(DEV, harness::BLOCK, 0).unwrap());
+        let mut o = harness::options(dev.clone(), SyncPolicy::Always, 2);
+        o.create = true;
+        Db::open(o).unwrap().close().unwrap();
+        dev.durable_image()
+    })
+    .clone()
+}
+
+fn open_db(dev: &Arc<SimDevice>, sync: SyncPolicy) -> Db {
+    harness::open(dev, sync, 2).expect("open the store")
+}
+
+fn chunk_opts(workers: usize, durable: bool) -> ChunkOptions {
+    ChunkOptions {
+        workers,
+        durable,
+        grow_clusters: 2,
+        max_blob_clusters: 8,
+        reserve_clusters: 2,
+        ..ChunkOptions::default()
+    }
+}
+
+fn data(tag: u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (tag.wrapping_mul(131) as usize ^ i.wrapping_mul(7) ^ (i >> 8)) as u8 | 1)
+        .collect()
+}
+
+/// A change to one chunk, as the model applies it.
+#[derive(Clone, Debug)]
+enum Change {
+    Create,
+    Write(u64, Vec<u8>),
+    Truncate(u64),
+    Remove,
+}
+
+fn apply(state: &Option<Vec<u8>>, c: &Change) -> Option<Vec<u8>> {
+    match (c, state) {
+        (Change::Create, _) => Some(Vec::new()),
+        (Change::Remove, _) => None,
+        (_, None) => None,
+        (Change::Write(off, d), Some(v)) => {
+            let mut v = v.clone();
+            let end = *off as usize + d.len();
+            if v.len() < end {
+                v.resize(end, 0);
+            }
+            v[*off as usize..end].copy_from_slice(d);
+            Some(v)
+        }
+        (Change::Truncate(n), Some(v)) => {
+            let mut v = v.clone();
+            v.resize(*n as usize, 0);
+            Some(v)
+        }
+    }
+}
+
+/// Whether `got` is `base` with some of `pending` applied, in order.
+fn reachable(base: &Option<Vec<u8>>, pending: &[Change], got: &Option<Vec<u8>>) -> bool {
+    assert!(
+        pending.len() <= 12,
+        "too many unsynced changes to enumerate"
+    );
+    (0u32..1 << pending.len()).any(|mask| {
+        let mut s = base.clone();
+        for (i, c) in pending.iter().enumerate() {
+            if mask & (1 << i) != 0 {
+                s = apply(&s, c);
+            }
+        }
+        &s == got
+    })
+}
+
+fn read_all(cs: &ChunkStore, id: ChunkId) -> Option<Vec<u8>> {
+    match cs.read(id, 0, u64::MAX) {
+        Ok(v) => Some(v),
+        Err(ChunkError::NotFound(_)) => None,
+        Err(e) => panic!("reading chunk {id} after a crash: {e}"),
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Create,
+    Write {
+        c: usize,
+        off: u64,
+        len: usize,
+        durable: bool,
+    },
+    Read {
+        c: usize,
+        off: u64,
+        len: u64,
+    },
+    Truncate {
+        c: usize,
+        size: u64,
+    },
+    Remove {
+        c: usize,
+    },
+    Sync,
+    Compact,
+    Crash {
+        seed: u64,
+    },
+}
+
+fn offset() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        0u64..40_000,
+        (1u64 << 20) - 9000..(1 << 20) + 9000,
+        0u64..1_600_000,
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        2 => Just(Op::Create),
+        8 => (any::<usize>(), offset(), 1usize..20_000, prop::bool::weighted(0.15))
+            .prop_map(|(c, off, len, durable)| Op::Write { c, off, len, durable }),
+        3 => (any::<usize>(), offset(), 1u64..30_000).prop_map(|(c, off, len)| Op::Read { c, off, len }),
+        2 => (any::<usize>(), offset()).prop_map(|(c, size)| Op::Truncate { c, size }),
+        1 => any::<usize>().prop_map(|c| Op::Remove { c }),
+        1 => Just(Op::Sync),
+        1 => Just(Op::Compact),
+        2 => any::<u64>().prop_map(|seed| Op::Crash { seed }),
+    ]
+}
+
+struct Model {
+    /// Content as of the last sync point.
+    synced: BTreeMap<ChunkId, Vec<u8>>,
+    current: BTreeMap<ChunkId, Vec<u8>>,
+    /// Changes since the last sync point, per chunk, in order.
+    pending: BTreeMap<ChunkId, Vec<Change>>,
+    ids: Vec<ChunkId>,
+}
+
+impl Model {
+    fn change(&mut self, id: ChunkId, c: Change) {
+        let now = apply(&self.current.get(&id).cloned(), &c);
+        match now {
+            Some(v) => self.current.insert(id, v),
+            None => self.current.remove(&id),
+        };
+        self.pending.entry(id).or_default().push(c);
+    }
+
+    fn synced_point(&mut self) {
+        self.synced = self.current.clone();
+        self.pending.clear();
+    }
+
+    fn too_many_pending(&self) -> bool {
+        self.pending.values().any(|p| p.len() >= 7)
+    }
+}
+
+fn run(ops: Vec<Op>, seed: u64) {
+    let mut dev = harness::device(template(), seed);
+    // A third of the runs under a KV that flushes every batch: every change is durable when
+    // acknowledged, and replaced pages are reused at once.
+    let sync = if seed.is_multiple_of(3) {
+        SyncPolicy::Always
+    } else {
+        SyncPolicy::Never
+    };
+    let mut db = open_db(&dev, sync);
+    let mut cs = ChunkStore::open(&db, chunk_opts(2, false)).unwrap();
+    let mut m = Model {
+        synced: BTreeMap::new(),
+        current: BTreeMap::new(),
+        pending: BTreeMap::new(),
+        ids: Vec::new(),
+    };
+    for (step, op) in ops.into_iter().enumerate() {
+        let pick = |c: usize, m: &Model| (!m.ids.is_empty()).then(|| m.ids[c % m.ids.len()]);
+        match op {
+            Op::Create => {
+                let id = cs.create(0).unwrap();
+                m.ids.push(id);
+                m.change(id, Change::Create);
+            }
+            Op::Write {
+                c,
+                off,
+                len,
+                durable,
+            } => {
+                let Some(id) = pick(c, &m) else { continue };
+                let d = data(seed ^ step as u64, len);
+                match cs.write_with(id, off, &d, durable) {
+                    Ok(()) => {
+                        assert!(m.current.contains_key(&id), "write to a removed chunk");
+                        m.change(id, Change::Write(off, d));
+                        if durable {
+                            m.synced_point();
+                        }
+                    }
+                    Err(ChunkError::NotFound(_)) => assert!(!m.current.contains_key(&id)),
+                    Err(ChunkError::OutOfSpace) => {}
+                    Err(e) => panic!("step {step}: write: {e}"),
+                }
+            }
+            Op::Read { c, off, len } => {
+                let Some(id) = pick(c, &m) else { continue };
+                match (cs.read(id, off, len), m.current.get(&id)) {
+                    (Ok(got), Some(v)) => {
+                        let end = (off.saturating_add(len) as usize).min(v.len());
+                        let want = if (off as usize) < end {
+                            &v[off as usize..end]
+                        } else {
+                            &[][..]
+                        };
+                        assert_eq!(got, want, "step {step}: read of chunk {id} at {off}+{len}");
+                    }
+                    (Err(ChunkError::NotFound(_)), None) => {}
+                    (r, want) => panic!(
+                        "step {step}: read {:?} but the model has {:?}",
+                        r.map(|v| v.len()),
+                        want.map(Vec::len)
+                    ),
+                }
+            }
+            Op::Truncate { c, size } => {
+                let Some(id) = pick(c, &m) else { continue };
+                match cs.truncate(id, size) {
+                    Ok(()) => m.change(id, Change::Truncate(size)),
+                    Err(ChunkError::NotFound(_)) => assert!(!m.current.contains_key(&id)),
+                    Err(ChunkError::OutOfSpace) => {}
+                    Err(e) => panic!("step {step}: truncate: {e}"),
+                }
+            }
+            Op::Remove { c } => {
+                let Some(id) = pick(c, &m) else { continue };
+                match cs.remove(id) {
+                    Ok(()) => m.change(id, Change::Remove),
+                    Err(ChunkError::NotFound(_)) => assert!(!m.current.contains_key(&id)),
+                    Err(e) => panic!("step {step}: remove: {e}"),
+                }
+            }
+            Op::Sync => {
+                cs.sync().unwrap();
+                m.synced_point();
+            }
+            Op::Compact => {
+                cs.compact().unwrap();
+            }
+            Op::Crash { seed: s } => {
+                let next = dev.crash().unwrap();
+                drop(cs);
+                drop(db);
+                dev = Arc::new(next);
+                let _ = s;
+                db = open_db(&dev, sync);
+                let rep = blobcask::chunk::check(&db).unwrap();
+                assert!(rep.problems.is_empty(), "step {step}: {:?}", rep.problems);
+                cs = ChunkStore::open(&db, chunk_opts(1 + step % 3, false)).unwrap();
+                let ids: Vec<ChunkId> = m.ids.clone();
+                for id in ids {
+                    let got = read_all(&cs, id);
+                    let base = m.synced.get(&id).cloned();
+                    let pending = m.pending.get(&id).cloned().unwrap_or_default();
+                    assert!(
+                        reachable(&base, &pending, &got),
+                        "step {step}: chunk {id} after the crash: {:?} bytes, synced {:?}, \
+                         unsynced {:?}",
+                        got.as_ref().map(Vec::len),
+                        base.as_ref().map(Vec::len),
+                        pending
+                            .iter()
+                            .map(|c| match c {
+                                Change::Write(o, d) => format!("write {o}+{}", d.len()),
+                                c => format!("{c:?}"),
+                            })
+                            .collect::<Vec<_>>()
+                    );
+                    if sync == SyncPolicy::Always {
+                        assert_eq!(got, m.current.get(&id).cloned(), "step {step}: chunk {id}");
+                    }
+                    match got {
+                        Some(v) => m.current.insert(id, v),
+                        None => m.current.remove(&id),
+                    };
+                }
+                m.synced_point();
+            }
+        }
+        if m.too_many_pending() {
+            cs.sync().unwrap();
+            m.synced_point();
+        }
+    }
+    cs.close().unwrap();
+    db.close().unwrap();
+    // A clean reopen holds exactly the model.
+    let db = open_db(&dev, SyncPolicy::Never);
+    let cs = ChunkStore::open(&db, chunk_opts(2, false)).unwrap();
+    for id in &m.ids {
+        assert_eq!(read_all(&cs, *id), m.current.get(id).cloned(), "chunk {id}");
+    }
+    assert_eq!(
+        cs.list().unwrap(),
+        m.current.keys().copied().collect::<Vec<_>>()
+    );
+    cs.close().unwrap();
+    db.close().unwrap();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn chunks_match_the_model(ops in prop::collection::vec(op(), 1..60), seed in any::<u64>()) {
+        run(ops, seed);
+    }
+}
+
+/// A store image holding chunk 1 with `old` content, synced and closed cleanly.
+fn with_one_chunk(old: &[u8]) -> (Vec<u8>, ChunkId) {
+    let dev = harness::device(template(), 1);
+    let db = open_db(&dev, SyncPolicy::Never);
+    let cs = ChunkStore::open(&db, chunk_opts(2, true)).unwrap();
+    let id = cs.create(1 << 20).unwrap();
+    cs.write(id, 0, old).unwrap();
+    cs.close().unwrap();
+    db.close().unwrap();
+    (dev.durable_image(), id)
+}
+
+/// Run `op` crashed after each of its device I/Os (and once with every I/O done), under two
+/// crash images each; `check` judges the reopened chunk.
+fn sweep(
+    name: &str,
+    image: &[u8],
+    op: impl Fn(&ChunkStore) -> Result<(), ChunkError>,
+    check: impl Fn(Option<Vec<u8>>, bool),
+) {
+    // Count the I/Os of the operation alone.
+    let dev = harness::device(image.to_vec(), 7);
+    let db = open_db(&dev, SyncPolicy::Never);
+    let cs = ChunkStore::open(&db, chunk_opts(2, true)).unwrap();
+    let before = dev.io_counts().total();
+    op(&cs).unwrap();
+    let total = dev.io_counts().total() - before;
+    cs.close().unwrap();
+    db.close().unwrap();
+    assert!(total > 2, "{name}: {total} I/Os");
+    for k in 0..=total {
+        for variant in 0..2u64 {
+            let dev = harness::device(image.to_vec(), k * 2 + variant);
+            let db = open_db(&dev, SyncPolicy::Never);
+            let cs = ChunkStore::open(&db, chunk_opts(2, true)).unwrap();
+            dev.stop_after(dev.io_counts().total() + k);
+            let ok = op(&cs).is_ok();
+            assert!(ok || k < total, "{name}: failed with every I/O done");
+            let next = dev.crash().unwrap();
+            drop(cs);
+            drop(db);
+            let dev = Arc::new(next);
+            let db = open_db(&dev, SyncPolicy::Never);
+            let rep = blobcask::chunk::check(&db).unwrap();
+            assert!(
+                rep.problems.is_empty(),
+                "{name} crash at I/O {k}: {:?}",
+                rep.problems
+            );
+            let cs = ChunkStore::open(&db, chunk_opts(2, true)).unwrap();
+            check(read_all(&cs, 1), ok);
+            cs.close().unwrap();
+            db.close().unwrap();
+        }
+    }
+}
+
+#[test]
+fn crash_at_every_io_of_a_write() {
+    let old = data(1, 3 * PAGE + 100);
+    let (image, id) = with_one_chunk(&old);
+    assert_eq!(id, 1);
+    // Across the 1 MiB segment boundary and partly over old pages: edge pages are merged.
+    let new = data(2, 2 * PAGE + 50);
+    let off = 2 * PAGE as u64 + 7;
+    let mut want = old.clone();
+    want.resize(off as usize + new.len(), 0);
+    want[off as usize..].copy_from_slice(&new);
+    sweep(
+        "write",
+        &image,
+        |cs| cs.write(1, off, &new),
+        |got, ok| {
+            let got = got.expect("the chunk survives");
+            if ok {
+                assert_eq!(got, want, "an acknowledged durable write is lost");
+            } else {
+                assert!(got == old || got == want, "a mix of old and new content");
+            }
+        },
+    );
+    // A write spanning two segments (two metadata keys, one batch).
+    let off2 = (1 << 20) - 5000;
+    let mut want2 = old.clone();
+    want2.resize(off2 as usize + new.len(), 0);
+    want2[off2 as usize..].copy_from_slice(&new);
+    sweep(
+        "write across segments",
+        &image,
+        |cs| cs.write(1, off2, &new),
+        |got, ok| {
+            let got = got.expect("the chunk survives");
+            if ok {
+                assert_eq!(got, want2);
+            } else {
+                assert!(got == old || got == want2, "a mix of old and new content");
+            }
+        },
+    );
+}
+
+#[test]
+fn crash_at_every_io_of_a_remove() {
+    let old = data(3, 5 * PAGE);
+    let (image, _) = with_one_chunk(&old);
+    sweep(
+        "remove",
+        &image,
+        |cs| cs.remove(1),
+        |got, ok| {
+            if ok {
+                assert_eq!(got, None, "an acknowledged durable remove is undone");
+            } else {
+                assert!(got.is_none() || got == Some(old.clone()));
+            }
+        },
+    );
+}
+
+#[test]
+fn bit_flips_in_chunk_pages_are_reported_never_returned() {
+    let old: Vec<u8> = (0..6 * PAGE)
+        .map(|i| (i / PAGE) as u8 * 16 + 0x0f)
+        .collect();
+    let (image, id) = with_one_chunk(&old);
+    // Find page 2 of the chunk on the medium (its bytes are all 0x2f).
+    let at = image
+        .chunks_exact(PAGE)
+        .position(|p| p.iter().all(|&b| b == 0x2f))
+        .expect("the chunk's page is on the device") as u64
+        * PAGE as u64;
+    for bit in [0u8, 5] {
+        let dev = harness::device(image.clone(), 3);
+        dev.flip_bit(at + 1234, bit).unwrap();
+        let db = open_db(&dev, SyncPolicy::Never);
+        let cs = ChunkStore::open(&db, chunk_opts(2, true)).unwrap();
+        match cs.read(id, 0, u64::MAX) {
+            Err(ChunkError::Corruption { chunk, offset, .. }) => {
+                assert_eq!((chunk, offset), (id, 2 * PAGE as u64));
+            }
+            r => panic!("a flipped bit read back as {:?}", r.map(|v| v.len())),
+        }
+        // The other pages still read; an edge write over the damaged page refuses too.
+        assert_eq!(cs.read(id, 0, 2 * PAGE as u64).unwrap(), old[..2 * PAGE]);
+        assert_eq!(
+            cs.read(id, 3 * PAGE as u64, 3 * PAGE as u64).unwrap(),
+            old[3 * PAGE..]
+        );
+        assert!(matches!(
+            cs.write(id, 2 * PAGE as u64 + 1, b"x"),
+            Err(ChunkError::Corruption { .. })
+        ));
+        // A whole-page overwrite replaces it.
+        cs.write(id, 2 * PAGE as u64, &[9u8; PAGE]).unwrap();
+        assert_eq!(cs.read(id, 2 * PAGE as u64, 4).unwrap(), vec![9u8; 4]);
+        cs.close().unwrap();
+        db.close().unwrap();
+    }
+}
+
+#[test]
+fn bad_arguments_are_typed_errors() {
+    let dev = harness::device(template(), 4);
+    let db = open_db(&dev, SyncPolicy::Never);
+    let cs = ChunkStore::open(&db, chunk_opts(2, false)).unwrap();
+    assert!(matches!(cs.read(99, 0, 1), Err(ChunkError::NotFound(99))));
+    assert!(matches!(
+        cs.write(99, 0, b"a"),
+        Err(ChunkError::NotFound(99))
+    ));
+    assert!(matches!(cs.remove(99), Err(ChunkError::NotFound(99))));
+    assert!(matches!(cs.stat(99), Err(ChunkError::NotFound(99))));
+    let id = cs.create(10).unwrap();
+    assert!(matches!(
+        cs.write(id, u64::MAX - 1, b"ab"),
+        Err(ChunkError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        cs.truncate(id, u64::MAX),
+        Err(ChunkError::InvalidArgument(_))
+    ));
+    assert_eq!(cs.read(id, 5, 10).unwrap(), Vec::<u8>::new());
+    // Far more than the device holds.
+    let big = vec![1u8; 9 << 20];
+    assert!(matches!(cs.write(id, 0, &big), Err(ChunkError::OutOfSpace)));
+    cs.write(id, 0, b"still works").unwrap();
+    // User writes cannot reach the metadata namespace.
+    let mut key = blobcask::chunk::META_PREFIX.to_vec();
+    key.push(b'c');
+    assert!(matches!(
+        db.put(&key, b"x"),
+        Err(blobcask::Error::InvalidArgument(_))
+    ));
+    let st = cs.stat(id).unwrap();
+    assert_eq!((st.size, st.hint, st.pages), (11, 10, 1));
+    assert!(ChunkStore::open(
+        &db,
+        ChunkOptions {
+            workers: 0,
+            ..ChunkOptions::default()
+        }
+    )
+    .is_err());
+    // One chunk store per Db; the Db does not close under an open one.
+    assert!(matches!(
+        ChunkStore::open(&db, chunk_opts(1, false)),
+        Err(ChunkError::InvalidArgument(_))
+    ));
+    assert!(matches!(db.clone().close(), Err(blobcask::Error::Busy(_))));
+    cs.close().unwrap();
+    assert!(matches!(cs.read(id, 0, 1), Err(ChunkError::Closed)));
+    db.close().unwrap();
+}
+
+/// A sparse blob's live pages move out and the blob is deleted; data and metadata stay
+/// consistent across a reopen.
+#[test]
+fn compaction_moves_live_pages_and_frees_the_blob() {
+    let dev = harness::device(template(), 6);
+    let db = open_db(&dev, SyncPolicy::Never);
+    let opts = ChunkOptions {
+        workers: 1,
+        durable: true,
+        grow_clusters: 1,
+        max_blob_clusters: 2,
+        reserve_clusters: 2,
+        ..ChunkOptions::default()
+    };
+    let cs = ChunkStore::open(&db, opts.clone()).unwrap();
+    let a = cs.create(0).unwrap();
+    cs.write(a, 0, &data(1, 30 * PAGE)).unwrap();
+    let b = cs.create(0).unwrap();
+    let bd = data(2, 30 * PAGE);
+    // Two pages into the first blob's last free ones, the rest into a new blob.
+    cs.write(b, 0, &bd[..2 * PAGE]).unwrap();
+    cs.write(b, 2 * PAGE as u64, &bd[2 * PAGE..]).unwrap();
+    assert_eq!(cs.space().unwrap().blobs, 2);
+    cs.remove(a).unwrap();
+    let st = cs.compact().unwrap();
+    assert_eq!((st.moved_pages, st.blobs_freed), (2, 1), "{st:?}");
+    assert!(st.clusters_freed >= 2);
+    assert_eq!(cs.space().unwrap().blobs, 1);
+    assert_eq!(cs.read(b, 0, u64::MAX).unwrap(), bd);
+    cs.close().unwrap();
+    db.close().unwrap();
+    let db = open_db(&dev, SyncPolicy::Never);
+    let rep = blobcask::chunk::check(&db).unwrap();
+    assert!(rep.problems.is_empty(), "{:?}", rep.problems);
+    assert_eq!((rep.chunks, rep.blobs, rep.pages), (1, 1, 30));
+    let cs = ChunkStore::open(&db, opts).unwrap();
+    assert_eq!(cs.read(b, 0, u64::MAX).unwrap(), bd);
+    cs.close().unwrap();
+    db.close().unwrap();
+}
+
+/// Threads writing their own chunks and reading them back at once, over 3 workers; then a
+/// reopen with another worker count (pages of one worker's blobs freed by another), removes,
+/// a compaction that gives clusters back, and async calls.
+#[test]
+fn threads_workers_compaction() {
+    let dev = harness::device(template(), 5);
+    let db = open_db(&dev, SyncPolicy::Never);
+    let cs = ChunkStore::open(&db, chunk_opts(3, false)).unwrap();
+    let ids: Vec<ChunkId> = (0..6).map(|_| cs.create(0).unwrap()).collect();
+    let finals: Vec<(ChunkId, Vec<u8>)> = std::thread::scope(|s| {
+        let hs: Vec<_> = ids
+            .iter()
+            .map(|&id| {
+                let cs = cs.clone();
+                s.spawn(move || {
+                    let mut model = Vec::new();
+                    for i in 0..25u64 {
+                        let off = (i * 7919 * id) % 200_000;
+                        let d = data(id * 100 + i, 3000 + (i as usize * 997) % 9000);
+                        cs.write(id, off, &d).unwrap();
+                        let end = off as usize + d.len();
+                        if model.len() < end {
+                            model.resize(end, 0);
+                        }
+                        model[off as usize..end].copy_from_slice(&d);
+                        let back = cs.read(id, off, d.len() as u64).unwrap();
+                        assert_eq!(back, d);
+                    }
+                    (id, model)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    cs.close().unwrap();
+    db.close().unwrap();
+
+    let db = open_db(&dev, SyncPolicy::Never);
+    let cs = ChunkStore::open(&db, chunk_opts(2, true)).unwrap();
+    for (id, model) in &finals {
+        assert_eq!(&cs.read(*id, 0, u64::MAX).unwrap(), model);
+    }
+    // Overwrites after the change of worker count free pages other workers own.
+    for (id, _) in &finals {
+        pollster::block_on(cs.write_async(*id, 0, vec![0xee; 10_000])).unwrap();
+    }
+    let before = cs.space().unwrap();
+    for (id, _) in &finals[..5] {
+        pollster::block_on(cs.remove_async(*id)).unwrap();
+    }
+    cs.compact().unwrap();
+    let after = cs.space().unwrap();
+    assert!(
+        after.free_pages > before.free_pages,
+        "{before:?} -> {after:?}"
+    );
+    let (last, model) = &finals[5];
+    let mut want = model.clone();
+    want[..10_000].fill(0xee);
+    assert_eq!(
+        pollster::block_on(cs.read_async(*last, 0, u64::MAX)).unwrap(),
+        want
+    );
+    let listed: Vec<_> = cs.iter().unwrap().map(|s| s.unwrap().id).collect();
+    assert_eq!(listed, vec![*last]);
+    cs.close().unwrap();
+    db.close().unwrap();
+    let db = open_db(&dev, SyncPolicy::Never);
+    let rep = blobcask::chunk::check(&db).unwrap();
+    assert!(rep.problems.is_empty(), "{:?}", rep.problems);
+    assert_eq!(rep.chunks, 1);
+    let cs = ChunkStore::open(&db, chunk_opts(1, true)).unwrap();
+    assert_eq!(cs.read(*last, 0, u64::MAX).unwrap(), want);
+    cs.close().unwrap();
+    db.close().unwrap();
+}
