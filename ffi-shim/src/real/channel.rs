@@ -65,7 +65,7 @@ impl ChanInner {
     /// Free the SPDK channels (on their thread) and wait until that ran.
     pub async fn release(self: &Arc<ChanInner>) {
         let me = Arc::clone(self);
-        let _ = self.store.env.call(self.thread, move || me.free_here());
+        let _ = self.store.env.call(&self.thread, move || me.free_here());
     }
 
     /// On `thread`: free whatever is still held.
@@ -88,7 +88,7 @@ impl Drop for ChanInner {
         let ch = self.ch.swap(std::ptr::null_mut(), Ordering::AcqRel) as Addr;
         let bch = self.bdev_ch.swap(std::ptr::null_mut(), Ordering::AcqRel) as Addr;
         let env = self.store.env;
-        env.run(self.thread, move || {
+        env.run(&self.thread, move || {
             if ch != 0 {
                 // SAFETY: on the channel's thread; no I/O is in flight (every record of an
                 // I/O holds this channel alive); freed once.
@@ -99,7 +99,7 @@ impl Drop for ChanInner {
                 unsafe { spdk_sys::spdk_put_io_channel(bch as *mut spdk_sys::spdk_io_channel) };
             }
         });
-        env.exit_thread(self.thread);
+        env.exit_thread(&self.thread);
     }
 }
 
@@ -142,7 +142,7 @@ impl Channel {
         let thread = env.create_thread("blobcask_io")?;
         let desc = store.flush_desc.load(Ordering::Acquire) as Addr;
         let (ch, bch) = env
-            .call(thread, move || {
+            .call(&thread, move || {
                 // SAFETY: on the new thread; the store is live.
                 let ch = unsafe {
                     spdk_sys::spdk_bs_alloc_io_channel(bs as *mut spdk_sys::spdk_blob_store)
@@ -209,7 +209,7 @@ impl Channel {
             o.rec.keep(Box::new(Arc::clone(&self.inner)));
         }
         let inner = Arc::clone(&self.inner);
-        self.inner.store.env.run(self.inner.thread, move || {
+        self.inner.store.env.run(&self.inner.thread, move || {
             let ch = inner.ch.load(Ordering::Acquire);
             for (kind, blob, offset, units, rec) in jobs {
                 if ch.is_null() {
@@ -394,7 +394,7 @@ impl Channel {
         rec.keep(Box::new(Arc::clone(&self.inner)));
         let r = Arc::clone(&rec);
         let inner = Arc::clone(&self.inner);
-        self.inner.store.env.run(self.inner.thread, move || {
+        self.inner.store.env.run(&self.inner.thread, move || {
             let bch = inner.bdev_ch.load(Ordering::Acquire);
             let desc = inner.store.flush_desc.load(Ordering::Acquire);
             if bch.is_null() || desc.is_null() {

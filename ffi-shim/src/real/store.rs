@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{c_char, c_void, CStr, CString};
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use super::channel::{ChanInner, Channel};
@@ -22,6 +22,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct OpenBlob {
     ptr: Addr,
     refs: u32,
+    meta: Arc<BlobMeta>,
+}
+
+/// What the hot paths ask of an open blob, kept here so that they need no trip to the
+/// metadata thread: whether the handle is still open, and its size (updated by every resize
+/// through this store, the only way its size changes).
+pub(crate) struct BlobMeta {
+    open: AtomicBool,
+    clusters: AtomicU64,
 }
 
 pub(crate) struct StoreInner {
@@ -54,9 +63,21 @@ impl StoreInner {
     /// The SPDK handle of an open blob.
     pub fn blob_ptr(&self, blob: &Blob) -> Result<Addr> {
         self.bs()?;
-        match lock(&self.open).get(&blob.id) {
-            Some(o) if o.ptr == blob.ptr => Ok(o.ptr),
-            _ => Err(Error::NotOpen(blob.id)),
+        if blob.meta.open.load(Ordering::Acquire) {
+            Ok(blob.ptr)
+        } else {
+            Err(Error::NotOpen(blob.id))
+        }
+    }
+
+    /// Refresh the cached size of open blob `p` (after open and after a resize).
+    fn refresh_size(&self, p: Addr, meta: &BlobMeta) {
+        let n = self.md_call(move || {
+            // SAFETY: on the metadata thread with an open handle.
+            unsafe { spdk_sys::spdk_blob_get_num_clusters(p as *mut spdk_sys::spdk_blob) }
+        });
+        if let Ok(n) = n {
+            meta.clusters.store(n, Ordering::Release);
         }
     }
 
@@ -115,6 +136,7 @@ pub struct Blobstore {
 pub struct Blob {
     id: u64,
     ptr: Addr,
+    meta: Arc<BlobMeta>,
     store: Arc<StoreInner>,
 }
 
@@ -397,16 +419,35 @@ impl Blobstore {
             })
             .await;
         check("spdk_bs_open_blob", done.rc)?;
-        let mut open = lock(&self.inner.open);
-        let e = open.entry(id).or_insert(OpenBlob {
-            ptr: done.ptr,
-            refs: 0,
-        });
-        e.ptr = done.ptr;
-        e.refs += 1;
+        let (meta, fresh) = {
+            let mut open = lock(&self.inner.open);
+            let e = open.entry(id).or_insert_with(|| OpenBlob {
+                ptr: done.ptr,
+                refs: 0,
+                meta: Arc::new(BlobMeta {
+                    open: AtomicBool::new(true),
+                    clusters: AtomicU64::new(0),
+                }),
+            });
+            if e.ptr != done.ptr {
+                e.meta.open.store(false, Ordering::Release);
+                e.meta = Arc::new(BlobMeta {
+                    open: AtomicBool::new(true),
+                    clusters: AtomicU64::new(0),
+                });
+                e.ptr = done.ptr;
+                e.refs = 0;
+            }
+            e.refs += 1;
+            (Arc::clone(&e.meta), e.refs == 1)
+        };
+        if fresh {
+            self.inner.refresh_size(done.ptr, &meta);
+        }
         Ok(Blob {
             id,
             ptr: done.ptr,
+            meta,
             store: Arc::clone(&self.inner),
         })
     }
@@ -426,6 +467,7 @@ impl Blobstore {
         if let Some(o) = open.get_mut(&blob.id) {
             o.refs = o.refs.saturating_sub(1);
             if o.refs == 0 {
+                o.meta.open.store(false, Ordering::Release);
                 open.remove(&blob.id);
             }
         }
@@ -512,6 +554,7 @@ impl Blobstore {
                 unsafe { ffi::shim_resize_blob(p as *mut c_void, clusters, rec) }
             })
             .await;
+        self.inner.refresh_size(p, &blob.meta);
         check("spdk_blob_resize", done.rc)
     }
 
@@ -732,21 +775,23 @@ impl Blob {
             .unwrap_or_default()
     }
 
-    /// Size in clusters (0 if closed).
+    /// Size in clusters (0 if closed). Answered without the metadata thread.
     pub fn num_clusters(&self) -> u64 {
-        // SAFETY: runs on the metadata thread with an open handle (query checks it).
-        self.query(|p| unsafe { spdk_sys::spdk_blob_get_num_clusters(p) })
+        if self.store.blob_ptr(self).is_err() {
+            return 0;
+        }
+        self.meta.clusters.load(Ordering::Acquire)
     }
 
-    /// Size in io units (0 if closed).
+    /// Size in io units (0 if closed). Answered without the metadata thread.
     pub fn num_io_units(&self) -> u64 {
-        // SAFETY: as above.
-        self.query(|p| unsafe { spdk_sys::spdk_blob_get_num_io_units(p) })
+        let per_cluster = u64::from(self.store.cluster / self.store.io_unit.max(1));
+        self.num_clusters() * per_cluster
     }
 
     /// Clusters backed by the device (0 if closed).
     pub fn num_allocated_clusters(&self) -> u64 {
-        // SAFETY: as above.
+        // SAFETY: runs on the metadata thread with an open handle (query checks it).
         self.query(|p| unsafe { spdk_sys::spdk_blob_get_num_allocated_clusters(p) })
     }
 
