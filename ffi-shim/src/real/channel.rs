@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::completion::{Done, Record};
 use super::ffi;
 use super::reactor::{check, SpdkThread};
-use super::store::{Addr, Blob, StoreInner};
+use super::store::{Addr, Blob, BlobMeta, StoreInner};
 use crate::{Error, IoReq, Result};
 
 /// Memory from `spdk_dma_malloc`, owned by a completion record while SPDK may use it.
@@ -127,6 +127,7 @@ enum Kind {
 struct Op {
     kind: Kind,
     blob: Addr,
+    meta: Arc<BlobMeta>,
     offset: u64,
     units: u64,
     rec: Arc<Record>,
@@ -200,13 +201,17 @@ impl Channel {
 
     /// Submit every op in one hop to the channel's thread and await all callbacks.
     async fn run(&self, ops: &[Op]) -> Vec<Done> {
-        let jobs: Vec<(Kind, Addr, u64, u64, Arc<Record>)> = ops
-            .iter()
-            .map(|o| (o.kind, o.blob, o.offset, o.units, Arc::clone(&o.rec)))
-            .collect();
+        let mut jobs: Vec<(Kind, Addr, u64, u64, Arc<Record>)> = Vec::with_capacity(ops.len());
         for o in ops {
+            // The blob stays open until the record is released (its last close waits), so
+            // no I/O reaches a freed blob.
+            let Some(guard) = o.meta.enter() else {
+                o.rec.complete_now(-crate::libc_errno::EBADF);
+                continue;
+            };
             // The channel must outlive every callback, even if this future is dropped.
-            o.rec.keep(Box::new(Arc::clone(&self.inner)));
+            o.rec.keep(Box::new((Arc::clone(&self.inner), guard)));
+            jobs.push((o.kind, o.blob, o.offset, o.units, Arc::clone(&o.rec)));
         }
         let inner = Arc::clone(&self.inner);
         self.inner.store.env.run(&self.inner.thread, move || {
@@ -300,6 +305,7 @@ impl Channel {
         Ok(Some(Op {
             kind,
             blob: b,
+            meta: Arc::clone(blob.meta()),
             offset,
             units,
             rec: Record::with_dma(dma),
@@ -377,6 +383,7 @@ impl Channel {
         let op = Op {
             kind,
             blob: b,
+            meta: Arc::clone(blob.meta()),
             offset,
             units: len,
             rec: Record::new(),

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{c_char, c_void, CStr, CString};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use super::channel::{ChanInner, Channel};
@@ -29,8 +29,61 @@ struct OpenBlob {
 /// metadata thread: whether the handle is still open, and its size (updated by every resize
 /// through this store, the only way its size changes).
 pub(crate) struct BlobMeta {
-    open: AtomicBool,
+    /// [`CLOSING`] once the last close began, plus the I/Os submitted on the handle and not
+    /// yet released: the last close waits for them, so no I/O reaches a freed blob.
+    io: AtomicU64,
     clusters: AtomicU64,
+}
+
+const CLOSING: u64 = 1 << 63;
+
+impl BlobMeta {
+    fn new() -> Arc<BlobMeta> {
+        Arc::new(BlobMeta {
+            io: AtomicU64::new(0),
+            clusters: AtomicU64::new(0),
+        })
+    }
+
+    fn is_open(&self) -> bool {
+        self.io.load(Ordering::Acquire) & CLOSING == 0
+    }
+
+    /// Count one I/O on the handle until the guard drops; `None` once it is closing.
+    pub(crate) fn enter(self: &Arc<Self>) -> Option<IoGuard> {
+        if self.io.fetch_add(1, Ordering::AcqRel) & CLOSING != 0 {
+            self.io.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(IoGuard(Arc::clone(self)))
+    }
+}
+
+/// One I/O counted on an open blob (see [`BlobMeta::enter`]).
+pub(crate) struct IoGuard(Arc<BlobMeta>);
+
+impl Drop for IoGuard {
+    fn drop(&mut self) {
+        self.0.io.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A future that is ready on its second poll: lets `block_on` drive SPDK once in between.
+struct YieldNow(bool);
+
+impl std::future::Future for YieldNow {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
 }
 
 pub(crate) struct StoreInner {
@@ -63,7 +116,7 @@ impl StoreInner {
     /// The SPDK handle of an open blob.
     pub fn blob_ptr(&self, blob: &Blob) -> Result<Addr> {
         self.bs()?;
-        if blob.meta.open.load(Ordering::Acquire) {
+        if blob.meta.is_open() {
             Ok(blob.ptr)
         } else {
             Err(Error::NotOpen(blob.id))
@@ -424,17 +477,11 @@ impl Blobstore {
             let e = open.entry(id).or_insert_with(|| OpenBlob {
                 ptr: done.ptr,
                 refs: 0,
-                meta: Arc::new(BlobMeta {
-                    open: AtomicBool::new(true),
-                    clusters: AtomicU64::new(0),
-                }),
+                meta: BlobMeta::new(),
             });
             if e.ptr != done.ptr {
-                e.meta.open.store(false, Ordering::Release);
-                e.meta = Arc::new(BlobMeta {
-                    open: AtomicBool::new(true),
-                    clusters: AtomicU64::new(0),
-                });
+                e.meta.io.fetch_or(CLOSING, Ordering::AcqRel);
+                e.meta = BlobMeta::new();
                 e.ptr = done.ptr;
                 e.refs = 0;
             }
@@ -455,6 +502,16 @@ impl Blobstore {
     /// Persist dirty metadata and drop one open reference.
     pub async fn close_blob(&self, blob: &Blob) -> Result<()> {
         let p = self.inner.blob_ptr(blob)?;
+        let last = lock(&self.inner.open)
+            .get(&blob.id)
+            .is_some_and(|o| o.ptr == p && o.refs == 1);
+        if last {
+            // No new I/O from here on; wait for what is in flight.
+            blob.meta.io.fetch_or(CLOSING, Ordering::AcqRel);
+            while blob.meta.io.load(Ordering::Acquire) & !CLOSING != 0 {
+                YieldNow(false).await;
+            }
+        }
         let done = self
             .inner
             .md_op(move |rec| {
@@ -462,12 +519,16 @@ impl Blobstore {
                 unsafe { ffi::shim_close_blob(p as *mut c_void, rec) }
             })
             .await;
+        if done.rc != 0 && last {
+            // SPDK kept the blob open: so do we.
+            blob.meta.io.fetch_and(!CLOSING, Ordering::AcqRel);
+        }
         check("spdk_blob_close", done.rc)?;
         let mut open = lock(&self.inner.open);
         if let Some(o) = open.get_mut(&blob.id) {
             o.refs = o.refs.saturating_sub(1);
             if o.refs == 0 {
-                o.meta.open.store(false, Ordering::Release);
+                o.meta.io.fetch_or(CLOSING, Ordering::AcqRel);
                 open.remove(&blob.id);
             }
         }
@@ -805,6 +866,10 @@ impl Blob {
     pub fn is_read_only(&self) -> bool {
         // SAFETY: as above.
         self.query(|p| unsafe { spdk_sys::spdk_blob_is_read_only(p) })
+    }
+
+    pub(crate) fn meta(&self) -> &Arc<BlobMeta> {
+        &self.meta
     }
 
     pub(crate) fn store(&self) -> &Arc<StoreInner> {
