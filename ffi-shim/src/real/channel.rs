@@ -64,6 +64,7 @@ pub(crate) struct ChanInner {
 impl ChanInner {
     /// Free the SPDK channels (on their thread) and wait until that ran.
     pub async fn release(self: &Arc<ChanInner>) {
+        self.thread.set_hot(false);
         let me = Arc::clone(self);
         let _ = self.store.env.call(&self.thread, move || me.free_here());
     }
@@ -87,6 +88,7 @@ impl Drop for ChanInner {
     fn drop(&mut self) {
         let ch = self.ch.swap(std::ptr::null_mut(), Ordering::AcqRel) as Addr;
         let bch = self.bdev_ch.swap(std::ptr::null_mut(), Ordering::AcqRel) as Addr;
+        self.thread.set_hot(false);
         let env = self.store.env;
         env.run(&self.thread, move || {
             if ch != 0 {
@@ -172,6 +174,8 @@ impl Channel {
                 rc: -crate::libc_errno::ENOMEM,
             });
         }
+        // From now on its turns (its I/O) run beside other channels'.
+        inner.thread.set_hot(true);
         store
             .channels
             .lock()

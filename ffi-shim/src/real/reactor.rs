@@ -50,6 +50,9 @@ pub(crate) struct Slot {
     exiting: AtomicBool,
     /// Destroyed: never polled again.
     dead: AtomicBool,
+    /// A channel's thread in service (its I/O channels made, not yet being released): its
+    /// turns run without [`Shared::big`].
+    hot: AtomicBool,
 }
 
 // SAFETY: `raw` is an opaque token outside a turn; only the OS thread holding `poll` hands it
@@ -71,7 +74,13 @@ impl Slot {
             claims: AtomicUsize::new(0),
             exiting: AtomicBool::new(false),
             dead: AtomicBool::new(false),
+            hot: AtomicBool::new(false),
         })
+    }
+
+    /// Mark the thread in service (turns without the big lock) or not.
+    pub(crate) fn set_hot(&self, hot: bool) {
+        self.hot.store(hot, Ordering::Release);
     }
 
     fn push(&self, job: Job) {
@@ -84,6 +93,14 @@ impl Slot {
 struct Shared {
     slots: Mutex<Vec<SpdkThread>>,
     generation: AtomicU64,
+    /// Held for every turn except those of threads in service. SPDK's shared pools are DPDK
+    /// rings, whose multi-consumer operations spin while a preempted OS thread is halfway
+    /// through one; SPDK avoids that with one pinned reactor per core, which a process of
+    /// many OS threads on few cores is not. Making channels (which fill per-thread buffer
+    /// caches from those rings, thousands of operations), tearing them down and metadata
+    /// work therefore run one at a time; only the I/O of channels in service, which hits the
+    /// rings rarely and briefly, runs side by side.
+    big: Mutex<()>,
 }
 
 impl Shared {
@@ -112,6 +129,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 thread_local! {
+    /// This OS thread holds [`Shared::big`].
+    static HOLDS_BIG: Cell<bool> = const { Cell::new(false) };
     /// The slot this OS thread is driving (inside a turn), or null.
     static CURRENT: Cell<*const Slot> = const { Cell::new(std::ptr::null()) };
     /// While this OS thread is blocked in `block_on`: the slots it drives itself.
@@ -187,6 +206,26 @@ fn try_poll_lock(s: &Slot) -> Option<MutexGuard<'_, ()>> {
     }
 }
 
+/// [`Shared::big`] held for a turn on `s`, unless `s` is in service or this OS thread holds it.
+struct BigGuard<'a>(Option<MutexGuard<'a, ()>>);
+
+impl Drop for BigGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.take().is_some() {
+            HOLDS_BIG.with(|b| b.set(false));
+        }
+    }
+}
+
+fn big_for<'a>(sh: &'a Shared, s: &Slot) -> BigGuard<'a> {
+    if s.hot.load(Ordering::Acquire) || HOLDS_BIG.with(Cell::get) {
+        return BigGuard(None);
+    }
+    let g = lock(&sh.big);
+    HOLDS_BIG.with(|b| b.set(true));
+    BigGuard(Some(g))
+}
+
 /// With `s`'s poll lock held: be `s`, run its queued jobs, then `extra` (if any), and poll
 /// it `polls` times. Whether anything was done (`None` if the slot is gone or the process is
 /// exiting).
@@ -194,6 +233,7 @@ fn drive_locked(sh: &Shared, s: &Slot, extra: Option<Job>, polls: u32) -> Option
     if STOP.load(Ordering::SeqCst) || s.dead.load(Ordering::Acquire) {
         return None;
     }
+    let _big = big_for(sh, s);
     let _current = CurrentGuard(CURRENT.with(|c| c.replace(s)));
     let mut ran = false;
     if s.queued.swap(false, Ordering::AcqRel) {
@@ -410,6 +450,7 @@ impl Env {
             if STOP.load(Ordering::SeqCst) || t.dead.load(Ordering::Acquire) {
                 return None;
             }
+            let _big = big_for(&self.shared, t);
             let _current = CurrentGuard(CURRENT.with(|c| c.replace(&**t)));
             if t.queued.swap(false, Ordering::AcqRel) {
                 let batch = std::mem::take(&mut *lock(&t.jobs));
@@ -562,6 +603,7 @@ fn start_reactor(opts: EnvOpts) -> std::result::Result<Env, String> {
     let shared = Arc::new(Shared {
         slots: Mutex::new(Vec::new()),
         generation: AtomicU64::new(0),
+        big: Mutex::new(()),
     });
     let (tx, rx) = mpsc::channel();
     let sh = Arc::clone(&shared);
