@@ -3,7 +3,7 @@
 use std::ffi::c_void;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicPtr, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::completion::{Done, Record};
 use super::ffi;
@@ -15,6 +15,8 @@ use crate::{Error, IoReq, Result};
 pub(crate) struct DmaBuf {
     ptr: NonNull<u8>,
     len: usize,
+    /// Bytes allocated (`len` or more, for a pooled buffer).
+    cap: usize,
 }
 
 // SAFETY: DMA memory is plain heap memory from DPDK's allocator; it may be used and freed
@@ -23,11 +25,15 @@ unsafe impl Send for DmaBuf {}
 
 impl DmaBuf {
     pub fn new(len: usize) -> Result<DmaBuf> {
+        Self::with_cap(len, len)
+    }
+
+    fn with_cap(len: usize, cap: usize) -> Result<DmaBuf> {
         // SAFETY: plain allocation; the env is up (a store exists).
-        let p = unsafe { spdk_sys::spdk_dma_malloc(len.max(1), 4096, std::ptr::null_mut()) };
+        let p = unsafe { spdk_sys::spdk_dma_malloc(cap.max(1), 4096, std::ptr::null_mut()) };
         NonNull::new(p as *mut u8)
-            .map(|ptr| DmaBuf { ptr, len })
-            .ok_or(Error::NoDmaMemory(len))
+            .map(|ptr| DmaBuf { ptr, len, cap })
+            .ok_or(Error::NoDmaMemory(cap))
     }
 
     pub fn as_ptr(&self) -> *mut c_void {
@@ -45,6 +51,10 @@ impl DmaBuf {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Drop for DmaBuf {
     fn drop(&mut self) {
         // SAFETY: allocated by spdk_dma_malloc, freed once.
@@ -52,7 +62,15 @@ impl Drop for DmaBuf {
     }
 }
 
+/// Pooled DMA buffers are at most this big ...
+const POOL_MAX_BUF: usize = 128 << 10;
+/// ... and a channel keeps at most this many.
+const POOL_BUFS: usize = 32;
+
 pub(crate) struct ChanInner {
+    /// DMA buffers of completed I/O, reused: DPDK's allocator takes a heap-wide spinlock,
+    /// which channels working side by side would otherwise contend on for every I/O.
+    pool: Mutex<Vec<DmaBuf>>,
     store: Arc<StoreInner>,
     thread: SpdkThread,
     /// `spdk_bs_alloc_io_channel` on `thread`; null once released.
@@ -62,6 +80,38 @@ pub(crate) struct ChanInner {
 }
 
 impl ChanInner {
+    /// A DMA buffer of `len` bytes, from the pool when one fits.
+    fn dma(&self, len: usize) -> Result<DmaBuf> {
+        if len > POOL_MAX_BUF {
+            return DmaBuf::new(len);
+        }
+        let cap = len.next_power_of_two().max(4096);
+        let pooled = {
+            let mut pool = lock(&self.pool);
+            pool.iter()
+                .position(|b| b.cap == cap)
+                .map(|i| pool.swap_remove(i))
+        };
+        match pooled {
+            Some(mut b) => {
+                b.len = len;
+                Ok(b)
+            }
+            None => DmaBuf::with_cap(len, cap),
+        }
+    }
+
+    /// Give back the buffer of a completed I/O.
+    fn recycle(&self, rec: &Record) {
+        let Some(b) = rec.take_dma() else { return };
+        if b.cap <= POOL_MAX_BUF {
+            let mut pool = lock(&self.pool);
+            if pool.len() < POOL_BUFS {
+                pool.push(b);
+            }
+        }
+    }
+
     /// Free the SPDK channels (on their thread) and wait until that ran.
     pub async fn release(self: &Arc<ChanInner>) {
         self.thread.set_hot(false);
@@ -162,6 +212,7 @@ impl Channel {
             })
             .ok_or_else(|| Error::Unavailable("the SPDK reactor has stopped".into()))?;
         let inner = Arc::new(ChanInner {
+            pool: Mutex::new(Vec::new()),
             store: Arc::clone(&store),
             thread,
             ch: AtomicPtr::new(ch as *mut c_void),
@@ -302,7 +353,7 @@ impl Channel {
         if units == 0 {
             return Ok(None);
         }
-        let mut dma = DmaBuf::new(len)?;
+        let mut dma = self.inner.dma(len)?;
         if let Some(src) = buf {
             dma.as_mut_slice().copy_from_slice(src);
         }
@@ -324,6 +375,7 @@ impl Channel {
         let recs = self.run_retrying(vec![op]).await?;
         for r in recs {
             r.with_dma_bytes(|d| buf.copy_from_slice(d));
+            self.inner.recycle(&r);
         }
         Ok(())
     }
@@ -333,7 +385,10 @@ impl Channel {
         let Some(op) = self.data_op(Kind::Write, blob, offset, Some(buf), buf.len())? else {
             return Ok(());
         };
-        self.run_retrying(vec![op]).await.map(|_| ())
+        for r in self.run_retrying(vec![op]).await? {
+            self.inner.recycle(&r);
+        }
+        Ok(())
     }
 
     /// Submit several reads and writes at once; the first error is returned after all
@@ -365,6 +420,9 @@ impl Channel {
             if let (IoReq::Read { buf, .. }, Some(rec)) = (&mut reqs[req_i], recs.get(op_i)) {
                 rec.with_dma_bytes(|d| buf.copy_from_slice(d));
             }
+        }
+        for r in &recs {
+            self.inner.recycle(r);
         }
         Ok(())
     }
