@@ -756,7 +756,7 @@ mod with_spdk {
     }
 
     /// Several OS threads, each with its own channel and blob, doing I/O and metadata calls
-    /// at once (they take turns polling SPDK between them and the reactor).
+    /// at once (each drives the SPDK thread it submitted to; the reactor polls the rest).
     #[test]
     fn concurrent_channels_on_malloc_bdev() {
         need_spdk!();
