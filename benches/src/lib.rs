@@ -232,6 +232,9 @@ pub fn run(cfg: &Config) -> BenchResult<Report> {
                     out.bytes = 0;
                 }
                 say(&out.line());
+                if let Some(l) = out.cpu_line() {
+                    say(&l);
+                }
                 if let Some(l) = out.latency_line() {
                     say(&l);
                 }

@@ -40,6 +40,8 @@ pub struct Outcome {
     pub latency: Option<Latency>,
     /// Bytes this process sent to storage during the benchmark (/proc/self/io write_bytes).
     pub device_write_bytes: Option<u64>,
+    /// CPU time of the whole process (user + system, every thread) per op, in microseconds.
+    pub cpu_micros_per_op: Option<f64>,
 }
 
 impl Outcome {
@@ -60,6 +62,12 @@ impl Outcome {
     }
 
     /// The histogram line.
+    /// The CPU line: process CPU time (user + system, all threads) per op.
+    pub fn cpu_line(&self) -> Option<String> {
+        self.cpu_micros_per_op
+            .map(|c| format!("{:<12}   cpu us/op: {c:.2} (process user + system)", ""))
+    }
+
     pub fn latency_line(&self) -> Option<String> {
         self.latency.as_ref().map(|l| {
             format!(
@@ -125,6 +133,17 @@ pub fn proc_write_bytes() -> Option<u64> {
     s.lines()
         .find_map(|l| l.strip_prefix("write_bytes:"))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// CPU time this process has used (user + system, every thread, exited ones included), in
+/// microseconds, from `/proc/self/stat` (clock ticks of 10 ms, Linux's `USER_HZ`).
+pub fn proc_cpu_micros() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = s.get(s.rfind(')')? + 2..)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks * 10_000)
 }
 
 /// Resident set size in bytes.
@@ -419,6 +438,7 @@ fn merge_results(
             (Some(a), Some(b)) => Some(b.saturating_sub(a)),
             _ => None,
         },
+        cpu_micros_per_op: None,
     }
 }
 
@@ -441,12 +461,14 @@ fn run_kind(
         stop: AtomicBool::new(false),
     };
     let wb = proc_write_bytes();
+    let cpu = proc_cpu_micros();
     let start = Instant::now();
     let results = run_threads(
         threads,
         |t| worker(&ctx, kind, t, threads, total),
         &ctx.stop,
     )?;
+    let cpu = cpu.zip(proc_cpu_micros()).map(|(a, b)| b.saturating_sub(a));
     // A synced benchmark is done when its writes are durable; db_bench does not flush
     // unsynced ones either.
     let elapsed = start.elapsed();
@@ -456,6 +478,9 @@ fn run_kind(
     let found: u64 = results.iter().map(|r| r.found).sum();
     let ops: u64 = results.iter().map(|r| r.ops).sum();
     let mut out = merge_results(name, threads, elapsed, results, wb);
+    out.cpu_micros_per_op = cpu
+        .filter(|_| out.ops > 0)
+        .map(|c| c as f64 / out.ops as f64);
     if matches!(
         kind,
         Kind::ReadRandom | Kind::MultiReadRandom | Kind::ReadMissing | Kind::ReadRandomWriteRandom

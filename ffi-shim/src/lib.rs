@@ -6,14 +6,14 @@
 //!   library, every linked subsystem (bdev, accel, iobuf, ...) and the bdevs of a JSON config
 //!   in the format of SPDK's `save_config` (`malloc`, `aio`, `uring`, `nvme` bdevs).
 //! * Every SPDK thread this crate creates — the metadata thread (every blobstore metadata
-//!   call runs there) and one SPDK thread per [`Channel`] (its blob I/O runs there) — is
-//!   polled in *turns*: run the queued jobs, then poll each thread once. One OS thread at a
-//!   time holds the turn. A caller blocked in [`block_on`] takes turns itself while it
-//!   waits, so an operation is submitted, polled and completed on the caller's own OS thread
-//!   (no hop); a background *reactor* thread takes the turns whenever no caller does. SPDK
-//!   needs every thread that holds an I/O channel polled at all times (resize freezes I/O on
-//!   all channels, unload waits for every channel's teardown), which is why the threads are
-//!   not left to shard loops that may block elsewhere.
+//!   call runs there) and one SPDK thread per [`Channel`] (its blob I/O runs there) — has a
+//!   poll lock of its own; whoever holds it runs the thread's queued jobs and polls it. A
+//!   caller blocked in [`block_on`] drives the SPDK threads its future submitted to, so an
+//!   operation is submitted, polled and completed on the caller's own OS thread (no hop), and
+//!   callers on different channels do so side by side. A background *reactor* thread polls
+//!   the SPDK threads no blocked caller drives. SPDK needs every thread that holds an I/O
+//!   channel polled at all times (resize freezes I/O on all channels, unload waits for every
+//!   channel's teardown), which is why the threads are not left to shard loops alone.
 //! * Callers on any OS thread submit work to a thread's queue and await a completion record.
 //!   The record is reference counted; the reference handed to SPDK as `cb_arg` belongs to the
 //!   callback. A completion that happens before the submitting call returns is fine, and a

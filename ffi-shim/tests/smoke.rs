@@ -114,3 +114,111 @@ fn malloc_roundtrip() {
         println!("SPDK {} ok", env.version());
     });
 }
+
+/// The threading model: every OS thread drives the SPDK thread of the channel it uses.
+/// Several threads on channels of their own at once; several threads sharing one channel
+/// (one drives, the others' jobs run in its turns); a channel made on a thread that has
+/// exited, dropped elsewhere; and the blob closed and the store unloaded while readers are
+/// still reading (their reads fail; none hangs).
+#[test]
+fn channels_across_threads() {
+    let cfg = Config::malloc("ShimThreads0", 64 << 20, 4096);
+    let mode = StartMode::Init(BsInitOpts::default());
+    let bs = match block_on(Blobstore::start(
+        &EnvOpts::default(),
+        &cfg,
+        "ShimThreads0",
+        mode,
+    )) {
+        Ok(bs) => bs,
+        Err(e) => {
+            println!("skipped: {e}");
+            return;
+        }
+    };
+    let blob = block_on(async {
+        let id = bs
+            .create_blob(&BlobCreateOpts {
+                num_clusters: 4,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        bs.open_blob(id).await.unwrap()
+    });
+    let unit = |i: u64| vec![(i % 251) as u8; 4096];
+    let ch = bs.channel().unwrap();
+    for i in 0..64u64 {
+        block_on(ch.write(&blob, i, &unit(i))).unwrap();
+    }
+    let check = |ch: &ffi_shim::Channel, i: u64| {
+        let mut b = vec![0u8; 4096];
+        block_on(ch.read(&blob, i % 64, &mut b)).unwrap();
+        assert_eq!(b, unit(i % 64), "unit {}", i % 64);
+    };
+
+    std::thread::scope(|sc| {
+        // Own channels.
+        for t in 0..3u64 {
+            let bs = &bs;
+            sc.spawn(move || {
+                let mine = bs.channel().unwrap();
+                for i in 0..200 {
+                    check(&mine, i * 7 + t);
+                }
+            });
+        }
+        // One channel shared by three threads.
+        for t in 0..3u64 {
+            let ch = &ch;
+            sc.spawn(move || {
+                for i in 0..200 {
+                    check(ch, i * 5 + t);
+                }
+            });
+        }
+    });
+
+    // Made (and used) on a thread that exits; dropped here.
+    let orphan = std::thread::scope(|sc| {
+        sc.spawn(|| {
+            let c = bs.channel().unwrap();
+            check(&c, 9);
+            c
+        })
+        .join()
+        .unwrap()
+    });
+    check(&orphan, 10);
+    drop(orphan);
+
+    // Close the blob and unload while readers read: every reader ends on an error.
+    let go = std::sync::Barrier::new(4);
+    std::thread::scope(|sc| {
+        let readers: Vec<_> = (0..3u64)
+            .map(|t| {
+                let (bs, go, blob) = (&bs, &go, &blob);
+                sc.spawn(move || {
+                    let mine = bs.channel().unwrap();
+                    go.wait();
+                    let mut b = vec![0u8; 4096];
+                    let mut i = t;
+                    while block_on(mine.read(blob, i % 64, &mut b)).is_ok() {
+                        assert_eq!(b, unit(i % 64));
+                        i += 3;
+                    }
+                })
+            })
+            .collect();
+        go.wait();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        block_on(bs.close_blob(&blob)).unwrap();
+        for r in readers {
+            r.join().unwrap();
+        }
+    });
+    drop(ch);
+    block_on(bs.unload()).unwrap();
+    let env = ffi_shim::Env::get().unwrap();
+    block_on(env.load_config(&Config::malloc_delete("ShimThreads0"))).unwrap();
+}

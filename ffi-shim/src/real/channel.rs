@@ -3,18 +3,20 @@
 use std::ffi::c_void;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicPtr, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::completion::{Done, Record};
 use super::ffi;
 use super::reactor::{check, SpdkThread};
-use super::store::{Addr, Blob, StoreInner};
+use super::store::{Addr, Blob, BlobMeta, StoreInner};
 use crate::{Error, IoReq, Result};
 
 /// Memory from `spdk_dma_malloc`, owned by a completion record while SPDK may use it.
 pub(crate) struct DmaBuf {
     ptr: NonNull<u8>,
     len: usize,
+    /// Bytes allocated (`len` or more, for a pooled buffer).
+    cap: usize,
 }
 
 // SAFETY: DMA memory is plain heap memory from DPDK's allocator; it may be used and freed
@@ -23,11 +25,15 @@ unsafe impl Send for DmaBuf {}
 
 impl DmaBuf {
     pub fn new(len: usize) -> Result<DmaBuf> {
+        Self::with_cap(len, len)
+    }
+
+    fn with_cap(len: usize, cap: usize) -> Result<DmaBuf> {
         // SAFETY: plain allocation; the env is up (a store exists).
-        let p = unsafe { spdk_sys::spdk_dma_malloc(len.max(1), 4096, std::ptr::null_mut()) };
+        let p = unsafe { spdk_sys::spdk_dma_malloc(cap.max(1), 4096, std::ptr::null_mut()) };
         NonNull::new(p as *mut u8)
-            .map(|ptr| DmaBuf { ptr, len })
-            .ok_or(Error::NoDmaMemory(len))
+            .map(|ptr| DmaBuf { ptr, len, cap })
+            .ok_or(Error::NoDmaMemory(cap))
     }
 
     pub fn as_ptr(&self) -> *mut c_void {
@@ -45,6 +51,10 @@ impl DmaBuf {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Drop for DmaBuf {
     fn drop(&mut self) {
         // SAFETY: allocated by spdk_dma_malloc, freed once.
@@ -52,7 +62,15 @@ impl Drop for DmaBuf {
     }
 }
 
+/// Pooled DMA buffers are at most this big ...
+const POOL_MAX_BUF: usize = 128 << 10;
+/// ... and a channel keeps at most this many.
+const POOL_BUFS: usize = 32;
+
 pub(crate) struct ChanInner {
+    /// DMA buffers of completed I/O, reused: DPDK's allocator takes a heap-wide spinlock,
+    /// which channels working side by side would otherwise contend on for every I/O.
+    pool: Mutex<Vec<DmaBuf>>,
     store: Arc<StoreInner>,
     thread: SpdkThread,
     /// `spdk_bs_alloc_io_channel` on `thread`; null once released.
@@ -62,10 +80,43 @@ pub(crate) struct ChanInner {
 }
 
 impl ChanInner {
+    /// A DMA buffer of `len` bytes, from the pool when one fits.
+    fn dma(&self, len: usize) -> Result<DmaBuf> {
+        if len > POOL_MAX_BUF {
+            return DmaBuf::new(len);
+        }
+        let cap = len.next_power_of_two().max(4096);
+        let pooled = {
+            let mut pool = lock(&self.pool);
+            pool.iter()
+                .position(|b| b.cap == cap)
+                .map(|i| pool.swap_remove(i))
+        };
+        match pooled {
+            Some(mut b) => {
+                b.len = len;
+                Ok(b)
+            }
+            None => DmaBuf::with_cap(len, cap),
+        }
+    }
+
+    /// Give back the buffer of a completed I/O.
+    fn recycle(&self, rec: &Record) {
+        let Some(b) = rec.take_dma() else { return };
+        if b.cap <= POOL_MAX_BUF {
+            let mut pool = lock(&self.pool);
+            if pool.len() < POOL_BUFS {
+                pool.push(b);
+            }
+        }
+    }
+
     /// Free the SPDK channels (on their thread) and wait until that ran.
     pub async fn release(self: &Arc<ChanInner>) {
+        self.thread.set_hot(false);
         let me = Arc::clone(self);
-        let _ = self.store.env.call(self.thread, move || me.free_here());
+        let _ = self.store.env.call(&self.thread, move || me.free_here());
     }
 
     /// On `thread`: free whatever is still held.
@@ -87,8 +138,9 @@ impl Drop for ChanInner {
     fn drop(&mut self) {
         let ch = self.ch.swap(std::ptr::null_mut(), Ordering::AcqRel) as Addr;
         let bch = self.bdev_ch.swap(std::ptr::null_mut(), Ordering::AcqRel) as Addr;
+        self.thread.set_hot(false);
         let env = self.store.env;
-        env.run(self.thread, move || {
+        env.run(&self.thread, move || {
             if ch != 0 {
                 // SAFETY: on the channel's thread; no I/O is in flight (every record of an
                 // I/O holds this channel alive); freed once.
@@ -99,7 +151,7 @@ impl Drop for ChanInner {
                 unsafe { spdk_sys::spdk_put_io_channel(bch as *mut spdk_sys::spdk_io_channel) };
             }
         });
-        env.exit_thread(self.thread);
+        env.exit_thread(&self.thread);
     }
 }
 
@@ -127,6 +179,7 @@ enum Kind {
 struct Op {
     kind: Kind,
     blob: Addr,
+    meta: Arc<BlobMeta>,
     offset: u64,
     units: u64,
     rec: Arc<Record>,
@@ -142,7 +195,7 @@ impl Channel {
         let thread = env.create_thread("blobcask_io")?;
         let desc = store.flush_desc.load(Ordering::Acquire) as Addr;
         let (ch, bch) = env
-            .call(thread, move || {
+            .call(&thread, move || {
                 // SAFETY: on the new thread; the store is live.
                 let ch = unsafe {
                     spdk_sys::spdk_bs_alloc_io_channel(bs as *mut spdk_sys::spdk_blob_store)
@@ -159,6 +212,7 @@ impl Channel {
             })
             .ok_or_else(|| Error::Unavailable("the SPDK reactor has stopped".into()))?;
         let inner = Arc::new(ChanInner {
+            pool: Mutex::new(Vec::new()),
             store: Arc::clone(&store),
             thread,
             ch: AtomicPtr::new(ch as *mut c_void),
@@ -171,6 +225,8 @@ impl Channel {
                 rc: -crate::libc_errno::ENOMEM,
             });
         }
+        // From now on its turns (its I/O) run beside other channels'.
+        inner.thread.set_hot(true);
         store
             .channels
             .lock()
@@ -200,16 +256,20 @@ impl Channel {
 
     /// Submit every op in one hop to the channel's thread and await all callbacks.
     async fn run(&self, ops: &[Op]) -> Vec<Done> {
-        let jobs: Vec<(Kind, Addr, u64, u64, Arc<Record>)> = ops
-            .iter()
-            .map(|o| (o.kind, o.blob, o.offset, o.units, Arc::clone(&o.rec)))
-            .collect();
+        let mut jobs: Vec<(Kind, Addr, u64, u64, Arc<Record>)> = Vec::with_capacity(ops.len());
         for o in ops {
+            // The blob stays open until the record is released (its last close waits), so
+            // no I/O reaches a freed blob.
+            let Some(guard) = o.meta.enter() else {
+                o.rec.complete_now(-crate::libc_errno::EBADF);
+                continue;
+            };
             // The channel must outlive every callback, even if this future is dropped.
-            o.rec.keep(Box::new(Arc::clone(&self.inner)));
+            o.rec.keep(Box::new((Arc::clone(&self.inner), guard)));
+            jobs.push((o.kind, o.blob, o.offset, o.units, Arc::clone(&o.rec)));
         }
         let inner = Arc::clone(&self.inner);
-        self.inner.store.env.run(self.inner.thread, move || {
+        self.inner.store.env.run(&self.inner.thread, move || {
             let ch = inner.ch.load(Ordering::Acquire);
             for (kind, blob, offset, units, rec) in jobs {
                 if ch.is_null() {
@@ -293,13 +353,14 @@ impl Channel {
         if units == 0 {
             return Ok(None);
         }
-        let mut dma = DmaBuf::new(len)?;
+        let mut dma = self.inner.dma(len)?;
         if let Some(src) = buf {
             dma.as_mut_slice().copy_from_slice(src);
         }
         Ok(Some(Op {
             kind,
             blob: b,
+            meta: Arc::clone(blob.meta()),
             offset,
             units,
             rec: Record::with_dma(dma),
@@ -314,6 +375,7 @@ impl Channel {
         let recs = self.run_retrying(vec![op]).await?;
         for r in recs {
             r.with_dma_bytes(|d| buf.copy_from_slice(d));
+            self.inner.recycle(&r);
         }
         Ok(())
     }
@@ -323,7 +385,10 @@ impl Channel {
         let Some(op) = self.data_op(Kind::Write, blob, offset, Some(buf), buf.len())? else {
             return Ok(());
         };
-        self.run_retrying(vec![op]).await.map(|_| ())
+        for r in self.run_retrying(vec![op]).await? {
+            self.inner.recycle(&r);
+        }
+        Ok(())
     }
 
     /// Submit several reads and writes at once; the first error is returned after all
@@ -356,6 +421,9 @@ impl Channel {
                 rec.with_dma_bytes(|d| buf.copy_from_slice(d));
             }
         }
+        for r in &recs {
+            self.inner.recycle(r);
+        }
         Ok(())
     }
 
@@ -377,6 +445,7 @@ impl Channel {
         let op = Op {
             kind,
             blob: b,
+            meta: Arc::clone(blob.meta()),
             offset,
             units: len,
             rec: Record::new(),
@@ -394,7 +463,7 @@ impl Channel {
         rec.keep(Box::new(Arc::clone(&self.inner)));
         let r = Arc::clone(&rec);
         let inner = Arc::clone(&self.inner);
-        self.inner.store.env.run(self.inner.thread, move || {
+        self.inner.store.env.run(&self.inner.thread, move || {
             let bch = inner.bdev_ch.load(Ordering::Acquire);
             let desc = inner.store.flush_desc.load(Ordering::Acquire);
             if bch.is_null() || desc.is_null() {

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{c_char, c_void, CStr, CString};
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use super::channel::{ChanInner, Channel};
@@ -22,6 +22,68 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct OpenBlob {
     ptr: Addr,
     refs: u32,
+    meta: Arc<BlobMeta>,
+}
+
+/// What the hot paths ask of an open blob, kept here so that they need no trip to the
+/// metadata thread: whether the handle is still open, and its size (updated by every resize
+/// through this store, the only way its size changes).
+pub(crate) struct BlobMeta {
+    /// [`CLOSING`] once the last close began, plus the I/Os submitted on the handle and not
+    /// yet released: the last close waits for them, so no I/O reaches a freed blob.
+    io: AtomicU64,
+    clusters: AtomicU64,
+}
+
+const CLOSING: u64 = 1 << 63;
+
+impl BlobMeta {
+    fn new() -> Arc<BlobMeta> {
+        Arc::new(BlobMeta {
+            io: AtomicU64::new(0),
+            clusters: AtomicU64::new(0),
+        })
+    }
+
+    fn is_open(&self) -> bool {
+        self.io.load(Ordering::Acquire) & CLOSING == 0
+    }
+
+    /// Count one I/O on the handle until the guard drops; `None` once it is closing.
+    pub(crate) fn enter(self: &Arc<Self>) -> Option<IoGuard> {
+        if self.io.fetch_add(1, Ordering::AcqRel) & CLOSING != 0 {
+            self.io.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(IoGuard(Arc::clone(self)))
+    }
+}
+
+/// One I/O counted on an open blob (see [`BlobMeta::enter`]).
+pub(crate) struct IoGuard(Arc<BlobMeta>);
+
+impl Drop for IoGuard {
+    fn drop(&mut self) {
+        self.0.io.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A future that is ready on its second poll: lets `block_on` drive SPDK once in between.
+struct YieldNow(bool);
+
+impl std::future::Future for YieldNow {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
 }
 
 pub(crate) struct StoreInner {
@@ -54,9 +116,21 @@ impl StoreInner {
     /// The SPDK handle of an open blob.
     pub fn blob_ptr(&self, blob: &Blob) -> Result<Addr> {
         self.bs()?;
-        match lock(&self.open).get(&blob.id) {
-            Some(o) if o.ptr == blob.ptr => Ok(o.ptr),
-            _ => Err(Error::NotOpen(blob.id)),
+        if blob.meta.is_open() {
+            Ok(blob.ptr)
+        } else {
+            Err(Error::NotOpen(blob.id))
+        }
+    }
+
+    /// Refresh the cached size of open blob `p` (after open and after a resize).
+    fn refresh_size(&self, p: Addr, meta: &BlobMeta) {
+        let n = self.md_call(move || {
+            // SAFETY: on the metadata thread with an open handle.
+            unsafe { spdk_sys::spdk_blob_get_num_clusters(p as *mut spdk_sys::spdk_blob) }
+        });
+        if let Ok(n) = n {
+            meta.clusters.store(n, Ordering::Release);
         }
     }
 
@@ -115,6 +189,7 @@ pub struct Blobstore {
 pub struct Blob {
     id: u64,
     ptr: Addr,
+    meta: Arc<BlobMeta>,
     store: Arc<StoreInner>,
 }
 
@@ -397,16 +472,29 @@ impl Blobstore {
             })
             .await;
         check("spdk_bs_open_blob", done.rc)?;
-        let mut open = lock(&self.inner.open);
-        let e = open.entry(id).or_insert(OpenBlob {
-            ptr: done.ptr,
-            refs: 0,
-        });
-        e.ptr = done.ptr;
-        e.refs += 1;
+        let (meta, fresh) = {
+            let mut open = lock(&self.inner.open);
+            let e = open.entry(id).or_insert_with(|| OpenBlob {
+                ptr: done.ptr,
+                refs: 0,
+                meta: BlobMeta::new(),
+            });
+            if e.ptr != done.ptr {
+                e.meta.io.fetch_or(CLOSING, Ordering::AcqRel);
+                e.meta = BlobMeta::new();
+                e.ptr = done.ptr;
+                e.refs = 0;
+            }
+            e.refs += 1;
+            (Arc::clone(&e.meta), e.refs == 1)
+        };
+        if fresh {
+            self.inner.refresh_size(done.ptr, &meta);
+        }
         Ok(Blob {
             id,
             ptr: done.ptr,
+            meta,
             store: Arc::clone(&self.inner),
         })
     }
@@ -414,6 +502,16 @@ impl Blobstore {
     /// Persist dirty metadata and drop one open reference.
     pub async fn close_blob(&self, blob: &Blob) -> Result<()> {
         let p = self.inner.blob_ptr(blob)?;
+        let last = lock(&self.inner.open)
+            .get(&blob.id)
+            .is_some_and(|o| o.ptr == p && o.refs == 1);
+        if last {
+            // No new I/O from here on; wait for what is in flight.
+            blob.meta.io.fetch_or(CLOSING, Ordering::AcqRel);
+            while blob.meta.io.load(Ordering::Acquire) & !CLOSING != 0 {
+                YieldNow(false).await;
+            }
+        }
         let done = self
             .inner
             .md_op(move |rec| {
@@ -421,11 +519,16 @@ impl Blobstore {
                 unsafe { ffi::shim_close_blob(p as *mut c_void, rec) }
             })
             .await;
+        if done.rc != 0 && last {
+            // SPDK kept the blob open: so do we.
+            blob.meta.io.fetch_and(!CLOSING, Ordering::AcqRel);
+        }
         check("spdk_blob_close", done.rc)?;
         let mut open = lock(&self.inner.open);
         if let Some(o) = open.get_mut(&blob.id) {
             o.refs = o.refs.saturating_sub(1);
             if o.refs == 0 {
+                o.meta.io.fetch_or(CLOSING, Ordering::AcqRel);
                 open.remove(&blob.id);
             }
         }
@@ -512,6 +615,7 @@ impl Blobstore {
                 unsafe { ffi::shim_resize_blob(p as *mut c_void, clusters, rec) }
             })
             .await;
+        self.inner.refresh_size(p, &blob.meta);
         check("spdk_blob_resize", done.rc)
     }
 
@@ -732,21 +836,23 @@ impl Blob {
             .unwrap_or_default()
     }
 
-    /// Size in clusters (0 if closed).
+    /// Size in clusters (0 if closed). Answered without the metadata thread.
     pub fn num_clusters(&self) -> u64 {
-        // SAFETY: runs on the metadata thread with an open handle (query checks it).
-        self.query(|p| unsafe { spdk_sys::spdk_blob_get_num_clusters(p) })
+        if self.store.blob_ptr(self).is_err() {
+            return 0;
+        }
+        self.meta.clusters.load(Ordering::Acquire)
     }
 
-    /// Size in io units (0 if closed).
+    /// Size in io units (0 if closed). Answered without the metadata thread.
     pub fn num_io_units(&self) -> u64 {
-        // SAFETY: as above.
-        self.query(|p| unsafe { spdk_sys::spdk_blob_get_num_io_units(p) })
+        let per_cluster = u64::from(self.store.cluster / self.store.io_unit.max(1));
+        self.num_clusters() * per_cluster
     }
 
     /// Clusters backed by the device (0 if closed).
     pub fn num_allocated_clusters(&self) -> u64 {
-        // SAFETY: as above.
+        // SAFETY: runs on the metadata thread with an open handle (query checks it).
         self.query(|p| unsafe { spdk_sys::spdk_blob_get_num_allocated_clusters(p) })
     }
 
@@ -760,6 +866,10 @@ impl Blob {
     pub fn is_read_only(&self) -> bool {
         // SAFETY: as above.
         self.query(|p| unsafe { spdk_sys::spdk_blob_is_read_only(p) })
+    }
+
+    pub(crate) fn meta(&self) -> &Arc<BlobMeta> {
+        &self.meta
     }
 
     pub(crate) fn store(&self) -> &Arc<StoreInner> {
