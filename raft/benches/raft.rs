@@ -10,7 +10,9 @@
 //! Stores are image files under `--dir` (default: the system's temporary directory), so a
 //! flush is a real `fdatasync` of the file.
 
-use std::collections::{BTreeMap, BTreeSet};
+#![allow(clippy::unwrap_used)] // a benchmark: a failed unwrap is a failed run
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -229,7 +231,6 @@ async fn cluster(root: &Path, secs: u64, clients: usize) -> String {
         let _ = n.raft.shutdown().await;
     }
     drop(nodes);
-    let _voters: BTreeSet<u64> = addrs.keys().copied().collect();
     for id in 1..=3 {
         let _ = std::fs::remove_dir_all(root.join(format!("cluster-n{id}")));
     }

@@ -38,6 +38,9 @@
 //! more shards: entries after a hole in the log, which cannot have been acknowledged, are
 //! dropped.
 
+// openraft's `StorageError` (what its traits return) is large; helpers pass it along as is.
+#![allow(clippy::result_large_err)]
+
 use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};

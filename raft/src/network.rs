@@ -76,6 +76,10 @@ pub struct Status {
     pub term: u64,
     pub last_log_index: Option<u64>,
     pub last_applied: Option<u64>,
+    /// The last log index purged behind a snapshot.
+    pub last_purged: Option<u64>,
+    /// The last log index of the current snapshot.
+    pub snapshot: Option<u64>,
     pub voters: BTreeSet<NodeId>,
     pub nodes: BTreeMap<NodeId, String>,
 }

@@ -25,6 +25,9 @@ pub struct NodeOptions {
     pub device_size: u64,
     /// Build a snapshot (and purge the log) every this many applied entries.
     pub snapshot_every: u64,
+    /// Entries kept in the log behind a snapshot (a follower further behind is sent the
+    /// snapshot).
+    pub keep_logs: u64,
 }
 
 impl NodeOptions {
@@ -35,6 +38,7 @@ impl NodeOptions {
             dir: dir.into(),
             device_size: 1 << 30,
             snapshot_every: 10_000,
+            keep_logs: 1000,
         }
     }
 }
@@ -76,7 +80,7 @@ pub async fn start(opts: NodeOptions) -> Result<Arc<Node>, NodeError> {
         election_timeout_min: 400,
         election_timeout_max: 800,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_every),
-        max_in_snapshot_log_to_keep: 1000,
+        max_in_snapshot_log_to_keep: opts.keep_logs,
         ..Default::default()
     };
     let config = Arc::new(
@@ -245,6 +249,8 @@ impl Node {
             term: m.current_term,
             last_log_index: m.last_log_index,
             last_applied: m.last_applied.map(|l| l.index),
+            last_purged: m.purged.map(|l| l.index),
+            snapshot: m.snapshot.map(|l| l.index),
             voters: membership.voter_ids().collect(),
             nodes: membership
                 .nodes()

@@ -290,8 +290,11 @@ fn take<'a>(rest: &mut &'a [u8]) -> Result<&'a [u8], std::io::Error> {
     Ok(part)
 }
 
+/// A key and its value, borrowed from a snapshot image.
+type Pair<'a> = (&'a [u8], &'a [u8]);
+
 /// The pairs of a snapshot image, checked whole.
-fn parse_image(image: &[u8]) -> Result<Vec<(&[u8], &[u8])>, std::io::Error> {
+fn parse_image(image: &[u8]) -> Result<Vec<Pair<'_>>, std::io::Error> {
     let mut rest = image
         .strip_prefix(MAGIC)
         .ok_or_else(|| bad("not a snapshot image"))?;

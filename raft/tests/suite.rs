@@ -25,11 +25,11 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, Option<tempfile::TempDir>>
 }
 
 #[test]
-fn openraft_suite_in_memory_snapshots() -> Result<(), StorageError<NodeId>> {
-    Suite::test_all(Builder { with_dir: false })
+fn openraft_suite_in_memory_snapshots() {
+    Suite::test_all(Builder { with_dir: false }).unwrap();
 }
 
 #[test]
-fn openraft_suite_snapshot_files() -> Result<(), StorageError<NodeId>> {
-    Suite::test_all(Builder { with_dir: true })
+fn openraft_suite_snapshot_files() {
+    Suite::test_all(Builder { with_dir: true }).unwrap();
 }

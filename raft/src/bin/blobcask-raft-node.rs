@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! blobcask-raft-node --id 1 --addr 127.0.0.1:7001 --dir /tmp/n1 [--device-size BYTES]
-//!                    [--snapshot-every N]
+//!                    [--snapshot-every N] [--keep-logs N]
 //! ```
 
 use std::process::ExitCode;
@@ -12,7 +12,7 @@ use blobcask_raft::node::{start, NodeOptions};
 fn usage() -> ExitCode {
     eprintln!(
         "usage: blobcask-raft-node --id N --addr HOST:PORT --dir DIR [--device-size BYTES] \
-         [--snapshot-every N]"
+         [--snapshot-every N] [--keep-logs N]"
     );
     ExitCode::from(2)
 }
@@ -23,6 +23,7 @@ fn main() -> ExitCode {
     let mut dir = None;
     let mut device_size = None;
     let mut every = None;
+    let mut keep = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let v = args.next();
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
             ("--dir", Some(v)) => dir = Some(v),
             ("--device-size", Some(v)) => device_size = v.parse::<u64>().ok(),
             ("--snapshot-every", Some(v)) => every = v.parse::<u64>().ok(),
+            ("--keep-logs", Some(v)) => keep = v.parse::<u64>().ok(),
             _ => return usage(),
         }
     }
@@ -44,6 +46,9 @@ fn main() -> ExitCode {
     }
     if let Some(n) = every {
         opts.snapshot_every = n;
+    }
+    if let Some(n) = keep {
+        opts.keep_logs = n;
     }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
