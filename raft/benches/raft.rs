@@ -121,7 +121,7 @@ async fn snapshots(root: &Path, keys: u64) -> (String, String) {
     let b = root.join("snap-b");
     let _ = std::fs::remove_dir_all(&a);
     let _ = std::fs::remove_dir_all(&b);
-    let size = (keys * 400).max(256 << 20);
+    let size = ((keys * 400) >> 20 << 20).max(256 << 20);
     let (db_a, _la, mut sm_a) = open(&a, SyncPolicy::Never, size);
     let value = vec![7u8; 100];
     let mut i = 1;
