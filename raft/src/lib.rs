@@ -1,4 +1,4 @@
-//! blobcask as the storage of an [openraft](openraft) cluster: a Raft log store
+//! blobcask as the storage of an [openraft] cluster: a Raft log store
 //! ([`LogStore`]) and a key-value state machine ([`StateMachine`]) on one blobcask store, a
 //! plain TCP transport ([`network`]), and a node that serves clients ([`node`]).
 //!
