@@ -210,11 +210,25 @@ async fn round(cl: &mut Cluster, round: usize, oracle: &Oracle) {
 
     // The killed node restarts and catches up: from a snapshot, since the new leader purged
     // its log past the killed node's last entry.
-    let st = status(&mut c, new).await.unwrap();
-    assert!(
-        st.last_purged.is_some_and(|p| p > old_last),
-        "the leader kept its log: {st:?}"
-    );
+    // (Purges follow snapshots, every 300 entries: write more until the leader purged.)
+    let end = deadline(30);
+    let mut i = 0u64;
+    let st = loop {
+        let st = status(&mut c, new).await.unwrap();
+        if st.last_purged.is_some_and(|p| p > old_last) {
+            break st;
+        }
+        assert!(Instant::now() < end, "the leader kept its log: {st:?}");
+        for _ in 0..50 {
+            let (k, v) = (
+                format!("r{round}fill{}", i % 100).into_bytes(),
+                format!("f{i}").into_bytes(),
+            );
+            c.put(&k, &v).await.unwrap();
+            oracle.lock().unwrap().insert(k, v);
+            i += 1;
+        }
+    };
     cl.start(old);
     let target = st.last_applied.unwrap();
     let end = deadline(30);
