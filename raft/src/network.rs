@@ -262,3 +262,79 @@ impl RaftNetwork<TypeConfig> for Peer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::error::Fatal;
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    #[tokio::test]
+    async fn frames_carry_requests_replies_and_errors() {
+        let (mut a, mut b) = pair().await;
+        write_frame(
+            &mut a,
+            &Rpc::Read {
+                key: b"k".to_vec(),
+                linearizable: true,
+            },
+        )
+        .await
+        .unwrap();
+        let r: Rpc = read_frame(&mut b).await.unwrap().unwrap();
+        assert!(matches!(r, Rpc::Read { key, linearizable: true } if key == b"k"));
+        // openraft's errors go through bincode too.
+        write_frame(&mut b, &Reply::Vote(Err(RaftError::Fatal(Fatal::Stopped))))
+            .await
+            .unwrap();
+        let r: Reply = read_frame(&mut a).await.unwrap().unwrap();
+        assert!(matches!(
+            r,
+            Reply::Vote(Err(RaftError::Fatal(Fatal::Stopped)))
+        ));
+        write_frame(
+            &mut b,
+            &Reply::Client(ClientReply::NotLeader {
+                leader: Some((2, "x".into())),
+            }),
+        )
+        .await
+        .unwrap();
+        let r: Reply = read_frame(&mut a).await.unwrap().unwrap();
+        assert!(matches!(
+            r,
+            Reply::Client(ClientReply::NotLeader {
+                leader: Some((2, _))
+            })
+        ));
+        drop(b);
+        assert!(
+            read_frame::<Reply>(&mut a).await.unwrap().is_none(),
+            "clean end of stream"
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_frames_are_errors() {
+        let (mut a, mut b) = pair().await;
+        // Too long.
+        a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        assert!(read_frame::<Rpc>(&mut b).await.is_err());
+        // Not an Rpc.
+        let (mut a, mut b) = pair().await;
+        a.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).await.unwrap();
+        assert!(read_frame::<Rpc>(&mut b).await.is_err());
+        // Cut short.
+        let (mut a, mut b) = pair().await;
+        a.write_all(&[0, 0, 0, 9, 1]).await.unwrap();
+        drop(a);
+        assert!(read_frame::<Rpc>(&mut b).await.is_err());
+    }
+}
