@@ -66,7 +66,7 @@ cargo clippy --quiet --workspace --all-targets -- -D warnings
 echo "no warnings"
 
 section "docs"
-RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps -p blobcask -p blobcask-capi
+RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps -p blobcask -p blobcask-capi -p blobcask-raft
 echo "no warnings"
 
 section "public API"
