@@ -231,7 +231,7 @@ impl<S: BlobStore> Db<S> {
         if let Op::Put(_, v) = op {
             self.check_value(v)?;
         }
-        Ok(self.core().shard_of(hash_key(key)))
+        Ok(self.core().shard_of_key(key, hash_key(key)))
     }
 
     /// A blocking single write (see `ShardCell::write`).
@@ -295,7 +295,7 @@ impl<S: BlobStore> Db<S> {
         self.check_open()?;
         self.check_key(key)?;
         let h = hash_key(key);
-        let sh = &self.core().shards[self.core().shard_of(h)];
+        let sh = &self.core().shards[self.core().shard_of_key(key, h)];
         Ok(sh.index.read().keydir.get(key, h).is_some())
     }
 
@@ -356,7 +356,7 @@ impl<S: BlobStore> Db<S> {
                     self.check_value(v)?;
                 }
             }
-            parts[self.core().shard_of(hash_key(op.key()))].push(op);
+            parts[self.core().shard_of_key(op.key(), hash_key(op.key()))].push(op);
         }
         let used: Vec<usize> = (0..parts.len()).filter(|&i| !parts[i].is_empty()).collect();
         if used.is_empty() {
