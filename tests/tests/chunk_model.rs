@@ -465,6 +465,30 @@ fn crash_at_every_io_of_a_remove() {
 }
 
 #[test]
+fn crash_at_every_io_of_a_truncate() {
+    let old = data(4, 6 * PAGE + 300);
+    let (image, _) = with_one_chunk(&old);
+    // A shrink into the middle of a page: that page is rewritten with its tail zeroed.
+    let cut = 2 * PAGE + 123;
+    sweep(
+        "truncate",
+        &image,
+        |cs| cs.truncate(1, cut as u64),
+        |got, ok| {
+            let got = got.expect("the chunk survives");
+            if ok {
+                assert_eq!(got, old[..cut]);
+            } else {
+                assert!(
+                    got == old || got == old[..cut],
+                    "a mix of old and new content"
+                );
+            }
+        },
+    );
+}
+
+#[test]
 fn bit_flips_in_chunk_pages_are_reported_never_returned() {
     let old: Vec<u8> = (0..6 * PAGE)
         .map(|i| (i / PAGE) as u8 * 16 + 0x0f)
