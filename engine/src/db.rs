@@ -139,7 +139,12 @@ impl<S: BlobStore> Iterator for KeyIter<S> {
                 return Some(Err(Error::Closed));
             }
             let ix = core.shards[self.shard].index.read();
-            let keys: Vec<Vec<u8>> = ix.keydir.iter().map(|(k, _)| k.to_vec()).collect();
+            let keys: Vec<Vec<u8>> = ix
+                .keydir
+                .iter()
+                .filter(|(k, _)| !k.starts_with(crate::options::RESERVED_PREFIX))
+                .map(|(k, _)| k.to_vec())
+                .collect();
             drop(ix);
             self.keys = keys.into_iter();
             self.shard += 1;
@@ -448,7 +453,12 @@ impl<S: BlobStore> Db<S> {
         let mut out = Vec::new();
         for sh in &self.core().shards {
             let ix = sh.index.read();
-            out.extend(ix.keydir.iter().map(|(k, _)| k.to_vec()));
+            out.extend(
+                ix.keydir
+                    .iter()
+                    .filter(|(k, _)| !k.starts_with(crate::options::RESERVED_PREFIX))
+                    .map(|(k, _)| k.to_vec()),
+            );
         }
         Ok(out)
     }

@@ -564,6 +564,18 @@ fn bad_arguments_are_typed_errors() {
     ));
     let st = cs.stat(id).unwrap();
     assert_eq!((st.size, st.hint, st.pages), (11, 10, 1));
+    // ... nor see it: the KV's iteration and key listing show user keys only.
+    db.put(b"user", b"1").unwrap();
+    assert_eq!(db.keys().unwrap(), vec![b"user".to_vec()]);
+    assert_eq!(db.iter_keys().unwrap().count(), 1);
+    assert_eq!(db.iter().unwrap().count(), 1);
+    assert_eq!(db.iter_prefix(b"").unwrap().count(), 1);
+    assert_eq!(
+        db.iter_range(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded)
+            .unwrap()
+            .count(),
+        1
+    );
     assert!(ChunkStore::open(
         &db,
         ChunkOptions {
