@@ -167,7 +167,12 @@ impl<S: BlobStore> Iterator for KeyIter<S> {
                 return Some(Err(Error::Closed));
             }
             let ix = core.shards[self.shard].index.read();
-            let keys: Vec<Vec<u8>> = ix.keydir.iter().map(|(k, _)| k.to_vec()).collect();
+            let keys: Vec<Vec<u8>> = ix
+                .keydir
+                .iter()
+                .filter(|(k, _)| !k.starts_with(crate::options::RESERVED_PREFIX))
+                .map(|(k, _)| k.to_vec())
+                .collect();
             drop(ix);
             self.keys = keys.into_iter();
             self.shard += 1;
@@ -259,7 +264,7 @@ impl<S: BlobStore> Db<S> {
         if let Op::Put(_, v) = op {
             self.check_value(v)?;
         }
-        Ok(self.core().shard_of(hash_key(key)))
+        Ok(self.core().shard_of_key(key, hash_key(key)))
     }
 
     /// A blocking single write (see `ShardCell::write`).
@@ -378,7 +383,7 @@ impl<S: BlobStore> Db<S> {
         self.check_open()?;
         self.check_key(key)?;
         let h = hash_key(key);
-        let sh = &self.core().shards[self.core().shard_of(h)];
+        let sh = &self.core().shards[self.core().shard_of_key(key, h)];
         Ok(sh.index.read().keydir.get(key, h).is_some())
     }
 
@@ -450,7 +455,7 @@ impl<S: BlobStore> Db<S> {
                     self.check_value(v)?;
                 }
             }
-            parts[self.core().shard_of(hash_key(op.key()))].push(op);
+            parts[self.core().shard_of_key(op.key(), hash_key(op.key()))].push(op);
         }
         let used: Vec<usize> = (0..parts.len()).filter(|&i| !parts[i].is_empty()).collect();
         if used.is_empty() {
@@ -553,7 +558,12 @@ impl<S: BlobStore> Db<S> {
         let mut out = Vec::new();
         for sh in &self.core().shards {
             let ix = sh.index.read();
-            out.extend(ix.keydir.iter().map(|(k, _)| k.to_vec()));
+            out.extend(
+                ix.keydir
+                    .iter()
+                    .filter(|(k, _)| !k.starts_with(crate::options::RESERVED_PREFIX))
+                    .map(|(k, _)| k.to_vec()),
+            );
         }
         Ok(out)
     }

@@ -22,6 +22,7 @@ use crate::blobstore::{Blob as _, BlobIo, BlobStore, IoChannel as _};
 use crate::device::AlignedBuf;
 use crate::error::{Error, Result};
 use crate::keydir::hash_key;
+use crate::options::RESERVED_PREFIX;
 use crate::record::{self, Kind};
 use crate::state::{record_len, BlobHandle, Core};
 
@@ -59,8 +60,13 @@ impl Select {
         self.prefix.is_empty() && self.from.is_none() && self.to.is_none()
     }
 
+    /// The engine's own keys (the chunk store's metadata) match only a selection by a prefix
+    /// that starts with the reserved one: user iteration never sees them.
     pub fn matches(&self, key: &[u8]) -> bool {
         if !key.starts_with(&self.prefix) {
+            return false;
+        }
+        if key.starts_with(RESERVED_PREFIX) && !self.prefix.starts_with(RESERVED_PREFIX) {
             return false;
         }
         if let Some((f, incl)) = &self.from {
@@ -211,7 +217,7 @@ impl<S: BlobStore> Cursor<S> {
         let all = self.sel.is_all();
         let sel = &self.sel;
         collect(core, s, &mut self.blobs, &mut self.todo, |key| {
-            (all || sel.matches(key)).then(|| hash_key(key))
+            ((all && !key.starts_with(RESERVED_PREFIX)) || sel.matches(key)).then(|| hash_key(key))
         });
         self.todo.sort_unstable_by_key(Entry::place);
     }
@@ -454,5 +460,12 @@ mod tests {
         assert!(r.matches(b"b\0"));
         assert!(r.matches(b"d"));
         assert!(!r.matches(b"d\0"));
+        assert!(!all.matches(b"\xff\xffck\x01"));
+        assert!(!Select::range(Bound::Unbounded, Bound::Unbounded).matches(b"\xff\xffck"));
+        let own = Select {
+            prefix: RESERVED_PREFIX.to_vec(),
+            ..Select::default()
+        };
+        assert!(own.matches(b"\xff\xffck\x01"));
     }
 }

@@ -70,7 +70,7 @@ pub(crate) fn lookup<S: BlobStore, T>(
     f: impl FnOnce(&[u8]) -> T,
 ) -> Result<Lookup<S, T>> {
     let hash = hash_key(key);
-    let shard = core.shard_of(hash);
+    let shard = core.shard_of_key(key, hash);
     let sh = &core.shards[shard];
     let Some(found) = probe(sh, key, hash)? else {
         return Ok(Lookup::Absent);

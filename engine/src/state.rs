@@ -413,6 +413,19 @@ impl<S: BlobStore> Core<S> {
     pub fn shard_of(&self, hash: u64) -> usize {
         (hash % self.shards.len() as u64) as usize
     }
+
+    /// The shard of `key` (`hash` is its keydir hash): by the hash, except that every key of
+    /// one chunk (the reserved prefix, a kind byte, the chunk id: bytes 5..13 are the id) goes
+    /// to one shard, so a chunk's metadata batch is a single-shard batch (no prepare flush)
+    /// and its records keep one log order.
+    pub fn shard_of_key(&self, key: &[u8], hash: u64) -> usize {
+        match key.get(5..13) {
+            Some(id) if key.starts_with(crate::options::RESERVED_PREFIX) => {
+                self.shard_of(crate::keydir::hash_key(id))
+            }
+            _ => self.shard_of(hash),
+        }
+    }
 }
 
 /// What a data blob is doing.

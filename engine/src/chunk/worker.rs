@@ -49,6 +49,7 @@ pub(crate) fn spawn<S: BlobStore>(
         ch,
         pending: Vec::new(),
         peers,
+        scratch: None,
     };
     std::thread::Builder::new()
         .name(format!("blobcask-chunk-{id}"))
@@ -67,6 +68,8 @@ struct Worker<S: BlobStore> {
     /// Pages freed by commits that may not be durable yet.
     pending: Vec<(u32, u32)>,
     peers: Vec<Sender<Msg>>,
+    /// The write buffer, kept between writes (up to 4 MiB).
+    scratch: Option<AlignedBuf>,
 }
 
 fn corrupt(chunk: ChunkId, offset: u64, detail: impl Into<String>) -> ChunkError {
@@ -304,7 +307,15 @@ impl<S: BlobStore> Worker<S> {
             segs.get(&s).map_or(PageRef::HOLE, |g| g.get(i))
         };
         // Edge pages the write covers only partly keep their other bytes (zero past the size).
-        let mut buf = AlignedBuf::zeroed(n * PAGE as usize);
+        // The buffer is the worker's, reused: a fresh one per write costs page faults.
+        let len = n * PAGE as usize;
+        let mut scratch = match self.scratch.take() {
+            Some(b) if b.len() >= len => b,
+            _ => AlignedBuf::zeroed(len),
+        };
+        let buf = &mut scratch[..len];
+        buf[..PAGE as usize].fill(0);
+        buf[len - PAGE as usize..].fill(0);
         let mut edges = Vec::new();
         if !off.is_multiple_of(PAGE) && first * PAGE < h.size {
             edges.push(first);
@@ -319,9 +330,17 @@ impl<S: BlobStore> Worker<S> {
         }
         let start = (off - first * PAGE) as usize;
         buf[start..start + data.len()].copy_from_slice(data);
-        let new = self.take_pages(n)?;
-        if let Err(e) = self.write_pages(&new, &buf) {
+        let new = match self.take_pages(n) {
+            Ok(v) => v,
+            Err(e) => {
+                self.scratch = Some(scratch);
+                return Err(e);
+            }
+        };
+        let buf = &scratch[..len];
+        if let Err(e) = self.write_pages(&new, buf) {
             self.give_back(&new);
+            self.scratch = Some(scratch);
             return Err(e);
         }
         let mut freed = Vec::new();
@@ -344,6 +363,9 @@ impl<S: BlobStore> Worker<S> {
                     },
                 );
             }
+        }
+        if scratch.len() <= 4 << 20 {
+            self.scratch = Some(scratch);
         }
         for (s, seg) in &segs {
             batch.put(&meta::seg_key(id, *s), &seg.encode());
