@@ -102,6 +102,27 @@ pub fn catalog_decode(data: &[u8]) {
     }
 }
 
+/// Chunk metadata decoders (`chunk/meta.rs`): a key, a chunk header and a segment value from
+/// the same bytes. Decoding never panics, and what is accepted re-encodes to the same bytes.
+pub fn chunk_meta_decode(data: &[u8]) {
+    use blobcask::chunk::meta::{self, ChunkHeader, Segment};
+    if let Some(k) = meta::parse_key(data) {
+        let again = match k {
+            meta::Key::Chunk(id) => meta::chunk_key(id),
+            meta::Key::Seg(id, seg) => meta::seg_key(id, seg),
+            meta::Key::Next => meta::next_key(),
+        };
+        assert_eq!(again, data);
+    }
+    if let Ok(h) = ChunkHeader::decode(data) {
+        assert_eq!(h.encode(), data);
+    }
+    if let Ok(s) = Segment::decode(data) {
+        assert!(!s.pages.is_empty() && s.pages.len() <= meta::SEG_PAGES);
+        assert_eq!(s.encode(), data);
+    }
+}
+
 /// A small store image (clean close, after a merge) and every value ever written per key.
 struct Golden {
     image: Vec<u8>,

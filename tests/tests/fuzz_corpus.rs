@@ -1,5 +1,5 @@
 //! Replays every corpus file of the engine fuzz targets (`fuzz/corpus/{record_decode,
-//! hint_decode, catalog_decode, recover_mutated, op_model}/`) through the same functions the targets call
+//! hint_decode, catalog_decode, chunk_meta_decode, recover_mutated, op_model}/`) through the same functions the targets call
 //! (`blobcask_tests::fuzz`), plus seeded mutations of each file, so `cargo test` keeps every
 //! past finding fixed without nightly or libFuzzer.
 //!
@@ -20,6 +20,7 @@ const TARGETS: &[(&str, Target, u64)] = &[
     ("record_decode", fuzz::record_decode, 200),
     ("hint_decode", fuzz::hint_decode, 200),
     ("catalog_decode", fuzz::catalog_decode, 200),
+    ("chunk_meta_decode", fuzz::chunk_meta_decode, 200),
     ("recover_mutated", fuzz::recover_mutated, 10),
     ("op_model", fuzz::op_model, 10),
 ];
@@ -211,7 +212,42 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             })
             .collect()
     };
+    use blobcask::chunk::meta::{self as chunk_meta, ChunkHeader, PageRef, Segment};
+    let header = ChunkHeader {
+        size: 5 << 20,
+        hint: 64 << 20,
+    }
+    .encode();
+    let mut seg = Segment::default();
+    seg.set(
+        3,
+        PageRef {
+            blob: 2,
+            page: 9,
+            crc: 0xdead_beef,
+        },
+    );
+    let seg = seg.encode();
+    // A valid crc around an entry count past a segment's pages.
+    let mut too_many = vec![1, 0, 0xff, 0xff, 0, 0, 0, 0];
+    let crc = crc32c(&too_many);
+    too_many.extend_from_slice(&crc.to_le_bytes());
     vec![
+        ("chunk_meta_decode", "header", header),
+        ("chunk_meta_decode", "segment", seg.clone()),
+        (
+            "chunk_meta_decode",
+            "segment-cut",
+            seg[..seg.len() - 1].to_vec(),
+        ),
+        ("chunk_meta_decode", "too-many-pages", too_many),
+        ("chunk_meta_decode", "seg-key", chunk_meta::seg_key(7, 3)),
+        (
+            "chunk_meta_decode",
+            "chunk-key",
+            chunk_meta::chunk_key(u64::MAX),
+        ),
+        ("chunk_meta_decode", "empty", vec![]),
         ("record_decode", "log", log.clone()),
         ("record_decode", "torn", torn),
         ("record_decode", "flipped", flipped),

@@ -76,6 +76,7 @@ impl Alloc {
         self.blobs.remove(&no)
     }
 
+    #[cfg(any(test, feature = "internals"))]
     pub fn blob(&self, no: u32) -> Option<&BlobSpace> {
         self.blobs.get(&no)
     }

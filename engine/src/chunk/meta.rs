@@ -86,6 +86,7 @@ pub fn next_key() -> Vec<u8> {
 }
 
 /// Prefix of every segment key of chunk `id`.
+#[cfg(any(test, feature = "internals"))]
 pub fn seg_prefix(id: ChunkId) -> Vec<u8> {
     let mut k = META_PREFIX.to_vec();
     k.push(b's');
