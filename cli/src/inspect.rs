@@ -613,9 +613,21 @@ pub fn repair(path: &Path, output: Option<&Path>, report: Option<&Path>) -> CliR
         ))
         .into());
     }
-    let rep =
+    let mut rep =
         blobcask::fsck::salvage(open_ro(path, None)?).map_err(blobcask::fsck::unsalvageable)?;
+    // The chunk store's metadata names pages of chunk blobs, which a rebuilt store does not
+    // have: the rebuild carries the key-value data only.
+    let before = rep.live.len();
+    rep.live
+        .retain(|k, _| !k.starts_with(blobcask::chunk::META_PREFIX));
+    let chunk_keys = before - rep.live.len();
     let mut out = std::io::stdout().lock();
+    if chunk_keys > 0 {
+        writeln!(
+            out,
+            "{chunk_keys} chunk metadata keys left out: repair rebuilds the key-value data only (chunks are not carried over)"
+        )?;
+    }
     writeln!(
         out,
         "salvaged {} live keys from {} readable records ({} found past damage, {} unflushed records past a torn tail and {} records of uncommitted batches dropped)",

@@ -106,4 +106,11 @@ fn chunk_create_write_read_stat_ls_rm_check() {
     let o = run(&["chunk", "write", db, "77"], b"x");
     assert_eq!(o.status.code(), Some(1));
     assert!(ok(&["check", db]).contains("clean"));
+
+    // A repair rebuilds the key-value data and says that chunks are left out.
+    let rebuilt = dir.path().join("rebuilt.img");
+    let said = ok(&["repair", db, "--output", rebuilt.to_str().unwrap()]);
+    assert!(said.contains("chunk metadata keys left out"), "{said}");
+    assert_eq!(ok(&["keys", rebuilt.to_str().unwrap()]), "k\n");
+    assert_eq!(ok(&["chunk", "ls", rebuilt.to_str().unwrap()]), "");
 }
