@@ -717,6 +717,40 @@ impl<S: BlobStore> Db<S> {
         Ok(())
     }
 
+    /// Append to each shard the commit records of the batches it adopted at open (see
+    /// `recovery.rs`, step 4), durably.
+    fn write_adopted_commits(&self, adopted: &[Vec<u64>]) -> Result<()> {
+        let mut waits = Vec::new();
+        for (s, batches) in adopted.iter().enumerate() {
+            if batches.is_empty() {
+                continue;
+            }
+            log::info!(
+                "blobcask: shard {s} adopts {} batch(es) committed in another shard",
+                batches.len()
+            );
+            for &batch in batches {
+                let (tx, rx) = reply::channel();
+                self.send(s, Req::Commit { batch, reply: tx })?;
+                waits.push(rx);
+            }
+            let (tx, rx) = reply::channel();
+            self.send(s, Req::Sync { reply: tx })?;
+            waits.push(rx);
+        }
+        for w in waits {
+            match w.wait() {
+                // A full store still opens: the batches stay recovered from the other shards'
+                // commit records, as they were before this open.
+                Err(e @ (Error::Full | Error::NoMetadataSpace(_))) => {
+                    log::warn!("blobcask: adopted batch commits not written: {e}");
+                }
+                r => r?,
+            }
+        }
+        Ok(())
+    }
+
     fn sync_start(&self, direct: bool) -> Result<Vec<reply::Receiver<()>>> {
         self.check_writable()?;
         let mut waits = Vec::new();
@@ -796,6 +830,11 @@ impl<S: BlobStore> Db<S> {
 
     /// Flush, write hints, close every blob and unload the blobstore cleanly. Other clones
     /// get [`Error::Closed`] afterwards. Dropping the last clone closes too (errors logged).
+    ///
+    /// While a [`ChunkStore`](crate::chunk::ChunkStore) is open on the store this fails with
+    /// [`Error::Busy`] and changes nothing: close the chunk store first. The handle is consumed
+    /// either way; to retry, close a clone. The chunk store holds a clone of its own, so a
+    /// store whose handles are all gone closes when its chunk store does.
     ///
     /// ```
     /// # use blobcask::{Db, DeviceSpec, Options};
@@ -1103,10 +1142,7 @@ impl Db {
             DeviceSpec::Device(d) => (d, false),
         };
         // A cloned `Options` shares its device handle: one store on it at a time.
-        let claim = match &dev {
-            AnyDevice::File(f) => Some(crate::device::FileClaim::new(f)?),
-            _ => None,
-        };
+        let claim = dev.claim()?;
         let io_path = dev.io_path();
         let twin = match &dev {
             AnyDevice::Memory(m) => Some(AnyDevice::Memory(m.clone())),
@@ -1311,10 +1347,7 @@ fn load_store(
             return Err(Error::invalid("a checkpoint needs an existing store"));
         }
     };
-    let claim = match &dev {
-        AnyDevice::File(f) => Some(crate::device::FileClaim::new(f)?),
-        _ => None,
-    };
+    let claim = dev.claim()?;
     Ok((native_store(dev, false, &opts)?, claim))
 }
 
@@ -1405,7 +1438,9 @@ fn start<S: BlobStore>(rec: Recovered<S>, opts: &Options, io_path: IoPath) -> Re
     let cap_per_shard = opts.cache_bytes / shards;
     let mut shard_state = Vec::with_capacity(shards);
     let mut next_seqs = Vec::with_capacity(shards);
+    let mut adopted = Vec::with_capacity(shards);
     for r in rec.shards {
+        adopted.push(r.adopted);
         let cache = (cap_per_shard > 0)
             .then(|| crate::cache::PageCache::new(cap_per_shard as u64, rec.cfg.page));
         next_seqs.push(r.next_seq);
@@ -1437,20 +1472,22 @@ fn start<S: BlobStore>(rec: Recovered<S>, opts: &Options, io_path: IoPath) -> Re
         threads.push(thread);
         cells.push(cell);
     }
-    let worker = if opts.read_only {
-        None
-    } else {
-        Some(crate::merge::Worker::start(core.clone())?)
-    };
-    Ok(Db {
+    let db = Db {
         inner: Arc::new(Inner {
-            core,
+            core: core.clone(),
             cells,
             threads: Mutex::new(threads),
-            merge: Mutex::new(worker),
+            merge: Mutex::new(None),
             close_result: Mutex::new(None),
             claim: Mutex::new(None),
             chunks_open: std::sync::atomic::AtomicBool::new(false),
         }),
-    })
+    };
+    if !opts.read_only {
+        // Before the merge worker starts: a merge may drop the commit records adopted batches
+        // still depend on. A failure drops `db`, which closes it.
+        db.write_adopted_commits(&adopted)?;
+        *db.inner.merge.lock() = Some(crate::merge::Worker::start(core)?);
+    }
+    Ok(db)
 }

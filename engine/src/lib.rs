@@ -49,16 +49,9 @@
 //! - `engine/FORMAT.md` (the engine's on-disk records, hints and snapshots) and
 //!   `engine/ARCHITECTURE.md` (modules, threads, locks, the write and read paths).
 
-// The public layers: the engine's API (re-exported below), the chunk store beside it, the
-// devices it runs on, the blobstore beneath it (usable alone, e.g. to read any SPDK
-// blobstore) and the offline check and salvage of a store.
-pub mod blobstore;
-pub mod chunk;
-pub mod device;
-pub mod fsck;
-
 // Internals: public with the `internals` feature only (the CLI, the test suites and the
-// fuzzers use them); no compatibility promise covers them.
+// fuzzers use them); no compatibility promise covers them. Defined before every module so
+// that `chunk` can use it too.
 macro_rules! internal {
     ($($(#[$attr:meta])* $name:ident;)*) => {$(
         $(#[$attr])*
@@ -69,6 +62,14 @@ macro_rules! internal {
         mod $name;
     )*};
 }
+
+// The public layers: the engine's API (re-exported below), the chunk store beside it, the
+// devices it runs on, the blobstore beneath it (usable alone, e.g. to read any SPDK
+// blobstore) and the offline check and salvage of a store.
+pub mod blobstore;
+pub mod chunk;
+pub mod device;
+pub mod fsck;
 
 internal! {
     catalog;

@@ -15,7 +15,11 @@
 //!    valid merge hint or by scanning (`scan.rs`: a torn tail ends the log, damage to durable
 //!    records fails open unless `RecoveryMode::Salvage` skips it). Records apply by seq (newest
 //!    wins; deletes are remembered until the end). Batch members wait in a side list;
-//! 4. members whose batch has a commit record in any shard are applied.
+//! 4. members whose batch has a commit record in any shard are applied. A shard whose own
+//!    commit record of such a batch was lost in a crash *adopts* the batch: `db` appends the
+//!    commit record to that shard's log and flushes it before the store serves or merges, so
+//!    the members no longer depend on another shard's log, which a later open may read from a
+//!    snapshot or a merge may rewrite (neither carries commit records).
 //!
 //! **Commit** (only once every step above succeeded; skipped by a read-only open):
 //! 5. the super blob's `bc.epoch` is bumped so batch ids of this run never collide with an
@@ -180,6 +184,9 @@ pub(crate) struct RecoveredShard<S: BlobStore> {
     pub hints: HashMap<u64, BlobId>,
     /// Keydir snapshot blobs.
     pub snapshots: Vec<BlobId>,
+    /// Batches applied here on another shard's commit record: `db` writes their commit
+    /// records to this shard before serving (see the module doc, step 4).
+    pub adopted: Vec<u64>,
 }
 
 /// Recover a blobcask store on an already loaded or initialised blobstore: validate and
@@ -204,18 +211,20 @@ pub(crate) fn recover_view<S: BlobStore>(
     let cfg = resolve_config(&store, opts, &sup)?;
     let (metas, doomed) = read_catalog(&store, &sup, cfg.shards, view)?;
     let mut rebuilt = rebuild_shards(&store, &cfg, metas)?;
-    let used_hints = apply_committed_batches(&mut rebuilt);
+    let (used_hints, adopted) = apply_committed_batches(&mut rebuilt);
     if !opts.read_only {
         commit_open(&store, &cfg, &sup, doomed, &mut rebuilt)?;
     }
     let shards = rebuilt
         .into_iter()
-        .map(|r| RecoveredShard {
+        .zip(adopted)
+        .map(|(r, adopted)| RecoveredShard {
             index: r.index,
             next_seq: r.max_seq + 1,
             next_blob_seq: r.max_blob_seq + 1,
             hints: r.hints,
             snapshots: r.snapshots,
+            adopted,
         })
         .collect();
     Ok(Recovered {
@@ -333,19 +342,28 @@ fn rebuild_shards<S: BlobStore>(
 }
 
 /// Phase 2: apply the members of batches committed in any shard, finish the keydirs and count
-/// live bytes; returns whether any shard used hints.
-fn apply_committed_batches<S: BlobStore>(rebuilt: &mut [Rebuilt<S>]) -> bool {
+/// live bytes; returns whether any shard used hints, and per shard the batches it adopts (applied
+/// on another shard's commit record alone), sorted.
+fn apply_committed_batches<S: BlobStore>(rebuilt: &mut [Rebuilt<S>]) -> (bool, Vec<Vec<u64>>) {
     let committed: HashSet<u64> = rebuilt
         .iter()
         .flat_map(|r| r.commits.iter().copied())
         .collect();
     let mut used_hints = false;
+    let mut adopted = Vec::with_capacity(rebuilt.len());
     for r in rebuilt {
+        let mut mine: Vec<u64> = Vec::new();
         for m in std::mem::take(&mut r.members) {
             if committed.contains(&m.batch) {
+                if !r.commits.contains(&m.batch) {
+                    mine.push(m.batch);
+                }
                 r.index.keydir.apply(&m.key, hash_key(&m.key), m.seq, m.loc);
             }
         }
+        mine.sort_unstable();
+        mine.dedup();
+        adopted.push(mine);
         r.index.keydir.finish_rebuild();
         let lives: Vec<(u16, u64)> = r
             .index
@@ -358,7 +376,7 @@ fn apply_committed_batches<S: BlobStore>(rebuilt: &mut [Rebuilt<S>]) -> bool {
         }
         used_hints |= r.used_hints;
     }
-    used_hints
+    (used_hints, adopted)
 }
 
 /// The commit phase of open: every write recovery needs, once everything validated.

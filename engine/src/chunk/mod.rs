@@ -37,14 +37,10 @@ use crate::blobstore::BlobStore;
 use crate::db::{Db, WriteBatch};
 
 // The bitmaps and the metadata codec: public only with `internals` (tests and fuzzers).
-#[cfg(feature = "internals")]
-pub mod alloc;
-#[cfg(not(feature = "internals"))]
-mod alloc;
-#[cfg(feature = "internals")]
-pub mod meta;
-#[cfg(not(feature = "internals"))]
-mod meta;
+internal! {
+    alloc;
+    meta;
+}
 mod recover;
 mod worker;
 

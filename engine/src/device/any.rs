@@ -18,6 +18,15 @@ pub enum AnyDevice {
 }
 
 impl AnyDevice {
+    /// Claim a file device for one store (a cloned `Options` shares its handle); `None` for
+    /// devices that are never shared that way.
+    pub(crate) fn claim(&self) -> Result<Option<super::FileClaim>> {
+        match self {
+            AnyDevice::File(f) => super::FileClaim::new(f).map(Some),
+            AnyDevice::Memory(_) | AnyDevice::Sim(_) => Ok(None),
+        }
+    }
+
     /// Open an existing image file or block device (default [`FileOptions`]).
     pub fn open_path(path: impl AsRef<Path>) -> Result<Self> {
         FileDevice::open(path).map(AnyDevice::from)
