@@ -6,25 +6,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_blobcask"))
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("run blobcask")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = run(args);
-    assert!(
-        o.status.success(),
-        "blobcask {args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+mod common;
+use common::*;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -32,27 +17,10 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn fresh_store(dir: &Path) -> String {
-    let img = dir.join("store.img");
-    let p = img.to_str().unwrap().to_string();
-    let out = ok(&[
-        "format",
-        &p,
-        "--size",
-        "32M",
-        "--cluster-size",
-        "64K",
-        "--shards",
-        "2",
-    ]);
-    assert!(out.contains("formatted"), "{out}");
-    p
-}
-
 #[test]
 fn put_get_delete_keys_round_trip() {
     let dir = tempfile::tempdir().unwrap();
-    let db = fresh_store(dir.path());
+    let db = fresh_store(dir.path(), "32M");
     assert_eq!(ok(&["put", &db, "alpha", "one"]), "OK\n");
     assert_eq!(ok(&["put", &db, "beta", "two"]), "OK\n");
     assert_eq!(ok(&["get", &db, "alpha"]), "one\n");
@@ -76,7 +44,7 @@ fn put_get_delete_keys_round_trip() {
 #[test]
 fn load_and_dump_preserve_binary_records() {
     let dir = tempfile::tempdir().unwrap();
-    let db = fresh_store(dir.path());
+    let db = fresh_store(dir.path(), "32M");
     let tsv = dir.path().join("in.tsv");
     let mut lines = String::new();
     for i in 0..300 {
@@ -102,7 +70,7 @@ fn load_and_dump_preserve_binary_records() {
 #[test]
 fn load_rejects_a_malformed_line_by_number() {
     let dir = tempfile::tempdir().unwrap();
-    let db = fresh_store(dir.path());
+    let db = fresh_store(dir.path(), "32M");
     let tsv = dir.path().join("bad.tsv");
     std::fs::write(&tsv, "a\t1\nno-tab-here\n").unwrap();
     let o = run(&["load", &db, tsv.to_str().unwrap()]);
@@ -114,7 +82,7 @@ fn load_rejects_a_malformed_line_by_number() {
 #[test]
 fn shell_prints_one_line_per_command_from_a_pipe() {
     let dir = tempfile::tempdir().unwrap();
-    let db = fresh_store(dir.path());
+    let db = fresh_store(dir.path(), "32M");
     let mut child = bin()
         .args(["shell", &db, "--sync", "always"])
         .stdin(Stdio::piped())
@@ -149,7 +117,7 @@ fn shell_prints_one_line_per_command_from_a_pipe() {
 #[test]
 fn too_large_values_get_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let db = fresh_store(dir.path());
+    let db = fresh_store(dir.path(), "32M");
     let key = "k".repeat(2000);
     let o = run(&["put", &db, &key, "v"]);
     assert_eq!(o.status.code(), Some(2));
@@ -185,7 +153,7 @@ fn foreign_devices_are_refused_clearly() {
 #[test]
 fn a_store_open_elsewhere_is_locked() {
     let dir = tempfile::tempdir().unwrap();
-    let db = fresh_store(dir.path());
+    let db = fresh_store(dir.path(), "32M");
     let held = blobcask::device::FileDevice::open(&db).unwrap();
     let o = run(&["get", &db, "k"]);
     assert_eq!(o.status.code(), Some(2));
@@ -346,7 +314,7 @@ fn format_with_512_byte_io_units_makes_a_working_store() {
 #[test]
 fn grow_extends_the_image_and_the_store_keeps_working() {
     let dir = tempfile::tempdir().unwrap();
-    let db = fresh_store(dir.path());
+    let db = fresh_store(dir.path(), "32M");
     ok(&["put", &db, "before", "grow"]);
     let free = |p: &str| -> (u64, u64) {
         let j: serde_json::Value = serde_json::from_str(&ok(&["blobs", "--json", p])).unwrap();
@@ -402,7 +370,7 @@ fn inspecting_a_dirty_image_leaves_it_untouched() {
 #[test]
 fn check_is_clean_on_a_healthy_store_and_repair_salvages_damage() {
     let dir = tempfile::tempdir().unwrap();
-    let db = fresh_store(dir.path());
+    let db = fresh_store(dir.path(), "32M");
     let tsv = dir.path().join("in.tsv");
     let lines: String = (0..60)
         .map(|i| format!("key{i:03}\tvalue-{i:03}-padding-padding\n"))

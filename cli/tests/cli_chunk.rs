@@ -4,34 +4,8 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write as _;
-use std::process::{Command, Output, Stdio};
-
-fn run(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_blobcask"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run blobcask");
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn ok_in(args: &[&str], stdin: &[u8]) -> Vec<u8> {
-    let o = run(args, stdin);
-    assert!(
-        o.status.success(),
-        "blobcask {args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o.stdout
-}
-
-fn ok(args: &[&str]) -> String {
-    String::from_utf8(ok_in(args, b"")).unwrap()
-}
+mod common;
+use common::*;
 
 #[test]
 fn chunk_create_write_read_stat_ls_rm_check() {
@@ -99,11 +73,11 @@ fn chunk_create_write_read_stat_ls_rm_check() {
         vec!["chunk", "stat", db, &id],
         vec!["chunk", "rm", db, &id],
     ] {
-        let o = run(&args, b"");
+        let o = run_in(&args, b"");
         assert_eq!(o.status.code(), Some(1), "{args:?}");
         assert!(String::from_utf8_lossy(&o.stderr).contains("NOT_FOUND"));
     }
-    let o = run(&["chunk", "write", db, "77"], b"x");
+    let o = run_in(&["chunk", "write", db, "77"], b"x");
     assert_eq!(o.status.code(), Some(1));
     assert!(ok(&["check", db]).contains("clean"));
 

@@ -8,62 +8,11 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_blobcask"));
-    // History and progress must never depend on the caller's home or terminal.
-    c.env("HOME", std::env::temp_dir());
-    c
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("run blobcask")
-}
-
-fn run_in(args: &[&str], input: &[u8]) -> Output {
-    let mut child = bin()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = run(args);
-    assert!(
-        o.status.success(),
-        "blobcask {args:?} failed ({:?}): {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
-
-fn err(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn fresh_store(dir: &Path) -> String {
-    let img = dir.join("store.img");
-    let p = img.to_str().unwrap().to_string();
-    ok(&[
-        "format",
-        &p,
-        "--size",
-        "64M",
-        "--cluster-size",
-        "64K",
-        "--shards",
-        "2",
-    ]);
-    p
-}
+mod common;
+use common::*;
 
 fn write_tsv(dir: &Path, name: &str, lines: &str) -> String {
     let p = dir.join(name);
@@ -74,7 +23,7 @@ fn write_tsv(dir: &Path, name: &str, lines: &str) -> String {
 #[test]
 fn keys_printed_by_keys_and_scan_are_accepted_by_get_put_and_delete() {
     let dir = tempfile::tempdir().unwrap();
-    let db = fresh_store(dir.path());
+    let db = fresh_store(dir.path(), "64M");
     // A key with a tab, a newline, a backslash and a byte outside ASCII, in the escaped form.
     assert_eq!(
         ok(&["put", &db, "a\\tb\\n\\\\c\\xff", "v\\x00\\t1"]),
@@ -109,7 +58,7 @@ fn keys_printed_by_keys_and_scan_are_accepted_by_get_put_and_delete() {
 #[test]
 fn values_come_from_stdin_or_a_file_and_get_raw_returns_the_bytes() {
     let dir = tempfile::tempdir().unwrap();
-    let db = fresh_store(dir.path());
+    let db = fresh_store(dir.path(), "64M");
     // Larger than any argument list allows, and binary.
     let big: Vec<u8> = (0..3u32 << 20)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
@@ -151,7 +100,7 @@ fn values_come_from_stdin_or_a_file_and_get_raw_returns_the_bytes() {
 #[test]
 fn scan_selects_by_prefix_and_half_open_range_in_key_order() {
     let dir = tempfile::tempdir().unwrap();
-    let db = fresh_store(dir.path());
+    let db = fresh_store(dir.path(), "64M");
     let mut lines = String::new();
     for k in ["b2", "a1", "c1", "b1", "b3", "a2"] {
         lines.push_str(&format!("{k}\tv{k}\n"));
@@ -180,7 +129,7 @@ fn scan_selects_by_prefix_and_half_open_range_in_key_order() {
 #[test]
 fn a_failed_load_names_file_and_line_and_how_much_it_committed() {
     let dir = tempfile::tempdir().unwrap();
-    let db = fresh_store(dir.path());
+    let db = fresh_store(dir.path(), "64M");
     let mut lines = String::new();
     for i in 1..=600 {
         if i == 301 {
@@ -219,7 +168,7 @@ fn a_failed_load_names_file_and_line_and_how_much_it_committed() {
     let db2 = {
         let d = dir.path().join("two");
         std::fs::create_dir(&d).unwrap();
-        fresh_store(&d)
+        fresh_store(&d, "64M")
     };
     let o = run(&["load", &db2, &tsv, "--atomic"]);
     assert_eq!(o.status.code(), Some(2));
@@ -261,7 +210,7 @@ fn a_failed_load_names_file_and_line_and_how_much_it_committed() {
 #[test]
 fn hex_load_and_dump_round_trip_every_byte() {
     let dir = tempfile::tempdir().unwrap();
-    let db = fresh_store(dir.path());
+    let db = fresh_store(dir.path(), "64M");
     let mut lines = String::new();
     for b in 0..=255u8 {
         lines.push_str(&format!(
@@ -278,7 +227,7 @@ fn hex_load_and_dump_round_trip_every_byte() {
     let escaped = write_tsv(dir.path(), "out.tsv", &ok(&["dump", &db]));
     let d2 = dir.path().join("2");
     std::fs::create_dir(&d2).unwrap();
-    let db2 = fresh_store(&d2);
+    let db2 = fresh_store(&d2, "64M");
     ok(&["load", &db2, &escaped]);
     assert_eq!(sorted(&ok(&["dump", &db2, "--hex"])), lines);
 }
@@ -321,7 +270,7 @@ fn read_one_line_then_close(args: &[&str]) -> Output {
 #[test]
 fn a_closed_pipe_ends_every_listing_quietly() {
     let dir = tempfile::tempdir().unwrap();
-    let db = fresh_store(dir.path());
+    let db = fresh_store(dir.path(), "64M");
     // Far more output than a pipe buffers.
     let v = "x".repeat(200);
     let lines: String = (0..4000).map(|i| format!("key{i:05}\t{v}\n")).collect();
@@ -346,7 +295,7 @@ fn a_closed_pipe_ends_every_listing_quietly() {
 #[test]
 fn every_command_documents_its_exit_codes_and_keeps_them() {
     let dir = tempfile::tempdir().unwrap();
-    let db = fresh_store(dir.path());
+    let db = fresh_store(dir.path(), "64M");
     let help = ok(&["--help"]);
     assert!(help.contains("Exit status: 0 success"), "{help}");
     assert!(
@@ -415,15 +364,10 @@ fn every_command_documents_its_exit_codes_and_keeps_them() {
     assert!(err(&o).contains("--cluster-size"), "{}", err(&o));
 }
 
-fn sha(path: &str) -> Vec<u8> {
-    use sha2::Digest;
-    sha2::Sha256::digest(std::fs::read(path).unwrap()).to_vec()
-}
-
 #[test]
 fn read_only_commands_leave_the_image_byte_identical() {
     let dir = tempfile::tempdir().unwrap();
-    let db = fresh_store(dir.path());
+    let db = fresh_store(dir.path(), "64M");
     let lines: String = (0..500).map(|i| format!("k{i}\tv{i}\n")).collect();
     let tsv = write_tsv(dir.path(), "in.tsv", &lines);
     ok(&["load", &db, &tsv]);
@@ -472,7 +416,7 @@ fn hold(db: &str, read_only: bool) -> blobcask::Db {
 #[test]
 fn readers_share_the_lock_and_writers_wait_for_it() {
     let dir = tempfile::tempdir().unwrap();
-    let db = fresh_store(dir.path());
+    let db = fresh_store(dir.path(), "64M");
     ok(&["put", &db, "k", "v"]);
     // A reader holds the store: other readers run beside it, a writer is refused.
     let reader = hold(&db, true);
@@ -529,7 +473,7 @@ fn readers_share_the_lock_and_writers_wait_for_it() {
 #[test]
 fn stats_show_each_figure_once_with_counters_that_outlive_the_process() {
     let dir = tempfile::tempdir().unwrap();
-    let db = fresh_store(dir.path());
+    let db = fresh_store(dir.path(), "64M");
     let lines: String = (0..2000).map(|i| format!("k{}\tv{i}\n", i % 100)).collect();
     let tsv = write_tsv(dir.path(), "in.tsv", &lines);
     ok(&["load", &db, &tsv]);
@@ -574,7 +518,7 @@ fn stats_show_each_figure_once_with_counters_that_outlive_the_process() {
 #[test]
 fn a_piped_shell_keeps_no_history() {
     let dir = tempfile::tempdir().unwrap();
-    let db = fresh_store(dir.path());
+    let db = fresh_store(dir.path(), "64M");
     let home = dir.path().join("home");
     std::fs::create_dir(&home).unwrap();
     let mut child = bin()

@@ -4,38 +4,10 @@
 // Test code (its helpers are not `#[test]` functions): a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_blobcask"))
-        .args(args)
-        .output()
-        .expect("run blobcask")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = run(args);
-    assert!(
-        o.status.success(),
-        "blobcask {args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Exit code 2 with an error naming `word`.
-fn refused(args: &[&str], word: &str) {
-    let o = run(args);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "blobcask {args:?}: {err}");
-    assert!(err.contains(word), "blobcask {args:?}: {err}");
-}
-
-fn sha(p: &Path) -> Vec<u8> {
-    use sha2::Digest;
-    sha2::Sha256::digest(std::fs::read(p).unwrap()).to_vec()
-}
+mod common;
+use common::*;
 
 /// Each process that writes continues its shard's active blob instead of leaving a new blob
 /// of at least one cluster behind: 1,000 `put` processes fit a 32 MiB store of 1 MiB clusters.
