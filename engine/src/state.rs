@@ -414,13 +414,18 @@ impl<S: BlobStore> Core<S> {
         (hash % self.shards.len() as u64) as usize
     }
 
-    /// The shard of `key` (`hash` is its keydir hash). Every key goes by its hash, the chunk
-    /// store's metadata too: routing a chunk's keys to one shard (so that its metadata batch
-    /// was single-shard) made a key that recovery had brought back after a crash vanish after
-    /// a clean close and reopen (`chunk_model`, 42 of 300 seeds of one sequence); until that is
-    /// understood, no key takes another route.
-    pub fn shard_of_key(&self, _key: &[u8], hash: u64) -> usize {
-        self.shard_of(hash)
+    /// The shard of `key` (`hash` is its keydir hash): by the hash, except that every key of
+    /// one chunk (the reserved prefix, a kind byte, the chunk id: bytes 5..13 are the id) goes
+    /// to one shard, so a chunk's metadata batch is a single-shard batch (no prepare flush)
+    /// and its records keep one log order. This is part of the format: a key's shard is
+    /// where open finds its records.
+    pub fn shard_of_key(&self, key: &[u8], hash: u64) -> usize {
+        match key.get(5..13) {
+            Some(id) if key.starts_with(crate::options::RESERVED_PREFIX) => {
+                self.shard_of(crate::keydir::hash_key(id))
+            }
+            _ => self.shard_of(hash),
+        }
     }
 }
 

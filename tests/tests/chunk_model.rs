@@ -339,11 +339,7 @@ fn run(ops: Vec<Op>, seed: u64) {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
 
-    // Fails in about one run in twenty (64 cases each): after a crash, a write that spans two
-    // segments can come back with a segment but not its header (the store then refuses to
-    // open, `Corruption`). Kept to be run by hand (`-- --ignored`) until that is fixed.
     #[test]
-    #[ignore = "known crash-atomicity bug of cross-shard chunk writes; see the comment above"]
     fn chunks_match_the_model(ops in prop::collection::vec(op(), 1..60), seed in any::<u64>()) {
         run(ops, seed);
     }

@@ -214,8 +214,15 @@ fn a_batch_recovered_from_another_shards_commit_stays_whole() {
         db.close().unwrap();
         let db = Db::open(opts(&dev, SyncPolicy::Never)).unwrap();
         let mut after = state(&db);
-        assert_eq!(after.remove(&extra).as_deref(), Some(&b"x"[..]), "seed {seed}");
-        assert_eq!(recovered, after, "seed {seed}: a clean reopen changed the store");
+        assert_eq!(
+            after.remove(&extra).as_deref(),
+            Some(&b"x"[..]),
+            "seed {seed}"
+        );
+        assert_eq!(
+            recovered, after,
+            "seed {seed}: a clean reopen changed the store"
+        );
         db.close().unwrap();
     }
 }
