@@ -39,7 +39,7 @@ pub enum ChunkCmd {
     #[command(after_help = EXIT_FOUND)]
     Read {
         #[command(flatten)]
-        store: ReadArgs,
+        store: ViewArgs,
         /// Chunk id.
         id: u64,
         /// Byte offset in the chunk.
@@ -61,19 +61,39 @@ pub enum ChunkCmd {
     #[command(after_help = EXIT_OK)]
     Ls {
         #[command(flatten)]
-        store: ReadArgs,
+        store: ViewArgs,
     },
     /// Show chunk ID: size, size hint, pages holding data.
     #[command(after_help = EXIT_FOUND)]
     Stat {
         #[command(flatten)]
-        store: ReadArgs,
+        store: ViewArgs,
         /// Chunk id.
         id: u64,
     },
 }
 
 const EXIT_FOUND: &str = "Exit status: 0 ok, 1 no such chunk, 2 error";
+
+/// A store read by a chunk command: the live store, or one of its checkpoints.
+#[derive(clap::Args)]
+pub struct ViewArgs {
+    #[command(flatten)]
+    store: ReadArgs,
+    /// Read checkpoint NAME (see `blobcask checkpoint`) instead of the live store.
+    #[arg(long, value_name = "NAME")]
+    checkpoint: Option<String>,
+}
+
+fn open_view(v: &ViewArgs) -> Result<Db, Box<dyn std::error::Error>> {
+    match &v.checkpoint {
+        None => open_read_only(&v.store),
+        Some(name) => {
+            let opts = crate::store_options(&v.store.device, v.store.salvage, v.store.lock)?;
+            Ok(Db::open_checkpoint(opts, name).map_err(crate::in_cli_terms)?)
+        }
+    }
+}
 
 fn chunks(db: &Db) -> Result<ChunkStore, ChunkError> {
     ChunkStore::open(
@@ -140,7 +160,7 @@ pub fn run(cmd: ChunkCmd) -> CliResult {
             id,
             offset,
             len,
-        } => with_chunks(open_read_only(&store)?, |cs| {
+        } => with_chunks(open_view(&store)?, |cs| {
             match cs.read(id, offset, len.unwrap_or(u64::MAX - offset)) {
                 Err(e) if missing(&e) => not_found(id),
                 r => {
@@ -156,7 +176,7 @@ pub fn run(cmd: ChunkCmd) -> CliResult {
                 Ok(ExitCode::SUCCESS)
             }
         }),
-        ChunkCmd::Ls { store } => with_chunks(open_read_only(&store)?, |cs| {
+        ChunkCmd::Ls { store } => with_chunks(open_view(&store)?, |cs| {
             let mut out = io::stdout().lock();
             for st in cs.iter()? {
                 let st = st?;
@@ -164,19 +184,17 @@ pub fn run(cmd: ChunkCmd) -> CliResult {
             }
             Ok(ExitCode::SUCCESS)
         }),
-        ChunkCmd::Stat { store, id } => {
-            with_chunks(open_read_only(&store)?, |cs| match cs.stat(id) {
-                Err(e) if missing(&e) => not_found(id),
-                r => {
-                    let st = r?;
-                    println!(
-                        "id\t{}\nsize\t{}\nhint\t{}\npages\t{}",
-                        st.id, st.size, st.hint, st.pages
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-            })
-        }
+        ChunkCmd::Stat { store, id } => with_chunks(open_view(&store)?, |cs| match cs.stat(id) {
+            Err(e) if missing(&e) => not_found(id),
+            r => {
+                let st = r?;
+                println!(
+                    "id\t{}\nsize\t{}\nhint\t{}\npages\t{}",
+                    st.id, st.size, st.hint, st.pages
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+        }),
     }
 }
 

@@ -88,3 +88,31 @@ fn chunk_create_write_read_stat_ls_rm_check() {
     assert_eq!(ok(&["keys", rebuilt.to_str().unwrap()]), "k\n");
     assert_eq!(ok(&["chunk", "ls", rebuilt.to_str().unwrap()]), "");
 }
+
+/// `chunk read|ls|stat --checkpoint NAME` read the chunks as the checkpoint froze them.
+#[test]
+fn chunk_commands_read_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_store(dir.path(), "32M");
+    let db = db.as_str();
+    let id = ok(&["chunk", "create", db]).trim().to_string();
+    ok_in(&["chunk", "write", db, &id], &[b'a'; 20_000]);
+    ok(&["checkpoint", "create", db, "c1"]);
+    ok_in(
+        &["chunk", "write", db, &id, "--offset", "10000"],
+        &[b'b'; 20_000],
+    );
+    let other = ok(&["chunk", "create", db]).trim().to_string();
+    let frozen = ok_in(&["chunk", "read", db, &id, "--checkpoint", "c1"], b"");
+    assert_eq!(frozen, vec![b'a'; 20_000]);
+    let live = ok_in(&["chunk", "read", db, &id], b"");
+    assert_eq!(live.len(), 30_000);
+    assert_eq!(&live[10_000..], &[b'b'; 20_000][..]);
+    assert_eq!(
+        ok(&["chunk", "ls", db, "--checkpoint", "c1"]),
+        format!("{id}\t20000\t5\n")
+    );
+    let o = run_in(&["chunk", "stat", db, &other, "--checkpoint", "c1"], b"");
+    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    refused(&["chunk", "ls", db, "--checkpoint", "nope"], "nope");
+}

@@ -30,6 +30,9 @@ pub(crate) const FORMAT_VERSION: u32 = 2;
 pub(crate) const ROLE_DATA: &[u8] = b"data";
 pub(crate) const ROLE_HINT: &[u8] = b"hint";
 pub(crate) const ROLE_SNAPSHOT: &[u8] = b"snapshot";
+/// A chunk store's data blob (`chunk/`): the engine's recovery, merge and catalog leave it
+/// alone; checkpoints snapshot it with the engine's blobs.
+pub(crate) const ROLE_CHUNK: &[u8] = b"chunk";
 pub(crate) const ROLE_SUPER: &[u8] = b"super";
 
 /// Record the counters of every run so far in the super blob (`bc.totals`): at each clean
@@ -100,6 +103,22 @@ pub(crate) struct Meta<S: BlobStore> {
     pub len: u64,
 }
 
+/// An open blob's role: its `bc.role` on the live store; in a checkpoint (`in_view`), the
+/// `bc.ckpt.role` of a checkpoint snapshot blob (`None` for any other blob).
+pub(crate) fn role_of<S: BlobStore>(
+    store: &S,
+    blob: &S::Blob,
+    in_view: bool,
+) -> Result<Option<Vec<u8>>> {
+    if !in_view {
+        return Ok(store.block_on(store.get_xattr(blob, X_ROLE))?);
+    }
+    Ok(match store.block_on(store.get_xattr(blob, X_CKPT))? {
+        Some(_) => store.block_on(store.get_xattr(blob, X_CKPT_ROLE))?,
+        None => None,
+    })
+}
+
 /// `view`: `None` reads the live store (blobs with `bc.role`); `Some(ids)` reads a
 /// checkpoint: only its snapshot blobs `ids` (as its marker lists them), whose role is in
 /// `bc.ckpt.role` (see `checkpoint.rs`).
@@ -121,14 +140,7 @@ pub(crate) fn read_meta<S: BlobStore>(
         }
         Err(e) => return Err(e),
     };
-    let role = match view {
-        None => store.block_on(store.get_xattr(&blob, X_ROLE))?,
-        Some(_) => match store.block_on(store.get_xattr(&blob, X_CKPT))? {
-            Some(_) => store.block_on(store.get_xattr(&blob, X_CKPT_ROLE))?,
-            None => None,
-        },
-    };
-    let Some(role) = role else {
+    let Some(role) = role_of(store, &blob, view.is_some())? else {
         store.block_on(store.close(blob))?;
         return Ok(None);
     };

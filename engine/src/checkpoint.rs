@@ -1,6 +1,7 @@
 //! Checkpoints: a store frozen at a point in time as blobstore snapshots of its blobs.
 //!
-//! Creating one snapshots every engine blob (data, hint, keydir snapshot) with the native
+//! Creating one snapshots every engine blob (data, hint, keydir snapshot) and every chunk blob
+//! (so the checkpoint's chunk metadata finds its pages as they were) with the native
 //! blobstore's `create_snapshot`: metadata only, no data copy. The snapshot takes the blob's
 //! clusters and the live blob becomes its thin clone (the blobstore copies a cluster on the
 //! live blob's first write to it). Then one small *marker* blob is created that names the
@@ -25,7 +26,7 @@
 use std::collections::HashSet;
 
 use crate::blobs::{le_u32, le_u64, write_catalog, X_CKPT, X_CKPT_ROLE, X_ROLE, X_SHARDS};
-use crate::blobs::{ROLE_DATA, ROLE_HINT, ROLE_SNAPSHOT};
+use crate::blobs::{ROLE_CHUNK, ROLE_DATA, ROLE_HINT, ROLE_SNAPSHOT};
 use crate::blobstore::native::NativeBlobStore;
 use crate::blobstore::{BlobId, BlobStore, CreateOpts};
 use crate::device::AnyDevice;
@@ -184,7 +185,7 @@ pub(crate) fn create_on(store: &Store, name: &str, live: bool) -> Result<Checkpo
             let Some(role) = store.block_on(store.get_xattr(&blob, X_ROLE))? else {
                 return Ok(None);
             };
-            if ![ROLE_DATA, ROLE_HINT, ROLE_SNAPSHOT].contains(&role.as_slice()) {
+            if ![ROLE_DATA, ROLE_HINT, ROLE_SNAPSHOT, ROLE_CHUNK].contains(&role.as_slice()) {
                 return Ok(None);
             }
             let mut xattrs = vec![

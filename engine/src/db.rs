@@ -107,6 +107,8 @@ struct Inner<S: BlobStore> {
     claim: Mutex<Option<crate::device::FileClaim>>,
     /// A `chunk::ChunkStore` is open on this store (one at a time; close waits for it).
     chunks_open: std::sync::atomic::AtomicBool,
+    /// The snapshot blobs of the checkpoint this handle reads (`Db::open_checkpoint`).
+    view: std::sync::OnceLock<Vec<crate::blobstore::BlobId>>,
 }
 
 /// A blobcask store. Cheap to clone; every clone is the same store. Blocking methods may be
@@ -858,6 +860,11 @@ impl<S: BlobStore> Db<S> {
         self.inner.close()
     }
 
+    /// The snapshot blobs of the checkpoint this handle reads; `None` on the live store.
+    pub(crate) fn checkpoint_view(&self) -> Option<&[crate::blobstore::BlobId]> {
+        self.inner.view.get().map(Vec::as_slice)
+    }
+
     /// Claim the store for a chunk store (false: one is open already).
     pub(crate) fn claim_chunks(&self) -> bool {
         !self
@@ -1169,6 +1176,9 @@ impl Db {
             io_path,
         )?;
         *db.inner.claim.lock() = claim;
+        if let Some(ids) = ids {
+            let _ = db.inner.view.set(ids);
+        }
         Ok(db)
     }
 
@@ -1224,6 +1234,16 @@ impl Db {
 
         crate::checkpoint::check_name(name)?;
         self.check_writable()?;
+        if self
+            .inner
+            .chunks_open
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            // Its workers write its blobs, which the checkpoint snapshots, at any time.
+            return Err(Error::Busy(
+                "a chunk store is open on this store; close it before a checkpoint".into(),
+            ));
+        }
         // Lock order: close, then merges (a merge takes its shard's lock, then the batch
         // gate), then the batch gate (a batch holds it while it waits for its shards), then
         // every shard's writer.
@@ -1481,6 +1501,7 @@ fn start<S: BlobStore>(rec: Recovered<S>, opts: &Options, io_path: IoPath) -> Re
             close_result: Mutex::new(None),
             claim: Mutex::new(None),
             chunks_open: std::sync::atomic::AtomicBool::new(false),
+            view: std::sync::OnceLock::new(),
         }),
     };
     if !opts.read_only {

@@ -581,6 +581,139 @@ pub fn batches_are_all_or_nothing_after_a_kill<B: Backend>(mk: impl Fn(u64) -> B
     }
 }
 
+/// A cross-shard batch cut by a kill between its shards' commit records is recovered whole on
+/// the commit record that survived, and stays whole after a clean close and reopen in which
+/// the shard without one was not written (that shard adopts the batch at open; it used to lose
+/// its members once the other shard's log was read from its keydir snapshot).
+pub fn a_batch_cut_between_its_commits_stays_whole_after_reopen<B: Backend>(mk: impl Fn(u64) -> B) {
+    let keys: Vec<Vec<u8>> = (0..6).map(|i| format!("key{i}").into_bytes()).collect();
+    let batch = || {
+        let mut wb = WriteBatch::new();
+        for k in &keys {
+            wb.put(k, &[7u8; 100]);
+        }
+        wb
+    };
+    // A store whose shards have keydir snapshots of no blob: the batch goes to new blobs,
+    // which the next open scans, and those snapshots stay.
+    let fresh = || {
+        let mut r = rig(&mk, 16 * MIB);
+        open(&mut r, opts(SyncPolicy::Never)).close().unwrap();
+        let db = open(&mut r, opts(SyncPolicy::Never));
+        (r, db)
+    };
+    let writes = {
+        let (r, db) = fresh();
+        let before = r.switch().writes();
+        db.write_batch(batch()).unwrap();
+        let n = r.switch().writes() - before;
+        db.close().unwrap();
+        n
+    };
+    for at in 1..=writes {
+        for writer in 0..SHARDS {
+            let name = format!("kill at write {at} of {writes}, shard {writer} written after");
+            let (mut r, db) = fresh();
+            r.switch().arm(at);
+            let _ = db.write_batch(batch());
+            let db = r.kill_and_reopen(db, opts(SyncPolicy::Never));
+            let got = state(&db);
+            assert!(
+                got.is_empty() || keys.iter().all(|k| got.get(k) == Some(&vec![7u8; 100])),
+                "{name}: the batch came back torn"
+            );
+            let extra = (0..)
+                .map(|i| format!("extra{i}").into_bytes())
+                .find(|k| shard_of(k) == writer)
+                .unwrap();
+            db.put(&extra, b"x").unwrap();
+            db.close().unwrap();
+            let db = open(&mut r, opts(SyncPolicy::Never));
+            let mut after = state(&db);
+            assert_eq!(after.remove(&extra), Some(b"x".to_vec()), "{name}");
+            assert_eq!(after, got, "{name}: a clean reopen changed the store");
+            db.close().unwrap();
+        }
+    }
+}
+
+/// The chunk store on this backend: writes at any offset read back; after a kill each chunk
+/// holds what its acknowledged (durable) writes made, or that plus the write the kill cut
+/// (whole), never a mix; `chunk::check` finds nothing wrong; a clean reopen changes nothing.
+pub fn chunks_survive_kills_and_reopens<B: Backend>(mk: impl Fn(u64) -> B) {
+    use blobcask::chunk::{self, ChunkOptions, ChunkStore};
+    let copts = ChunkOptions {
+        workers: 2,
+        grow_clusters: 2,
+        max_blob_clusters: 8,
+        ..ChunkOptions::default()
+    };
+    let read_all = |cs: &ChunkStore<_>, id| cs.read(id, 0, u64::MAX).unwrap();
+    for seed in 0..4u64 {
+        let mut r = rig(&mk, 32 * MIB);
+        let name = format!("{} seed {seed}", r.backend.name());
+        let db = open(&mut r, opts(SyncPolicy::Never));
+        let cs = ChunkStore::open(&db, copts.clone()).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let ids: Vec<_> = (0..3).map(|_| cs.create(0).unwrap()).collect();
+        let mut model: Vec<Vec<u8>> = vec![Vec::new(); ids.len()];
+        let mut cut = None;
+        r.switch().arm(rng.gen_range(10..250));
+        for n in 0..80u32 {
+            let c = rng.gen_range(0..ids.len());
+            let off = rng.gen_range(0..2 * MIB) as usize;
+            let len = rng.gen_range(1..70_000usize);
+            let data: Vec<u8> = (0..len)
+                .map(|i| (i as u8).wrapping_mul(31) ^ n as u8)
+                .collect();
+            let mut now = model[c].clone();
+            if now.len() < off + len {
+                now.resize(off + len, 0);
+            }
+            now[off..off + len].copy_from_slice(&data);
+            if cs.write(ids[c], off as u64, &data).is_err() {
+                cut = Some((c, now));
+                break;
+            }
+            model[c] = now;
+            if n % 10 == 9 {
+                assert_eq!(read_all(&cs, ids[c]), model[c], "{name}: read back");
+            }
+        }
+        r.kill_store();
+        drop(cs);
+        drop(db);
+        let db = open(&mut r, opts(SyncPolicy::Never));
+        let cs = ChunkStore::open(&db, copts.clone()).unwrap();
+        for (i, id) in ids.iter().enumerate() {
+            let got = read_all(&cs, *id);
+            let cut_here = cut.as_ref().is_some_and(|(c, now)| *c == i && *now == got);
+            assert!(
+                got == model[i] || cut_here,
+                "{name}: chunk {i} after the kill: {} bytes, acknowledged {}",
+                got.len(),
+                model[i].len()
+            );
+            model[i] = got;
+        }
+        cs.close().unwrap();
+        let rep = chunk::check(&db).unwrap();
+        assert!(rep.problems.is_empty(), "{name}: {:?}", rep.problems);
+        db.close().unwrap();
+        let db = open(&mut r, opts(SyncPolicy::Never));
+        let cs = ChunkStore::open(&db, copts.clone()).unwrap();
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(
+                read_all(&cs, *id),
+                model[i],
+                "{name}: chunk {i} after a clean reopen"
+            );
+        }
+        cs.close().unwrap();
+        db.close().unwrap();
+    }
+}
+
 /// Deleted keys stay deleted through merges, kills and recoveries.
 pub fn deletes_never_come_back_across_merges_and_kills<B: Backend>(mk: impl Fn(u64) -> B) {
     for seed in 300..302u64 {
@@ -728,6 +861,8 @@ macro_rules! engine_suite {
             synced_writes_survive_a_kill_exactly,
             unsynced_writes_recover_as_a_per_shard_prefix,
             batches_are_all_or_nothing_after_a_kill,
+            a_batch_cut_between_its_commits_stays_whole_after_reopen,
+            chunks_survive_kills_and_reopens,
             deletes_never_come_back_across_merges_and_kills,
             a_kill_anywhere_inside_merge_loses_nothing,
             a_kill_during_recovery_loses_nothing

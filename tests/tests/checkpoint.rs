@@ -384,3 +384,83 @@ fn a_store_not_closed_cleanly_is_refused_offline() {
     assert_eq!(Db::list_checkpoints(opts(&next)).unwrap().len(), 1);
     assert_no_leftovers(&next);
 }
+
+/// A checkpoint freezes the chunk store too: its chunk metadata and the chunk blobs' pages (a
+/// snapshot each) read as they were, across later overwrites, removes, creates and compaction;
+/// writes to it are refused; deleting it leaves the live chunks as they are. A live checkpoint
+/// waits for the chunk store to close (its workers write the blobs it snapshots).
+#[test]
+fn a_checkpoint_freezes_the_chunks_too() {
+    use blobcask::chunk::{ChunkError, ChunkOptions, ChunkStore};
+    let copts = || ChunkOptions {
+        workers: 2,
+        grow_clusters: 2,
+        max_blob_clusters: 8,
+        ..ChunkOptions::default()
+    };
+    let fill = |seed: u8, len: usize| -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed))
+            .collect()
+    };
+    let read_all = |cs: &ChunkStore, id| cs.read(id, 0, u64::MAX).unwrap();
+    let dev = sim();
+    let db = Db::open(opts(&dev)).unwrap();
+    let cs = ChunkStore::open(&db, copts()).unwrap();
+    let (a, b) = (cs.create(0).unwrap(), cs.create(0).unwrap());
+    cs.write(a, 0, &fill(1, 300_000)).unwrap();
+    cs.write(b, 5000, &fill(2, 70_000)).unwrap();
+    let old_a = read_all(&cs, a);
+    let old_b = read_all(&cs, b);
+    cs.close().unwrap();
+    db.close().unwrap();
+    Db::create_checkpoint(opts(&dev), "before").unwrap();
+
+    let db = Db::open(opts(&dev)).unwrap();
+    let cs = ChunkStore::open(&db, copts()).unwrap();
+    for off in (0..300_000).step_by(40_000) {
+        cs.write(a, off, &fill(9, 20_000)).unwrap();
+    }
+    cs.remove(b).unwrap();
+    let c = cs.create(0).unwrap();
+    cs.write(c, 0, &fill(3, 100_000)).unwrap();
+    cs.compact().unwrap();
+    let new_a = read_all(&cs, a);
+    let new_c = read_all(&cs, c);
+    assert_ne!(new_a, old_a);
+    assert!(matches!(db.checkpoint("live"), Err(Error::Busy(_))));
+    cs.close().unwrap();
+    db.checkpoint("after").unwrap();
+    db.close().unwrap();
+
+    let ck = Db::open_checkpoint(opts(&dev), "before").unwrap();
+    let cs = ChunkStore::open(&ck, copts()).unwrap();
+    assert_eq!(cs.list().unwrap(), vec![a, b]);
+    assert_eq!(read_all(&cs, a), old_a);
+    assert_eq!(read_all(&cs, b), old_b);
+    assert!(matches!(cs.write(a, 0, b"x"), Err(ChunkError::ReadOnly)));
+    cs.close().unwrap();
+    ck.close().unwrap();
+
+    let ck = Db::open_checkpoint(opts(&dev), "after").unwrap();
+    let cs = ChunkStore::open(&ck, copts()).unwrap();
+    assert_eq!(cs.list().unwrap(), vec![a, c]);
+    assert_eq!(read_all(&cs, a), new_a);
+    assert_eq!(read_all(&cs, c), new_c);
+    cs.close().unwrap();
+    ck.close().unwrap();
+
+    Db::delete_checkpoint(opts(&dev), "before").unwrap();
+    let db = Db::open(opts(&dev)).unwrap();
+    let rep = blobcask::chunk::check(&db).unwrap();
+    assert!(rep.problems.is_empty(), "{:?}", rep.problems);
+    let cs = ChunkStore::open(&db, copts()).unwrap();
+    assert_eq!(read_all(&cs, a), new_a);
+    assert_eq!(read_all(&cs, c), new_c);
+    cs.write(c, 50_000, &fill(4, 10_000)).unwrap();
+    cs.close().unwrap();
+    db.close().unwrap();
+    Db::delete_checkpoint(opts(&dev), "after").unwrap();
+    assert_checks_clean(&dev);
+    assert_no_leftovers(&dev);
+}

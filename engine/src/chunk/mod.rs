@@ -53,8 +53,7 @@ pub type ChunkId = u64;
 /// Largest chunk size (1 TiB).
 pub const MAX_CHUNK_SIZE: u64 = 1 << 40;
 
-/// `bc.role` of a chunk data blob.
-pub(crate) const ROLE_CHUNK: &[u8] = b"chunk";
+pub(crate) use crate::blobs::ROLE_CHUNK;
 /// A chunk blob's number (u32 LE), referenced by segment entries.
 pub(crate) const X_CHUNK_NO: &str = "bc.chunk.no";
 

@@ -1,8 +1,8 @@
 //! Restore at open, the chunk list, and `check`: everything that reads the chunk metadata
 //! as a whole.
 //!
-//! Restore finds the chunk blobs (`bc.role = chunk`) among the blobstore's blobs, then scans
-//! the KV's chunk keys once: every page a committed segment references is marked used in the
+//! Restore finds the chunk blobs (`bc.role = chunk`; in a checkpoint, its snapshots of them)
+//! among the blobstore's blobs, then scans the KV's chunk keys once: every page a committed segment references is marked used in the
 //! bitmap of the worker that owns its blob; every other page is free. Nothing else is read,
 //! so the time is proportional to the metadata (and the blob count), not to the device.
 
@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, HashMap};
 use super::alloc::{Alloc, MarkError};
 use super::meta::{self, ChunkHeader, Key, Segment, PAGE, SEG_PAGES};
 use super::{ChunkId, Result, ROLE_CHUNK, X_CHUNK_NO};
-use crate::blobs::X_ROLE;
-use crate::blobstore::{Blob as _, BlobStore};
+use crate::blobs::role_of;
+use crate::blobstore::{Blob as _, BlobId, BlobStore};
 use crate::db::Db;
 
 pub(crate) struct Restored<S: BlobStore> {
@@ -28,14 +28,16 @@ pub(crate) struct Restored<S: BlobStore> {
     pub pages: u64,
 }
 
-/// Open every chunk blob (each handle is closed by [`close_blobs`]).
+/// Open every chunk blob, or in a checkpoint `view` its chunk blobs' snapshots (each handle
+/// is closed by [`close_blobs`]).
 fn open_blobs<S: BlobStore>(
     store: &S,
+    view: Option<&[BlobId]>,
     problems: &mut Vec<String>,
 ) -> Result<HashMap<u32, S::Blob>> {
     let mut out = HashMap::new();
     for id in store.block_on(store.blob_ids())? {
-        if Some(id) == store.super_blob() {
+        if Some(id) == store.super_blob() || view.is_some_and(|v| !v.contains(&id)) {
             continue;
         }
         let blob = match store.block_on(store.open(id)) {
@@ -44,7 +46,7 @@ fn open_blobs<S: BlobStore>(
             Err(crate::blobstore::Error::NotFound(_)) => continue,
             Err(e) => return Err(e.into()),
         };
-        let role = store.block_on(store.get_xattr(&blob, X_ROLE));
+        let role = role_of(store, &blob, view.is_some());
         let no = store.block_on(store.get_xattr(&blob, X_CHUNK_NO));
         match (role, no) {
             (Ok(Some(r)), Ok(no)) if r == ROLE_CHUNK => {
@@ -88,7 +90,7 @@ pub(crate) fn close_blobs<'a, S: BlobStore>(
 pub(crate) fn restore<S: BlobStore>(db: &Db<S>, workers: usize) -> Result<Restored<S>> {
     let store = db.blobstore();
     let mut problems = Vec::new();
-    let blobs = open_blobs(store, &mut problems)?;
+    let blobs = open_blobs(store, db.checkpoint_view(), &mut problems)?;
     let ipp = PAGE / u64::from(store.io_unit_size());
     let mut allocs: Vec<Alloc> = (0..workers).map(|_| Alloc::default()).collect();
     for (&no, b) in &blobs {
