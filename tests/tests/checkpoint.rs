@@ -450,6 +450,7 @@ fn a_checkpoint_freezes_the_chunks_too() {
     cs.close().unwrap();
     ck.close().unwrap();
 
+    assert_checks_clean(&dev);
     Db::delete_checkpoint(opts(&dev), "before").unwrap();
     let db = Db::open(opts(&dev)).unwrap();
     let rep = blobcask::chunk::check(&db).unwrap();
