@@ -833,7 +833,7 @@ impl<S: BlobStore> Db<S> {
     /// Flush, write hints, close every blob and unload the blobstore cleanly. Other clones
     /// get [`Error::Closed`] afterwards. Dropping the last clone closes too (errors logged).
     ///
-    /// While a [`ChunkStore`](crate::chunk::ChunkStore) is open on the store this fails with
+    /// While a chunk store (`chunk::ChunkStore`) is open on the store this fails with
     /// [`Error::Busy`] and changes nothing: close the chunk store first. The handle is consumed
     /// either way; to retry, close a clone. The chunk store holds a clone of its own, so a
     /// store whose handles are all gone closes when its chunk store does.
