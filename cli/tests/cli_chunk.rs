@@ -116,3 +116,34 @@ fn chunk_commands_read_a_checkpoint() {
     assert_eq!(o.status.code(), Some(1), "{}", err(&o));
     refused(&["chunk", "ls", db, "--checkpoint", "nope"], "nope");
 }
+
+/// A flipped byte in a chunk page: `chunk read` refuses it (exit 2) and `check` names it
+/// (exit 1); neither changes the image.
+#[test]
+fn a_damaged_chunk_page_is_refused_by_read_and_named_by_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_store(dir.path(), "32M");
+    let id = ok(&["chunk", "create", &db]).trim().to_string();
+    let body = b"0123456789abcdef".repeat(1024);
+    ok_in(&["chunk", "write", &db, &id], &body);
+    let mut img = std::fs::read(&db).unwrap();
+    let at = img
+        .windows(body.len())
+        .position(|w| w == body.as_slice())
+        .expect("the chunk's bytes are on the image");
+    img[at + 5000] ^= 0x10;
+    std::fs::write(&db, &img).unwrap();
+    let before = sha(&db);
+    let o = run_in(&["chunk", "read", &db, &id], b"");
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    assert!(err(&o).contains("crc32c"), "{}", err(&o));
+    assert!(o.stdout.is_empty());
+    let o = run(&["check", &db]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!("PROBLEM: chunk {id} page 1 (")) && out.contains("fails its crc32c"),
+        "{out}"
+    );
+    assert_eq!(sha(&db), before, "read and check changed the image");
+}

@@ -504,6 +504,14 @@ fn bit_flips_in_chunk_pages_are_reported_never_returned() {
         let dev = harness::device(image.clone(), 3);
         dev.flip_bit(at + 1234, bit).unwrap();
         let db = open_db(&dev, SyncPolicy::Never);
+        // `check` reads every referenced page: it names the damaged one.
+        let rep = blobcask::chunk::check(&db).unwrap();
+        assert_eq!(rep.problems.len(), 1, "{:?}", rep.problems);
+        let p = &rep.problems[0];
+        assert!(
+            p.starts_with(&format!("chunk {id} page 2 (")) && p.ends_with("fails its crc32c"),
+            "{p}"
+        );
         let cs = ChunkStore::open(&db, chunk_opts(2, true)).unwrap();
         match cs.read(id, 0, u64::MAX) {
             Err(ChunkError::Corruption { chunk, offset, .. }) => {
@@ -525,6 +533,7 @@ fn bit_flips_in_chunk_pages_are_reported_never_returned() {
         cs.write(id, 2 * PAGE as u64, &[9u8; PAGE]).unwrap();
         assert_eq!(cs.read(id, 2 * PAGE as u64, 4).unwrap(), vec![9u8; 4]);
         cs.close().unwrap();
+        assert!(blobcask::chunk::check(&db).unwrap().problems.is_empty());
         db.close().unwrap();
     }
 }

@@ -9,11 +9,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::alloc::{Alloc, MarkError};
-use super::meta::{self, ChunkHeader, Key, Segment, PAGE, SEG_PAGES};
+use super::meta::{self, ChunkHeader, Key, PageRef, Segment, PAGE, SEG_PAGES};
 use super::{ChunkId, Result, ROLE_CHUNK, X_CHUNK_NO};
 use crate::blobs::role_of;
-use crate::blobstore::{Blob as _, BlobId, BlobStore};
+use crate::blobstore::{Blob as _, BlobId, BlobIo, BlobStore, IoChannel as _};
 use crate::db::Db;
+use crate::device::AlignedBuf;
 
 pub(crate) struct Restored<S: BlobStore> {
     pub blobs: HashMap<u32, S::Blob>,
@@ -26,6 +27,8 @@ pub(crate) struct Restored<S: BlobStore> {
     pub orphans: Vec<(ChunkId, u32)>,
     pub chunks: u64,
     pub pages: u64,
+    /// (chunk, chunk page, location) of every page marked used; only for `check`.
+    pub refs: Vec<(ChunkId, u64, PageRef)>,
 }
 
 /// Open every chunk blob, or in a checkpoint `view` its chunk blobs' snapshots (each handle
@@ -88,6 +91,12 @@ pub(crate) fn close_blobs<'a, S: BlobStore>(
 
 /// Rebuild every worker's bitmaps from the committed metadata.
 pub(crate) fn restore<S: BlobStore>(db: &Db<S>, workers: usize) -> Result<Restored<S>> {
+    restore_with(db, workers, false)
+}
+
+/// [`restore`], also listing every page reference it marked used (`Restored::refs`) when
+/// `keep_refs` (for `check`, which reads them all).
+fn restore_with<S: BlobStore>(db: &Db<S>, workers: usize, keep_refs: bool) -> Result<Restored<S>> {
     let store = db.blobstore();
     let mut problems = Vec::new();
     let blobs = open_blobs(store, db.checkpoint_view(), &mut problems)?;
@@ -128,6 +137,7 @@ pub(crate) fn restore<S: BlobStore>(db: &Db<S>, workers: usize) -> Result<Restor
         return Err(e);
     }
     let mut pages = 0;
+    let mut refs = Vec::new();
     let mut orphans = Vec::new();
     for (id, s, seg) in &segs {
         let Some(h) = headers.get(id) else {
@@ -148,7 +158,12 @@ pub(crate) fn restore<S: BlobStore>(db: &Db<S>, workers: usize) -> Result<Restor
                 problems.push(format!("{at} lies past the chunk's size {}", h.size));
             }
             match allocs[r.blob as usize % workers].mark_used(r.blob, r.page) {
-                Ok(()) => pages += 1,
+                Ok(()) => {
+                    pages += 1;
+                    if keep_refs {
+                        refs.push((*id, cp, *r));
+                    }
+                }
                 Err(MarkError::Twice) => problems.push(format!("{at} is referenced twice")),
                 Err(MarkError::OutOfRange) => problems.push(if blobs.contains_key(&r.blob) {
                     format!("{at} lies past the end of its blob")
@@ -167,6 +182,7 @@ pub(crate) fn restore<S: BlobStore>(db: &Db<S>, workers: usize) -> Result<Restor
         orphans,
         chunks: headers.len() as u64,
         pages,
+        refs,
     })
 }
 
@@ -195,7 +211,8 @@ pub struct ChunkCheck {
     /// Pages of chunk blobs no chunk references (free space; not a problem).
     pub free_pages: u64,
     /// Metadata that does not decode, pages referenced twice or outside their blob, pages
-    /// past their chunk's size, two blobs with one number.
+    /// past their chunk's size, two blobs with one number, pages that fail their crc32c or
+    /// cannot be read.
     pub problems: Vec<String>,
     /// Normal after a crash: segments of chunks whose creation was lost (the next writable
     /// open deletes them).
@@ -203,9 +220,15 @@ pub struct ChunkCheck {
 }
 
 /// Check the chunk metadata of `db` against the chunk blobs: the bitmaps restore would
-/// build, and every reference in them. Reads only (works on a read-only store).
+/// build, every reference in them, and every referenced page read back against its crc32c.
+/// Reads only (works on a read-only store).
 pub fn check<S: BlobStore>(db: &Db<S>) -> Result<ChunkCheck> {
-    let r = restore(db, 1)?;
+    let mut r = restore_with(db, 1, true)?;
+    let refs = std::mem::take(&mut r.refs);
+    if let Err(e) = verify_pages(db.blobstore(), &r.blobs, refs, &mut r.problems) {
+        close_blobs(db.blobstore(), r.blobs.values());
+        return Err(e);
+    }
     let free: u64 = r.allocs.iter().map(Alloc::free_pages).sum();
     let rep = ChunkCheck {
         chunks: r.chunks,
@@ -223,4 +246,67 @@ pub fn check<S: BlobStore>(db: &Db<S>) -> Result<ChunkCheck> {
     };
     close_blobs(db.blobstore(), r.blobs.values());
     Ok(rep)
+}
+
+/// Pages `verify_pages` reads per submission.
+const VERIFY_BATCH: usize = 64;
+
+/// Read every page of `refs` (in blob order) and compare it with its crc32c; a page that
+/// fails, or that cannot be read, is a problem naming its chunk and place. References to
+/// missing blobs or past a blob's end were reported by restore and are skipped here.
+fn verify_pages<S: BlobStore>(
+    store: &S,
+    blobs: &HashMap<u32, S::Blob>,
+    mut refs: Vec<(ChunkId, u64, PageRef)>,
+    problems: &mut Vec<String>,
+) -> Result<()> {
+    refs.sort_unstable_by_key(|(_, _, r)| (r.blob, r.page));
+    let ch = store.channel()?;
+    let ipp = PAGE / u64::from(store.io_unit_size());
+    let mut buf = AlignedBuf::zeroed(VERIFY_BATCH * PAGE as usize);
+    for group in refs.chunks(VERIFY_BATCH) {
+        let mut read = vec![false; group.len()];
+        let mut reqs = Vec::with_capacity(group.len());
+        for (((_, _, r), page), was_read) in group
+            .iter()
+            .zip(buf.chunks_exact_mut(PAGE as usize))
+            .zip(read.iter_mut())
+        {
+            let Some(b) = blobs.get(&r.blob) else {
+                continue;
+            };
+            if u64::from(r.page + 1) * ipp > b.num_io_units() {
+                continue;
+            }
+            *was_read = true;
+            reqs.push(BlobIo::Read {
+                blob: b,
+                offset: u64::from(r.page) * ipp,
+                buf: page,
+            });
+        }
+        if let Err(e) = store.block_on(ch.submit(&mut reqs)) {
+            drop(reqs);
+            let (id, cp, r) = group[0];
+            problems.push(format!(
+                "{} chunk pages from chunk {id} page {cp} (chunk blob {}, page {}) on: unreadable: {e}",
+                group.len(),
+                r.blob,
+                r.page
+            ));
+            continue;
+        }
+        drop(reqs);
+        for (((id, cp, r), page), was_read) in
+            group.iter().zip(buf.chunks_exact(PAGE as usize)).zip(&read)
+        {
+            if *was_read && meta::page_crc(*id, *cp, page) != r.crc {
+                problems.push(format!(
+                    "chunk {id} page {cp} (chunk blob {}, page {}) fails its crc32c",
+                    r.blob, r.page
+                ));
+            }
+        }
+    }
+    Ok(())
 }
