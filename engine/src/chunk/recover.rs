@@ -26,6 +26,10 @@ pub(crate) struct Restored<S: BlobStore> {
     pub orphans: Vec<(ChunkId, u32)>,
     pub chunks: u64,
     pub pages: u64,
+    /// Every chunk's header, its size raised to what its segments record (`Segment::end`).
+    pub headers: BTreeMap<ChunkId, ChunkHeader>,
+    /// The segments of those chunks (orphans left out), to warm the workers' caches.
+    pub segs: Vec<(ChunkId, u32, Segment)>,
 }
 
 /// Open every chunk blob (each handle is closed by [`close_blobs`]).
@@ -125,6 +129,12 @@ pub(crate) fn restore<S: BlobStore>(db: &Db<S>, workers: usize) -> Result<Restor
         close_blobs(store, blobs.values());
         return Err(e);
     }
+    // A write that grew its chunk within one segment recorded the size there only.
+    for (id, s, seg) in &segs {
+        if let Some(h) = headers.get_mut(id) {
+            h.size = h.size.max(seg.reach(*s));
+        }
+    }
     let mut pages = 0;
     let mut orphans = Vec::new();
     for (id, s, seg) in &segs {
@@ -165,6 +175,11 @@ pub(crate) fn restore<S: BlobStore>(db: &Db<S>, workers: usize) -> Result<Restor
         orphans,
         chunks: headers.len() as u64,
         pages,
+        segs: segs
+            .into_iter()
+            .filter(|(id, _, _)| headers.contains_key(id))
+            .collect(),
+        headers,
     })
 }
 
