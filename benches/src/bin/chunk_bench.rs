@@ -63,6 +63,10 @@ struct Args {
     /// Leave the chunk store's image file sparse (its writes then allocate file blocks).
     #[arg(long)]
     sparse_image: bool,
+    /// Chunk writes through `ChunkStore::write` (copies the caller's bytes) rather than
+    /// `write_owned` (the aligned buffer itself goes to the device, as for raw and odirect).
+    #[arg(long)]
+    chunk_copy: bool,
 }
 
 /// Writes and flushes completed by the block device holding `dir` (`/proc/diskstats`).
@@ -117,6 +121,11 @@ trait Target: Sync {
     fn write(&self, c: u64, off: u64, buf: &[u8]) -> Res<()>;
     fn read(&self, c: u64, off: u64, buf: &mut [u8]) -> Res<()>;
     fn sync(&self) -> Res<()>;
+    /// Write an aligned buffer the engine may take (and gives back).
+    fn write_owned(&self, c: u64, off: u64, buf: AlignedBuf) -> Res<AlignedBuf> {
+        self.write(c, off, &buf)?;
+        Ok(buf)
+    }
     /// The chunk store's counters (others: none).
     fn counters(&self) -> Option<blobcask::chunk::ChunkCounters> {
         None
@@ -128,6 +137,8 @@ struct Chunks {
     cs: ChunkStore,
     ids: Vec<u64>,
     durable: bool,
+    /// Use the copying `write` instead of `write_owned`.
+    copy: bool,
 }
 
 impl Target for Chunks {
@@ -146,6 +157,13 @@ impl Target for Chunks {
     }
     fn counters(&self) -> Option<blobcask::chunk::ChunkCounters> {
         self.cs.counters().ok()
+    }
+    fn write_owned(&self, c: u64, off: u64, buf: AlignedBuf) -> Res<AlignedBuf> {
+        if self.copy {
+            self.write(c, off, &buf)?;
+            return Ok(buf);
+        }
+        Ok(self.cs.write_owned(self.ids[c as usize], off, buf).wait()?)
     }
 }
 
@@ -247,6 +265,7 @@ fn setup(a: &Args, engine: &str) -> Res<Box<dyn Target>> {
                 cs,
                 ids,
                 durable: a.sync,
+                copy: a.chunk_copy,
             })
         }
         "raw" => Box::new(Raw {
@@ -330,6 +349,7 @@ fn run_one(a: &Args, engine: &str) -> Res<Outcome> {
                     let mut rng = rand::rngs::StdRng::seed_from_u64(th as u64 + 7);
                     let mut buf = AlignedBuf::zeroed(bs);
                     rng.fill(&mut buf[..]);
+                    let mut buf = Some(buf);
                     let mut seq = 0u64;
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
@@ -340,17 +360,21 @@ fn run_one(a: &Args, engine: &str) -> Res<Outcome> {
                         match a.rw.as_str() {
                             "randwrite" => {
                                 let c = rng.gen_range(0..a.chunks);
-                                t.write(c, rng.gen_range(0..per_chunk) * a.bs, &buf)?;
+                                let off = rng.gen_range(0..per_chunk) * a.bs;
+                                let b = buf.take().ok_or("buffer lost")?;
+                                buf = Some(t.write_owned(c, off, b)?);
                             }
                             "randread" => {
                                 let c = rng.gen_range(0..a.chunks);
-                                t.read(c, rng.gen_range(0..per_chunk) * a.bs, &mut buf)?;
+                                let b = buf.as_mut().ok_or("buffer lost")?;
+                                t.read(c, rng.gen_range(0..per_chunk) * a.bs, b)?;
                             }
                             "write" => {
                                 // Thread `th` writes chunks th, th + threads, ... in order.
                                 let n = a.threads.max(1) as u64;
                                 let c = (th as u64 + n * (seq / per_chunk)) % a.chunks;
-                                t.write(c, (seq % per_chunk) * a.bs, &buf)?;
+                                let b = buf.take().ok_or("buffer lost")?;
+                                buf = Some(t.write_owned(c, (seq % per_chunk) * a.bs, b)?);
                                 seq += 1;
                             }
                             rw => return Err(format!("unknown --rw {rw}").into()),

@@ -364,6 +364,14 @@ pub(crate) enum Msg {
         durable: bool,
         reply: Tx<()>,
     },
+    /// A write whose buffer goes back to the caller.
+    WriteOwned {
+        id: ChunkId,
+        off: u64,
+        data: WriteBuf,
+        durable: bool,
+        reply: Tx<AlignedBuf>,
+    },
     Read {
         id: ChunkId,
         off: u64,
@@ -658,6 +666,27 @@ impl<S: BlobStore> ChunkStore<S> {
             id,
             off: offset,
             data,
+            durable,
+            reply,
+        })
+    }
+
+    /// Write `buf` at `offset` without copying it: the buffer itself goes to the device and
+    /// comes back in the reply for reuse. `offset` and `buf.len()` must be multiples of
+    /// 4 KiB (`InvalidArgument` otherwise). Durability as [`ChunkStore::write`].
+    pub fn write_owned(&self, id: ChunkId, offset: u64, buf: AlignedBuf) -> Reply<AlignedBuf> {
+        if !offset.is_multiple_of(meta::PAGE) || !(buf.len() as u64).is_multiple_of(meta::PAGE) {
+            return Reply::ready(Err(ChunkError::InvalidArgument(format!(
+                "write_owned of {} bytes at {offset}: both must be multiples of 4096",
+                buf.len()
+            ))));
+        }
+        let durable = self.durable();
+        let len = buf.len();
+        self.request(id, |reply| Msg::WriteOwned {
+            id,
+            off: offset,
+            data: WriteBuf { buf, lead: 0, len },
             durable,
             reply,
         })

@@ -75,6 +75,7 @@ pub(crate) fn spawn<S: BlobStore>(
         pool,
         counters: ChunkCounters::default(),
         grow_streak: 0,
+        crc: crc_helper(id),
     };
     std::thread::Builder::new()
         .name(format!("blobcask-chunk-{id}"))
@@ -104,6 +105,8 @@ struct Worker<S: BlobStore> {
     counters: ChunkCounters,
     /// Consecutive grows of the newest blob: each one takes more clusters (doubling).
     grow_streak: u32,
+    /// Checksums large writes beside their device write (none if its thread did not start).
+    crc: Option<CrcHelper>,
 }
 
 fn corrupt(chunk: ChunkId, offset: u64, detail: impl Into<String>) -> ChunkError {
@@ -161,6 +164,16 @@ impl<S: BlobStore> Worker<S> {
                 } => reply.send(self.truncate(id, size, durable)),
                 Msg::Remove { id, durable, reply } => reply.send(self.remove(id, durable)),
                 Msg::Stat { id, reply } => reply.send(self.stat(id)),
+                Msg::WriteOwned {
+                    id,
+                    off,
+                    mut data,
+                    durable,
+                    reply,
+                } => {
+                    let r = self.write(id, off, &mut data, durable);
+                    reply.send(r.map(|()| data.buf))
+                }
                 Msg::Created(id, h) => {
                     self.heads.insert(id, h);
                 }
@@ -438,16 +451,24 @@ impl<S: BlobStore> Worker<S> {
             }
         }
         let new = self.take_pages(n)?;
-        let buf = &data.buf[..len];
-        if let Err(e) = self.write_pages(&new, buf) {
-            self.give_back(&new);
-            return Err(e);
+        let shared = Arc::new(std::mem::replace(&mut data.buf, AlignedBuf::zeroed(0)));
+        let crcs = self.write_and_crc(id, first, &new, &shared, len);
+        // The buffer goes back to the pool unless a helper still holds it (it never does
+        // after answering).
+        if let Ok(b) = Arc::try_unwrap(shared) {
+            data.buf = b;
         }
+        let crcs = match crcs {
+            Ok(c) => c,
+            Err(e) => {
+                self.give_back(&new);
+                return Err(e);
+            }
+        };
         let mut freed = Vec::new();
-        for (k, &(b, p)) in new.iter().enumerate() {
+        for (k, (&(b, p), &crc)) in new.iter().zip(&crcs).enumerate() {
             let cp = first + k as u64;
             let (s, i) = split(cp);
-            let crc = meta::page_crc(id, cp, &buf[k * PAGE as usize..(k + 1) * PAGE as usize]);
             if let Some(seg) = segs.get_mut(&s) {
                 let old = seg.get(i);
                 if !old.is_hole() {
@@ -668,6 +689,39 @@ impl<S: BlobStore> Worker<S> {
         let n = self.n as u32;
         let id = self.id as u32;
         top + (id + n - top % n) % n
+    }
+
+    /// Write `buf[..len]` to the pages `at` and return the crc of each page (chunk `id`,
+    /// from chunk page `first`). A large write has its crcs computed by the worker's helper
+    /// thread while the device writes: the checksum costs no time on the write's path.
+    fn write_and_crc(
+        &mut self,
+        id: ChunkId,
+        first: u64,
+        at: &[(u32, u32)],
+        buf: &Arc<AlignedBuf>,
+        len: usize,
+    ) -> Result<Vec<u32>> {
+        let n = at.len();
+        let helped = n >= OVERLAP_PAGES
+            && self.crc.as_ref().is_some_and(|h| {
+                h.jobs
+                    .send(CrcJob {
+                        buf: buf.clone(),
+                        id,
+                        first,
+                        n,
+                    })
+                    .is_ok()
+            });
+        let written = self.write_pages(at, &buf[..len]);
+        let crcs = if helped {
+            self.crc.as_ref().and_then(|h| h.done.recv().ok())
+        } else {
+            None
+        };
+        written?;
+        Ok(crcs.unwrap_or_else(|| page_crcs(id, first, n, buf)))
     }
 
     /// Write `buf` (4 KiB per page) to the pages `at`, one request per run of neighbours.
@@ -950,6 +1004,51 @@ impl<S: BlobStore> Worker<S> {
         }
         Ok(st)
     }
+}
+
+/// Writes of at least this many pages have their crcs computed beside the device write.
+const OVERLAP_PAGES: usize = 32;
+
+/// The crcs of `n` pages of `buf` holding chunk `id`'s pages from `first` on.
+fn page_crcs(id: ChunkId, first: u64, n: usize, buf: &[u8]) -> Vec<u32> {
+    buf.chunks_exact(PAGE as usize)
+        .take(n)
+        .enumerate()
+        .map(|(k, p)| meta::page_crc(id, first + k as u64, p))
+        .collect()
+}
+
+/// Pages to checksum for a worker, by its helper thread.
+struct CrcJob {
+    buf: Arc<AlignedBuf>,
+    id: ChunkId,
+    first: u64,
+    n: usize,
+}
+
+/// A worker's checksum helper: a thread of its own (no state shared with other workers).
+struct CrcHelper {
+    jobs: Sender<CrcJob>,
+    done: Receiver<Vec<u32>>,
+}
+
+fn crc_helper(worker: usize) -> Option<CrcHelper> {
+    let (jobs, job_rx) = crossbeam_channel::bounded::<CrcJob>(1);
+    let (done_tx, done) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new()
+        .name(format!("blobcask-chunk-{worker}-crc"))
+        .spawn(move || {
+            for j in job_rx {
+                let crcs = page_crcs(j.id, j.first, j.n, &j.buf);
+                // Let go of the buffer before answering: the worker takes it back whole.
+                drop(j);
+                if done_tx.send(crcs).is_err() {
+                    return;
+                }
+            }
+        })
+        .ok()?;
+    Some(CrcHelper { jobs, done })
 }
 
 /// Prefix of every segment key.
