@@ -67,6 +67,10 @@ struct Args {
     /// `write_owned` (the aligned buffer itself goes to the device, as for raw and odirect).
     #[arg(long)]
     chunk_copy: bool,
+    /// Under `--sync`, the KV's `SyncPolicy::GroupCommit` with this delay (µs) instead of
+    /// `Always`: concurrent durable writes share a flush.
+    #[arg(long)]
+    group_commit_us: Option<u64>,
 }
 
 /// Writes and flushes completed by the block device holding `dir` (`/proc/diskstats`).
@@ -241,7 +245,11 @@ fn setup(a: &Args, engine: &str) -> Res<Box<dyn Target>> {
             let mut o = Options::new(DeviceSpec::Path(path));
             o.create = true;
             o.device_size = size;
-            o.sync = if a.sync {
+            o.sync = if let (true, Some(us)) = (a.sync, a.group_commit_us) {
+                SyncPolicy::GroupCommit {
+                    max_delay: Duration::from_micros(us),
+                }
+            } else if a.sync {
                 SyncPolicy::Always
             } else {
                 SyncPolicy::Never
