@@ -71,6 +71,9 @@ struct Args {
     /// `Always`: concurrent durable writes share a flush.
     #[arg(long)]
     group_commit_us: Option<u64>,
+    /// KV shards of the chunk store's `Db` (default: the store's default, one per core).
+    #[arg(long)]
+    kv_shards: Option<usize>,
 }
 
 /// Writes and flushes completed by the block device holding `dir` (`/proc/diskstats`).
@@ -245,6 +248,9 @@ fn setup(a: &Args, engine: &str) -> Res<Box<dyn Target>> {
             let mut o = Options::new(DeviceSpec::Path(path));
             o.create = true;
             o.device_size = size;
+            if let Some(n) = a.kv_shards {
+                o.shards = n;
+            }
             o.sync = if let (true, Some(us)) = (a.sync, a.group_commit_us) {
                 SyncPolicy::GroupCommit {
                     max_delay: Duration::from_micros(us),
