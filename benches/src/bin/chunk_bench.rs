@@ -1,7 +1,15 @@
 //! `chunk_bench`: fio-like chunk workloads on the chunk store and, in the same run, on the
-//! baselines a storage node uses today: the raw device (one preallocated file, `O_DIRECT`),
-//! one file per chunk with `pwrite` (+ `fdatasync` per write under `--sync`), and one file
-//! per chunk opened `O_DIRECT`.
+//! baselines a storage node uses today: the raw device (one file written full of zeroes
+//! first, `O_DIRECT`), one file per chunk with `pwrite` (+ `fdatasync` per write under
+//! `--sync`), and one file per chunk opened `O_DIRECT`.
+//!
+//! The chunk store's image is written full of zeroes before the store is made on it (unless
+//! `--sparse-image`): like a block device, writes then never allocate file system blocks, so
+//! no `fdatasync` commits the file system's journal for the store. `--fresh` writes new
+//! chunks (created empty, not filled first): the files then allocate a block per write.
+//! Each line ends with what one operation cost: the device's writes and flushes (from
+//! `/proc/diskstats`, the whole disk, so other load on it counts too) and, for the chunk
+//! store, its own counters.
 //!
 //! ```text
 //! chunk_bench --dir /mnt/x --rw randwrite --bs 4K --chunk-size 1M --chunks 16 --threads 1 --sync
@@ -49,6 +57,57 @@ struct Args {
     /// Engines, comma separated: chunk, raw, files, odirect.
     #[arg(long, default_value = "chunk,raw,files,odirect")]
     engines: String,
+    /// Random writes into new chunks (created empty; nothing is filled first).
+    #[arg(long)]
+    fresh: bool,
+    /// Leave the chunk store's image file sparse (its writes then allocate file blocks).
+    #[arg(long)]
+    sparse_image: bool,
+    /// Chunk writes through `ChunkStore::write` (copies the caller's bytes) rather than
+    /// `write_owned` (the aligned buffer itself goes to the device, as for raw and odirect).
+    #[arg(long)]
+    chunk_copy: bool,
+    /// Under `--sync`, the KV's `SyncPolicy::GroupCommit` with this delay (µs) instead of
+    /// `Always`: concurrent durable writes share a flush.
+    #[arg(long)]
+    group_commit_us: Option<u64>,
+    /// KV shards of the chunk store's `Db` (default: the store's default, one per core).
+    #[arg(long)]
+    kv_shards: Option<usize>,
+}
+
+/// Writes and flushes completed by the block device holding `dir` (`/proc/diskstats`).
+fn disk_counts(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let dev = std::fs::metadata(dir).ok()?.dev();
+    let (maj, min) = (libc::major(dev), libc::minor(dev));
+    let text = std::fs::read_to_string("/proc/diskstats").ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 19 || f[0].parse::<u32>().ok()? != maj || f[1].parse::<u32>().ok()? != min {
+            return None;
+        }
+        Some((f[7].parse().ok()?, f[18].parse().ok()?))
+    })
+}
+
+/// Fill `path` with `len` zero bytes and make them durable (a device's blocks all exist).
+fn zero_file(path: &Path, len: u64) -> Res<()> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)?;
+    let zeros = AlignedBuf::zeroed(8 << 20);
+    let mut at = 0;
+    while at < len {
+        let n = (len - at).min(zeros.len() as u64) as usize;
+        f.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    f.sync_all()?;
+    Ok(())
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -69,6 +128,15 @@ trait Target: Sync {
     fn write(&self, c: u64, off: u64, buf: &[u8]) -> Res<()>;
     fn read(&self, c: u64, off: u64, buf: &mut [u8]) -> Res<()>;
     fn sync(&self) -> Res<()>;
+    /// Write an aligned buffer the engine may take (and gives back).
+    fn write_owned(&self, c: u64, off: u64, buf: AlignedBuf) -> Res<AlignedBuf> {
+        self.write(c, off, &buf)?;
+        Ok(buf)
+    }
+    /// The chunk store's counters (others: none).
+    fn counters(&self) -> Option<blobcask::chunk::ChunkCounters> {
+        None
+    }
 }
 
 struct Chunks {
@@ -76,6 +144,8 @@ struct Chunks {
     cs: ChunkStore,
     ids: Vec<u64>,
     durable: bool,
+    /// Use the copying `write` instead of `write_owned`.
+    copy: bool,
 }
 
 impl Target for Chunks {
@@ -91,6 +161,16 @@ impl Target for Chunks {
     }
     fn sync(&self) -> Res<()> {
         Ok(self.cs.sync()?)
+    }
+    fn counters(&self) -> Option<blobcask::chunk::ChunkCounters> {
+        self.cs.counters().ok()
+    }
+    fn write_owned(&self, c: u64, off: u64, buf: AlignedBuf) -> Res<AlignedBuf> {
+        if self.copy {
+            self.write(c, off, &buf)?;
+            return Ok(buf);
+        }
+        Ok(self.cs.write_owned(self.ids[c as usize], off, buf).wait()?)
     }
 }
 
@@ -160,10 +240,22 @@ fn setup(a: &Args, engine: &str) -> Res<Box<dyn Target>> {
         "chunk" => {
             let path = a.dir.join("chunk_bench.img");
             let _ = std::fs::remove_file(&path);
+            let size = total * 3 / 2 + (512 << 20);
+            if !a.sparse_image {
+                // An all-zero image is formatted by `create` like a new one.
+                zero_file(&path, size)?;
+            }
             let mut o = Options::new(DeviceSpec::Path(path));
             o.create = true;
-            o.device_size = total * 3 / 2 + (512 << 20);
-            o.sync = if a.sync {
+            o.device_size = size;
+            if let Some(n) = a.kv_shards {
+                o.shards = n;
+            }
+            o.sync = if let (true, Some(us)) = (a.sync, a.group_commit_us) {
+                SyncPolicy::GroupCommit {
+                    max_delay: Duration::from_micros(us),
+                }
+            } else if a.sync {
                 SyncPolicy::Always
             } else {
                 SyncPolicy::Never
@@ -187,10 +279,15 @@ fn setup(a: &Args, engine: &str) -> Res<Box<dyn Target>> {
                 cs,
                 ids,
                 durable: a.sync,
+                copy: a.chunk_copy,
             })
         }
         "raw" => Box::new(Raw {
-            f: open_file(&a.dir.join("chunk_bench.raw"), total, true)?,
+            f: {
+                let p = a.dir.join("chunk_bench.raw");
+                zero_file(&p, total)?;
+                open_file(&p, total, true)?
+            },
             chunk: a.chunk_size,
             durable: a.sync,
         }),
@@ -228,13 +325,18 @@ struct Outcome {
     mbps: f64,
     p50: u64,
     p99: u64,
+    /// What one operation cost (device writes and flushes; the chunk store's counters).
+    per_op: String,
 }
 
 fn run_one(a: &Args, engine: &str) -> Res<Outcome> {
     let t = setup(a, engine)?;
     let bs = a.bs as usize;
     let per_chunk = a.chunk_size / a.bs;
-    if a.rw != "write" {
+    if a.rw == "randread" && a.fresh {
+        return Err("--fresh is for writes (a fresh chunk has nothing to read)".into());
+    }
+    if a.rw != "write" && !a.fresh {
         // Fill every chunk first (sequential 1 MiB writes), then make it durable: random
         // I/O then overwrites allocated space in every engine.
         let step = (1u64 << 20).min(a.chunk_size) as usize;
@@ -248,6 +350,8 @@ fn run_one(a: &Args, engine: &str) -> Res<Outcome> {
         t.sync()?;
     }
     let next = AtomicU64::new(0);
+    let c0 = t.counters();
+    let d0 = disk_counts(&a.dir);
     let t0 = Instant::now();
     let hists: Vec<Res<Histogram<u64>>> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..a.threads.max(1))
@@ -259,6 +363,7 @@ fn run_one(a: &Args, engine: &str) -> Res<Outcome> {
                     let mut rng = rand::rngs::StdRng::seed_from_u64(th as u64 + 7);
                     let mut buf = AlignedBuf::zeroed(bs);
                     rng.fill(&mut buf[..]);
+                    let mut buf = Some(buf);
                     let mut seq = 0u64;
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
@@ -269,17 +374,21 @@ fn run_one(a: &Args, engine: &str) -> Res<Outcome> {
                         match a.rw.as_str() {
                             "randwrite" => {
                                 let c = rng.gen_range(0..a.chunks);
-                                t.write(c, rng.gen_range(0..per_chunk) * a.bs, &buf)?;
+                                let off = rng.gen_range(0..per_chunk) * a.bs;
+                                let b = buf.take().ok_or("buffer lost")?;
+                                buf = Some(t.write_owned(c, off, b)?);
                             }
                             "randread" => {
                                 let c = rng.gen_range(0..a.chunks);
-                                t.read(c, rng.gen_range(0..per_chunk) * a.bs, &mut buf)?;
+                                let b = buf.as_mut().ok_or("buffer lost")?;
+                                t.read(c, rng.gen_range(0..per_chunk) * a.bs, b)?;
                             }
                             "write" => {
                                 // Thread `th` writes chunks th, th + threads, ... in order.
                                 let n = a.threads.max(1) as u64;
                                 let c = (th as u64 + n * (seq / per_chunk)) % a.chunks;
-                                t.write(c, (seq % per_chunk) * a.bs, &buf)?;
+                                let b = buf.take().ok_or("buffer lost")?;
+                                buf = Some(t.write_owned(c, (seq % per_chunk) * a.bs, b)?);
                                 seq += 1;
                             }
                             rw => return Err(format!("unknown --rw {rw}").into()),
@@ -298,6 +407,28 @@ fn run_one(a: &Args, engine: &str) -> Res<Outcome> {
         t.sync()?;
     }
     let secs = t0.elapsed().as_secs_f64().max(1e-9);
+    let ops_done = a.ops.max(1) as f64;
+    let disk = match (d0, disk_counts(&a.dir)) {
+        (Some(b), Some(e)) => format!(
+            "dev {:.2} w {:.2} fl",
+            (e.0 - b.0) as f64 / ops_done,
+            (e.1 - b.1) as f64 / ops_done
+        ),
+        _ => String::new(),
+    };
+    let chunk = match (c0, t.counters()) {
+        (Some(b), Some(e)) => format!(
+            "; data {:.2} w {:.2} r, kv {:.2} commits ({:.2} multi-key) {:.2} reads {:.2} syncs, {} grows",
+            (e.data_writes - b.data_writes) as f64 / ops_done,
+            (e.data_reads - b.data_reads) as f64 / ops_done,
+            (e.commits - b.commits) as f64 / ops_done,
+            (e.multi_key_commits - b.multi_key_commits) as f64 / ops_done,
+            (e.meta_reads - b.meta_reads) as f64 / ops_done,
+            (e.syncs - b.syncs) as f64 / ops_done,
+            e.grows - b.grows,
+        ),
+        _ => String::new(),
+    };
     let mut all = Histogram::<u64>::new(3)?;
     for h in hists {
         all.add(h?)?;
@@ -309,6 +440,7 @@ fn run_one(a: &Args, engine: &str) -> Res<Outcome> {
         mbps: ops * a.bs as f64 / secs / 1e6,
         p50: all.value_at_quantile(0.5),
         p99: all.value_at_quantile(0.99),
+        per_op: format!("{disk}{chunk}"),
     })
 }
 
@@ -322,15 +454,26 @@ impl Drop for Chunks {
 fn main() -> std::process::ExitCode {
     let a = Args::parse();
     println!(
-        "| engine | rw | bs | chunk size | chunks | threads | sync | IOPS | MB/s | p50 µs | p99 µs |"
+        "| engine | rw | bs | chunk size | chunks | threads | sync | fresh | IOPS | MB/s | p50 µs | p99 µs | per op |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut code = std::process::ExitCode::SUCCESS;
     for e in a.engines.split(',') {
         match run_one(&a, e) {
             Ok(o) => println!(
-                "| {e} | {} | {} | {} | {} | {} | {} | {:.0} | {:.1} | {} | {} |",
-                a.rw, a.bs, a.chunk_size, a.chunks, a.threads, a.sync, o.iops, o.mbps, o.p50, o.p99
+                "| {e} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.1} | {} | {} | {} |",
+                a.rw,
+                a.bs,
+                a.chunk_size,
+                a.chunks,
+                a.threads,
+                a.sync,
+                a.fresh,
+                o.iops,
+                o.mbps,
+                o.p50,
+                o.p99,
+                o.per_op
             ),
             Err(err) => {
                 eprintln!("{e}: {err}");

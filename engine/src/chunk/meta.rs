@@ -27,10 +27,10 @@
 //!
 //! | offset  | size | field    | meaning                                           |
 //! |---------|------|----------|---------------------------------------------------|
-//! | 0       | 1    | version  | 1                                                 |
+//! | 0       | 1    | version  | 1 (`end` is 0), or 2 (`end` is 1..=1 MiB)          |
 //! | 1       | 1    | reserved | 0                                                 |
 //! | 2       | 2    | n        | entries (1..=256)                                 |
-//! | 4       | 4    | reserved | 0                                                 |
+//! | 4       | 4    | end      | the chunk is at least `segment start + end` bytes long |
 //! | 8+12·i  | 4    | blob     | chunk blob number (`bc.chunk.no`); `ffffffff` = hole (reads zeroes) |
 //! | 12+12·i | 4    | page     | 4 KiB page within that blob                       |
 //! | 16+12·i | 4    | crc      | crc32c of (chunk id u64 LE ‖ chunk page u64 LE ‖ the 4 KiB page) |
@@ -52,6 +52,8 @@ pub const SEG_PAGES: usize = (SEG_BYTES / PAGE) as usize;
 pub const HOLE: u32 = u32::MAX;
 
 const VERSION: u8 = 1;
+/// Segment values with a nonzero `end`.
+const SEG_VERSION_END: u8 = 2;
 const HEADER_LEN: usize = 24;
 const SEG_HEAD: usize = 8;
 const ENTRY: usize = 12;
@@ -176,6 +178,10 @@ impl PageRef {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Segment {
     pub pages: Vec<PageRef>,
+    /// The chunk's size is at least the segment's start + `end` (0..=`SEG_BYTES`): a write
+    /// that grows the chunk records it here, in the one value it commits, instead of
+    /// rewriting the header (another key, so another KV shard, and a two-round batch).
+    pub end: u32,
 }
 
 impl Segment {
@@ -202,10 +208,15 @@ impl Segment {
     pub fn encode(&self) -> Vec<u8> {
         let n = self.pages.len();
         let mut b = Vec::with_capacity(SEG_HEAD + ENTRY * n + 4);
-        b.push(VERSION);
+        // Version 1 when there is no `end` (the bytes older versions wrote), else 2.
+        b.push(if self.end == 0 {
+            VERSION
+        } else {
+            SEG_VERSION_END
+        });
         b.push(0);
         b.extend_from_slice(&(n as u16).to_le_bytes());
-        b.extend_from_slice(&[0; 4]);
+        b.extend_from_slice(&self.end.to_le_bytes());
         for p in &self.pages {
             b.extend_from_slice(&p.blob.to_le_bytes());
             b.extend_from_slice(&p.page.to_le_bytes());
@@ -224,7 +235,13 @@ impl Segment {
         if crc32c::crc32c(&b[..body]) != le32(&b[body..]) {
             return Err(DecodeError("segment value fails its crc"));
         }
-        if b[0] != VERSION || b[1] != 0 || b[4..8] != [0; 4] {
+        let end = le32(&b[4..8]);
+        let known = match b[0] {
+            VERSION => end == 0,
+            SEG_VERSION_END => end != 0 && u64::from(end) <= SEG_BYTES,
+            _ => false,
+        };
+        if !known || b[1] != 0 {
             return Err(DecodeError("segment value of an unknown version"));
         }
         let n = usize::from(u16::from_le_bytes([b[2], b[3]]));
@@ -239,7 +256,16 @@ impl Segment {
                 crc: le32(&e[8..12]),
             })
             .collect();
-        Ok(Segment { pages })
+        Ok(Segment { pages, end })
+    }
+
+    /// Where this segment says chunk `s`'s size reaches (0: nothing recorded).
+    pub fn reach(&self, s: u32) -> u64 {
+        if self.end == 0 {
+            0
+        } else {
+            u64::from(s) * SEG_BYTES + u64::from(self.end)
+        }
     }
 }
 
@@ -320,6 +346,23 @@ mod tests {
             assert!(Segment::decode(&bad).is_err(), "flip at {i} accepted");
         }
         assert!(Segment::decode(&[]).is_err());
+        // Version 2 carries `end`; a version 1 value with one, or a version 2 value
+        // without one or past the segment, is refused.
+        let mut e = s.clone();
+        e.end = 5000;
+        let b2 = e.encode();
+        assert_eq!(&b2[..8], &[2, 0, 2, 0, 0x88, 0x13, 0, 0]);
+        assert_eq!(Segment::decode(&b2), Ok(e.clone()));
+        assert_eq!(e.reach(3), 3 * SEG_BYTES + 5000);
+        for (v, end) in [(1u8, 5000u32), (2, 0), (2, (1 << 20) + 1)] {
+            let mut bad = b2.clone();
+            bad[0] = v;
+            bad[4..8].copy_from_slice(&end.to_le_bytes());
+            let body = bad.len() - 4;
+            let crc = crc32c::crc32c(&bad[..body]);
+            bad[body..].copy_from_slice(&crc.to_le_bytes());
+            assert!(Segment::decode(&bad).is_err(), "v{v} end {end} accepted");
+        }
         s.set(1, PageRef::HOLE);
         assert!(s.trim());
     }
@@ -342,9 +385,14 @@ mod tests {
 
     proptest! {
         #[test]
-        fn segment_round_trips(pages in proptest::collection::vec(page_ref(), 1..=SEG_PAGES)) {
-            let s = Segment { pages };
-            prop_assert_eq!(Segment::decode(&s.encode()), Ok(s));
+        fn segment_round_trips(
+            pages in proptest::collection::vec(page_ref(), 1..=SEG_PAGES),
+            end in prop_oneof![Just(0u32), 1u32..=(1 << 20)],
+        ) {
+            let s = Segment { pages, end };
+            let b = s.encode();
+            prop_assert_eq!(b[0], if end == 0 { 1 } else { 2 });
+            prop_assert_eq!(Segment::decode(&b), Ok(s));
         }
 
         #[test]

@@ -35,12 +35,14 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::blobstore::BlobStore;
 use crate::db::{Db, WriteBatch};
+use crate::device::AlignedBuf;
 
 // The bitmaps and the metadata codec: public only with `internals` (tests and fuzzers).
 internal! {
     alloc;
     meta;
 }
+mod cache;
 mod recover;
 mod worker;
 
@@ -99,7 +101,8 @@ pub struct ChunkOptions {
     /// Whether `write`, `truncate`, `remove` and `create` are durable when they return
     /// (default true). Otherwise they are durable at the next [`ChunkStore::sync`].
     pub durable: bool,
-    /// Clusters a worker adds when it runs short (default 4).
+    /// Clusters a worker adds when it first runs short (default 4); each further growth
+    /// doubles that, up to `max_blob_clusters` and half the free clusters.
     pub grow_clusters: u64,
     /// Largest chunk blob, in clusters (default 64); a worker then starts another blob.
     pub max_blob_clusters: u64,
@@ -113,6 +116,10 @@ pub struct ChunkOptions {
     /// Frees a non-durable worker keeps waiting for a sync before it syncs by itself
     /// (default 16384 pages).
     pub max_pending_frees: usize,
+    /// Bytes of segment metadata the workers keep in memory, split evenly between them
+    /// (default 64 MiB: the maps of about 20 GiB of chunk data; 0 = none). Chunk headers
+    /// (about 40 bytes each) stay in memory besides, for every chunk a worker has seen.
+    pub meta_cache_bytes: u64,
 }
 
 impl Default for ChunkOptions {
@@ -126,6 +133,7 @@ impl Default for ChunkOptions {
             compact_below: 0.25,
             compact_every: None,
             max_pending_frees: 16384,
+            meta_cache_bytes: 64 << 20,
         }
     }
 }
@@ -151,6 +159,54 @@ pub struct CompactStats {
     pub blobs_freed: u64,
     /// Clusters those blobs gave back to the blobstore.
     pub clusters_freed: u64,
+}
+
+/// What the workers did since open (a sum over them; for benchmarks and tests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChunkCounters {
+    /// Data page writes submitted (one submission per write or move).
+    pub data_writes: u64,
+    /// Data page reads submitted (edge pages of writes included).
+    pub data_reads: u64,
+    /// Metadata values read from the KV (cache misses that went to the KV).
+    pub meta_reads: u64,
+    /// KV batches committed.
+    pub commits: u64,
+    /// Of those, batches of more than one key (a cross-shard batch when the keys hash to
+    /// different KV shards: two rounds, a flush in each).
+    pub multi_key_commits: u64,
+    /// `Db::sync` calls by the workers (durable writes under `SyncPolicy::Never`, syncs).
+    pub syncs: u64,
+    /// Blob growths (resize + metadata sync) and new blobs.
+    pub grows: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+}
+
+impl std::ops::Add for ChunkCounters {
+    type Output = Self;
+    fn add(self, o: Self) -> Self {
+        ChunkCounters {
+            data_writes: self.data_writes + o.data_writes,
+            data_reads: self.data_reads + o.data_reads,
+            meta_reads: self.meta_reads + o.meta_reads,
+            commits: self.commits + o.commits,
+            multi_key_commits: self.multi_key_commits + o.multi_key_commits,
+            syncs: self.syncs + o.syncs,
+            grows: self.grows + o.grows,
+            cache_hits: self.cache_hits + o.cache_hits,
+            cache_misses: self.cache_misses + o.cache_misses,
+        }
+    }
+}
+
+/// A write's bytes, placed by the caller at `lead` (the offset's place in its first page) of
+/// a page-aligned buffer spanning every page the write touches: the one copy of the data on
+/// its way to the device. The worker fills the edges around it.
+pub(crate) struct WriteBuf {
+    pub buf: AlignedBuf,
+    pub lead: usize,
+    pub len: usize,
 }
 
 /// Space and counts of the chunk store.
@@ -299,9 +355,17 @@ pub(crate) enum Msg {
     Write {
         id: ChunkId,
         off: u64,
-        data: Vec<u8>,
+        data: WriteBuf,
         durable: bool,
         reply: Tx<()>,
+    },
+    /// A write whose buffer goes back to the caller.
+    WriteOwned {
+        id: ChunkId,
+        off: u64,
+        data: WriteBuf,
+        durable: bool,
+        reply: Tx<AlignedBuf>,
     },
     Read {
         id: ChunkId,
@@ -326,6 +390,8 @@ pub(crate) enum Msg {
     },
     /// Pages of blobs this worker owns, freed by another worker (its commit is durable).
     Free(Vec<(u32, u32)>),
+    /// A chunk just created (its header is committed): the worker need not read it back.
+    Created(ChunkId, meta::ChunkHeader),
     Sync {
         reply: Tx<()>,
     },
@@ -335,6 +401,9 @@ pub(crate) enum Msg {
     Space {
         reply: Tx<SpaceStats>,
     },
+    Counters {
+        reply: Tx<ChunkCounters>,
+    },
     Stop {
         reply: Tx<()>,
     },
@@ -343,6 +412,9 @@ pub(crate) enum Msg {
 struct StoreInner<S: BlobStore> {
     shared: Arc<Shared<S>>,
     senders: Vec<crossbeam_channel::Sender<Msg>>,
+    /// Per worker: write buffers it is done with, for the next caller (no lock: a
+    /// bounded lock-free channel).
+    pools: Vec<crossbeam_channel::Receiver<AlignedBuf>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
 }
@@ -440,15 +512,34 @@ impl<S: BlobStore> ChunkStore<S> {
         });
         let mut senders = Vec::new();
         let mut rxs = Vec::new();
-        for _ in 0..opts.workers {
+        let mut pools = Vec::new();
+        let mut starts: Vec<worker::Start> = Vec::new();
+        for alloc in rest.allocs {
             let (tx, rx) = crossbeam_channel::unbounded();
             senders.push(tx);
             rxs.push(rx);
+            let (ptx, prx) = crossbeam_channel::bounded(4);
+            pools.push(prx);
+            starts.push(worker::Start {
+                alloc,
+                heads: Default::default(),
+                warm: Vec::new(),
+                pool: ptx,
+            });
+        }
+        let n = opts.workers as u64;
+        for (id, h) in rest.headers {
+            starts[(id % n) as usize].heads.insert(id, h);
+        }
+        // Warm each worker's cache with its chunks' segments, within its share of the budget
+        // (the cache evicts past it).
+        for (id, s, seg) in rest.segs {
+            starts[(id % n) as usize].warm.push((id, s, seg));
         }
         let mut threads = Vec::new();
         let mut spawn_err = None;
-        for ((w, rx), alloc) in rxs.into_iter().enumerate().zip(rest.allocs) {
-            match worker::spawn(shared.clone(), w, rx, senders.clone(), alloc) {
+        for ((w, rx), start) in rxs.into_iter().enumerate().zip(starts) {
+            match worker::spawn(shared.clone(), w, rx, senders.clone(), start) {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     spawn_err = Some(e);
@@ -460,6 +551,7 @@ impl<S: BlobStore> ChunkStore<S> {
             inner: Arc::new(StoreInner {
                 shared,
                 senders,
+                pools,
                 threads: Mutex::new(threads),
                 closed: AtomicBool::new(false),
             }),
@@ -489,6 +581,23 @@ impl<S: BlobStore> ChunkStore<S> {
         }
     }
 
+    /// The write's bytes in a page-aligned buffer (a pooled one when it fits).
+    fn place(&self, id: ChunkId, off: u64, data: &[u8]) -> WriteBuf {
+        let lead = (off % meta::PAGE) as usize;
+        let span = (lead + data.len()).div_ceil(meta::PAGE as usize) * meta::PAGE as usize;
+        let w = (id % self.inner.pools.len().max(1) as u64) as usize;
+        let mut buf = match self.inner.pools.get(w).and_then(|p| p.try_recv().ok()) {
+            Some(b) if b.len() >= span => b,
+            _ => AlignedBuf::zeroed(span),
+        };
+        buf[lead..lead + data.len()].copy_from_slice(data);
+        WriteBuf {
+            buf,
+            lead,
+            len: data.len(),
+        }
+    }
+
     fn durable(&self) -> bool {
         self.inner.shared.opts.durable
     }
@@ -499,20 +608,27 @@ impl<S: BlobStore> ChunkStore<S> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(ChunkError::Closed);
         }
-        self.inner.shared.create(hint_size, self.durable())
+        let id = self.inner.shared.create(hint_size, self.durable())?;
+        self.created(id, hint_size);
+        Ok(id)
+    }
+
+    /// Tell the new chunk's worker its header (before any request for the chunk, which
+    /// comes later on the same channel).
+    fn created(&self, id: ChunkId, hint: u64) {
+        let _ = self.send(id, Msg::Created(id, meta::ChunkHeader { size: 0, hint }));
     }
 
     /// [`ChunkStore::create`] without blocking the caller (runs on a worker).
     pub fn create_async(&self, hint_size: u64) -> Reply<ChunkId> {
         let (tx, rx) = reply();
-        let shared = self.inner.shared.clone();
-        let durable = self.durable();
+        let store = self.clone();
         if self.inner.closed.load(Ordering::Acquire) {
             return Reply::ready(Err(ChunkError::Closed));
         }
         match std::thread::Builder::new()
             .name("blobcask-chunk-create".into())
-            .spawn(move || tx.send(shared.create(hint_size, durable)))
+            .spawn(move || tx.send(store.create(hint_size)))
         {
             Ok(_) => rx,
             Err(e) => Reply::ready(Err(ChunkError::Store(e.into()))),
@@ -522,15 +638,16 @@ impl<S: BlobStore> ChunkStore<S> {
     /// Write `data` at `offset` (the chunk grows as needed; a gap reads as zeroes). Atomic:
     /// after a crash the chunk holds all of it or none of it.
     pub fn write(&self, id: ChunkId, offset: u64, data: &[u8]) -> Result<()> {
-        self.write_async(id, offset, data.to_vec()).wait()
+        self.write_with(id, offset, data, self.durable())
     }
 
     /// [`ChunkStore::write`] with durability chosen for this call.
     pub fn write_with(&self, id: ChunkId, offset: u64, data: &[u8], durable: bool) -> Result<()> {
+        let data = self.place(id, offset, data);
         self.request(id, |reply| Msg::Write {
             id,
             off: offset,
-            data: data.to_vec(),
+            data,
             durable,
             reply,
         })
@@ -539,10 +656,32 @@ impl<S: BlobStore> ChunkStore<S> {
 
     pub fn write_async(&self, id: ChunkId, offset: u64, data: Vec<u8>) -> Reply<()> {
         let durable = self.durable();
+        let data = self.place(id, offset, &data);
         self.request(id, |reply| Msg::Write {
             id,
             off: offset,
             data,
+            durable,
+            reply,
+        })
+    }
+
+    /// Write `buf` at `offset` without copying it: the buffer itself goes to the device and
+    /// comes back in the reply for reuse. `offset` and `buf.len()` must be multiples of
+    /// 4 KiB (`InvalidArgument` otherwise). Durability as [`ChunkStore::write`].
+    pub fn write_owned(&self, id: ChunkId, offset: u64, buf: AlignedBuf) -> Reply<AlignedBuf> {
+        if !offset.is_multiple_of(meta::PAGE) || !(buf.len() as u64).is_multiple_of(meta::PAGE) {
+            return Reply::ready(Err(ChunkError::InvalidArgument(format!(
+                "write_owned of {} bytes at {offset}: both must be multiples of 4096",
+                buf.len()
+            ))));
+        }
+        let durable = self.durable();
+        let len = buf.len();
+        self.request(id, |reply| Msg::WriteOwned {
+            id,
+            off: offset,
+            data: WriteBuf { buf, lead: 0, len },
             durable,
             reply,
         })
@@ -636,6 +775,12 @@ impl<S: BlobStore> ChunkStore<S> {
             }))
     }
 
+    /// What the workers did since open, summed.
+    pub fn counters(&self) -> Result<ChunkCounters> {
+        let all = self.all(|reply| Msg::Counters { reply })?;
+        Ok(all.into_iter().fold(ChunkCounters::default(), |a, c| a + c))
+    }
+
     fn all<T>(&self, make: impl Fn(Tx<T>) -> Msg) -> Result<Vec<T>> {
         let waits: Vec<Reply<T>> = (0..self.inner.senders.len() as u64)
             .map(|w| self.request(w, &make))
@@ -684,6 +829,7 @@ impl<S: BlobStore> Drop for StoreInner<S> {
                 inner: Arc::new(StoreInner {
                     shared: self.shared.clone(),
                     senders: std::mem::take(&mut self.senders),
+                    pools: std::mem::take(&mut self.pools),
                     threads: Mutex::new(std::mem::take(&mut *self.threads.lock())),
                     closed: AtomicBool::new(false),
                 }),

@@ -29,6 +29,10 @@ pub(crate) struct Restored<S: BlobStore> {
     pub pages: u64,
     /// (chunk, chunk page, location) of every page marked used; only for `check`.
     pub refs: Vec<(ChunkId, u64, PageRef)>,
+    /// Every chunk's header, its size raised to what its segments record (`Segment::end`).
+    pub headers: BTreeMap<ChunkId, ChunkHeader>,
+    /// The segments of those chunks (orphans left out), to warm the workers' caches.
+    pub segs: Vec<(ChunkId, u32, Segment)>,
 }
 
 /// Open every chunk blob, or in a checkpoint `view` its chunk blobs' snapshots (each handle
@@ -136,6 +140,12 @@ fn restore_with<S: BlobStore>(db: &Db<S>, workers: usize, keep_refs: bool) -> Re
         close_blobs(store, blobs.values());
         return Err(e);
     }
+    // A write that grew its chunk within one segment recorded the size there only.
+    for (id, s, seg) in &segs {
+        if let Some(h) = headers.get_mut(id) {
+            h.size = h.size.max(seg.reach(*s));
+        }
+    }
     let mut pages = 0;
     let mut refs = Vec::new();
     let mut orphans = Vec::new();
@@ -183,6 +193,11 @@ fn restore_with<S: BlobStore>(db: &Db<S>, workers: usize, keep_refs: bool) -> Re
         chunks: headers.len() as u64,
         pages,
         refs,
+        segs: segs
+            .into_iter()
+            .filter(|(id, _, _)| headers.contains_key(id))
+            .collect(),
+        headers,
     })
 }
 

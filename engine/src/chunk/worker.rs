@@ -15,23 +15,40 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::alloc::Alloc;
-use super::meta::{self, ChunkHeader, PageRef, Segment, PAGE, SEG_PAGES};
+use super::cache::MetaCache;
+use super::meta::{self, ChunkHeader, PageRef, Segment, PAGE, SEG_BYTES, SEG_PAGES};
 use super::{
-    ChunkError, ChunkId, ChunkStat, CompactStats, Msg, Result, Shared, SpaceStats, MAX_CHUNK_SIZE,
-    ROLE_CHUNK, X_CHUNK_NO,
+    ChunkCounters, ChunkError, ChunkId, ChunkStat, CompactStats, Msg, Result, Shared, SpaceStats,
+    WriteBuf, MAX_CHUNK_SIZE, ROLE_CHUNK, X_CHUNK_NO,
 };
 use crate::blobs::X_ROLE;
 use crate::blobstore::{Blob as _, BlobIo, BlobStore, CreateOpts, IoChannel as _};
 use crate::db::WriteBatch;
 use crate::device::AlignedBuf;
 
+/// What a worker starts with besides its channel: its bitmaps, the headers of its chunks and
+/// the segments to warm its cache with (from the restore scan), and the sending half of its
+/// write-buffer pool.
+pub(crate) struct Start {
+    pub alloc: Alloc,
+    pub heads: HashMap<ChunkId, ChunkHeader>,
+    pub warm: Vec<(ChunkId, u32, Segment)>,
+    pub pool: Sender<crate::device::AlignedBuf>,
+}
+
 pub(crate) fn spawn<S: BlobStore>(
     sh: Arc<Shared<S>>,
     id: usize,
     rx: Receiver<Msg>,
     peers: Vec<Sender<Msg>>,
-    alloc: Alloc,
+    start: Start,
 ) -> Result<JoinHandle<()>> {
+    let Start {
+        alloc,
+        heads,
+        warm,
+        pool,
+    } = start;
     let ch = sh.db.blobstore().channel()?;
     let own: HashMap<u32, S::Blob> = {
         let all = sh.blobs.load();
@@ -40,6 +57,10 @@ pub(crate) fn spawn<S: BlobStore>(
             .filter_map(|(no, _)| all.get(&no).map(|b| (no, b.clone())))
             .collect()
     };
+    let mut cache = MetaCache::new(sh.opts.meta_cache_bytes / sh.workers() as u64);
+    for (c, s, seg) in warm {
+        cache.put_segment(c, s, seg);
+    }
     let mut w = Worker {
         n: sh.workers(),
         id,
@@ -49,7 +70,12 @@ pub(crate) fn spawn<S: BlobStore>(
         ch,
         pending: Vec::new(),
         peers,
-        scratch: None,
+        heads,
+        cache,
+        pool,
+        counters: ChunkCounters::default(),
+        grow_streak: 0,
+        crc: crc_helper(id),
     };
     std::thread::Builder::new()
         .name(format!("blobcask-chunk-{id}"))
@@ -68,8 +94,19 @@ struct Worker<S: BlobStore> {
     /// Pages freed by commits that may not be durable yet.
     pending: Vec<(u32, u32)>,
     peers: Vec<Sender<Msg>>,
-    /// The write buffer, kept between writes (up to 4 MiB).
-    scratch: Option<AlignedBuf>,
+    /// The header of every chunk this worker has seen (all of its chunks at open, then each
+    /// one it is asked about), sizes raised to what their segments record: resident, so no
+    /// request reads a header from the KV twice.
+    heads: HashMap<ChunkId, ChunkHeader>,
+    /// Segment values, within a byte budget (`cache.rs`).
+    cache: MetaCache,
+    /// Write buffers go back to the callers through it (one copy per write, no page faults).
+    pool: Sender<AlignedBuf>,
+    counters: ChunkCounters,
+    /// Consecutive grows of the newest blob: each one takes more clusters (doubling).
+    grow_streak: u32,
+    /// Checksums large writes beside their device write (none if its thread did not start).
+    crc: Option<CrcHelper>,
 }
 
 fn corrupt(chunk: ChunkId, offset: u64, detail: impl Into<String>) -> ChunkError {
@@ -105,10 +142,14 @@ impl<S: BlobStore> Worker<S> {
                 Msg::Write {
                     id,
                     off,
-                    data,
+                    mut data,
                     durable,
                     reply,
-                } => reply.send(self.write(id, off, &data, durable)),
+                } => {
+                    let r = self.write(id, off, &mut data, durable);
+                    self.recycle(data.buf);
+                    reply.send(r)
+                }
                 Msg::Read {
                     id,
                     off,
@@ -123,6 +164,19 @@ impl<S: BlobStore> Worker<S> {
                 } => reply.send(self.truncate(id, size, durable)),
                 Msg::Remove { id, durable, reply } => reply.send(self.remove(id, durable)),
                 Msg::Stat { id, reply } => reply.send(self.stat(id)),
+                Msg::WriteOwned {
+                    id,
+                    off,
+                    mut data,
+                    durable,
+                    reply,
+                } => {
+                    let r = self.write(id, off, &mut data, durable);
+                    reply.send(r.map(|()| data.buf))
+                }
+                Msg::Created(id, h) => {
+                    self.heads.insert(id, h);
+                }
                 Msg::Free(pages) => {
                     for (b, p) in pages {
                         // A blob compacted away meanwhile no longer has the page: nothing to do.
@@ -135,6 +189,12 @@ impl<S: BlobStore> Worker<S> {
                 } else {
                     self.compact()
                 }),
+                Msg::Counters { reply } => {
+                    let mut c = self.counters;
+                    c.cache_hits = self.cache.counts.hits;
+                    c.cache_misses = self.cache.counts.misses;
+                    reply.send(Ok(c))
+                }
                 Msg::Space { reply } => reply.send(Ok(SpaceStats {
                     blobs: self.own.len() as u64,
                     pages: self.alloc.blobs().map(|(_, b)| b.pages()).sum(),
@@ -168,21 +228,60 @@ impl<S: BlobStore> Worker<S> {
         Ok(())
     }
 
-    fn header(&self, id: ChunkId) -> Result<ChunkHeader> {
+    /// A write buffer the worker is done with goes back to the callers' pool (up to 4 MiB;
+    /// a full pool drops it).
+    fn recycle(&self, buf: AlignedBuf) {
+        if buf.len() <= 4 << 20 {
+            let _ = self.pool.try_send(buf);
+        }
+    }
+
+    /// The chunk's header (resident after the first access; a chunk never seen is read from
+    /// the KV: one created since open, which has no segment yet, so its size is the header's).
+    fn header(&mut self, id: ChunkId) -> Result<ChunkHeader> {
+        if let Some(h) = self.heads.get(&id) {
+            return Ok(*h);
+        }
+        self.counters.meta_reads += 1;
         let v = self
             .sh
             .db
             .get_system(&meta::chunk_key(id))?
             .ok_or(ChunkError::NotFound(id))?;
-        ChunkHeader::decode(&v).map_err(|e| corrupt(id, 0, e.to_string()))
+        let h = ChunkHeader::decode(&v).map_err(|e| corrupt(id, 0, e.to_string()))?;
+        self.heads.insert(id, h);
+        Ok(h)
     }
 
-    fn segment(&self, id: ChunkId, seg: u32) -> Result<Segment> {
-        match self.sh.db.get_system(&meta::seg_key(id, seg))? {
-            None => Ok(Segment::default()),
-            Some(v) => Segment::decode(&v)
-                .map_err(|e| corrupt(id, u64::from(seg) * meta::SEG_BYTES, e.to_string())),
+    /// Segment `seg` of `id` (from the cache, else the KV).
+    fn segment(&mut self, id: ChunkId, seg: u32) -> Result<Segment> {
+        if let Some(s) = self.cache.segment(id, seg) {
+            return Ok(s);
         }
+        self.counters.meta_reads += 1;
+        let s = match self.sh.db.get_system(&meta::seg_key(id, seg))? {
+            None => Segment::default(),
+            Some(v) => Segment::decode(&v)
+                .map_err(|e| corrupt(id, u64::from(seg) * SEG_BYTES, e.to_string()))?,
+        };
+        self.cache.put_segment(id, seg, s.clone());
+        Ok(s)
+    }
+
+    /// Segment `seg` of a chunk of `size` bytes: one that starts at or past the size has no
+    /// page (truncate and remove delete them), so it is not looked up.
+    fn segment_below(&mut self, id: ChunkId, seg: u32, size: u64) -> Result<Segment> {
+        if u64::from(seg) * SEG_BYTES >= size {
+            return Ok(Segment::default());
+        }
+        self.segment(id, seg)
+    }
+
+    /// Forget what is cached of `id`: a commit of it failed, so its committed state is not
+    /// known here (the next access reads the KV).
+    fn invalidate(&mut self, id: ChunkId) {
+        self.heads.remove(&id);
+        self.cache.forget_all(id);
     }
 
     fn blob(&self, no: u32) -> Option<S::Blob> {
@@ -194,7 +293,7 @@ impl<S: BlobStore> Worker<S> {
 
     /// Read and verify the pages `refs` (chunk page number, location) into `out` (4 KiB per
     /// ref, in order); holes read as zeroes.
-    fn read_pages(&self, id: ChunkId, refs: &[(u64, PageRef)], out: &mut [u8]) -> Result<()> {
+    fn read_pages(&mut self, id: ChunkId, refs: &[(u64, PageRef)], out: &mut [u8]) -> Result<()> {
         let ipp = self.io_per_page();
         let mut blobs = Vec::with_capacity(refs.len());
         for (cp, r) in refs {
@@ -236,6 +335,7 @@ impl<S: BlobStore> Worker<S> {
             }
         }
         if !reqs.is_empty() {
+            self.counters.data_reads += 1;
             self.store().block_on(self.ch.submit(&mut reqs))?;
         }
         drop(reqs);
@@ -280,75 +380,95 @@ impl<S: BlobStore> Worker<S> {
         Ok(buf[start..start + (end - off) as usize].to_vec())
     }
 
-    fn write(&mut self, id: ChunkId, off: u64, data: &[u8], durable: bool) -> Result<()> {
+    fn write(&mut self, id: ChunkId, off: u64, data: &mut WriteBuf, durable: bool) -> Result<()> {
         self.writable()?;
         let end = off
-            .checked_add(data.len() as u64)
+            .checked_add(data.len as u64)
             .filter(|&e| e <= MAX_CHUNK_SIZE)
             .ok_or_else(|| {
                 ChunkError::InvalidArgument(format!(
                     "write of {} bytes at {off} ends past the largest chunk ({MAX_CHUNK_SIZE})",
-                    data.len()
+                    data.len
                 ))
             })?;
         let h = self.header(id)?;
-        if data.is_empty() {
+        if data.len == 0 {
             return Ok(());
         }
+        let r = self.write_in(id, h, off, end, data, durable);
+        if r.is_err() {
+            self.invalidate(id);
+        }
+        r
+    }
+
+    fn write_in(
+        &mut self,
+        id: ChunkId,
+        h: ChunkHeader,
+        off: u64,
+        end: u64,
+        data: &mut WriteBuf,
+        durable: bool,
+    ) -> Result<()> {
         let first = off / PAGE;
         let last = (end - 1) / PAGE;
         let n = (last - first + 1) as usize;
         let mut segs: BTreeMap<u32, Segment> = BTreeMap::new();
         for s in split(first).0..=split(last).0 {
-            segs.insert(s, self.segment(id, s)?);
+            let seg = self.segment_below(id, s, h.size)?;
+            segs.insert(s, seg);
         }
-        let old_ref = |cp: u64| {
-            let (s, i) = split(cp);
-            segs.get(&s).map_or(PageRef::HOLE, |g| g.get(i))
-        };
-        // Edge pages the write covers only partly keep their other bytes (zero past the size).
-        // The buffer is the worker's, reused: a fresh one per write costs page faults.
+        // The caller placed the bytes at `lead` of a page-aligned buffer of at least `n`
+        // pages (the one copy of the data). Edge pages the write covers only partly keep
+        // their other bytes: read back (crc verified), or zero past the size.
         let len = n * PAGE as usize;
-        let mut scratch = match self.scratch.take() {
-            Some(b) if b.len() >= len => b,
-            _ => AlignedBuf::zeroed(len),
-        };
-        let buf = &mut scratch[..len];
-        buf[..PAGE as usize].fill(0);
-        buf[len - PAGE as usize..].fill(0);
+        let (lead, tail) = (data.lead, data.lead + data.len);
         let mut edges = Vec::new();
-        if !off.is_multiple_of(PAGE) && first * PAGE < h.size {
-            edges.push(first);
+        if lead > 0 {
+            edges.push((first, 0..lead));
         }
-        if !end.is_multiple_of(PAGE) && last * PAGE < h.size && (last != first || edges.is_empty())
-        {
-            edges.push(last);
+        if !tail.is_multiple_of(PAGE as usize) {
+            edges.push((last, tail - (n - 1) * PAGE as usize..PAGE as usize));
         }
-        for cp in edges {
+        let mut old_page: Option<(u64, AlignedBuf)> = None;
+        for (cp, keep) in edges {
             let at = ((cp - first) * PAGE) as usize;
-            self.read_pages(id, &[(cp, old_ref(cp))], &mut buf[at..at + PAGE as usize])?;
+            let dst = &mut data.buf[at..at + PAGE as usize];
+            if cp * PAGE >= h.size {
+                dst[keep].fill(0);
+                continue;
+            }
+            if old_page.as_ref().is_none_or(|(c, _)| *c != cp) {
+                let (s, i) = split(cp);
+                let r = segs.get(&s).map_or(PageRef::HOLE, |g| g.get(i));
+                let mut one = AlignedBuf::zeroed(PAGE as usize);
+                self.read_pages(id, &[(cp, r)], &mut one)?;
+                old_page = Some((cp, one));
+            }
+            if let Some((_, one)) = &old_page {
+                data.buf[at..at + PAGE as usize][keep.clone()].copy_from_slice(&one[keep]);
+            }
         }
-        let start = (off - first * PAGE) as usize;
-        buf[start..start + data.len()].copy_from_slice(data);
-        let new = match self.take_pages(n) {
-            Ok(v) => v,
+        let new = self.take_pages(n)?;
+        let shared = Arc::new(std::mem::replace(&mut data.buf, AlignedBuf::zeroed(0)));
+        let crcs = self.write_and_crc(id, first, &new, &shared, len);
+        // The buffer goes back to the pool unless a helper still holds it (it never does
+        // after answering).
+        if let Ok(b) = Arc::try_unwrap(shared) {
+            data.buf = b;
+        }
+        let crcs = match crcs {
+            Ok(c) => c,
             Err(e) => {
-                self.scratch = Some(scratch);
+                self.give_back(&new);
                 return Err(e);
             }
         };
-        let buf = &scratch[..len];
-        if let Err(e) = self.write_pages(&new, buf) {
-            self.give_back(&new);
-            self.scratch = Some(scratch);
-            return Err(e);
-        }
         let mut freed = Vec::new();
-        let mut batch = WriteBatch::new();
-        for (k, &(b, p)) in new.iter().enumerate() {
+        for (k, (&(b, p), &crc)) in new.iter().zip(&crcs).enumerate() {
             let cp = first + k as u64;
             let (s, i) = split(cp);
-            let crc = meta::page_crc(id, cp, &buf[k * PAGE as usize..(k + 1) * PAGE as usize]);
             if let Some(seg) = segs.get_mut(&s) {
                 let old = seg.get(i);
                 if !old.is_hole() {
@@ -364,23 +484,33 @@ impl<S: BlobStore> Worker<S> {
                 );
             }
         }
-        if scratch.len() <= 4 << 20 {
-            self.scratch = Some(scratch);
+        // A write that grows the chunk says so in the segment it ends in: the batch stays
+        // one key (one KV shard, one round) for any write within a segment.
+        let (end_seg, _) = split((end - 1) / PAGE);
+        if end > h.size {
+            if let Some(seg) = segs.get_mut(&end_seg) {
+                let reach = (end - u64::from(end_seg) * SEG_BYTES) as u32;
+                seg.end = seg.end.max(reach);
+            }
         }
+        let mut batch = WriteBatch::new();
         for (s, seg) in &segs {
             batch.put(&meta::seg_key(id, *s), &seg.encode());
         }
+        self.commit(batch, &new, freed, durable)?;
+        for (s, seg) in segs {
+            self.cache.put_segment(id, s, seg);
+        }
         if end > h.size {
-            batch.put(
-                &meta::chunk_key(id),
-                &ChunkHeader {
+            self.heads.insert(
+                id,
+                ChunkHeader {
                     size: end,
                     hint: h.hint,
-                }
-                .encode(),
+                },
             );
         }
-        self.commit(batch, &new, freed, durable)
+        Ok(())
     }
 
     /// Commit a batch; `new` are the pages it makes live (given back if the KV refused the
@@ -392,6 +522,10 @@ impl<S: BlobStore> Worker<S> {
         freed: Vec<(u32, u32)>,
         durable: bool,
     ) -> Result<()> {
+        self.counters.commits += 1;
+        if batch.len() > 1 {
+            self.counters.multi_key_commits += 1;
+        }
         match self.sh.db.write_batch_system(batch) {
             Ok(()) => {}
             Err(crate::Error::Full) => {
@@ -405,6 +539,7 @@ impl<S: BlobStore> Worker<S> {
         }
         let durable_now = self.sh.db.syncs_every_write();
         if durable && !durable_now {
+            self.counters.syncs += 1;
             self.sh.db.sync()?;
         }
         if durable || durable_now {
@@ -446,6 +581,7 @@ impl<S: BlobStore> Worker<S> {
     /// Make every commit so far durable, then free what they freed.
     fn sync_now(&mut self) -> Result<()> {
         if !self.sh.read_only {
+            self.counters.syncs += 1;
             self.sh.db.sync()?;
         }
         let p = std::mem::take(&mut self.pending);
@@ -480,14 +616,27 @@ impl<S: BlobStore> Worker<S> {
     /// Add at least `pages` pages of space: grow the newest own blob by a batch of clusters,
     /// or start a new blob once it is at its largest.
     fn grow(&mut self, pages: u64) -> Result<()> {
-        let store = self.store();
+        let sh = self.sh.clone();
+        let store = sh.db.blobstore();
         let cluster = u64::from(store.cluster_size());
         let ppc = cluster / PAGE;
-        let want = pages.div_ceil(ppc).max(self.sh.opts.grow_clusters);
+        let need = pages.div_ceil(ppc).max(1);
+        let base = need.max(self.sh.opts.grow_clusters);
         let reserve = self.sh.opts.reserve_clusters + self.sh.db.kv_reserve_clusters();
-        if store.free_clusters() < want + reserve {
+        let free = store.free_clusters();
+        if free < base + reserve {
             return Err(ChunkError::OutOfSpace);
         }
+        // A worker that keeps growing (sequential fills) takes twice as much each time, up
+        // to a blob's largest size: fewer resizes and `sync_md` per byte written. Never more
+        // than half of what is free beyond the reserves, so other workers still get space.
+        let streak = base.saturating_mul(1 << self.grow_streak.min(16));
+        let want = streak
+            .min(self.sh.opts.max_blob_clusters)
+            .min((free - reserve) / 2)
+            .max(base);
+        self.grow_streak += 1;
+        self.counters.grows += 1;
         let max = self.sh.opts.max_blob_clusters;
         let newest = self.own.keys().copied().max();
         if let Some(no) = newest {
@@ -542,8 +691,42 @@ impl<S: BlobStore> Worker<S> {
         top + (id + n - top % n) % n
     }
 
+    /// Write `buf[..len]` to the pages `at` and return the crc of each page (chunk `id`,
+    /// from chunk page `first`). A large write has its crcs computed by the worker's helper
+    /// thread while the device writes: the checksum costs no time on the write's path.
+    fn write_and_crc(
+        &mut self,
+        id: ChunkId,
+        first: u64,
+        at: &[(u32, u32)],
+        buf: &Arc<AlignedBuf>,
+        len: usize,
+    ) -> Result<Vec<u32>> {
+        let n = at.len();
+        let helped = n >= OVERLAP_PAGES
+            && self.crc.as_ref().is_some_and(|h| {
+                h.jobs
+                    .send(CrcJob {
+                        buf: buf.clone(),
+                        id,
+                        first,
+                        n,
+                    })
+                    .is_ok()
+            });
+        let written = self.write_pages(at, &buf[..len]);
+        let crcs = if helped {
+            self.crc.as_ref().and_then(|h| h.done.recv().ok())
+        } else {
+            None
+        };
+        written?;
+        Ok(crcs.unwrap_or_else(|| page_crcs(id, first, n, buf)))
+    }
+
     /// Write `buf` (4 KiB per page) to the pages `at`, one request per run of neighbours.
-    fn write_pages(&self, at: &[(u32, u32)], buf: &[u8]) -> Result<()> {
+    fn write_pages(&mut self, at: &[(u32, u32)], buf: &[u8]) -> Result<()> {
+        self.counters.data_writes += 1;
         let ipp = self.io_per_page();
         let mut runs: Vec<(u32, u32, usize, usize)> = Vec::new(); // blob, page, from, count
         for (k, &(b, p)) in at.iter().enumerate() {
@@ -577,13 +760,38 @@ impl<S: BlobStore> Worker<S> {
             )));
         }
         let h = self.header(id)?;
+        match self.truncate_in(id, h, size, durable) {
+            Ok(segs) => {
+                for (s, seg) in segs {
+                    self.cache.put_segment(id, s, seg);
+                }
+                self.heads.insert(id, ChunkHeader { size, hint: h.hint });
+                Ok(())
+            }
+            Err(e) => {
+                self.invalidate(id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Truncate's commit; returns the segment values it committed.
+    fn truncate_in(
+        &mut self,
+        id: ChunkId,
+        h: ChunkHeader,
+        size: u64,
+        durable: bool,
+    ) -> Result<Vec<(u32, Segment)>> {
         let mut batch = WriteBatch::new();
         batch.put(
             &meta::chunk_key(id),
             &ChunkHeader { size, hint: h.hint }.encode(),
         );
+        let mut done = Vec::new();
         if size >= h.size {
-            return self.commit(batch, &[], Vec::new(), durable);
+            self.commit(batch, &[], Vec::new(), durable)?;
+            return Ok(done);
         }
         let mut freed = Vec::new();
         let mut new = Vec::new();
@@ -625,13 +833,20 @@ impl<S: BlobStore> Worker<S> {
                     new.extend(at);
                 }
             }
+            // The size the segment records may not outlive the cut.
+            if seg.reach(s) > size {
+                seg.end = size.saturating_sub(u64::from(s) * SEG_BYTES) as u32;
+            }
             if seg.trim() {
+                seg.end = 0;
                 batch.delete(&meta::seg_key(id, s));
             } else {
                 batch.put(&meta::seg_key(id, s), &seg.encode());
             }
+            done.push((s, seg));
         }
-        self.commit(batch, &new, freed, durable)
+        self.commit(batch, &new, freed, durable)?;
+        Ok(done)
     }
 
     fn remove(&mut self, id: ChunkId, durable: bool) -> Result<()> {
@@ -655,7 +870,15 @@ impl<S: BlobStore> Worker<S> {
             }
         }
         batch.delete(&meta::chunk_key(id));
-        self.commit(batch, &[], freed, durable)
+        let r = self.commit(batch, &[], freed, durable);
+        match &r {
+            Ok(()) => {
+                self.heads.remove(&id);
+                self.cache.forget(id, 0..=split(pages.saturating_sub(1)).0);
+            }
+            Err(_) => self.invalidate(id),
+        }
+        r
     }
 
     fn stat(&mut self, id: ChunkId) -> Result<ChunkStat> {
@@ -753,7 +976,11 @@ impl<S: BlobStore> Worker<S> {
                 let mut b = WriteBatch::new();
                 b.put(&meta::seg_key(id, s), &seg.encode());
                 // The victim's pages are not freed one by one: the whole blob goes below.
-                self.commit(b, &at, Vec::new(), false)?;
+                if let Err(e) = self.commit(b, &at, Vec::new(), false) {
+                    self.invalidate(id);
+                    return Err(e);
+                }
+                self.cache.put_segment(id, s, seg);
                 st.moved_pages += at.len() as u64;
             }
             // The moves must be durable before the blob (and its old copies) is gone.
@@ -777,6 +1004,51 @@ impl<S: BlobStore> Worker<S> {
         }
         Ok(st)
     }
+}
+
+/// Writes of at least this many pages have their crcs computed beside the device write.
+const OVERLAP_PAGES: usize = 32;
+
+/// The crcs of `n` pages of `buf` holding chunk `id`'s pages from `first` on.
+fn page_crcs(id: ChunkId, first: u64, n: usize, buf: &[u8]) -> Vec<u32> {
+    buf.chunks_exact(PAGE as usize)
+        .take(n)
+        .enumerate()
+        .map(|(k, p)| meta::page_crc(id, first + k as u64, p))
+        .collect()
+}
+
+/// Pages to checksum for a worker, by its helper thread.
+struct CrcJob {
+    buf: Arc<AlignedBuf>,
+    id: ChunkId,
+    first: u64,
+    n: usize,
+}
+
+/// A worker's checksum helper: a thread of its own (no state shared with other workers).
+struct CrcHelper {
+    jobs: Sender<CrcJob>,
+    done: Receiver<Vec<u32>>,
+}
+
+fn crc_helper(worker: usize) -> Option<CrcHelper> {
+    let (jobs, job_rx) = crossbeam_channel::bounded::<CrcJob>(1);
+    let (done_tx, done) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new()
+        .name(format!("blobcask-chunk-{worker}-crc"))
+        .spawn(move || {
+            for j in job_rx {
+                let crcs = page_crcs(j.id, j.first, j.n, &j.buf);
+                // Let go of the buffer before answering: the worker takes it back whole.
+                drop(j);
+                if done_tx.send(crcs).is_err() {
+                    return;
+                }
+            }
+        })
+        .ok()?;
+    Some(CrcHelper { jobs, done })
 }
 
 /// Prefix of every segment key.
