@@ -15,6 +15,13 @@
 //! aligned) and, per the sync policy, **one flush**; then the new locations are published in
 //! the keydir under one write-lock and everyone is answered.
 //!
+//! **Pipelined group commit.** On a blobstore that shares device flushes (the native one, see
+//! `device::FlushCombiner`), a group of plain writes under a syncing policy lets go of the
+//! shard's lock once it is on the device, holding a flush ticket: the next group is written
+//! while this one's flush runs, and one flush serves every shard whose groups were written
+//! before it started. Its writer then waits for the flush (`ShardCell::settle`) and publishes,
+//! in log order, every group that flush made durable.
+//!
 //! **Write-behind under `SyncPolicy::Never`.** Acknowledging only after a direct-I/O write
 //! costs a device round trip per put (~400 µs on these VMs). Under `Never` the records are
 //! acknowledged once they are in the shard's write-behind buffer ([`crate::state::Unwritten`]),

@@ -264,6 +264,16 @@ fn synced_writes_from_many_threads_survive_a_crash() {
     use std::time::Duration;
 
     const THREADS: usize = 8;
+    // A value's write number (after the key) and length, for messages.
+    fn tag(v: &[u8]) -> (u32, usize) {
+        let at = v.iter().position(|&b| b == b'k').unwrap_or(0) + 1;
+        let digits = v[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+        let n = v[at + digits..at + digits + 4]
+            .try_into()
+            .map(u32::from_le_bytes)
+            .unwrap_or(0);
+        (n, v.len())
+    }
     for seed in 200..203u64 {
         let dev = sim(seed);
         dev.update_plan(|p| p.flush_latency = Duration::from_micros(500));
@@ -319,8 +329,15 @@ fn synced_writes_from_many_threads_survive_a_crash() {
                     .is_some_and(|(fk, fv)| *fk == k && now == fv.as_ref());
                 assert!(
                     now == v.as_ref() || ok_flight,
-                    "seed {seed}: key {} lost its acknowledged value",
-                    String::from_utf8_lossy(&k)
+                    "seed {seed}: key {} lost its acknowledged value: has {:?}, acked {:?}, \
+                     in flight {:?}",
+                    String::from_utf8_lossy(&k),
+                    now.map(|v| tag(v)),
+                    v.as_deref().map(tag),
+                    in_flight.as_ref().map(|(k, v)| (
+                        String::from_utf8_lossy(k).into_owned(),
+                        v.as_deref().map(tag)
+                    ))
                 );
                 expected_keys += 1;
             }

@@ -31,6 +31,8 @@
 //!   (reads, writes, flushes and unmaps all count, see [`SimDevice::io_counts`]) fails: the
 //!   machine died right after the N-th I/O. A sweep test runs a workload once to learn the
 //!   total, then once per crash point, and checks recovery of each `crash_image`.
+//! - **Slow flushes.** With [`FaultPlan::flush_latency`] set, a flush takes that long without
+//!   holding up other I/O, and makes durable only the writes completed before it started.
 //! - **Unmap** does nothing but count: old bytes stay, as on an image file.
 //! - **Delayed, reordered reads.** An async read ([`Device::read_owned`]) stays in flight for
 //!   a seeded number of polls (0 to 3; the future wakes itself) and reads the medium only when
@@ -392,11 +394,16 @@ impl SimDevice {
     /// Crash: this device stops accepting I/O, and the returned device (no faults, counters
     /// at zero, a derived seed) holds a [`SimDevice::crash_image`].
     pub fn crash(&self) -> Result<SimDevice> {
-        let image = self.crash_image();
-        let draws = {
+        // The image and the stop in one critical section: an I/O completing in between (a
+        // flush acknowledged to a writer) would be missing from the image.
+        let (image, draws) = {
             let mut st = self.state.lock();
+            let draw = st.draws;
+            st.draws += 1;
+            let mut rng = ChaCha8Rng::seed_from_u64(mix(self.seed, draw));
+            let image = survivors(&st, &mut rng, self.size);
             st.crashed = true;
-            st.draws
+            (image, st.draws)
         };
         SimDevice::from_image(image, self.block_size, mix(self.seed, draws ^ 0xC4A5_11ED))
     }
