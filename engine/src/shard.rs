@@ -15,6 +15,13 @@
 //! aligned) and, per the sync policy, **one flush**; then the new locations are published in
 //! the keydir under one write-lock and everyone is answered.
 //!
+//! **Pipelined group commit.** On a blobstore that shares device flushes (the native one, see
+//! `device::FlushCombiner`), a group of plain writes under a syncing policy lets go of the
+//! shard's lock once it is on the device, holding a flush ticket: the next group is written
+//! while this one's flush runs, and one flush serves every shard whose groups were written
+//! before it started. Its writer then waits for the flush (`ShardCell::settle`) and publishes,
+//! in log order, every group that flush made durable.
+//!
 //! **Write-behind under `SyncPolicy::Never`.** Acknowledging only after a direct-I/O write
 //! costs a device round trip per put (~400 µs on these VMs). Under `Never` the records are
 //! acknowledged once they are in the shard's write-behind buffer ([`crate::state::Unwritten`]),
@@ -34,7 +41,7 @@
 //! rewritten unchanged) is ever rewritten, and a page write is atomic; a torn multi-page write
 //! can therefore only lose records not yet acknowledged as durable.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -127,6 +134,28 @@ enum Post {
     Commit(u64, reply::Sender<()>),
 }
 
+/// A group on the device whose flush is still to come (pipelined, see `Shard::settle`).
+struct Awaiting {
+    /// The device flush that makes it durable (`BlobStore::flush_ticket`).
+    ticket: u64,
+    /// Only `Post::Apply`.
+    posts: Vec<Post>,
+    /// Slot and salt of the blob it went to, and the log's device end after it.
+    slot: u16,
+    salt: u64,
+    end: u64,
+}
+
+/// How a group ended.
+#[derive(Debug, Default, Clone, Copy)]
+struct GroupEnd {
+    /// The shard closed.
+    closed: bool,
+    /// The group is on the device and waits for this flush: whoever ran it calls
+    /// `ShardCell::settle` once it has let go of the shard's lock.
+    ticket: Option<u64>,
+}
+
 /// What a group asked for, gathered while staging its requests.
 #[derive(Default)]
 struct GroupPlan {
@@ -178,6 +207,8 @@ pub(crate) struct Shard<S: BlobStore> {
     last_group: usize,
     /// Something of the current group reached the device.
     group_wrote: bool,
+    /// The current group flushed the device (so every group in `awaiting` is durable).
+    group_flushed: bool,
     /// The current group holds puts (which may not eat into the merge reserve).
     group_puts: bool,
     /// Something was written since open: close writes a fresh keydir snapshot.
@@ -186,6 +217,10 @@ pub(crate) struct Shard<S: BlobStore> {
     /// prepared batch that spans a rotation): they stay out of merges until published, or a
     /// merge would take those records for dead and drop them, blob and all.
     unpublished: Vec<u16>,
+    /// Groups written but not yet durable, oldest first (pipelined plain writes).
+    awaiting: VecDeque<Awaiting>,
+    /// Plain write groups release the shard during their flush (see `Shard::settle`).
+    pipeline: bool,
 }
 
 /// A shard: its state under a mutex, and its queue.
@@ -207,6 +242,9 @@ pub(crate) struct ShardCell<S: BlobStore> {
     /// For the shard thread to see `ShardShared::seal_wanted` without taking the lock.
     core: Arc<Core<S>>,
     id: usize,
+    /// Mirrors `Shard::pipeline`: a blocking writer needs a reply slot, since whoever
+    /// settles its group may be another thread.
+    pipeline: bool,
 }
 
 impl<S: BlobStore> ShardCell<S> {
@@ -218,7 +256,9 @@ impl<S: BlobStore> ShardCell<S> {
                     fail_req(req, Error::Closed);
                     return Ok(());
                 }
-                self.run_locked(&mut st, req);
+                let ticket = self.run_locked(&mut st, req);
+                drop(st);
+                self.settle(ticket);
                 return Ok(());
             }
         }
@@ -231,6 +271,18 @@ impl<S: BlobStore> ShardCell<S> {
         if let Some(mut st) = self.state.try_lock() {
             if self.closed.load(Ordering::Acquire) {
                 return Err(Error::Closed);
+            }
+            if self.pipeline {
+                let (tx, rx) = reply::channel();
+                let req = Req::Write {
+                    ops,
+                    batch: None,
+                    reply: tx,
+                };
+                let ticket = self.run_locked(&mut st, req);
+                drop(st);
+                self.settle(ticket);
+                return rx.wait();
             }
             let req = Req::Write {
                 ops,
@@ -250,14 +302,29 @@ impl<S: BlobStore> ShardCell<S> {
         rx.wait()
     }
 
-    /// Run `req` and whatever is queued as one group, holding the shard's lock.
-    fn run_locked(&self, st: &mut Shard<S>, req: Req) {
+    /// Run `req` and whatever is queued as one group, holding the shard's lock. A ticket
+    /// back: the group waits for that flush (call `settle` with the lock released).
+    fn run_locked(&self, st: &mut Shard<S>, req: Req) -> Option<u64> {
         let group = st.gather(req, &self.rx);
-        if st.handle_group(group) {
+        let end = st.handle_group(group);
+        if end.closed {
             self.closed.store(true, Ordering::Release);
         }
         self.pending.store(st.has_unwritten(), Ordering::Relaxed);
         self.groups.fetch_add(1, Ordering::Relaxed);
+        end.ticket
+    }
+
+    /// The second half of a pipelined group, run without the shard's lock so that the next
+    /// group can be written meanwhile: wait for the device flush numbered `ticket` (shared
+    /// with every shard and writer of the device), then publish what it made durable.
+    fn settle(&self, ticket: Option<u64>) {
+        let Some(ticket) = ticket else {
+            return;
+        };
+        let store = &self.core.store;
+        let r = store.block_on(store.flush_to(ticket)).map_err(Error::from);
+        self.state.lock().settle(ticket, r);
     }
 }
 
@@ -269,6 +336,8 @@ pub(crate) fn spawn<S: BlobStore>(
 ) -> Result<(Arc<ShardCell<S>>, std::thread::JoinHandle<()>)> {
     let chan = core.store.channel()?;
     let active = resume_active(&core, id, &chan)?;
+    let pipeline =
+        !matches!(core.cfg.sync, SyncPolicy::Never) && core.store.flush_ticket().is_some();
     let (tx, rx) = crossbeam_channel::bounded(4096);
     let cell = Arc::new(ShardCell {
         core: core.clone(),
@@ -284,15 +353,19 @@ pub(crate) fn spawn<S: BlobStore>(
             pending: HashMap::new(),
             last_group: 0,
             group_wrote: false,
+            group_flushed: false,
             group_puts: false,
             wrote: false,
             unpublished: Vec::new(),
+            awaiting: VecDeque::new(),
+            pipeline,
         }),
         tx,
         rx,
         closed: AtomicBool::new(false),
         pending: AtomicBool::new(false),
         groups: AtomicU64::new(0),
+        pipeline,
     });
     let c = cell.clone();
     let thread = std::thread::Builder::new()
@@ -325,12 +398,15 @@ fn run<S: BlobStore>(cell: &ShardCell<S>) {
                     continue;
                 }
                 let group = st.gather(req, &cell.rx);
-                if st.handle_group(group) {
+                let end = st.handle_group(group);
+                if end.closed {
                     cell.closed.store(true, Ordering::Release);
                     return;
                 }
                 cell.pending.store(st.has_unwritten(), Ordering::Relaxed);
                 cell.groups.fetch_add(1, Ordering::Relaxed);
+                drop(st);
+                cell.settle(end.ticket);
             }
             Err(RecvTimeoutError::Timeout) => {
                 if cell.closed.load(Ordering::Acquire) {
@@ -413,7 +489,9 @@ impl<S: BlobStore> Shard<S> {
             }
         }
         if let SyncPolicy::GroupCommit { max_delay } = self.core.cfg.sync {
-            if self.last_group > 1 && max_delay > Duration::ZERO {
+            // With a group of this shard waiting for its flush, the writers of the last group
+            // are not all free to come back: gathering on would only add latency.
+            if self.last_group > 1 && max_delay > Duration::ZERO && self.awaiting.is_empty() {
                 let deadline = Instant::now() + max_delay;
                 while group.len() < self.last_group.min(MAX_GROUP) {
                     match rx.recv_deadline(deadline) {
@@ -427,13 +505,17 @@ impl<S: BlobStore> Shard<S> {
         group
     }
 
-    /// Process one group; true when the shard is closing.
-    fn handle_group(&mut self, group: Vec<Req>) -> bool {
+    /// Process one group (up to the device write when it is pipelined).
+    fn handle_group(&mut self, group: Vec<Req>) -> GroupEnd {
         self.count_group(group.len());
         self.group_wrote = false;
+        self.group_flushed = false;
         self.group_puts = false;
         if self.core.is_poisoned() {
-            return refuse_poisoned(group);
+            return GroupEnd {
+                closed: refuse_poisoned(group),
+                ticket: None,
+            };
         }
         let mut plan = GroupPlan {
             flush: !matches!(self.core.cfg.sync, SyncPolicy::Never),
@@ -444,8 +526,13 @@ impl<S: BlobStore> Shard<S> {
             .stage_group(&mut it, &mut plan)
             .and_then(|()| self.make_durable(&plan));
         let close = plan.close.take();
+        let mut ticket = None;
         match result {
-            Ok(()) => self.publish(plan.posts, plan.syncs),
+            Ok(Some(t)) => {
+                ticket = Some(t);
+                self.wait_for_flush(t, plan.posts);
+            }
+            Ok(None) => self.publish(plan.posts, plan.syncs),
             Err(e) => self.fail_group(e, plan.posts, plan.syncs),
         }
         for req in it {
@@ -453,10 +540,88 @@ impl<S: BlobStore> Shard<S> {
         }
         if let Some(reply) = close {
             reply.send(self.close());
-            return true;
+            return GroupEnd {
+                closed: true,
+                ticket: None,
+            };
         }
         self.seal_if_wanted();
-        false
+        GroupEnd {
+            closed: false,
+            ticket,
+        }
+    }
+
+    /// Queue a written group's replies until flush `ticket` has finished.
+    fn wait_for_flush(&mut self, ticket: u64, posts: Vec<Post>) {
+        let Some(a) = self.active.as_ref() else {
+            return;
+        };
+        self.awaiting.push_back(Awaiting {
+            ticket,
+            posts,
+            slot: a.slot,
+            salt: a.handle.salt,
+            end: a.dev_end,
+        });
+    }
+
+    /// Flush `ticket` finished with `r`: publish (or fail) every group it covers, in order.
+    /// Groups of one shard take their tickets in order, so those are a prefix of `awaiting`;
+    /// a group queued later needs a later flush. The thread that ran a group settles it, but
+    /// whoever settles first answers every group before it too (or an ordinary group that
+    /// flushed publishes them all first), so keydir changes land in log order.
+    fn settle(&mut self, ticket: u64, r: Result<()>) {
+        let n = self
+            .awaiting
+            .iter()
+            .take_while(|w| w.ticket <= ticket)
+            .count();
+        if n == 0 {
+            return;
+        }
+        let done: Vec<Awaiting> = self.awaiting.drain(..n).collect();
+        if let Err(e) = r {
+            log::error!("blobcask: shard {} flush failed: {e}", self.id);
+            self.core.poison();
+            let mut e = Some(e);
+            for p in done.into_iter().flat_map(|w| w.posts) {
+                p.fail(e.take().unwrap_or(Error::Poisoned));
+            }
+            return;
+        }
+        if let (Some(a), Some(last)) = (self.active.as_mut(), done.last()) {
+            if a.handle.salt == last.salt {
+                a.durable = a.durable.max(last.end);
+            }
+        }
+        let core = self.core.clone();
+        let mut replies = Vec::new();
+        {
+            let mut ix = core.shards[self.id].index.write();
+            for w in done {
+                if let Some(e) = ix.entry_mut(w.slot) {
+                    e.written = e.written.max(w.end);
+                }
+                Self::apply_posts(&mut ix, w.posts, &mut replies);
+            }
+            self.release_sealed(&mut ix);
+        }
+        for r in replies {
+            r.send(Ok(()));
+        }
+    }
+
+    /// Apply plain writes' keydir changes, collecting their replies.
+    fn apply_posts(ix: &mut Index<S>, posts: Vec<Post>, replies: &mut Vec<reply::Sender<()>>) {
+        for p in posts {
+            if let Post::Apply(r, effects) = p {
+                for eff in effects {
+                    apply(ix, eff);
+                }
+                replies.push(r);
+            }
+        }
     }
 
     fn count_group(&self, len: usize) {
@@ -535,16 +700,37 @@ impl<S: BlobStore> Shard<S> {
         Ok(false)
     }
 
-    /// Write the staged group out and flush it when the policy or a request asks for it.
-    fn make_durable(&mut self, plan: &GroupPlan) -> Result<()> {
+    /// Write the staged group out and flush it when the policy or a request asks for it. A
+    /// group of plain writes returns instead a ticket for the flush it needs, to wait for
+    /// without the shard's lock (`ShardCell::settle`).
+    fn make_durable(&mut self, plan: &GroupPlan) -> Result<Option<u64>> {
         self.commit_group(plan.flush_forced)?;
         if plan.flush && self.group_wrote || !plan.syncs.is_empty() {
+            if self.can_pipeline(plan) {
+                // Taken after the write completed: that flush starts after it.
+                if let Some(t) = self.core.store.flush_ticket() {
+                    return Ok(Some(t));
+                }
+            }
             self.core.store.block_on(self.chan.flush())?;
+            self.group_flushed = true;
             if let Some(a) = self.active.as_mut() {
                 a.durable = a.dev_end;
             }
         }
-        Ok(())
+        Ok(None)
+    }
+
+    /// Only plain writes (and single-shard batches) that sealed no blob leave the lock
+    /// before their flush: syncs, batch rounds, seals and close keep the old order.
+    fn can_pipeline(&self, plan: &GroupPlan) -> bool {
+        self.pipeline
+            && !plan.flush_forced
+            && plan.syncs.is_empty()
+            && plan.close.is_none()
+            && self.unpublished.is_empty()
+            && self.active.is_some()
+            && plan.posts.iter().all(|p| matches!(p, Post::Apply(..)))
     }
 
     /// Seal the active blob if the merge worker asked (its dead fraction passed the trigger).
@@ -601,6 +787,17 @@ impl<S: BlobStore> Shard<S> {
             if let Some(a) = &self.active {
                 if let Some(e) = ix.entry_mut(a.slot) {
                     e.written = a.end;
+                }
+            }
+            // Groups still waiting for their flush come first: this group's flush covered
+            // them (it started after their writes). A group that did not flush has no
+            // changes to publish; their own flush answers them.
+            if self.group_flushed {
+                for w in self.awaiting.drain(..) {
+                    if let Some(e) = ix.entry_mut(w.slot) {
+                        e.written = e.written.max(w.end);
+                    }
+                    Self::apply_posts(&mut ix, w.posts, &mut replies);
                 }
             }
             for p in posts {
@@ -1018,7 +1215,7 @@ impl<S: BlobStore> Shard<S> {
     /// Hand the blobs sealed since the last publish to merges, once no record written into
     /// them waits for its group or batch to be published.
     fn release_sealed(&mut self, ix: &mut Index<S>) {
-        if !self.pending.is_empty() {
+        if !self.pending.is_empty() || !self.awaiting.is_empty() {
             return;
         }
         for slot in self.unpublished.drain(..) {

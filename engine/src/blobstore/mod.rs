@@ -178,6 +178,24 @@ pub trait BlobStore: Send + Sync + 'static {
         false
     }
 
+    /// A ticket for [`BlobStore::flush_to`] when the backend shares device flushes among
+    /// its callers (the native one, `device::FlushCombiner`): the number of the first flush
+    /// not started yet, which covers every write completed now. `None` when it does not
+    /// (SPDK): flush through a channel.
+    fn flush_ticket(&self) -> Option<u64> {
+        None
+    }
+
+    /// Return once the flush numbered `ticket` (from [`BlobStore::flush_ticket`]) finished,
+    /// running it if no flush runs; needs no channel. Only for backends with tickets.
+    fn flush_to(&self, ticket: u64) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            Err(Error::Unsupported(format!(
+                "flush ticket {ticket}: this blobstore shares no flushes"
+            )))
+        }
+    }
+
     /// Create (and persist) a blob; it is not left open.
     fn create(&self, opts: CreateOpts) -> impl Future<Output = Result<BlobId>> + Send;
     /// Open a blob; opening an open blob returns the same handle with one more reference.

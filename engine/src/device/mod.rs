@@ -24,6 +24,7 @@ mod error;
 pub use error::{Error, Result};
 
 mod any;
+mod flush;
 // The two modules that talk to the kernel: aligned allocation, O_DIRECT, io_uring, ioctls.
 #[allow(unsafe_code)]
 mod buf;
@@ -39,6 +40,7 @@ pub use any::AnyDevice;
 pub use buf::AlignedBuf;
 pub(crate) use file::FileClaim;
 pub use file::{FileDevice, FileOptions, DEFAULT_FILE_BLOCK_SIZE, NO_URING_ENV, RING_ENTRIES};
+pub use flush::FlushCombiner;
 pub use memory::MemoryDevice;
 pub use overlay::Overlay;
 pub use sim::{CrashMode, ErrorAt, FaultPlan, IoCounts, SimDevice};

@@ -31,6 +31,8 @@
 //!   (reads, writes, flushes and unmaps all count, see [`SimDevice::io_counts`]) fails: the
 //!   machine died right after the N-th I/O. A sweep test runs a workload once to learn the
 //!   total, then once per crash point, and checks recovery of each `crash_image`.
+//! - **Slow flushes.** With [`FaultPlan::flush_latency`] set, a flush takes that long without
+//!   holding up other I/O, and makes durable only the writes completed before it started.
 //! - **Unmap** does nothing but count: old bytes stay, as on an image file.
 //! - **Delayed, reordered reads.** An async read ([`Device::read_owned`]) stays in flight for
 //!   a seeded number of polls (0 to 3; the future wakes itself) and reads the medium only when
@@ -42,6 +44,7 @@
 
 use std::io;
 use std::ops::Range;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use rand::seq::SliceRandom;
@@ -124,6 +127,9 @@ pub struct FaultPlan {
     pub crash_bit_flips: u32,
     /// Where crash bit flips land (default: the whole device).
     pub crash_flip_range: Option<Range<u64>>,
+    /// How long a flush takes (default none). While it runs other I/O goes on, and it makes
+    /// durable only the writes completed before it started, as a real device flush does.
+    pub flush_latency: Duration,
 }
 
 impl Default for FaultPlan {
@@ -139,6 +145,7 @@ impl Default for FaultPlan {
             torn_writes: true,
             crash_bit_flips: 0,
             crash_flip_range: None,
+            flush_latency: Duration::ZERO,
         }
     }
 }
@@ -179,6 +186,8 @@ struct State {
     current: Vec<u8>,
     /// Writes since the last successful flush, in completion order.
     pending: Vec<PendingWrite>,
+    /// Writes made durable so far (a flush with latency drains up to its start's count).
+    drained: u64,
     plan: FaultPlan,
     counts: IoCounts,
     /// Set by [`SimDevice::crash`]: the old device accepts no more I/O.
@@ -255,6 +264,7 @@ impl SimDevice {
                 current: image.clone(),
                 durable: image,
                 pending: Vec::new(),
+                drained: 0,
                 plan: FaultPlan::default(),
                 counts: IoCounts::default(),
                 crashed: false,
@@ -384,11 +394,16 @@ impl SimDevice {
     /// Crash: this device stops accepting I/O, and the returned device (no faults, counters
     /// at zero, a derived seed) holds a [`SimDevice::crash_image`].
     pub fn crash(&self) -> Result<SimDevice> {
-        let image = self.crash_image();
-        let draws = {
+        // The image and the stop in one critical section: an I/O completing in between (a
+        // flush acknowledged to a writer) would be missing from the image.
+        let (image, draws) = {
             let mut st = self.state.lock();
+            let draw = st.draws;
+            st.draws += 1;
+            let mut rng = ChaCha8Rng::seed_from_u64(mix(self.seed, draw));
+            let image = survivors(&st, &mut rng, self.size);
             st.crashed = true;
-            st.draws
+            (image, st.draws)
         };
         SimDevice::from_image(image, self.block_size, mix(self.seed, draws ^ 0xC4A5_11ED))
     }
@@ -492,11 +507,44 @@ impl SimDevice {
                 format!("injected EIO on flush #{k}"),
             ));
         }
-        let pending = std::mem::take(&mut st.pending);
-        for w in &pending {
+        let n = st.pending.len();
+        Self::make_durable(st, n);
+        Ok(())
+    }
+
+    /// The first `n` pending writes become durable.
+    fn make_durable(st: &mut State, n: usize) {
+        let done: Vec<PendingWrite> = st.pending.drain(..n).collect();
+        for w in &done {
             let o = w.offset as usize;
             st.durable[o..o + w.data.len()].copy_from_slice(&w.data);
         }
+        st.drained += n as u64;
+    }
+
+    /// A flush that takes `latency`: it covers the writes completed when it started.
+    fn slow_flush(&self, latency: Duration) -> Result<()> {
+        let target = {
+            let mut st = self.state.lock();
+            let k = st.begin(Kind::Flush)?;
+            if st.plan.flush_error.is_some_and(|e| e.hits(k)) {
+                return Err(sim_err(
+                    io::ErrorKind::Other,
+                    format!("injected EIO on flush #{k}"),
+                ));
+            }
+            st.drained + st.pending.len() as u64
+        };
+        std::thread::sleep(latency);
+        let mut st = self.state.lock();
+        if st.crashed {
+            return Err(sim_err(
+                io::ErrorKind::Other,
+                "device crashed during a flush".into(),
+            ));
+        }
+        let n = (target.saturating_sub(st.drained) as usize).min(st.pending.len());
+        Self::make_durable(&mut st, n);
         Ok(())
     }
 }
@@ -657,6 +705,11 @@ impl Device for SimDevice {
 
     async fn flush(&self) -> Result<()> {
         let mut st = self.state.lock();
+        let latency = st.plan.flush_latency;
+        if !latency.is_zero() {
+            drop(st);
+            return self.slow_flush(latency);
+        }
         self.flush_sync(&mut st)
     }
 
@@ -709,6 +762,25 @@ mod tests {
 
     fn dev(seed: u64) -> SimDevice {
         SimDevice::new(64 * PAGE as u64, 4096, seed).unwrap()
+    }
+
+    /// A slow flush covers only the writes completed before it started.
+    #[test]
+    fn a_slow_flush_covers_writes_completed_before_it_started() {
+        let d = Arc::new(SimDevice::new(64 << 10, 4096, 3).unwrap());
+        d.update_plan(|p| p.flush_latency = Duration::from_millis(50));
+        block_on(d.write(0, &[1u8; 4096])).unwrap();
+        let f = {
+            let d = d.clone();
+            std::thread::spawn(move || block_on(d.flush()))
+        };
+        std::thread::sleep(Duration::from_millis(10));
+        block_on(d.write(4096, &[2u8; 4096])).unwrap();
+        f.join().unwrap().unwrap();
+        assert_eq!(d.unflushed_writes(), 1);
+        let img = d.durable_image();
+        assert_eq!(img[0], 1);
+        assert_eq!(img[4096], 0);
     }
 
     #[test]

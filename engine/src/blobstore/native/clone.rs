@@ -95,7 +95,7 @@ impl<D: Device> Inner<D> {
             copied = true;
         }
         if copied {
-            self.dev.flush().await?;
+            self.flush_dev().await?;
         }
         Ok(())
     }

@@ -166,6 +166,14 @@ impl<D: Device> BlobStore for NativeBlobStore<D> {
         true
     }
 
+    fn flush_ticket(&self) -> Option<u64> {
+        Some(self.inner.flush_ticket())
+    }
+
+    async fn flush_to(&self, ticket: u64) -> Result<()> {
+        self.inner.flush_to(ticket).await.map_err(Error::from)
+    }
+
     async fn create(&self, opts: CreateOpts) -> Result<BlobId> {
         self.inner.create(opts).await
     }
@@ -545,7 +553,7 @@ impl<D: Device> IoChannel for NativeChannel<D> {
     }
 
     async fn flush(&self) -> Result<()> {
-        self.inner.dev.flush().await.map_err(Error::from)
+        self.inner.flush_dev().await.map_err(Error::from)
     }
 }
 

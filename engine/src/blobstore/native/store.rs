@@ -33,7 +33,7 @@ use super::mdpage::{walk, MdPage, NO_NEXT, PAGE_STRUCT_SIZE};
 use super::superblock::{SuperBlock, SUPER_BLOCK_SIZE};
 use crate::blobstore::error::{Error, Result};
 use crate::blobstore::{BlobId, Bstype, ClearMethod, CreateOpts, InitOpts, LoadOpts};
-use crate::device::Device;
+use crate::device::{Device, FlushCombiner};
 
 /// Bytes written per request when zeroing large ranges.
 const ZERO_CHUNK: u64 = 1 << 20;
@@ -52,6 +52,9 @@ pub(crate) struct Inner<D> {
     pub loaded_clean: bool,
     /// Maps esnap ids to external devices for blobs opened from now on.
     pub esnap: Mutex<Option<Arc<dyn EsnapResolver>>>,
+    /// Every flush of `dev` goes through it: concurrent callers (shards, merge, metadata)
+    /// share one device flush.
+    pub flusher: FlushCombiner,
 }
 
 pub(crate) struct MdState {
@@ -197,6 +200,7 @@ impl<D: Device> NativeBlobStore<D> {
                 st: Mutex::new(st),
                 loaded_clean,
                 esnap: Mutex::new(None),
+                flusher: FlushCombiner::new(),
             }),
         }
     }
@@ -371,6 +375,22 @@ impl<D: Device> NativeBlobStore<D> {
 }
 
 impl<D: Device> Inner<D> {
+    /// Flush the device, sharing the flush with concurrent callers: every write completed
+    /// before this call is durable when it returns.
+    pub(crate) async fn flush_dev(&self) -> crate::device::Result<()> {
+        self.flusher.flush(|| self.dev.flush()).await
+    }
+
+    /// A ticket for [`Inner::flush_to`]: the number of the first flush not started yet.
+    pub(crate) fn flush_ticket(&self) -> u64 {
+        self.flusher.ticket()
+    }
+
+    /// Return once the flush numbered `ticket` finished (running it if none runs).
+    pub(crate) async fn flush_to(&self, ticket: u64) -> crate::device::Result<()> {
+        self.flusher.wait(ticket, || self.dev.flush()).await
+    }
+
     pub(crate) fn check_open(&self) -> Result<()> {
         if self.st.lock().closed {
             Err(Error::Closed)
@@ -394,7 +414,7 @@ impl<D: Device> Inner<D> {
             st.sb.encode()
         };
         self.dev.write(0, &bytes).await?;
-        self.dev.flush().await?;
+        self.flush_dev().await?;
         self.st.lock().disk_clean = false;
         Ok(())
     }
@@ -639,10 +659,10 @@ impl<D: Device> Inner<D> {
         }
         if !pre.is_empty() {
             write_all(&self.dev, &pre).await?;
-            self.dev.flush().await?;
+            self.flush_dev().await?;
         }
         self.dev.write(plan.root.0, &plan.root.1).await?;
-        self.dev.flush().await?;
+        self.flush_dev().await?;
         let mut post: Vec<&(u64, Vec<u8>)> = Vec::new();
         if !plan.grow {
             post.extend(plan.extent_pages.iter());
@@ -1391,7 +1411,7 @@ impl<D: Device> Inner<D> {
         let l = &*self.layout.load_full();
         let zero = vec![0u8; l.md_page_size as usize];
         self.dev.write(l.md_offset(chain[0]), &zero).await?;
-        self.dev.flush().await?;
+        self.flush_dev().await?;
         let eps: Vec<u32> = md
             .extent_pages
             .iter()
@@ -1428,7 +1448,7 @@ impl<D: Device> Inner<D> {
             st.sb.encode()
         };
         self.dev.write(0, &bytes).await?;
-        self.dev.flush().await.map_err(Error::from)
+        self.flush_dev().await.map_err(Error::from)
     }
 
     pub(crate) async fn grow(&self, new_size: u64) -> Result<()> {
@@ -1461,7 +1481,7 @@ impl<D: Device> Inner<D> {
         sb.size = new_size;
         sb.used_cluster_mask_len = mask_len;
         self.dev.write(0, &sb.encode()).await?;
-        self.dev.flush().await?;
+        self.flush_dev().await?;
         let new_layout = Layout {
             size: new_size,
             total_clusters: total as u32,
@@ -1496,7 +1516,7 @@ impl<D: Device> Inner<D> {
             (st.md_pages.clone(), st.clusters.clone(), st.blobids.clone())
         };
         write_masks(&self.dev, &self.layout.load_full(), &m, &c, &b).await?;
-        self.dev.flush().await?;
+        self.flush_dev().await?;
         let bytes = {
             let mut st = self.st.lock();
             st.sb.clean = 1;
@@ -1506,7 +1526,7 @@ impl<D: Device> Inner<D> {
             st.sb.encode()
         };
         self.dev.write(0, &bytes).await?;
-        self.dev.flush().await?;
+        self.flush_dev().await?;
         let mut st = self.st.lock();
         st.disk_clean = true;
         st.closed = true;
