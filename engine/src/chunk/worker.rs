@@ -515,6 +515,10 @@ impl<S: BlobStore> Worker<S> {
 
     /// Commit a batch; `new` are the pages it makes live (given back if the KV refused the
     /// batch without writing it), `freed` those it makes dead.
+    ///
+    /// The pages of `new` are flushed first: a device with a volatile cache persists writes
+    /// in any order, and a crash that kept the batch but not its pages would leave the chunk
+    /// neither old nor new (its pages failing their crc, the old ones free again).
     fn commit(
         &mut self,
         batch: WriteBatch,
@@ -522,6 +526,9 @@ impl<S: BlobStore> Worker<S> {
         freed: Vec<(u32, u32)>,
         durable: bool,
     ) -> Result<()> {
+        if !new.is_empty() {
+            self.store().block_on(self.ch.flush())?;
+        }
         self.counters.commits += 1;
         if batch.len() > 1 {
             self.counters.multi_key_commits += 1;
