@@ -11,6 +11,8 @@
 //! - **Requests** for a chunk go to worker `id % workers` over a channel, so the operations on
 //!   one chunk are serialized and different chunks run in parallel, no lock shared between
 //!   workers on the data path. A page that another worker owns is freed by a message to it.
+//!   Small reads are served on the caller's thread from the worker's in-memory metadata
+//!   (`cache.rs`), crc-verified, falling back to the worker on any doubt.
 //! - **Atomic writes**: new data goes to free pages (copy on write; partly covered edge pages
 //!   are read, merged and written whole), then every touched segment (and the header) is
 //!   committed in one KV write batch; the old pages are freed only once that commit is
