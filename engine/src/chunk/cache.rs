@@ -40,6 +40,23 @@ pub struct CacheCounts {
     pub misses: u64,
 }
 
+/// A worker's metadata: the header of every chunk it has seen (all of its chunks at open,
+/// then each one it is asked about; sizes raised to what their segments record; about 40
+/// bytes each, never evicted) and the segment cache.
+pub(crate) struct Meta {
+    pub heads: std::collections::HashMap<ChunkId, super::meta::ChunkHeader>,
+    pub cache: MetaCache,
+}
+
+impl Meta {
+    pub fn new(budget: u64) -> Self {
+        Meta {
+            heads: Default::default(),
+            cache: MetaCache::new(budget),
+        }
+    }
+}
+
 pub(crate) struct MetaCache {
     c: Option<Cache<Key, Segment, Weigh>>,
     pub counts: CacheCounts,
@@ -62,6 +79,12 @@ impl MetaCache {
         let hit = self.c.as_ref()?.get(&(id, s)).cloned();
         self.count(hit.is_some());
         hit
+    }
+
+    /// Entry `i` of every segment `s` of `id` in the cache, without counting or touching
+    /// its recency (the callers' reads).
+    pub fn peek(&self, id: ChunkId, s: u32) -> Option<&Segment> {
+        self.c.as_ref()?.peek(&(id, s))
     }
 
     fn count(&mut self, hit: bool) {

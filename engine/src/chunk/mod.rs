@@ -11,6 +11,8 @@
 //! - **Requests** for a chunk go to worker `id % workers` over a channel, so the operations on
 //!   one chunk are serialized and different chunks run in parallel, no lock shared between
 //!   workers on the data path. A page that another worker owns is freed by a message to it.
+//!   Small reads are served on the caller's thread from the worker's in-memory metadata
+//!   (`cache.rs`), crc-verified, falling back to the worker on any doubt.
 //! - **Atomic writes**: new data goes to free pages (copy on write; partly covered edge pages
 //!   are read, merged and written whole), then every touched segment (and the header) is
 //!   committed in one KV write batch; the old pages are freed only once that commit is
@@ -31,7 +33,7 @@ use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::blobstore::BlobStore;
 use crate::db::{Db, WriteBatch};
@@ -415,6 +417,9 @@ struct StoreInner<S: BlobStore> {
     /// Per worker: write buffers it is done with, for the next caller (no lock: a
     /// bounded lock-free channel).
     pools: Vec<crossbeam_channel::Receiver<AlignedBuf>>,
+    /// Per worker: its metadata, which `read` consults to serve a read on the caller's
+    /// thread (a lock per worker, shared with that worker's readers only).
+    metas: Vec<Arc<RwLock<cache::Meta>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
 }
@@ -513,8 +518,12 @@ impl<S: BlobStore> ChunkStore<S> {
         let mut senders = Vec::new();
         let mut rxs = Vec::new();
         let mut pools = Vec::new();
+        let mut metas = Vec::new();
         let mut starts: Vec<worker::Start> = Vec::new();
+        let budget = opts.meta_cache_bytes / opts.workers as u64;
         for alloc in rest.allocs {
+            let meta = Arc::new(RwLock::new(cache::Meta::new(budget)));
+            metas.push(meta.clone());
             let (tx, rx) = crossbeam_channel::unbounded();
             senders.push(tx);
             rxs.push(rx);
@@ -522,14 +531,14 @@ impl<S: BlobStore> ChunkStore<S> {
             pools.push(prx);
             starts.push(worker::Start {
                 alloc,
-                heads: Default::default(),
+                meta,
                 warm: Vec::new(),
                 pool: ptx,
             });
         }
         let n = opts.workers as u64;
         for (id, h) in rest.headers {
-            starts[(id % n) as usize].heads.insert(id, h);
+            metas[(id % n) as usize].write().heads.insert(id, h);
         }
         // Warm each worker's cache with its chunks' segments, within its share of the budget
         // (the cache evicts past it).
@@ -552,6 +561,7 @@ impl<S: BlobStore> ChunkStore<S> {
                 shared,
                 senders,
                 pools,
+                metas,
                 threads: Mutex::new(threads),
                 closed: AtomicBool::new(false),
             }),
@@ -689,7 +699,79 @@ impl<S: BlobStore> ChunkStore<S> {
 
     /// Read `len` bytes at `offset`; a read reaching past the end is cut at the chunk's size.
     pub fn read(&self, id: ChunkId, offset: u64, len: u64) -> Result<Vec<u8>> {
+        if let Some(v) = self.read_here(id, offset, len) {
+            return Ok(v);
+        }
         self.read_async(id, offset, len).wait()
+    }
+
+    /// A small read served on the caller's thread, without the round trip through the
+    /// worker: the page map comes from the worker's metadata (read-locked for the lookup
+    /// only), the pages from the device, and every page must pass its crc. Anything else —
+    /// metadata not in memory, a read across segments or of more than 16 pages, an I/O
+    /// error, a page that fails its crc (a concurrent write may have reused it) — returns
+    /// `None` and the worker serves the read, which is authoritative. A read that passes
+    /// returns exactly the bytes the map named at the lookup: a write not yet answered is
+    /// either wholly visible or not at all (its worker updates the map after the commit,
+    /// before it answers).
+    fn read_here(&self, id: ChunkId, off: u64, len: u64) -> Option<Vec<u8>> {
+        use crate::blobstore::{Blob as _, BlobIo, IoChannel as _};
+        const MAX_PAGES: u64 = 16;
+        let sh = &self.inner.shared;
+        let store = sh.db.blobstore();
+        if self.inner.closed.load(Ordering::Acquire) || !store.drives_itself() {
+            return None;
+        }
+        let n = self.inner.metas.len() as u64;
+        let meta = self.inner.metas.get((id % n.max(1)) as usize)?;
+        let (end, first, refs) = {
+            let m = meta.read();
+            let h = m.heads.get(&id)?;
+            let end = off.saturating_add(len).min(h.size);
+            if off >= end {
+                return Some(Vec::new());
+            }
+            let (first, last) = (off / meta::PAGE, (end - 1) / meta::PAGE);
+            let seg = first / meta::SEG_PAGES as u64;
+            if last / meta::SEG_PAGES as u64 != seg || last - first >= MAX_PAGES {
+                return None;
+            }
+            let g = m.cache.peek(id, seg as u32)?;
+            let refs: Vec<meta::PageRef> = (first..=last)
+                .map(|cp| g.get((cp % meta::SEG_PAGES as u64) as usize))
+                .collect();
+            (end, first, refs)
+        };
+        let ipp = meta::PAGE / u64::from(store.io_unit_size());
+        let blobs = sh.blobs.load();
+        let mut buf = AlignedBuf::zeroed(refs.len() * meta::PAGE as usize);
+        let mut reqs = Vec::new();
+        for (page, r) in buf.chunks_exact_mut(meta::PAGE as usize).zip(&refs) {
+            if r.is_hole() {
+                continue;
+            }
+            let b = blobs.get(&r.blob)?;
+            if u64::from(r.page + 1) * ipp > b.num_io_units() {
+                return None;
+            }
+            reqs.push(BlobIo::Read {
+                blob: b,
+                offset: u64::from(r.page) * ipp,
+                buf: page,
+            });
+        }
+        if !reqs.is_empty() {
+            let ch = store.channel().ok()?;
+            store.block_on(ch.submit(&mut reqs)).ok()?;
+        }
+        drop(reqs);
+        for (k, (page, r)) in buf.chunks_exact(meta::PAGE as usize).zip(&refs).enumerate() {
+            if !r.is_hole() && meta::page_crc(id, first + k as u64, page) != r.crc {
+                return None;
+            }
+        }
+        let start = (off - first * meta::PAGE) as usize;
+        Some(buf[start..start + (end - off) as usize].to_vec())
     }
 
     pub fn read_async(&self, id: ChunkId, offset: u64, len: u64) -> Reply<Vec<u8>> {
@@ -830,6 +912,7 @@ impl<S: BlobStore> Drop for StoreInner<S> {
                     shared: self.shared.clone(),
                     senders: std::mem::take(&mut self.senders),
                     pools: std::mem::take(&mut self.pools),
+                    metas: std::mem::take(&mut self.metas),
                     threads: Mutex::new(std::mem::take(&mut *self.threads.lock())),
                     closed: AtomicBool::new(false),
                 }),

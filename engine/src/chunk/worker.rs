@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::alloc::Alloc;
-use super::cache::MetaCache;
+use super::cache::Meta;
 use super::meta::{self, ChunkHeader, PageRef, Segment, PAGE, SEG_BYTES, SEG_PAGES};
 use super::{
     ChunkCounters, ChunkError, ChunkId, ChunkStat, CompactStats, Msg, Result, Shared, SpaceStats,
@@ -25,13 +25,15 @@ use crate::blobs::X_ROLE;
 use crate::blobstore::{Blob as _, BlobIo, BlobStore, CreateOpts, IoChannel as _};
 use crate::db::WriteBatch;
 use crate::device::AlignedBuf;
+use parking_lot::RwLock;
 
 /// What a worker starts with besides its channel: its bitmaps, the headers of its chunks and
 /// the segments to warm its cache with (from the restore scan), and the sending half of its
 /// write-buffer pool.
 pub(crate) struct Start {
     pub alloc: Alloc,
-    pub heads: HashMap<ChunkId, ChunkHeader>,
+    /// The worker's metadata (headers, segment cache), which callers read too.
+    pub meta: Arc<RwLock<Meta>>,
     pub warm: Vec<(ChunkId, u32, Segment)>,
     pub pool: Sender<crate::device::AlignedBuf>,
 }
@@ -45,7 +47,7 @@ pub(crate) fn spawn<S: BlobStore>(
 ) -> Result<JoinHandle<()>> {
     let Start {
         alloc,
-        heads,
+        meta,
         warm,
         pool,
     } = start;
@@ -57,9 +59,11 @@ pub(crate) fn spawn<S: BlobStore>(
             .filter_map(|(no, _)| all.get(&no).map(|b| (no, b.clone())))
             .collect()
     };
-    let mut cache = MetaCache::new(sh.opts.meta_cache_bytes / sh.workers() as u64);
-    for (c, s, seg) in warm {
-        cache.put_segment(c, s, seg);
+    {
+        let mut m = meta.write();
+        for (c, s, seg) in warm {
+            m.cache.put_segment(c, s, seg);
+        }
     }
     let mut w = Worker {
         n: sh.workers(),
@@ -70,8 +74,7 @@ pub(crate) fn spawn<S: BlobStore>(
         ch,
         pending: Vec::new(),
         peers,
-        heads,
-        cache,
+        meta,
         pool,
         counters: ChunkCounters::default(),
         grow_streak: 0,
@@ -94,12 +97,10 @@ struct Worker<S: BlobStore> {
     /// Pages freed by commits that may not be durable yet.
     pending: Vec<(u32, u32)>,
     peers: Vec<Sender<Msg>>,
-    /// The header of every chunk this worker has seen (all of its chunks at open, then each
-    /// one it is asked about), sizes raised to what their segments record: resident, so no
-    /// request reads a header from the KV twice.
-    heads: HashMap<ChunkId, ChunkHeader>,
-    /// Segment values, within a byte budget (`cache.rs`).
-    cache: MetaCache,
+    /// The headers of its chunks and a cache of their segments (`cache.rs`). Only this
+    /// worker changes it, each time after the KV accepted a commit and before it answers;
+    /// callers read it to serve reads on their own thread (`ChunkStore::read`).
+    meta: Arc<RwLock<Meta>>,
     /// Write buffers go back to the callers through it (one copy per write, no page faults).
     pool: Sender<AlignedBuf>,
     counters: ChunkCounters,
@@ -175,7 +176,7 @@ impl<S: BlobStore> Worker<S> {
                     reply.send(r.map(|()| data.buf))
                 }
                 Msg::Created(id, h) => {
-                    self.heads.insert(id, h);
+                    self.meta.write().heads.insert(id, h);
                 }
                 Msg::Free(pages) => {
                     for (b, p) in pages {
@@ -191,8 +192,9 @@ impl<S: BlobStore> Worker<S> {
                 }),
                 Msg::Counters { reply } => {
                     let mut c = self.counters;
-                    c.cache_hits = self.cache.counts.hits;
-                    c.cache_misses = self.cache.counts.misses;
+                    let m = self.meta.read();
+                    c.cache_hits = m.cache.counts.hits;
+                    c.cache_misses = m.cache.counts.misses;
                     reply.send(Ok(c))
                 }
                 Msg::Space { reply } => reply.send(Ok(SpaceStats {
@@ -239,7 +241,7 @@ impl<S: BlobStore> Worker<S> {
     /// The chunk's header (resident after the first access; a chunk never seen is read from
     /// the KV: one created since open, which has no segment yet, so its size is the header's).
     fn header(&mut self, id: ChunkId) -> Result<ChunkHeader> {
-        if let Some(h) = self.heads.get(&id) {
+        if let Some(h) = self.meta.read().heads.get(&id) {
             return Ok(*h);
         }
         self.counters.meta_reads += 1;
@@ -249,13 +251,13 @@ impl<S: BlobStore> Worker<S> {
             .get_system(&meta::chunk_key(id))?
             .ok_or(ChunkError::NotFound(id))?;
         let h = ChunkHeader::decode(&v).map_err(|e| corrupt(id, 0, e.to_string()))?;
-        self.heads.insert(id, h);
+        self.meta.write().heads.insert(id, h);
         Ok(h)
     }
 
     /// Segment `seg` of `id` (from the cache, else the KV).
     fn segment(&mut self, id: ChunkId, seg: u32) -> Result<Segment> {
-        if let Some(s) = self.cache.segment(id, seg) {
+        if let Some(s) = self.meta.write().cache.segment(id, seg) {
             return Ok(s);
         }
         self.counters.meta_reads += 1;
@@ -264,7 +266,7 @@ impl<S: BlobStore> Worker<S> {
             Some(v) => Segment::decode(&v)
                 .map_err(|e| corrupt(id, u64::from(seg) * SEG_BYTES, e.to_string()))?,
         };
-        self.cache.put_segment(id, seg, s.clone());
+        self.meta.write().cache.put_segment(id, seg, s.clone());
         Ok(s)
     }
 
@@ -280,8 +282,9 @@ impl<S: BlobStore> Worker<S> {
     /// Forget what is cached of `id`: a commit of it failed, so its committed state is not
     /// known here (the next access reads the KV).
     fn invalidate(&mut self, id: ChunkId) {
-        self.heads.remove(&id);
-        self.cache.forget_all(id);
+        let mut m = self.meta.write();
+        m.heads.remove(&id);
+        m.cache.forget_all(id);
     }
 
     fn blob(&self, no: u32) -> Option<S::Blob> {
@@ -498,11 +501,12 @@ impl<S: BlobStore> Worker<S> {
             batch.put(&meta::seg_key(id, *s), &seg.encode());
         }
         self.commit(batch, &new, freed, durable)?;
+        let mut m = self.meta.write();
         for (s, seg) in segs {
-            self.cache.put_segment(id, s, seg);
+            m.cache.put_segment(id, s, seg);
         }
         if end > h.size {
-            self.heads.insert(
+            m.heads.insert(
                 id,
                 ChunkHeader {
                     size: end,
@@ -769,10 +773,11 @@ impl<S: BlobStore> Worker<S> {
         let h = self.header(id)?;
         match self.truncate_in(id, h, size, durable) {
             Ok(segs) => {
+                let mut m = self.meta.write();
                 for (s, seg) in segs {
-                    self.cache.put_segment(id, s, seg);
+                    m.cache.put_segment(id, s, seg);
                 }
-                self.heads.insert(id, ChunkHeader { size, hint: h.hint });
+                m.heads.insert(id, ChunkHeader { size, hint: h.hint });
                 Ok(())
             }
             Err(e) => {
@@ -880,8 +885,9 @@ impl<S: BlobStore> Worker<S> {
         let r = self.commit(batch, &[], freed, durable);
         match &r {
             Ok(()) => {
-                self.heads.remove(&id);
-                self.cache.forget(id, 0..=split(pages.saturating_sub(1)).0);
+                let mut m = self.meta.write();
+                m.heads.remove(&id);
+                m.cache.forget(id, 0..=split(pages.saturating_sub(1)).0);
             }
             Err(_) => self.invalidate(id),
         }
@@ -987,7 +993,7 @@ impl<S: BlobStore> Worker<S> {
                     self.invalidate(id);
                     return Err(e);
                 }
-                self.cache.put_segment(id, s, seg);
+                self.meta.write().cache.put_segment(id, s, seg);
                 st.moved_pages += at.len() as u64;
             }
             // The moves must be durable before the blob (and its old copies) is gone.
