@@ -411,6 +411,20 @@ impl<S: BlobStore> Db<S> {
         self.write_batch_start(batch, true, true)?.wait()
     }
 
+    /// [`Db::write_batch_system`] of a batch whose records must not reach the device before
+    /// the device flush `ticket` (`BlobStore::flush_ticket`) finished: the shards holding its
+    /// keys wait for that flush before they next write records out.
+    pub(crate) fn write_batch_system_after(&self, batch: WriteBatch, ticket: u64) -> Result<()> {
+        let core = self.core();
+        for op in &batch.ops {
+            let s = core.shard_of_key(op.key(), hash_key(op.key()));
+            core.shards[s]
+                .barrier
+                .fetch_max(ticket, std::sync::atomic::Ordering::AcqRel);
+        }
+        self.write_batch_system(batch)
+    }
+
     /// `get` of one of the engine's own keys (no user key limits).
     pub(crate) fn get_system(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.check_open()?;

@@ -221,6 +221,8 @@ pub(crate) struct Shard<S: BlobStore> {
     awaiting: VecDeque<Awaiting>,
     /// Plain write groups release the shard during their flush (see `Shard::settle`).
     pipeline: bool,
+    /// The last `ShardShared::barrier` flush this shard waited for.
+    barrier_done: u64,
 }
 
 /// A shard: its state under a mutex, and its queue.
@@ -359,6 +361,7 @@ pub(crate) fn spawn<S: BlobStore>(
             unpublished: Vec::new(),
             awaiting: VecDeque::new(),
             pipeline,
+            barrier_done: 0,
         }),
         tx,
         rx,
@@ -1121,15 +1124,21 @@ impl<S: BlobStore> Shard<S> {
         // unrecoverable: only its own records (committed by `commit_enc`) do; a failed
         // device write is no `Full` and poisons anyway.
         self.commit_enc()?;
+        if self.active.as_ref().is_none_or(|a| a.end == a.dev_end) {
+            return Ok(());
+        }
+        let barrier = self.core.shards[self.id].barrier.load(Ordering::Acquire);
+        if barrier > self.barrier_done {
+            let store = &self.core.store;
+            store.block_on(store.flush_to(barrier))?;
+            self.barrier_done = barrier;
+        }
         let page = self.core.cfg.page;
         let iou = self.core.cfg.io_unit;
         let sh = &self.core.shards[self.id];
         let Some(a) = self.active.as_mut() else {
             return Ok(());
         };
-        if a.end == a.dev_end {
-            return Ok(());
-        }
         let base = a.dev_end / page * page;
         let total = {
             let uw = sh.unwritten.read();

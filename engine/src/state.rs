@@ -208,6 +208,10 @@ pub(crate) struct ShardShared<S: BlobStore> {
     pub pending_bytes: AtomicU64,
     /// The merge worker asks the shard to seal its active blob (too much of it is dead).
     pub seal_wanted: AtomicBool,
+    /// A device flush (`BlobStore::flush_ticket`) that must have finished before the shard
+    /// writes any more records out: records in the buffer name data written elsewhere on
+    /// the device (chunk pages) that must be durable first. 0: none.
+    pub barrier: AtomicU64,
 }
 
 impl<S: BlobStore> ShardShared<S> {
@@ -230,6 +234,7 @@ impl<S: BlobStore> ShardShared<S> {
             unwritten: RwLock::new(Unwritten::default()),
             pending_bytes: AtomicU64::new(0),
             seal_wanted: AtomicBool::new(false),
+            barrier: AtomicU64::new(0),
         }
     }
 }

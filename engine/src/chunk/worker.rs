@@ -520,9 +520,12 @@ impl<S: BlobStore> Worker<S> {
     /// Commit a batch; `new` are the pages it makes live (given back if the KV refused the
     /// batch without writing it), `freed` those it makes dead.
     ///
-    /// The pages of `new` are flushed first: a device with a volatile cache persists writes
-    /// in any order, and a crash that kept the batch but not its pages would leave the chunk
-    /// neither old nor new (its pages failing their crc, the old ones free again).
+    /// The pages of `new` are durable before the batch is written: a device with a volatile
+    /// cache persists writes in any order, and a crash that kept the batch but not its pages
+    /// would leave the chunk neither old nor new (its pages failing their crc, the old ones
+    /// free again). A durable commit flushes them here; a non-durable one, on a store that
+    /// shares flushes, leaves the KV shard to wait for a flush begun after them before it
+    /// writes the batch out (one flush for every commit its write-behind buffer gathered).
     fn commit(
         &mut self,
         batch: WriteBatch,
@@ -530,14 +533,23 @@ impl<S: BlobStore> Worker<S> {
         freed: Vec<(u32, u32)>,
         durable: bool,
     ) -> Result<()> {
+        let durable_now = self.sh.db.syncs_every_write();
+        let mut after = None;
         if !new.is_empty() {
-            self.store().block_on(self.ch.flush())?;
+            match self.store().flush_ticket() {
+                Some(t) if !durable && !durable_now => after = Some(t),
+                _ => self.store().block_on(self.ch.flush())?,
+            }
         }
         self.counters.commits += 1;
         if batch.len() > 1 {
             self.counters.multi_key_commits += 1;
         }
-        match self.sh.db.write_batch_system(batch) {
+        let committed = match after {
+            Some(t) => self.sh.db.write_batch_system_after(batch, t),
+            None => self.sh.db.write_batch_system(batch),
+        };
+        match committed {
             Ok(()) => {}
             Err(crate::Error::Full) => {
                 // Nothing was written: the new pages are referenced by nothing.
@@ -548,7 +560,6 @@ impl<S: BlobStore> Worker<S> {
             // taken (the next open's restore frees them if the commit did not land).
             Err(e) => return Err(e.into()),
         }
-        let durable_now = self.sh.db.syncs_every_write();
         if durable && !durable_now {
             self.counters.syncs += 1;
             self.sh.db.sync()?;
