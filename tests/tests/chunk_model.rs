@@ -776,3 +776,170 @@ fn a_write_recovered_on_one_shards_commit_survives_a_clean_reopen() {
         14_102_564_906_294_297_078,
     );
 }
+
+/// Found by the model test: compaction moved a victim blob's pages into another victim not
+/// yet emptied, whose references it had listed before the move; deleting that blob then lost
+/// the moved pages (the store refused to open: pages "in a chunk blob that does not exist").
+#[test]
+fn compaction_never_moves_pages_into_another_victim() {
+    use Op::*;
+    run(
+        vec![
+            Write {
+                c: 0,
+                off: 0,
+                len: 1,
+                durable: false,
+            },
+            Write {
+                c: 1705498517,
+                off: 25674,
+                len: 2341,
+                durable: true,
+            },
+            Remove {
+                c: 2274262642977057766,
+            },
+            Sync,
+            Write {
+                c: 10654413775246154800,
+                off: 1053177,
+                len: 10379,
+                durable: false,
+            },
+            Write {
+                c: 7673765863103411467,
+                off: 96012,
+                len: 12971,
+                durable: false,
+            },
+            Write {
+                c: 14880410040646586425,
+                off: 1263362,
+                len: 11153,
+                durable: true,
+            },
+            Create,
+            Read {
+                c: 16102435120393782547,
+                off: 1053556,
+                len: 23398,
+            },
+            Write {
+                c: 11681804743814867980,
+                off: 1040903,
+                len: 18705,
+                durable: false,
+            },
+            Sync,
+            Create,
+            Compact,
+            Sync,
+            Truncate {
+                c: 16469852904881462387,
+                size: 32748,
+            },
+            Crash {
+                seed: 1290538313205695396,
+            },
+            Crash {
+                seed: 4456622982273570458,
+            },
+            Write {
+                c: 9662187244523641538,
+                off: 1049451,
+                len: 10257,
+                durable: false,
+            },
+            Write {
+                c: 6827317515865343432,
+                off: 30547,
+                len: 7166,
+                durable: true,
+            },
+            Read {
+                c: 13376321522204572393,
+                off: 1045331,
+                len: 3934,
+            },
+            Compact,
+            Write {
+                c: 4001230944576503230,
+                off: 272088,
+                len: 3830,
+                durable: false,
+            },
+            Truncate {
+                c: 1169701042090247233,
+                size: 1051910,
+            },
+            Compact,
+            Truncate {
+                c: 8700071795953471903,
+                size: 9648,
+            },
+            Write {
+                c: 16995744125425723169,
+                off: 37564,
+                len: 12968,
+                durable: false,
+            },
+            Crash {
+                seed: 12813652639602985390,
+            },
+            Create,
+            Write {
+                c: 132662126099669630,
+                off: 9343,
+                len: 7115,
+                durable: false,
+            },
+            Write {
+                c: 228768550418337206,
+                off: 795239,
+                len: 6028,
+                durable: false,
+            },
+            Crash {
+                seed: 6605687762981482001,
+            },
+            Read {
+                c: 13418332023103427893,
+                off: 6336,
+                len: 13510,
+            },
+            Write {
+                c: 15732613068081294042,
+                off: 1045309,
+                len: 12800,
+                durable: false,
+            },
+            Write {
+                c: 6916184808325611484,
+                off: 21768,
+                len: 17403,
+                durable: false,
+            },
+            Write {
+                c: 16715551094216809704,
+                off: 1587279,
+                len: 18261,
+                durable: false,
+            },
+            Write {
+                c: 7173805753619065556,
+                off: 21856,
+                len: 16759,
+                durable: true,
+            },
+            Write {
+                c: 20211065431654579,
+                off: 1542172,
+                len: 16391,
+                durable: false,
+            },
+            Compact,
+        ],
+        5252683138206208479,
+    );
+}

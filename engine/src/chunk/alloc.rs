@@ -122,12 +122,13 @@ impl Alloc {
     }
 
     /// Take `n` free pages, as few runs as the bitmaps allow (first fit from each blob's
-    /// cursor), skipping blob `avoid`. `None` (and nothing taken) if there are fewer than `n`.
-    pub fn alloc(&mut self, n: usize, avoid: Option<u32>) -> Option<Vec<(u32, u32)>> {
+    /// cursor), skipping the blobs in `avoid`. `None` (and nothing taken) if there are fewer
+    /// than `n`.
+    pub fn alloc(&mut self, n: usize, avoid: &[u32]) -> Option<Vec<(u32, u32)>> {
         let avail: u64 = self
             .blobs
             .iter()
-            .filter(|(no, _)| Some(**no) != avoid)
+            .filter(|(no, _)| !avoid.contains(no))
             .map(|(_, b)| b.free)
             .sum();
         if avail < n as u64 {
@@ -139,7 +140,7 @@ impl Alloc {
             if out.len() == n {
                 break;
             }
-            if Some(no) == avoid || b.free == 0 {
+            if avoid.contains(&no) || b.free == 0 {
                 continue;
             }
             let len = b.used.len();
@@ -170,10 +171,10 @@ mod tests {
         let mut a = Alloc::default();
         a.add_blob(0, 4);
         a.add_blob(1, 2);
-        let got = a.alloc(3, None).unwrap();
+        let got = a.alloc(3, &[]).unwrap();
         assert_eq!(got, vec![(1, 0), (1, 1), (0, 0)]);
         assert_eq!(a.free_pages(), 3);
-        assert!(a.alloc(4, None).is_none());
+        assert!(a.alloc(4, &[]).is_none());
         assert_eq!(a.free_pages(), 3, "a refused allocation takes nothing");
         assert_eq!(a.free(1, 0), Ok(()));
         assert_eq!(a.free(1, 0), Err(MarkError::Twice));
@@ -181,8 +182,8 @@ mod tests {
         assert_eq!(a.free(7, 0), Err(MarkError::OutOfRange));
         assert_eq!(a.mark_used(0, 0), Err(MarkError::Twice));
         assert_eq!(a.mark_used(0, 3), Ok(()));
-        assert_eq!(a.alloc(2, Some(0)), None);
-        assert_eq!(a.alloc(1, Some(0)), Some(vec![(1, 0)]));
+        assert_eq!(a.alloc(2, &[0]), None);
+        assert_eq!(a.alloc(1, &[0]), Some(vec![(1, 0)]));
         a.blob_mut(1).unwrap().grow(5);
         assert_eq!(a.blob(1).unwrap().free(), 3);
     }
@@ -198,7 +199,7 @@ mod tests {
             let mut held: Vec<(u32, u32)> = Vec::new();
             for (n, take) in ops {
                 if take {
-                    if let Some(got) = a.alloc(n, None) {
+                    if let Some(got) = a.alloc(n, &[]) {
                         prop_assert_eq!(got.len(), n);
                         for p in got {
                             prop_assert!(!held.contains(&p));

@@ -613,10 +613,12 @@ impl<S: BlobStore> Worker<S> {
 
     /// `n` free pages of the own blobs, growing them if needed.
     fn take_pages(&mut self, n: usize) -> Result<Vec<(u32, u32)>> {
-        self.take_pages_avoiding(n, None)
+        self.take_pages_avoiding(n, &[])
     }
 
-    fn take_pages_avoiding(&mut self, n: usize, avoid: Option<u32>) -> Result<Vec<(u32, u32)>> {
+    /// [`Self::take_pages`] outside the blobs `avoid` (compaction's victims: a page moved
+    /// into a victim not yet emptied would be deleted with it).
+    fn take_pages_avoiding(&mut self, n: usize, avoid: &[u32]) -> Result<Vec<(u32, u32)>> {
         loop {
             if let Some(v) = self.alloc.alloc(n, avoid) {
                 return Ok(v);
@@ -628,7 +630,7 @@ impl<S: BlobStore> Worker<S> {
             let have: u64 = self
                 .alloc
                 .blobs()
-                .filter(|(no, _)| Some(*no) != avoid)
+                .filter(|(no, _)| !avoid.contains(no))
                 .map(|(_, b)| b.free())
                 .sum();
             self.grow(n as u64 - have)?;
@@ -966,7 +968,7 @@ impl<S: BlobStore> Worker<S> {
                 refs.entry(r.blob).or_default().insert((id, s), ());
             }
         }
-        for v in victims {
+        for &v in &victims {
             if foreign.contains(&v) {
                 continue;
             }
@@ -985,7 +987,7 @@ impl<S: BlobStore> Worker<S> {
                     .collect();
                 let mut buf = AlignedBuf::zeroed(olds.len() * PAGE as usize);
                 self.read_pages(id, &olds, &mut buf)?;
-                let at = self.take_pages_avoiding(olds.len(), Some(v))?;
+                let at = self.take_pages_avoiding(olds.len(), &victims)?;
                 if let Err(e) = self.write_pages(&at, &buf) {
                     self.give_back(&at);
                     return Err(e);
