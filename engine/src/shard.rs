@@ -715,7 +715,10 @@ impl<S: BlobStore> Shard<S> {
     /// without the shard's lock (`ShardCell::settle`).
     fn make_durable(&mut self, plan: &GroupPlan) -> Result<Option<u64>> {
         self.commit_group(plan.flush_forced)?;
-        if plan.flush && self.group_wrote || !plan.syncs.is_empty() {
+        // A forced flush (close above all: its keydir snapshot must hold every acknowledged
+        // write) also settles the groups still waiting for theirs.
+        let settle_awaiting = plan.flush_forced && !self.awaiting.is_empty();
+        if plan.flush && self.group_wrote || !plan.syncs.is_empty() || settle_awaiting {
             if self.can_pipeline(plan) {
                 // Taken after the write completed: that flush starts after it.
                 if let Some(t) = self.core.store.flush_ticket() {
