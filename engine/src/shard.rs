@@ -167,6 +167,10 @@ struct GroupPlan {
     flush: bool,
     /// Sync, seal, close and batch rounds need the records on the device now.
     flush_forced: bool,
+    /// A round of a cross-shard batch is in the group: its caller holds `batch_gate`, so the
+    /// group must not be pipelined (settling it takes `state` with a wait, which `batch_gate`
+    /// holders never do).
+    batch_round: bool,
 }
 
 impl Post {
@@ -654,6 +658,12 @@ impl<S: BlobStore> Shard<S> {
 
     /// Stage one request; true when it closes the shard (the group ends there).
     fn stage_req(&mut self, req: Req, plan: &mut GroupPlan, arena_full: bool) -> Result<bool> {
+        if matches!(
+            req,
+            Req::Prepare { .. } | Req::Commit { .. } | Req::Abort { .. }
+        ) {
+            plan.batch_round = true;
+        }
         match req {
             Req::Write { reply, .. } | Req::Prepare { reply, .. } if arena_full => {
                 reply.send(Err(Error::Full));
@@ -708,7 +718,10 @@ impl<S: BlobStore> Shard<S> {
     /// without the shard's lock (`ShardCell::settle`).
     fn make_durable(&mut self, plan: &GroupPlan) -> Result<Option<u64>> {
         self.commit_group(plan.flush_forced)?;
-        if plan.flush && self.group_wrote || !plan.syncs.is_empty() {
+        // A forced flush (close above all: its keydir snapshot must hold every acknowledged
+        // write) also settles the groups still waiting for theirs.
+        let settle_awaiting = plan.flush_forced && !self.awaiting.is_empty();
+        if plan.flush && self.group_wrote || !plan.syncs.is_empty() || settle_awaiting {
             if self.can_pipeline(plan) {
                 // Taken after the write completed: that flush starts after it.
                 if let Some(t) = self.core.store.flush_ticket() {
@@ -725,10 +738,12 @@ impl<S: BlobStore> Shard<S> {
     }
 
     /// Only plain writes (and single-shard batches) that sealed no blob leave the lock
-    /// before their flush: syncs, batch rounds, seals and close keep the old order.
+    /// before their flush: syncs, cross-shard batch rounds (`batch_round`), seals and close
+    /// keep the old order.
     fn can_pipeline(&self, plan: &GroupPlan) -> bool {
         self.pipeline
             && !plan.flush_forced
+            && !plan.batch_round
             && plan.syncs.is_empty()
             && plan.close.is_none()
             && self.unpublished.is_empty()
