@@ -943,3 +943,32 @@ fn compaction_never_moves_pages_into_another_victim() {
         5252683138206208479,
     );
 }
+
+/// Found by the model test (a truncate's cross-shard batch: header and segment): recovered on
+/// one shard's commit record after a crash, then lost at a clean reopen (the header went back
+/// from size 1 to 0). Fixed by the KV adopting such batches at open.
+#[test]
+fn a_truncate_recovered_after_a_crash_survives_a_clean_reopen() {
+    run(
+        vec![
+            Op::Create,
+            Op::Create,
+            Op::Write {
+                c: 3_842_528_990_156_379_108,
+                off: 1_039_576,
+                len: 9001,
+                durable: false,
+            },
+            Op::Truncate {
+                c: 1_376_815_325_499_598_218,
+                size: 1,
+            },
+            Op::Crash { seed: 450_604_369 },
+            Op::Truncate {
+                c: 3_765_300_695_613_814_497,
+                size: 31_801,
+            },
+        ],
+        7_410_091_479_740_451_346,
+    );
+}
