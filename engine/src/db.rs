@@ -879,7 +879,7 @@ impl<S: BlobStore> Db<S> {
         self.inner.view.get().map(Vec::as_slice)
     }
 
-    /// Claim the store for a chunk store (false: one is open already).
+    /// Claim the store for a chunk store, or for a live checkpoint (false: one of them holds it).
     pub(crate) fn claim_chunks(&self) -> bool {
         !self
             .inner
@@ -1244,20 +1244,24 @@ impl Db {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn checkpoint(&self, name: &str) -> Result<crate::checkpoint::Checkpoint> {
-        use crate::blobstore::IoChannel as _;
-
         crate::checkpoint::check_name(name)?;
         self.check_writable()?;
-        if self
-            .inner
-            .chunks_open
-            .load(std::sync::atomic::Ordering::Acquire)
-        {
-            // Its workers write its blobs, which the checkpoint snapshots, at any time.
+        // A chunk store's workers write its blobs, which the checkpoint snapshots, at any
+        // time: none may be open, nor open meanwhile (the claim holds one off).
+        if !self.claim_chunks() {
             return Err(Error::Busy(
                 "a chunk store is open on this store; close it before a checkpoint".into(),
             ));
         }
+        let made = self.checkpoint_frozen(name);
+        self.release_chunks();
+        made
+    }
+
+    /// [`Db::checkpoint`] with no chunk store open.
+    fn checkpoint_frozen(&self, name: &str) -> Result<crate::checkpoint::Checkpoint> {
+        use crate::blobstore::IoChannel as _;
+
         // Lock order: close, then merges (a merge takes its shard's lock, then the batch
         // gate), then the batch gate (a batch holds it while it waits for its shards), then
         // every shard's writer.

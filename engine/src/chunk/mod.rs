@@ -466,7 +466,8 @@ impl<S: BlobStore> ChunkStore<S> {
         }
         if !db.claim_chunks() {
             return Err(ChunkError::InvalidArgument(
-                "a chunk store is already open on this store".into(),
+                "a chunk store is already open on this store (or a checkpoint is being made)"
+                    .into(),
             ));
         }
         let rest = match recover::restore(db, opts.workers) {
