@@ -45,20 +45,25 @@ pub fn options(dev: Arc<SimDevice>, sync: SyncPolicy, shards: usize) -> Options 
 
 /// A freshly formatted, cleanly closed store image with `shards` shards.
 pub fn template(shards: usize) -> Vec<u8> {
-    type Images = std::sync::Mutex<Vec<(usize, Vec<u8>)>>;
+    template_of(DEV_SIZE, shards)
+}
+
+/// [`template`] on a device of `size` bytes (made once per size and shard count).
+pub fn template_of(size: u64, shards: usize) -> Vec<u8> {
+    type Images = std::sync::Mutex<Vec<((u64, usize), Vec<u8>)>>;
     static T: OnceLock<Images> = OnceLock::new();
     let cache = T.get_or_init(Default::default);
     let mut c = cache.lock().unwrap();
-    if let Some((_, img)) = c.iter().find(|(s, _)| *s == shards) {
+    if let Some((_, img)) = c.iter().find(|(k, _)| *k == (size, shards)) {
         return img.clone();
     }
-    let dev = Arc::new(SimDevice::new(DEV_SIZE, BLOCK, 0).unwrap());
+    let dev = Arc::new(SimDevice::new(size, BLOCK, 0).unwrap());
     let mut o = options(dev.clone(), SyncPolicy::Always, shards);
     o.create = true;
     let db = Db::open(o).expect("format a test store");
     db.close().expect("close the new store");
     let img = dev.durable_image();
-    c.push((shards, img.clone()));
+    c.push(((size, shards), img.clone()));
     img
 }
 

@@ -2,26 +2,17 @@
 //! in segments) against the KV's committed values: coherent across write, truncate, remove,
 //! compaction, reopen and crash; and what one operation costs in device I/Os and KV work.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use blobcask::chunk::{ChunkError, ChunkOptions, ChunkStore};
-use blobcask::device::SimDevice;
-use blobcask::{Db, SyncPolicy};
+use blobcask::SyncPolicy;
 use blobcask_tests::harness;
 
 const DEV: u64 = 16 << 20;
 const MIB: u64 = 1 << 20;
 
 fn template() -> Vec<u8> {
-    static T: OnceLock<Vec<u8>> = OnceLock::new();
-    T.get_or_init(|| {
-        let dev = Arc::new(SimDevice::new(DEV, harness::BLOCK, 0).unwrap());
-        let mut o = harness::options(dev.clone(), SyncPolicy::Always, 2);
-        o.create = true;
-        Db::open(o).unwrap().close().unwrap();
-        dev.durable_image()
-    })
-    .clone()
+    harness::template_of(DEV, 2)
 }
 
 fn opts(workers: usize, cache: u64) -> ChunkOptions {

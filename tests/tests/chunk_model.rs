@@ -7,7 +7,7 @@
 //! a prefix of its unsynced changes applied, each one whole (never part of a write).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use blobcask::chunk::{ChunkError, ChunkId, ChunkOptions, ChunkStore};
 use blobcask::device::SimDevice;
@@ -19,15 +19,7 @@ const DEV: u64 = 8 << 20;
 const PAGE: usize = 4096;
 
 fn template() -> Vec<u8> {
-    static T: OnceLock<Vec<u8>> = OnceLock::new();
-    T.get_or_init(|| {
-        let dev = Arc::new(SimDevice::new(DEV, harness::BLOCK, 0).unwrap());
-        let mut o = harness::options(dev.clone(), SyncPolicy::Always, 2);
-        o.create = true;
-        Db::open(o).unwrap().close().unwrap();
-        dev.durable_image()
-    })
-    .clone()
+    harness::template_of(DEV, 2)
 }
 
 fn open_db(dev: &Arc<SimDevice>, sync: SyncPolicy) -> Db {
